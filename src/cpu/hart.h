@@ -1,0 +1,174 @@
+/*
+ * hart.h - one RISC-V hardware thread: RV64IMAFDC + Zicsr + Zifencei +
+ * Zicntr, M/S/U modes, Sv39/Sv48 paging behind a software TLB.
+ *
+ * The interpreter (hart.c) runs guest code in short bursts; between bursts
+ * it checks for requests from other threads (pause, TLB shootdown), the
+ * timer and pending interrupts. Memory accesses go through a per-mode
+ * software TLB that maps a guest virtual page straight to a host pointer:
+ * a hit costs a compare. mmu.c fills it from the page tables; csr.c holds
+ * the control and status registers, traps and interrupts.
+ *
+ * The dirty log for live migration rides on the write TLB: while logging
+ * is on, a write entry is installed only for a page already marked dirty,
+ * so the first store to a clean page takes the slow path once and marks it.
+ */
+#ifndef FERRY_HART_H
+#define FERRY_HART_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <pthread.h>
+
+struct machine;
+struct sbuf;
+
+enum { PRV_U = 0, PRV_S = 1, PRV_M = 3 };
+
+/* mip/mie bits */
+#define MIP_SSIP (1ULL << 1)
+#define MIP_MSIP (1ULL << 3)
+#define MIP_STIP (1ULL << 5)
+#define MIP_MTIP (1ULL << 7)
+#define MIP_SEIP (1ULL << 9)
+#define MIP_MEIP (1ULL << 11)
+
+/* exception causes */
+enum {
+	EXC_INSN_MISALIGNED = 0, EXC_INSN_ACCESS = 1, EXC_ILLEGAL = 2,
+	EXC_BREAKPOINT = 3, EXC_LOAD_MISALIGNED = 4, EXC_LOAD_ACCESS = 5,
+	EXC_STORE_MISALIGNED = 6, EXC_STORE_ACCESS = 7, EXC_ECALL_U = 8,
+	EXC_ECALL_S = 9, EXC_ECALL_M = 11, EXC_INSN_PAGE = 12,
+	EXC_LOAD_PAGE = 13, EXC_STORE_PAGE = 15,
+};
+
+/* mstatus fields */
+#define MSTATUS_SIE   (1ULL << 1)
+#define MSTATUS_MIE   (1ULL << 3)
+#define MSTATUS_SPIE  (1ULL << 5)
+#define MSTATUS_UBE   (1ULL << 6)
+#define MSTATUS_MPIE  (1ULL << 7)
+#define MSTATUS_SPP   (1ULL << 8)
+#define MSTATUS_MPP   (3ULL << 11)
+#define MSTATUS_FS    (3ULL << 13)
+#define MSTATUS_XS    (3ULL << 15)
+#define MSTATUS_MPRV  (1ULL << 17)
+#define MSTATUS_SUM   (1ULL << 18)
+#define MSTATUS_MXR   (1ULL << 19)
+#define MSTATUS_TVM   (1ULL << 20)
+#define MSTATUS_TW    (1ULL << 21)
+#define MSTATUS_TSR   (1ULL << 22)
+#define MSTATUS_UXL   (3ULL << 32)
+#define MSTATUS_SXL   (3ULL << 34)
+#define MSTATUS_SD    (1ULL << 63)
+
+/* Software TLB: direct mapped, one set per translation context. */
+#define TLB_BITS 8
+#define TLB_SIZE (1u << TLB_BITS)
+#define TLB_NONE (~0ULL)
+
+struct tlb_entry {
+	uint64_t vpn;       /* guest virtual page number, TLB_NONE if empty */
+	uintptr_t addend;   /* host address = guest virtual address + addend */
+};
+
+struct tlb_set {
+	struct tlb_entry r[TLB_SIZE], w[TLB_SIZE], x[TLB_SIZE];
+};
+
+/* Translation contexts: the TLB set in use depends on the effective mode
+ * and on mstatus.SUM, so toggling SUM (Linux does it around every user
+ * copy) switches sets instead of flushing. */
+enum { TLBCTX_U, TLBCTX_S, TLBCTX_S_SUM, TLBCTX_M, TLBCTX_COUNT };
+
+/* Requests other threads post in hart->requests. */
+#define REQ_PAUSE      (1u << 0)
+#define REQ_TLB_FLUSH  (1u << 1)   /* sfence.vma from another hart */
+#define REQ_WTLB_FLUSH (1u << 2)   /* dirty log harvested: drop write entries */
+#define REQ_EXIT       (1u << 3)
+
+/* HSM states (SBI) */
+enum { HSM_STARTED = 0, HSM_STOPPED = 1, HSM_START_PENDING = 2,
+       HSM_STOP_PENDING = 3 };
+
+struct hart {
+	/* hot state first */
+	uint64_t pc;
+	uint64_t x[32];
+	struct tlb_set *tlb;        /* the set for the current context */
+	uint64_t insn_budget;       /* instructions left in this burst */
+	uintptr_t fetch_addend;     /* host = pc + fetch_addend within fetch page */
+	uint64_t fetch_vpn;         /* TLB_NONE when no fetch page is cached */
+
+	uint64_t f[32];
+	uint32_t fflags, frm;
+	int priv;
+
+	/* CSRs (sstatus, sie, sip are views of the m* registers) */
+	uint64_t mstatus, misa, medeleg, mideleg, mie;
+	_Atomic uint64_t mip;
+	uint64_t mtvec, mepc, mcause, mtval, mscratch, mcounteren, menvcfg;
+	uint64_t stvec, sepc, scause, stval, sscratch, satp, scounteren, senvcfg;
+	uint64_t mcountinhibit;
+	uint64_t instret;           /* retired instructions (also the cycle count) */
+	uint64_t timecmp;           /* SBI set_timer deadline -> STIP */
+	uint64_t mtimecmp;          /* CLINT mtimecmp -> MTIP */
+
+	/* LR/SC reservation */
+	uint64_t lr_addr;
+	uint64_t lr_value;
+	bool lr_valid;
+
+	bool wfi;                   /* sleeping in WFI */
+	uint64_t sleep_debt_ns;     /* migration throttle */
+	unsigned id;
+	struct machine *m;
+
+	/* cross-thread */
+	_Atomic unsigned requests;
+	_Atomic int hsm;            /* HSM_* */
+	atomic_bool in_guest;       /* false while parked or asleep */
+	pthread_mutex_t sleep_lock; /* WFI and HSM sleep */
+	pthread_cond_t sleep_cond;
+	uint64_t start_addr, start_opaque;
+	pthread_t thread;
+
+	struct tlb_set tlbs[TLBCTX_COUNT];
+};
+
+void hart_init(struct hart *h, struct machine *m, unsigned id);
+/* Thread body: runs the hart until the machine exits. */
+void *hart_thread(void *arg);
+
+/* From other threads: post a request and wake the hart if it sleeps. */
+void hart_request(struct hart *h, unsigned req);
+void hart_kick(struct hart *h);
+
+/* csr.c */
+void hart_reset_csrs(struct hart *h);
+bool csr_read(struct hart *h, unsigned csr, uint64_t *val);
+bool csr_write(struct hart *h, unsigned csr, uint64_t val);
+void hart_trap(struct hart *h, uint64_t cause, uint64_t tval, bool interrupt);
+/* Take a pending, enabled interrupt if any; returns true if one was taken. */
+bool hart_check_interrupts(struct hart *h);
+void hart_sret(struct hart *h);
+void hart_mret(struct hart *h);
+void hart_update_tlb_context(struct hart *h);
+uint64_t hart_read_time(struct hart *h);
+
+/* mmu.c */
+enum access { ACC_READ, ACC_WRITE, ACC_EXEC };
+/* Translate va for an access in the current context. On success returns
+ * true with the physical address; on failure raises the page or access
+ * fault and returns false. If the page is RAM, also fills the TLB. */
+bool mmu_translate(struct hart *h, uint64_t va, enum access acc, uint64_t *pa);
+void tlb_flush_all(struct hart *h);
+void tlb_flush_writes(struct hart *h);
+
+/* The state a migration carries, in two explicit versioned functions. */
+#define HART_STATE_VERSION 1
+void hart_save(struct hart *h, struct sbuf *out);
+int hart_load(struct hart *h, struct sbuf *in, uint32_t version, const char **why);
+
+#endif

@@ -1,0 +1,43 @@
+/*
+ * devices.h - constructors of the board's devices.
+ *
+ * Each device is one file with one MMIO ops table; a constructor registers
+ * the device's region (machine_add_mmio), its migratable state
+ * (machine_add_state) and, where it has host-side inputs, an io_watch.
+ * The device tree is generated from the registered regions, so a
+ * constructor has nothing else to declare. Errors are written to err as one
+ * line that says what failed and on what; constructors return NULL then.
+ */
+#ifndef FERRY_DEVICES_H
+#define FERRY_DEVICES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct machine;
+
+/* Platform-level interrupt controller, SiFive/QEMU-virt compatible:
+ * context 2*h is hart h's M mode, 2*h+1 its S mode. */
+struct plic;
+struct plic *plic_create(struct machine *m, unsigned nharts);
+void plic_set_level(struct plic *p, unsigned irq, int level);
+
+/* ns16550a UART at UART_BASE, PLIC source UART_IRQ. out_fd < 0 drops
+ * output; in_fd < 0 means no input. */
+struct uart;
+struct uart *uart_create(struct machine *m, int in_fd, int out_fd);
+
+/* virtio-mmio devices in slot 0..VIRTIO_SLOTS-1. */
+struct virtio_dev;
+struct virtio_dev *virtio_blk_create(struct machine *m, unsigned slot,
+				     const char *path, bool readonly,
+				     bool defer_lock, char *err, size_t errlen);
+struct virtio_dev *virtio_net_create(struct machine *m, unsigned slot,
+				     const char *tap_ifname, const uint8_t mac[6],
+				     char *err, size_t errlen);
+struct virtio_dev *virtio_console_create(struct machine *m, unsigned slot,
+					 int in_fd, int out_fd);
+struct virtio_dev *virtio_rng_create(struct machine *m, unsigned slot);
+
+#endif

@@ -1,0 +1,275 @@
+/*
+ * main.c - ferry-vm: one process, one virtual machine.
+ *
+ * Parses the command line (the contract in DESIGN.md), builds the board
+ * (RAM, harts, CLINT, PLIC, UART, virtio devices), loads the kernel or
+ * waits for an incoming migration, serves the control socket, and ends
+ * with the guest: status 0 on power-off or `quit`, 1 on a guest reset or
+ * a failure, 2 on a bad argument.
+ */
+#include "machine/vm.h"
+#include "machine/boot.h"
+#include "machine/clint.h"
+#include "machine/devices.h"
+#include "vmm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_DISKS 4
+
+struct options {
+	struct boot_config boot;
+	unsigned long mem_mib;
+	unsigned smp;
+	const char *disks[MAX_DISKS];
+	bool disk_ro[MAX_DISKS];
+	unsigned ndisks;
+	const char *tap;
+	uint8_t mac[6];
+	const char *control;
+	const char *incoming;
+	const char *console;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: ferry-vm --kernel IMAGE [options]\n"
+		"  --kernel IMAGE          RISC-V Linux Image to boot\n"
+		"  --initrd FILE           initramfs\n"
+		"  --append CMDLINE        kernel command line\n"
+		"  --mem MiB               guest RAM (default 256)\n"
+		"  --smp N                 harts, 1 to %d (default 1)\n"
+		"  --disk PATH[,ro]        raw disk image on virtio-blk (repeatable)\n"
+		"  --net tap=IF[,mac=MAC]  virtio-net on a TAP interface\n"
+		"  --control SOCKET        JSON control socket (QMP-style)\n"
+		"  --incoming tcp:HOST:PORT | file:PATH\n"
+		"                          wait for a migration instead of booting\n"
+		"  --console stdio|none|FILE\n"
+		"                          where the serial console goes (default stdio)\n"
+		"  --help, --version\n", MAX_HARTS);
+}
+
+static void bad_arg(const char *fmt, const char *what)
+{
+	fprintf(stderr, "ferry-vm: ");
+	fprintf(stderr, fmt, what);
+	fprintf(stderr, " (see ferry-vm --help)\n");
+	exit(2);
+}
+
+static int parse_mac(const char *s, uint8_t mac[6])
+{
+	unsigned v[6];
+	char tail;
+	if (sscanf(s, "%x:%x:%x:%x:%x:%x%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+		   &tail) != 6)
+		return -1;
+	for (int i = 0; i < 6; i++) {
+		if (v[i] > 255)
+			return -1;
+		mac[i] = (uint8_t)v[i];
+	}
+	return (mac[0] & 1) ? -1 : 0;   /* multicast is not a station address */
+}
+
+static void parse_net(struct options *o, char *arg)
+{
+	char *save = NULL;
+	for (char *tok = strtok_r(arg, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (!strncmp(tok, "tap=", 4) && tok[4])
+			o->tap = tok + 4;
+		else if (!strncmp(tok, "mac=", 4)) {
+			if (parse_mac(tok + 4, o->mac))
+				bad_arg("--net: bad MAC address '%s'", tok + 4);
+		} else
+			bad_arg("--net: unknown option '%s' (want tap=IFNAME[,mac=MAC])", tok);
+	}
+	if (!o->tap)
+		bad_arg("--net: %s", "tap=IFNAME is required");
+}
+
+static unsigned long parse_number(const char *s, const char *opt)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(s, &end, 10);
+	if (errno || end == s || *end || s[0] == '-')
+		bad_arg("%s needs a positive number", opt);
+	return v;
+}
+
+static void parse_options(int argc, char **argv, struct options *o)
+{
+	static const struct option longopts[] = {
+		{ "kernel", required_argument, NULL, 'k' },
+		{ "initrd", required_argument, NULL, 'i' },
+		{ "append", required_argument, NULL, 'a' },
+		{ "mem", required_argument, NULL, 'm' },
+		{ "smp", required_argument, NULL, 's' },
+		{ "disk", required_argument, NULL, 'd' },
+		{ "net", required_argument, NULL, 'n' },
+		{ "control", required_argument, NULL, 'c' },
+		{ "incoming", required_argument, NULL, 'I' },
+		{ "console", required_argument, NULL, 'C' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ 0, 0, 0, 0 },
+	};
+	memset(o, 0, sizeof(*o));
+	o->mem_mib = 256;
+	o->smp = 1;
+	o->console = "stdio";
+	/* a locally administered MAC by default */
+	static const uint8_t default_mac[6] = { 0x52, 0x54, 0x00, 0xfe, 0x77, 0x01 };
+	memcpy(o->mac, default_mac, 6);
+
+	opterr = 0;
+	int c;
+	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'k': o->boot.kernel = optarg; break;
+		case 'i': o->boot.initrd = optarg; break;
+		case 'a': o->boot.append = optarg; break;
+		case 'm':
+			o->mem_mib = parse_number(optarg, "--mem");
+			if (o->mem_mib < 16 || o->mem_mib > 65536)
+				bad_arg("--mem %s: want 16 to 65536 MiB", optarg);
+			break;
+		case 's':
+			o->smp = (unsigned)parse_number(optarg, "--smp");
+			if (o->smp < 1 || o->smp > MAX_HARTS)
+				bad_arg("--smp %s: want 1 to 8 harts", optarg);
+			break;
+		case 'd': {
+			if (o->ndisks == MAX_DISKS)
+				bad_arg("at most %s disks", "4");
+			char *comma = strchr(optarg, ',');
+			if (comma) {
+				if (strcmp(comma, ",ro"))
+					bad_arg("--disk: unknown option '%s' (want PATH[,ro])",
+						comma + 1);
+				*comma = 0;
+				o->disk_ro[o->ndisks] = true;
+			}
+			if (!*optarg)
+				bad_arg("--disk: %s", "empty path");
+			o->disks[o->ndisks++] = optarg;
+			break;
+		}
+		case 'n': parse_net(o, optarg); break;
+		case 'c': o->control = optarg; break;
+		case 'I':
+			if (strncmp(optarg, "tcp:", 4) && strncmp(optarg, "file:", 5))
+				bad_arg("--incoming '%s': want tcp:HOST:PORT or file:PATH", optarg);
+			o->incoming = optarg;
+			break;
+		case 'C': o->console = optarg; break;
+		case 'h': usage(stdout); exit(0);
+		case 'V': printf("ferry-vm %s\n", FERRY_VERSION); exit(0);
+		case ':':
+			bad_arg("option '%s' needs an argument", argv[optind - 1]);
+			break;
+		default:
+			bad_arg("unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		bad_arg("unexpected argument '%s'", argv[optind]);
+	if (!o->boot.kernel && !o->incoming)
+		bad_arg("%s", "--kernel IMAGE is required");
+}
+
+static int open_console(const char *spec, int *in_fd, int *out_fd)
+{
+	*in_fd = -1;
+	if (!strcmp(spec, "stdio")) {
+		*in_fd = isatty(0) ? 0 : -1;
+		*out_fd = 1;
+	} else if (!strcmp(spec, "none")) {
+		*out_fd = -1;
+	} else {
+		*out_fd = open(spec, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		if (*out_fd < 0) {
+			fprintf(stderr, "ferry-vm: console %s: %s\n", spec, strerror(errno));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static struct machine *build_machine(const struct options *o, struct vmm *vmm)
+{
+	char err[512] = "";
+	struct machine *m = machine_create(o->mem_mib, o->smp, err, sizeof(err));
+	if (!m)
+		goto fail;
+	int in_fd, out_fd;
+	if (open_console(o->console, &in_fd, &out_fd))
+		return NULL;
+	m->console_fd = out_fd;
+	if (clint_create(m) || !uart_create(m, in_fd, out_fd)) {
+		snprintf(err, sizeof(err), "cannot create the CLINT or UART");
+		goto fail;
+	}
+	unsigned slot = 0;
+	for (unsigned i = 0; i < o->ndisks; i++)
+		if (!virtio_blk_create(m, slot++, o->disks[i], o->disk_ro[i],
+				       o->incoming != NULL, err, sizeof(err)))
+			goto fail;
+	if (o->tap && !virtio_net_create(m, slot++, o->tap, o->mac, err, sizeof(err)))
+		goto fail;
+	if (!virtio_console_create(m, slot++, -1, out_fd) || !virtio_rng_create(m, slot++)) {
+		snprintf(err, sizeof(err), "cannot create the virtio console or rng");
+		goto fail;
+	}
+	vmm->machine = m;
+	return m;
+fail:
+	fprintf(stderr, "ferry-vm: %s\n", err);
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	struct options o;
+	parse_options(argc, argv, &o);
+	signal(SIGPIPE, SIG_IGN);
+
+	struct vmm vmm = { 0 };
+	vmm_handle_signals(&vmm);
+	struct machine *m = build_machine(&o, &vmm);
+	if (!m)
+		return 1;
+
+	char err[512] = "";
+	if (!o.incoming && boot_load(m, &o.boot, err, sizeof(err))) {
+		fprintf(stderr, "ferry-vm: %s\n", err);
+		return 1;
+	}
+	if (o.control && vmm_control_start(&vmm, o.control, err, sizeof(err))) {
+		fprintf(stderr, "ferry-vm: %s\n", err);
+		return 1;
+	}
+	if (o.incoming) {
+		if (vmm_incoming(&vmm, o.incoming, err, sizeof(err))) {
+			fprintf(stderr, "ferry-vm: incoming migration failed: %s\n", err);
+			vmm_shutdown(&vmm);
+			return 1;
+		}
+	} else if (machine_start(m)) {
+		fprintf(stderr, "ferry-vm: cannot start threads\n");
+		return 1;
+	}
+
+	enum exit_reason why = machine_wait_exit(m);
+	vmm_shutdown(&vmm);
+	return why == EXIT_POWEROFF || why == EXIT_QUIT ? 0 : 1;
+}
