@@ -246,10 +246,10 @@ void hart_trap(struct hart *h, uint64_t cause, uint64_t tval, bool interrupt)
 	if (trace_traps < 0)
 		trace_traps = getenv("FERRY_TRACE_TRAPS") != NULL;
 	if (trace_traps)
-		fprintf(stderr, "trap hart %u: %s %llu at pc %#llx tval %#llx priv %d\n",
+		fprintf(stderr, "trap hart %u: %s %llu at pc %#llx tval %#llx priv %d satp %#llx\n",
 			h->id, interrupt ? "interrupt" : "exception",
 			(unsigned long long)cause, (unsigned long long)h->pc,
-			(unsigned long long)tval, h->priv);
+			(unsigned long long)tval, h->priv, (unsigned long long)h->satp);
 	uint64_t deleg = interrupt ? h->mideleg : h->medeleg;
 	uint64_t code = cause | (interrupt ? 1ULL << 63 : 0);
 	h->lr_valid = false;

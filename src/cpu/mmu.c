@@ -72,7 +72,7 @@ static int page_walk(struct hart *h, uint64_t va, enum access acc, int priv, uin
 	if ((uint64_t)((int64_t)(va << (64 - vabits)) >> (64 - vabits)) != va)
 		return 1;
 
-	uint64_t table = PTE_PPN(h->satp) << 12;
+	uint64_t table = (h->satp & ((1ULL << 44) - 1)) << 12;
 	for (int level = (int)levels - 1; level >= 0; level--) {
 		uint64_t pte_pa = table + ((va >> (12 + 9 * level)) & 0x1ff) * 8;
 		if (!pa_is_ram(m, pte_pa))
