@@ -271,5 +271,5 @@ int main(int argc, char **argv)
 
 	enum exit_reason why = machine_wait_exit(m);
 	vmm_shutdown(&vmm);
-	return why == EXIT_POWEROFF || why == EXIT_QUIT ? 0 : 1;
+	return why == EXIT_POWEROFF || why == EXIT_QUIT || why == EXIT_MIGRATED ? 0 : 1;
 }

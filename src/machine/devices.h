@@ -22,11 +22,13 @@ struct machine;
 struct plic;
 struct plic *plic_create(struct machine *m, unsigned nharts);
 void plic_set_level(struct plic *p, unsigned irq, int level);
+void plic_destroy(struct plic *p);
 
 /* ns16550a UART at UART_BASE, PLIC source UART_IRQ. out_fd < 0 drops
  * output; in_fd < 0 means no input. */
 struct uart;
 struct uart *uart_create(struct machine *m, int in_fd, int out_fd);
+void uart_destroy(struct uart *u);
 
 /* virtio-mmio devices in slot 0..VIRTIO_SLOTS-1. */
 struct virtio_dev;
@@ -39,5 +41,10 @@ struct virtio_dev *virtio_net_create(struct machine *m, unsigned slot,
 struct virtio_dev *virtio_console_create(struct machine *m, unsigned slot,
 					 int in_fd, int out_fd);
 struct virtio_dev *virtio_rng_create(struct machine *m, unsigned slot);
+
+/* The *_destroy functions free a device once its machine no longer runs
+ * (no hart or I/O thread can call it); a virtio-blk disk is flushed and
+ * unlocked. They do not unregister the MMIO region. */
+void virtio_destroy(struct virtio_dev *d);
 
 #endif

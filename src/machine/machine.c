@@ -315,6 +315,16 @@ void dirty_log_stop(struct machine *m)
 	atomic_store(&m->logging, false);
 }
 
+uint64_t dirty_log_count(struct machine *m)
+{
+	size_t words = (m->ram_size / PAGE_SIZE + 63) / 64;
+	uint64_t count = 0;
+	for (size_t i = 0; i < words; i++)
+		count += (uint64_t)__builtin_popcountll(atomic_load_explicit(&m->dirty[i],
+							memory_order_relaxed));
+	return count;
+}
+
 uint64_t dirty_log_harvest(struct machine *m, uint64_t *out)
 {
 	size_t pages = m->ram_size / PAGE_SIZE, words = (pages + 63) / 64;

@@ -43,7 +43,8 @@ struct io_watch_entry {
 #define MAX_STATES  32
 #define MAX_WATCHES 16
 
-enum exit_reason { EXIT_NONE, EXIT_POWEROFF, EXIT_RESET, EXIT_QUIT, EXIT_ERROR };
+enum exit_reason { EXIT_NONE, EXIT_POWEROFF, EXIT_RESET, EXIT_QUIT, EXIT_MIGRATED,
+		   EXIT_ERROR };
 
 struct machine {
 	/* RAM */
@@ -155,6 +156,9 @@ static inline bool page_missing(struct machine *m, uint64_t pfn)
 void postcopy_fetch(struct machine *m, uint64_t pfn);
 /* Make [gpa, gpa+len) present (device DMA during post-copy). */
 void mem_fault_in(struct machine *m, uint64_t gpa, uint64_t len);
+
+/* Pages dirty in the log right now (not harvested). */
+uint64_t dirty_log_count(struct machine *m);
 
 /* Ask every hart to run `req` and wait until all have (shootdowns). */
 void machine_sync_harts(struct machine *m, unsigned req, struct hart *self);

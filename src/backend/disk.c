@@ -1,0 +1,154 @@
+/*
+ * disk.c - raw disk images: open, lock, read, write, flush (see disk.h).
+ *
+ * Locks are open file description (OFD) locks on the whole file, so they
+ * belong to this open image, not to the process: they are dropped when
+ * the descriptor closes (also when ferry-vm dies) and two opens of the
+ * same image conflict even inside one process. F_OFD_SETLK never waits:
+ * an image in use is an error the user sees at once.
+ */
+#include "backend/disk.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int disk_size(struct disk *d, char *err, size_t errlen)
+{
+	struct stat st;
+	if (fstat(d->fd, &st)) {
+		snprintf(err, errlen, "disk %s: %s", d->path, strerror(errno));
+		return -1;
+	}
+	if (S_ISREG(st.st_mode)) {
+		d->size = (uint64_t)st.st_size;
+		return 0;
+	}
+	if (S_ISBLK(st.st_mode) && ioctl(d->fd, BLKGETSIZE64, &d->size) == 0)
+		return 0;
+	snprintf(err, errlen, "disk %s: not a regular file or block device", d->path);
+	return -1;
+}
+
+static int disk_setlk(struct disk *d, short type)
+{
+	struct flock fl = {
+		.l_type = type,
+		.l_whence = SEEK_SET,
+		.l_start = 0,
+		.l_len = 0,         /* to the end, however large it grows */
+	};
+	return fcntl(d->fd, F_OFD_SETLK, &fl);
+}
+
+int disk_lock(struct disk *d, char *err, size_t errlen)
+{
+	if (d->locked)
+		return 0;
+	if (disk_setlk(d, d->readonly ? F_RDLCK : F_WRLCK)) {
+		if (errno == EAGAIN || errno == EACCES)
+			snprintf(err, errlen, "disk %s: in use by another process (locked)",
+				 d->path);
+		else
+			snprintf(err, errlen, "disk %s: cannot lock: %s", d->path,
+				 strerror(errno));
+		return -1;
+	}
+	d->locked = true;
+	return 0;
+}
+
+int disk_unlock(struct disk *d, char *err, size_t errlen)
+{
+	int ret = 0;
+	if (!d->readonly && disk_flush(d)) {
+		snprintf(err, errlen, "disk %s: cannot flush: %s", d->path, strerror(errno));
+		ret = -1;
+	}
+	if (d->locked && disk_setlk(d, F_UNLCK) == 0)
+		d->locked = false;
+	return ret;
+}
+
+int disk_open(struct disk *d, const char *path, bool readonly, bool defer_lock,
+	      char *err, size_t errlen)
+{
+	memset(d, 0, sizeof(*d));
+	d->readonly = readonly;
+	d->path = strdup(path);
+	d->fd = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+	if (!d->path || d->fd < 0) {
+		snprintf(err, errlen, "disk %s: %s", path, strerror(d->path ? errno : ENOMEM));
+		disk_close(d);
+		return -1;
+	}
+	if (disk_size(d, err, errlen) || (!defer_lock && disk_lock(d, err, errlen))) {
+		disk_close(d);
+		return -1;
+	}
+	return 0;
+}
+
+int disk_read(struct disk *d, void *buf, size_t len, uint64_t off)
+{
+	uint8_t *p = buf;
+	while (len) {
+		ssize_t n = pread(d->fd, p, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0) {       /* past the end (the image shrank): zeros */
+			memset(p, 0, len);
+			return 0;
+		}
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int disk_write(struct disk *d, const void *buf, size_t len, uint64_t off)
+{
+	const uint8_t *p = buf;
+	if (d->readonly) {
+		errno = EROFS;
+		return -1;
+	}
+	while (len) {
+		ssize_t n = pwrite(d->fd, p, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = EIO;
+			return -1;
+		}
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int disk_flush(struct disk *d)
+{
+	return d->readonly ? 0 : fdatasync(d->fd);
+}
+
+void disk_close(struct disk *d)
+{
+	if (d->fd >= 0)
+		close(d->fd);   /* drops the OFD lock too */
+	free(d->path);
+	d->fd = -1;
+	d->path = NULL;
+	d->locked = false;
+}

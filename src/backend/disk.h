@@ -1,0 +1,38 @@
+/*
+ * disk.h - a raw disk image on the host, locked against a second writer.
+ *
+ * A writer holds an exclusive OFD lock on the whole image, a read-only
+ * user a shared one, so two ferry-vm processes never write one image at
+ * the same time, and a read-only user never sees it change. A migration
+ * destination opens the image without the lock (defer_lock) and takes it
+ * with disk_lock() only once the source has let go (disk_unlock()).
+ */
+#ifndef FERRY_DISK_H
+#define FERRY_DISK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct disk {
+	int fd;
+	char *path;
+	bool readonly;
+	bool locked;
+	uint64_t size;      /* bytes */
+};
+
+/* Open path; 0, or -1 with "disk PATH: why" in err. */
+int disk_open(struct disk *d, const char *path, bool readonly, bool defer_lock,
+	      char *err, size_t errlen);
+/* Take the lock; 0, or -1 with the reason in err. Taking it twice is fine. */
+int disk_lock(struct disk *d, char *err, size_t errlen);
+/* Flush to stable storage and let go of the lock. 0, or -1 (err). */
+int disk_unlock(struct disk *d, char *err, size_t errlen);
+/* Whole transfers at byte offset off: 0, or -1 with errno set. */
+int disk_read(struct disk *d, void *buf, size_t len, uint64_t off);
+int disk_write(struct disk *d, const void *buf, size_t len, uint64_t off);
+int disk_flush(struct disk *d);
+void disk_close(struct disk *d);
+
+#endif
