@@ -230,6 +230,8 @@ static struct machine *build_machine(const struct options *o, struct vmm *vmm)
 		snprintf(err, sizeof(err), "cannot create the virtio console or rng");
 		goto fail;
 	}
+	for (unsigned i = 0; i < o->ndisks; i++)
+		vmm->disks[vmm->ndisks++] = o->disks[i];
 	vmm->machine = m;
 	return m;
 fail:

@@ -16,6 +16,8 @@ struct vmm {
 	struct control *control;
 	struct migration *mig;     /* the current or last outgoing migration */
 	struct migration *in;      /* the incoming migration, while it runs */
+	const char *disks[4];      /* disk image paths, for storage checks */
+	unsigned ndisks;
 };
 
 /* Block the usual termination signals in every thread and turn them into

@@ -56,7 +56,8 @@ struct client {
 	bool skipping;     /* dropping the rest of an over-long line */
 	size_t in_start;   /* unread input is in[in_start, in_start + in_len) */
 	size_t in_len;
-	char *out;         /* output not yet written; under control.lock */
+	char *out;         /* output not yet written, under control.lock: */
+	size_t out_off;    /* it is out[out_off, out_off + out_len) */
 	size_t out_len;
 	size_t out_cap;
 	char in[CONTROL_LINE_MAX + 1];   /* a line and its newline */
@@ -85,9 +86,8 @@ struct control {
 static void control_wake(struct control *c)
 {
 	char b = 1;
-	/* a full pipe already means "wake up" */
-	if (write(c->wake[1], &b, 1) < 0 && errno != EAGAIN)
-		return;
+	ssize_t r = write(c->wake[1], &b, 1);
+	(void)r;   /* a full pipe already means "wake up" */
 }
 
 /* Queue bytes for a client; under c->lock. A client that lets its output
@@ -99,6 +99,10 @@ static void client_queue(struct client *cl, const char *s, size_t n)
 	if (cl->out_len + n > OUT_MAX) {
 		cl->dead = true;
 		return;
+	}
+	if (cl->out_off && cl->out_off + cl->out_len + n > cl->out_cap) {
+		memmove(cl->out, cl->out + cl->out_off, cl->out_len);
+		cl->out_off = 0;
 	}
 	if (cl->out_len + n > cl->out_cap) {
 		size_t cap = cl->out_cap ? cl->out_cap : 4096;
@@ -112,7 +116,7 @@ static void client_queue(struct client *cl, const char *s, size_t n)
 		cl->out = p;
 		cl->out_cap = cap;
 	}
-	memcpy(cl->out + cl->out_len, s, n);
+	memcpy(cl->out + cl->out_off + cl->out_len, s, n);
 	cl->out_len += n;
 }
 
@@ -120,7 +124,8 @@ static void client_queue(struct client *cl, const char *s, size_t n)
 static void client_flush(struct client *cl)
 {
 	while (cl->out_len && !cl->dead) {
-		ssize_t n = send(cl->fd, cl->out, cl->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		ssize_t n = send(cl->fd, cl->out + cl->out_off, cl->out_len,
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -128,9 +133,11 @@ static void client_flush(struct client *cl)
 				cl->dead = true;    /* the peer is gone */
 			return;
 		}
-		memmove(cl->out, cl->out + n, cl->out_len - (size_t)n);
+		cl->out_off += (size_t)n;
 		cl->out_len -= (size_t)n;
 	}
+	if (!cl->out_len)
+		cl->out_off = 0;
 }
 
 static size_t client_pending(struct control *c, struct client *cl)
@@ -160,6 +167,9 @@ static void client_send(struct control *c, struct client *cl, json_t *msg)
 	free(s);
 }
 
+/* An error reply. The description may quote the client's bytes, cut
+ * anywhere by the buffer: if that is not valid UTF-8 (which JSON needs),
+ * non-ASCII bytes become '?'. */
 static json_t *error_reply(const char *cls, const char *fmt, ...)
 {
 	char desc[ERR_LEN];
@@ -167,6 +177,12 @@ static json_t *error_reply(const char *cls, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(desc, sizeof(desc), fmt, ap);
 	va_end(ap);
+	json_t *reply = json_pack("{s:{s:s, s:s}}", "error", "class", cls, "desc", desc);
+	if (reply)
+		return reply;
+	for (char *p = desc; *p; p++)
+		if ((unsigned char)*p >= 0x80)
+			*p = '?';
 	return json_pack("{s:{s:s, s:s}}", "error", "class", cls, "desc", desc);
 }
 

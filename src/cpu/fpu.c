@@ -477,7 +477,8 @@ static uint64_t exact_round_away(const struct fmt *f, struct exact e)
 	if (e.sig == 0)
 		return sign;
 	int top = e.exp + msb128(e.sig);
-	int q = (top < emin ? emin : top) - (p - 1);	/* exponent of the ulp */
+	/* the exponent of the result's last bit: subnormals have fewer bits */
+	int q = (top < emin ? emin : top) - (p - 1);
 	int drop = q - e.exp;
 	u128 kept;
 	if (drop <= 0)
@@ -520,9 +521,11 @@ static struct exact exact_from_int(enum ikind k, uint64_t v)
 /* ---- arithmetic instructions ------------------------------------------ */
 
 /* The RMM result of an operation whose RNE result was 'rne' with flags
- * 'fl': only finite inexact results can differ. */
-static uint64_t rmm_fix_arith(const struct fmt *f, enum arith op, uint64_t a,
-			      uint64_t b, uint64_t c, uint64_t rne, uint32_t fl)
+ * 'fl': only finite inexact results can differ. Kept out of line so that
+ * the common path stays small. */
+static __attribute__((noinline, cold))
+uint64_t rmm_fix_arith(const struct fmt *f, enum arith op, uint64_t a,
+		       uint64_t b, uint64_t c, uint64_t rne, uint32_t fl)
 {
 	if (!(fl & FL_NX) || !f_is_finite(f, rne) || op == AR_SQRT)
 		return rne;
@@ -817,12 +820,12 @@ static int op_cvt_from_int(struct fpu_regs *r, uint32_t insn,
 /* FMV.X.W / FMV.X.D (rm 0) move raw bits, FCLASS (rm 1) reads a value. */
 static int op_mv_to_x(struct fpu_regs *r, uint32_t insn, const struct fmt *f)
 {
-	unsigned kind = insn_rm(insn);
-	uint64_t raw = r->f[insn_rs1(insn)];
+	unsigned kind = insn_rm(insn), rs1 = insn_rs1(insn);
+	uint64_t raw = r->f[rs1];
 	if (insn_rs2(insn) != 0 || kind > 1)
 		return -1;
 	if (kind == 1)
-		r->x[insn_rd(insn)] = fpu_class(f, freg_read(r, f, insn_rs1(insn)));
+		r->x[insn_rd(insn)] = fpu_class(f, freg_read(r, f, rs1));
 	else if (f == &FMT_S)
 		r->x[insn_rd(insn)] = (uint64_t)(int64_t)(int32_t)(uint32_t)raw;
 	else

@@ -232,7 +232,8 @@ static void blk_fill_serial(struct blk *b, const char *path)
 	const char *base = strrchr(path, '/');
 	base = base ? base + 1 : path;
 	/* not NUL-terminated when all 20 bytes are used, as the spec allows */
-	strncpy(b->serial, base, sizeof(b->serial));
+	size_t n = strlen(base);
+	memcpy(b->serial, base, n < sizeof(b->serial) ? n : sizeof(b->serial));
 }
 
 #define BLK_FEATURES ((1ULL << VIRTIO_BLK_F_FLUSH) | (1ULL << VIRTIO_BLK_F_SEG_MAX) | \

@@ -22,6 +22,7 @@
 #include "virtio/virtio.h"
 #include "util/sbuf.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -411,20 +412,19 @@ static int virtio_load(void *dev, struct sbuf *in, uint32_t version, const char 
 static int virtio_release(void *dev, const char **why)
 {
 	struct virtio_dev *d = dev;
-	return d->ops->release ? d->ops->release(d, why) : 0;
+	return d->ops->release(d, why);
 }
 
 static int virtio_acquire(void *dev, const char **why)
 {
 	struct virtio_dev *d = dev;
-	return d->ops->acquire ? d->ops->acquire(d, why) : 0;
+	return d->ops->acquire(d, why);
 }
 
 static void virtio_resumed_elsewhere(void *dev)
 {
 	struct virtio_dev *d = dev;
-	if (d->ops->resumed_elsewhere)
-		d->ops->resumed_elsewhere(d);
+	d->ops->resumed_elsewhere(d);
 }
 
 /* ---- setup -------------------------------------------------------------------- */
@@ -450,9 +450,11 @@ int virtio_init(struct virtio_dev *d, struct machine *m, unsigned slot,
 		.version = VIRTIO_STATE_VERSION,
 		.save = virtio_save,
 		.load = virtio_load,
-		.release = virtio_release,
-		.acquire = virtio_acquire,
-		.resumed_elsewhere = virtio_resumed_elsewhere,
+		/* only what the device type has: migration asks "any disks?"
+		 * by looking for acquire */
+		.release = ops->release ? virtio_release : NULL,
+		.acquire = ops->acquire ? virtio_acquire : NULL,
+		.resumed_elsewhere = ops->resumed_elsewhere ? virtio_resumed_elsewhere : NULL,
 	};
 	if (machine_add_mmio(m, VIRTIO_BASE + slot * VIRTIO_STRIDE, VIRTIO_STRIDE,
 			     &virtio_mmio_ops, d)) {

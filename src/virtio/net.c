@@ -28,7 +28,6 @@
 
 #include <endian.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <linux/virtio_net.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -20,7 +20,6 @@
 #include "machine/devices.h"
 #include "machine/machine.h"
 
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

@@ -171,7 +171,7 @@ static bool vq_enter_indirect(struct virtio_dev *d, const struct vq_desc *dsc,
 		return false;
 	}
 	if (dsc->len == 0 || dsc->len % DESC_SIZE || dsc->len / DESC_SIZE > VQ_MAX_SEGS ||
-	    (dsc->addr & 15) || !mem_ptr(d->m, dsc->addr, dsc->len)) {
+	    !mem_ptr(d->m, dsc->addr, dsc->len)) {
 		virtio_fail(d, "bad indirect table (0x%llx, %u bytes)",
 			    (unsigned long long)dsc->addr, dsc->len);
 		return false;

@@ -1,0 +1,37 @@
+/*
+ * migrate.h - live migration of the running machine, and save/restore.
+ *
+ * The outgoing side runs on a thread of its own (outgoing.c): handshake,
+ * pre-copy rounds over the dirty log, throttling or post-copy when rounds
+ * stop shrinking, switchover, and the handoff that lets the source go only
+ * after the destination confirms it holds everything. The incoming side
+ * (incoming.c) receives, verifies and starts the guest. vmstate.c turns
+ * the machine (harts, devices, clock) into stream sections and back.
+ */
+#ifndef FERRY_MIGRATE_H
+#define FERRY_MIGRATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <jansson.h>
+
+struct vmm;
+struct migration;
+
+bool migration_is_active(struct migration *mg);
+/* The guest was handed off: it runs on the destination now. */
+bool migration_is_done(struct migration *mg);
+
+/* Control socket commands (see DESIGN.md "Control socket"). */
+json_t *migration_cmd_migrate(void *vmm, json_t *args, const char **cls, char *err,
+			      size_t errlen);
+json_t *migration_cmd_query(void *vmm, json_t *args, const char **cls, char *err,
+			    size_t errlen);
+json_t *migration_cmd_cancel(void *vmm, json_t *args, const char **cls, char *err,
+			     size_t errlen);
+json_t *migration_cmd_set_parameters(void *vmm, json_t *args, const char **cls, char *err,
+				     size_t errlen);
+json_t *migration_cmd_save(void *vmm, json_t *args, const char **cls, char *err,
+			   size_t errlen);
+
+#endif

@@ -1,0 +1,68 @@
+/*
+ * migration.h - what the outgoing, incoming and post-copy sides share.
+ */
+#ifndef FERRY_MIGRATION_H
+#define FERRY_MIGRATION_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct vmm;
+struct machine;
+struct mig_stream;
+struct mig_config;
+
+enum mig_status {
+	MIG_NONE, MIG_SETUP, MIG_ACTIVE, MIG_POSTCOPY, MIG_COMPLETED, MIG_FAILED,
+	MIG_CANCELLED,
+};
+
+struct migration {
+	struct vmm *vmm;
+	pthread_t thread;
+	pthread_mutex_t lock;           /* guards everything below */
+	enum mig_status status;
+	char error[256];
+	char phase[160];                /* what the planner last decided, and why */
+	int fd;
+
+	/* parameters */
+	char uri[256];
+	uint64_t downtime_ms, bandwidth_mbps, max_total_s;
+	bool postcopy;
+	atomic_bool cancel;
+
+	/* figures for query-migrate */
+	uint64_t start_ms, setup_ms, total_ms, downtime_ms_measured;
+	uint64_t transferred, remaining, rounds, bandwidth_bps, expected_downtime_ms;
+	uint64_t postcopy_requests;
+	int throttle_pct;
+	bool stalled;
+	bool done;                      /* handed off: the guest runs elsewhere */
+};
+
+uint64_t mig_now_ms(void);
+int mig_parse_tcp(const char *uri, char *host, size_t hostlen, char *port, size_t portlen);
+void mig_socket_tune(int fd);
+
+/* vmstate.c: the machine as stream sections */
+void vmstate_config(struct vmm *v, struct mig_config *cfg);
+int vmstate_send(struct machine *m, struct mig_stream *s);
+struct mig_section;
+int vmstate_load(struct machine *m, const struct mig_section *sec, char *err, size_t errlen);
+int vmstate_release(struct machine *m, const char **why);
+int vmstate_acquire(struct machine *m, const char **why);
+bool vmstate_has_disks(struct machine *m);
+void vmstate_resumed_elsewhere(struct machine *m);
+
+/* postcopy.c */
+int postcopy_run(struct migration *mg, struct mig_stream *s, uint64_t *bitmap);
+int postcopy_incoming_begin(struct vmm *v, struct mig_stream *s,
+			    const struct mig_section *sec, char *err, size_t errlen);
+int postcopy_incoming_run(struct vmm *v, struct mig_stream *s, int fd, char *err,
+			  size_t errlen);
+
+#endif

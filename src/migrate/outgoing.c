@@ -1,0 +1,687 @@
+/*
+ * outgoing.c - the source side of a live migration, and `save`.
+ *
+ * One thread per migration runs the flow of DESIGN.md:
+ *   1. handshake: the destination states what it can run (its
+ *      configuration); we check it against ours and refuse early, with the
+ *      reason, before anything stops;
+ *   2. pre-copy: the dirty log starts with every page dirty; each round
+ *      harvests it and sends those pages, measuring the link; the planner
+ *      decides after each round: another round, a vCPU throttle, or
+ *      switchover;
+ *   3. switchover: stop the world, send the last pages, every hart's and
+ *      device's state, the clock, and a digest of all of RAM;
+ *   4. handoff: wait for the destination to confirm it verified and holds
+ *      everything; only then release the disks (flush, unlock), tell the
+ *      destination, and wait until it runs. Until the confirmation any
+ *      failure resumes the guest here with nothing lost.
+ * `save` writes the same stream to a file with the guest stopped.
+ */
+#include "migrate/migrate.h"
+#include "migrate/migration.h"
+#include "migrate/planner.h"
+#include "migrate/stream.h"
+#include "machine/vm.h"
+#include "vmm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define IO_TIMEOUT_S 10         /* a silent peer for this long is dead */
+#define HANDOFF_TIMEOUT_S 30
+
+static const char *status_names[] = {
+	[MIG_NONE] = "none", [MIG_SETUP] = "setup", [MIG_ACTIVE] = "active",
+	[MIG_POSTCOPY] = "postcopy", [MIG_COMPLETED] = "completed",
+	[MIG_FAILED] = "failed", [MIG_CANCELLED] = "cancelled",
+};
+
+uint64_t mig_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static json_t *migration_figures(struct migration *mg);
+
+/* Every change of status is an event; the last one carries the figures,
+ * since a source that handed its guest over exits right after. */
+static void set_status(struct migration *mg, enum mig_status st)
+{
+	pthread_mutex_lock(&mg->lock);
+	mg->status = st;
+	pthread_mutex_unlock(&mg->lock);
+	if (st == MIG_COMPLETED || st == MIG_FAILED || st == MIG_CANCELLED)
+		vmm_event(mg->vmm, "MIGRATION", migration_figures(mg));
+	else
+		vmm_event(mg->vmm, "MIGRATION", json_pack("{s:s}", "status", status_names[st]));
+}
+
+static void fail(struct migration *mg, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void fail(struct migration *mg, const char *fmt, ...)
+{
+	va_list ap;
+	pthread_mutex_lock(&mg->lock);
+	if (!mg->error[0]) {
+		va_start(ap, fmt);
+		vsnprintf(mg->error, sizeof(mg->error), fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&mg->lock);
+}
+
+/* ---- connecting ----------------------------------------------------------------- */
+
+/* Split "tcp:HOST:PORT"; HOST may be [v6]. */
+int mig_parse_tcp(const char *uri, char *host, size_t hostlen, char *port, size_t portlen)
+{
+	if (strncmp(uri, "tcp:", 4))
+		return -1;
+	const char *h = uri + 4;
+	const char *colon = strrchr(h, ':');
+	if (!colon || colon == h || !colon[1])
+		return -1;
+	size_t n = (size_t)(colon - h);
+	if (h[0] == '[' && n >= 2 && h[n - 1] == ']') {
+		h++;
+		n -= 2;
+	}
+	if (n >= hostlen || strlen(colon + 1) >= portlen)
+		return -1;
+	memcpy(host, h, n);
+	host[n] = 0;
+	strcpy(port, colon + 1);
+	return 0;
+}
+
+void mig_socket_tune(int fd)
+{
+	int one = 1;
+	struct timeval tv = { IO_TIMEOUT_S, 0 };
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	int buf = 4 << 20;
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
+}
+
+static int connect_tcp(const char *uri, char *err, size_t errlen)
+{
+	char host[256], port[32];
+	if (mig_parse_tcp(uri, host, sizeof(host), port, sizeof(port))) {
+		snprintf(err, errlen, "bad uri '%s': want tcp:HOST:PORT", uri);
+		return -1;
+	}
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
+	int r = getaddrinfo(host, port, &hints, &ai);
+	if (r) {
+		snprintf(err, errlen, "%s: %s", uri, gai_strerror(r));
+		return -1;
+	}
+	int fd = -1, last = 0;
+	for (struct addrinfo *a = ai; a; a = a->ai_next) {
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+		if (fd < 0)
+			continue;
+		mig_socket_tune(fd);
+		if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
+			break;
+		last = errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(ai);
+	if (fd < 0)
+		snprintf(err, errlen, "cannot connect to %s: %s", uri, strerror(last));
+	return fd;
+}
+
+/* ---- sending RAM ------------------------------------------------------------------ */
+
+static bool cancelled(struct migration *mg)
+{
+	return atomic_load(&mg->cancel);
+}
+
+/* Bandwidth cap: sleep until `sent` bytes fit the budget since t0. */
+static void pace(struct migration *mg, uint64_t sent, uint64_t t0_ms)
+{
+	if (!mg->bandwidth_mbps)
+		return;
+	uint64_t bytes_per_ms = mg->bandwidth_mbps * 1000000 / 8 / 1000;
+	uint64_t due_ms = sent / (bytes_per_ms ? bytes_per_ms : 1);
+	uint64_t now = mig_now_ms() - t0_ms;
+	if (due_ms > now) {
+		struct timespec ts = { (time_t)((due_ms - now) / 1000),
+				       (long)((due_ms - now) % 1000) * 1000000 };
+		nanosleep(&ts, NULL);
+	}
+}
+
+/* Send the pages set in bitmap; returns bytes written, or -1. */
+static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint64_t *bitmap)
+{
+	struct machine *m = mg->vmm->machine;
+	uint64_t pages = m->ram_size / PAGE_SIZE;
+	uint64_t start = mig_stream_bytes(s), t0 = mig_now_ms();
+	for (uint64_t w = 0; w < (pages + 63) / 64; w++) {
+		uint64_t bits = bitmap[w];
+		while (bits) {
+			uint64_t pfn = w * 64 + (uint64_t)__builtin_ctzll(bits);
+			bits &= bits - 1;
+			if (mig_put_page(s, pfn, m->ram + pfn * PAGE_SIZE))
+				return -1;
+		}
+		if ((w & 63) == 63) {
+			if (cancelled(mg))
+				return -1;
+			pace(mg, mig_stream_bytes(s) - start, t0);
+			pthread_mutex_lock(&mg->lock);
+			mg->transferred = mig_stream_bytes(s);
+			pthread_mutex_unlock(&mg->lock);
+		}
+	}
+	if (mig_flush_pages(s))
+		return -1;
+	return (int64_t)(mig_stream_bytes(s) - start);
+}
+
+/* ---- the flow ---------------------------------------------------------------------- */
+
+static int handshake(struct migration *mg, struct mig_stream *s)
+{
+	struct mig_config local, remote;
+	char why[256];
+	vmstate_config(mg->vmm, &local);
+	if (mig_read_config(s, &remote)) {
+		fail(mg, "handshake: %s", mig_stream_error(s));
+		return -1;
+	}
+	if (mig_config_check(&local, &remote, why, sizeof(why))) {
+		fail(mg, "destination cannot run this guest: %s", why);
+		mig_send_error(s, why);
+		return -1;
+	}
+	if (mig_write_config(s, &local) || mig_flush(s)) {
+		fail(mg, "handshake: %s", mig_stream_error(s));
+		return -1;
+	}
+	if (mig_expect(s, MIG_SEC_ACK, why, sizeof(why))) {
+		fail(mg, "destination refused: %s", why);
+		return -1;
+	}
+	return 0;
+}
+
+/* Pre-copy rounds until the planner says switch over (returns 0), or
+ * post-copy (1), or failure (-1). */
+static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
+{
+	struct machine *m = mg->vmm->machine;
+	struct plan_params params = {
+		.downtime_ms = mg->downtime_ms,
+		.max_total_ms = mg->max_total_s * 1000,
+		.postcopy = mg->postcopy,
+		.throttle = true,
+	};
+	struct plan_state st = { 0 };
+	uint64_t t_start = mg->start_ms;
+	dirty_log_start(m);
+	for (;;) {
+		uint64_t n = dirty_log_harvest(m, bitmap);
+		uint64_t t0 = mig_now_ms();
+		int64_t bytes = send_pages(mg, s, bitmap);
+		if (bytes < 0)
+			return -1;
+		uint64_t dt = mig_now_ms() - t0;
+		st.round++;
+		st.elapsed_ms = mig_now_ms() - t_start;
+		/* the link's speed, measured on rounds long enough to mean it */
+		if (dt >= 20 || !st.bandwidth_bps)
+			st.bandwidth_bps = (uint64_t)bytes * 1000 / (dt ? dt : 1);
+		uint64_t avg_page = n ? (uint64_t)bytes / n : PAGE_SIZE;
+		if (avg_page < 64)
+			avg_page = 64;
+		/* what is dirty now is what the next round must send */
+		st.prev_remaining = st.remaining_bytes;
+		st.remaining_bytes = dirty_log_count(m) * avg_page;
+		struct plan_decision d = plan_next(&params, &st);
+
+		pthread_mutex_lock(&mg->lock);
+		mg->rounds = st.round;
+		mg->remaining = st.remaining_bytes;
+		mg->bandwidth_bps = st.bandwidth_bps;
+		mg->expected_downtime_ms = d.expected_downtime_ms;
+		mg->stalled = d.stalled;
+		snprintf(mg->phase, sizeof(mg->phase), "%s", d.why);
+		mg->transferred = mig_stream_bytes(s);
+		pthread_mutex_unlock(&mg->lock);
+
+		if (d.throttle_pct != st.throttle_pct) {
+			st.throttle_pct = d.throttle_pct;
+			atomic_store(&m->throttle_pct, d.throttle_pct);
+			pthread_mutex_lock(&mg->lock);
+			mg->throttle_pct = d.throttle_pct;
+			pthread_mutex_unlock(&mg->lock);
+		}
+		if (d.action == PLAN_SWITCHOVER)
+			return 0;
+		if (d.action == PLAN_POSTCOPY)
+			return 1;
+		if (cancelled(mg))
+			return -1;
+	}
+}
+
+/* Everything the destination needs to run, with the guest stopped. */
+static int send_final_state(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
+{
+	struct machine *m = mg->vmm->machine;
+	dirty_log_harvest(m, bitmap);
+	if (send_pages(mg, s, bitmap) < 0)
+		return -1;
+	dirty_log_stop(m);
+	if (vmstate_send(m, s))
+		return -1;
+	if (mig_write_digest(s, mig_ram_digest(m->ram, m->ram_size)) ||
+	    mig_write_end(s) || mig_flush(s))
+		return -1;
+	return 0;
+}
+
+/* Let go of the disks and hand the guest over. Returns 0 when the
+ * destination runs the guest; -1 if we may resume; -2 if the outcome is
+ * unknown (we must not resume: the destination may be running). */
+static int handoff(struct migration *mg, struct mig_stream *s)
+{
+	struct machine *m = mg->vmm->machine;
+	char why[256];
+	if (mig_expect(s, MIG_SEC_ACK, why, sizeof(why))) {
+		fail(mg, "destination did not confirm the switchover: %s", why);
+		return -1;
+	}
+	const char *reason = NULL;
+	if (vmstate_release(m, &reason)) {
+		fail(mg, "cannot release devices: %s", reason);
+		mig_send_error(s, reason);
+		return -1;
+	}
+	if (mig_write_section(s, MIG_SEC_RELEASED, NULL, 0) || mig_flush(s)) {
+		fail(mg, "handoff: %s", mig_stream_error(s));
+		goto reclaim;
+	}
+	if (mig_expect(s, MIG_SEC_STARTED, why, sizeof(why))) {
+		fail(mg, "handoff: destination did not start: %s", why);
+		goto reclaim;
+	}
+	return 0;
+reclaim:
+	/* The destination may or may not hold the disks now. Taking the
+	 * locks back decides it: if we get them, it cannot run. */
+	if (vmstate_acquire(m, &reason) == 0 && vmstate_has_disks(m))
+		return -1;
+	return -2;
+}
+
+static void finish_failed(struct migration *mg, bool paused)
+{
+	struct machine *m = mg->vmm->machine;
+	dirty_log_stop(m);
+	atomic_store(&m->throttle_pct, 0);
+	if (paused)
+		machine_resume(m);
+	set_status(mg, cancelled(mg) ? MIG_CANCELLED : MIG_FAILED);
+}
+
+static void *outgoing_thread(void *arg)
+{
+	struct migration *mg = arg;
+	struct machine *m = mg->vmm->machine;
+	char err[600];
+	size_t words = (m->ram_size / PAGE_SIZE + 63) / 64;
+	uint64_t *bitmap = calloc(words, sizeof(uint64_t));
+	struct mig_stream *s = NULL;
+	bool paused = false;
+
+	int fd = connect_tcp(mg->uri, err, sizeof(err));
+	if (fd < 0) {
+		fail(mg, "%s", err);
+		goto failed;
+	}
+	pthread_mutex_lock(&mg->lock);
+	mg->fd = fd;
+	pthread_mutex_unlock(&mg->lock);
+	s = mig_stream_new(fd);
+	if (handshake(mg, s))
+		goto failed;
+	mg->setup_ms = mig_now_ms() - mg->start_ms;
+	set_status(mg, MIG_ACTIVE);
+
+	int r = precopy(mg, s, bitmap);
+	if (r < 0) {
+		if (!cancelled(mg))
+			fail(mg, "pre-copy: %s", mig_stream_error(s));
+		goto failed;
+	}
+	if (r == 1) {
+		if (postcopy_run(mg, s, bitmap) == 0)
+			goto completed;
+		goto failed;
+	}
+
+	uint64_t t_stop = mig_now_ms();
+	machine_pause(m);
+	paused = true;
+	if (send_final_state(mg, s, bitmap)) {
+		fail(mg, "switchover: %s", mig_stream_error(s));
+		goto failed;
+	}
+	r = handoff(mg, s);
+	if (r == -1)
+		goto failed;
+	if (r == -2) {
+		/* stay paused: resuming could run the guest twice */
+		set_status(mg, MIG_FAILED);
+		goto out;
+	}
+	mg->downtime_ms_measured = mig_now_ms() - t_stop;
+completed:
+	pthread_mutex_lock(&mg->lock);
+	mg->done = true;
+	mg->total_ms = mig_now_ms() - mg->start_ms;
+	mg->transferred = mig_stream_bytes(s);
+	mg->remaining = 0;
+	pthread_mutex_unlock(&mg->lock);
+	set_status(mg, MIG_COMPLETED);
+	machine_exit(m, EXIT_MIGRATED);
+	goto out;
+failed:
+	pthread_mutex_lock(&mg->lock);
+	mg->total_ms = mig_now_ms() - mg->start_ms;
+	pthread_mutex_unlock(&mg->lock);
+	finish_failed(mg, paused);
+out:
+	if (s)
+		mig_stream_free(s);
+	pthread_mutex_lock(&mg->lock);
+	if (mg->fd >= 0)
+		close(mg->fd);
+	mg->fd = -1;
+	pthread_mutex_unlock(&mg->lock);
+	free(bitmap);
+	return NULL;
+}
+
+/* ---- save to a file ------------------------------------------------------------------ */
+
+static int save_to_file(struct vmm *v, const char *path, char *err, size_t errlen)
+{
+	struct machine *m = v->machine;
+	char tmp[4096];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		snprintf(err, errlen, "save %s: %s", path, strerror(errno));
+		return -1;
+	}
+	size_t words = (m->ram_size / PAGE_SIZE + 63) / 64;
+	uint64_t *all = malloc(words * sizeof(uint64_t));
+	memset(all, 0xff, words * sizeof(uint64_t));
+	if ((m->ram_size / PAGE_SIZE) % 64)
+		all[words - 1] = (1ULL << ((m->ram_size / PAGE_SIZE) % 64)) - 1;
+	struct mig_config cfg;
+	vmstate_config(v, &cfg);
+	struct mig_stream *s = mig_stream_new(fd);
+	struct migration dummy = { .vmm = v };
+	pthread_mutex_init(&dummy.lock, NULL);
+	int r = -1;
+	if (mig_write_config(s, &cfg) == 0 && send_pages(&dummy, s, all) >= 0 &&
+	    vmstate_send(m, s) == 0 &&
+	    mig_write_digest(s, mig_ram_digest(m->ram, m->ram_size)) == 0 &&
+	    mig_write_end(s) == 0 && mig_flush(s) == 0)
+		r = 0;
+	if (r)
+		snprintf(err, errlen, "save %s: %s", path, mig_stream_error(s));
+	mig_stream_free(s);
+	free(all);
+	if (r == 0 && fsync(fd)) {
+		snprintf(err, errlen, "save %s: %s", path, strerror(errno));
+		r = -1;
+	}
+	close(fd);
+	if (r == 0 && rename(tmp, path)) {
+		snprintf(err, errlen, "save %s: %s", path, strerror(errno));
+		r = -1;
+	}
+	if (r)
+		unlink(tmp);
+	return r;
+}
+
+/* ---- control commands ------------------------------------------------------------------ */
+
+bool migration_is_active(struct migration *mg)
+{
+	if (!mg)
+		return false;
+	pthread_mutex_lock(&mg->lock);
+	bool active = mg->status == MIG_SETUP || mg->status == MIG_ACTIVE ||
+		      mg->status == MIG_POSTCOPY;
+	pthread_mutex_unlock(&mg->lock);
+	return active;
+}
+
+bool migration_is_done(struct migration *mg)
+{
+	if (!mg)
+		return false;
+	pthread_mutex_lock(&mg->lock);
+	bool done = mg->done;
+	pthread_mutex_unlock(&mg->lock);
+	return done;
+}
+
+static bool get_uint(json_t *args, const char *key, uint64_t *out, uint64_t max,
+		     char *err, size_t errlen)
+{
+	json_t *v = json_object_get(args, key);
+	if (!v)
+		return true;
+	if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+	    (uint64_t)json_integer_value(v) > max) {
+		snprintf(err, errlen, "'%s' must be an integer from 0 to %llu", key,
+			 (unsigned long long)max);
+		return false;
+	}
+	*out = (uint64_t)json_integer_value(v);
+	return true;
+}
+
+json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *err,
+			      size_t errlen)
+{
+	struct vmm *v = ctx;
+	*cls = "GenericError";
+	if (migration_is_active(v->mig)) {
+		snprintf(err, errlen, "a migration is already in progress");
+		return NULL;
+	}
+	if (migration_is_done(v->mig) || v->in) {
+		snprintf(err, errlen, "this guest is not running here");
+		return NULL;
+	}
+	json_t *uri = json_object_get(args, "uri");
+	if (!json_is_string(uri)) {
+		snprintf(err, errlen, "'uri' (tcp:HOST:PORT) is required");
+		return NULL;
+	}
+	char host[256], port[32];
+	if (mig_parse_tcp(json_string_value(uri), host, sizeof(host), port, sizeof(port))) {
+		snprintf(err, errlen, "bad uri '%s': want tcp:HOST:PORT (use 'save' for files)",
+			 json_string_value(uri));
+		return NULL;
+	}
+	uint64_t downtime = 300, bw = 0, max_total = 0;
+	if (!get_uint(args, "downtime_ms", &downtime, 600000, err, errlen) ||
+	    !get_uint(args, "bandwidth_mbps", &bw, 1000000, err, errlen) ||
+	    !get_uint(args, "max_total_s", &max_total, 86400, err, errlen))
+		return NULL;
+	json_t *pc = json_object_get(args, "postcopy");
+	if (pc && !json_is_boolean(pc)) {
+		snprintf(err, errlen, "'postcopy' must be true or false");
+		return NULL;
+	}
+	if (!machine_running(v->machine)) {
+		snprintf(err, errlen, "the guest is stopped; 'cont' it first or use 'save'");
+		return NULL;
+	}
+
+	struct migration *mg = calloc(1, sizeof(*mg));
+	pthread_mutex_init(&mg->lock, NULL);
+	mg->vmm = v;
+	mg->fd = -1;
+	snprintf(mg->uri, sizeof(mg->uri), "%s", json_string_value(uri));
+	mg->downtime_ms = downtime;
+	mg->bandwidth_mbps = bw;
+	mg->max_total_s = max_total;
+	mg->postcopy = pc && json_is_true(pc);
+	mg->start_ms = mig_now_ms();
+	mg->status = MIG_SETUP;
+	struct migration *old = v->mig;
+	v->mig = mg;
+	if (old) {
+		pthread_join(old->thread, NULL);
+		free(old);
+	}
+	vmm_event(v, "MIGRATION", json_pack("{s:s}", "status", "setup"));
+	pthread_create(&mg->thread, NULL, outgoing_thread, mg);
+	return json_object();
+}
+
+/* The figures of query-migrate (and of the final MIGRATION event). */
+static json_t *migration_figures(struct migration *mg)
+{
+	pthread_mutex_lock(&mg->lock);
+	uint64_t total = mg->total_ms;
+	if (mg->status == MIG_SETUP || mg->status == MIG_ACTIVE || mg->status == MIG_POSTCOPY)
+		total = mig_now_ms() - mg->start_ms;
+	json_t *r = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:s, s:I, s:I}",
+		"status", status_names[mg->status],
+		"total_ms", (json_int_t)total,
+		"downtime_ms", (json_int_t)mg->downtime_ms_measured,
+		"setup_ms", (json_int_t)mg->setup_ms,
+		"transferred_bytes", (json_int_t)mg->transferred,
+		"remaining_bytes", (json_int_t)mg->remaining,
+		"rounds", (json_int_t)mg->rounds,
+		"bandwidth_bps", (json_int_t)mg->bandwidth_bps,
+		"expected_downtime_ms", (json_int_t)mg->expected_downtime_ms,
+		"stalled", mg->stalled,
+		"phase", mg->phase,
+		"throttle_pct", (json_int_t)mg->throttle_pct,
+		"downtime_target_ms", (json_int_t)mg->downtime_ms);
+	if (mg->error[0])
+		json_object_set_new(r, "error", json_string(mg->error));
+	if (mg->postcopy_requests)
+		json_object_set_new(r, "postcopy_requests", json_integer((json_int_t)mg->postcopy_requests));
+	pthread_mutex_unlock(&mg->lock);
+	return r;
+}
+
+json_t *migration_cmd_query(void *ctx, json_t *args, const char **cls, char *err,
+			    size_t errlen)
+{
+	struct vmm *v = ctx;
+	(void)args; (void)cls; (void)err; (void)errlen;
+	if (!v->mig)
+		return json_pack("{s:s}", "status", "none");
+	return migration_figures(v->mig);
+}
+
+json_t *migration_cmd_cancel(void *ctx, json_t *args, const char **cls, char *err,
+			     size_t errlen)
+{
+	struct vmm *v = ctx;
+	struct migration *mg = v->mig;
+	(void)args;
+	if (!migration_is_active(mg)) {
+		*cls = "GenericError";
+		snprintf(err, errlen, "no migration is in progress");
+		return NULL;
+	}
+	pthread_mutex_lock(&mg->lock);
+	if (mg->status == MIG_POSTCOPY) {
+		pthread_mutex_unlock(&mg->lock);
+		*cls = "GenericError";
+		snprintf(err, errlen, "a post-copy migration cannot be cancelled: the guest "
+			 "already runs on the destination");
+		return NULL;
+	}
+	atomic_store(&mg->cancel, true);
+	if (mg->fd >= 0)
+		shutdown(mg->fd, SHUT_RDWR);   /* wake any blocking I/O */
+	snprintf(mg->error, sizeof(mg->error), "cancelled by the user");
+	pthread_mutex_unlock(&mg->lock);
+	return json_object();
+}
+
+json_t *migration_cmd_set_parameters(void *ctx, json_t *args, const char **cls, char *err,
+				     size_t errlen)
+{
+	struct vmm *v = ctx;
+	struct migration *mg = v->mig;
+	*cls = "GenericError";
+	if (!migration_is_active(mg)) {
+		snprintf(err, errlen, "no migration is in progress");
+		return NULL;
+	}
+	uint64_t downtime = mg->downtime_ms, bw = mg->bandwidth_mbps;
+	if (!get_uint(args, "downtime_ms", &downtime, 600000, err, errlen) ||
+	    !get_uint(args, "bandwidth_mbps", &bw, 1000000, err, errlen))
+		return NULL;
+	mg->downtime_ms = downtime;
+	mg->bandwidth_mbps = bw;
+	return json_object();
+}
+
+json_t *migration_cmd_save(void *ctx, json_t *args, const char **cls, char *err,
+			   size_t errlen)
+{
+	struct vmm *v = ctx;
+	*cls = "GenericError";
+	json_t *path = json_object_get(args, "path");
+	if (!json_is_string(path) || !json_string_length(path)) {
+		snprintf(err, errlen, "'path' is required");
+		return NULL;
+	}
+	if (migration_is_active(v->mig) || v->in) {
+		snprintf(err, errlen, "a migration is in progress");
+		return NULL;
+	}
+	bool was_running = machine_running(v->machine);
+	machine_pause(v->machine);
+	uint64_t t0 = mig_now_ms();
+	int r = save_to_file(v, json_string_value(path), err, errlen);
+	uint64_t ms = mig_now_ms() - t0;
+	/* the guest stays stopped after a save, as its disks must not move
+	 * on past the saved state; `cont` resumes it, `quit` ends it */
+	if (r || !was_running)
+		machine_resume(v->machine);     /* undo our own pause */
+	if (r)
+		return NULL;
+	if (was_running)
+		vmm_event(v, "STOP", json_object());
+	return json_pack("{s:I}", "save_ms", (json_int_t)ms);
+}

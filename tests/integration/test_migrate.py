@@ -1,0 +1,214 @@
+"""Live migration between two ferry-vm processes over TCP on loopback.
+
+The guest runs memload, which rewrites its memory continuously and checks
+every page against what it wrote one pass earlier: a page that arrives
+stale, zero or torn makes it print "memload: ERROR" and exit 1. So a
+migration that loses or misorders a single page fails these tests.
+"""
+
+import json
+import os
+import signal
+import time
+
+from ferrylib import VM, QMPError, free_tcp_port, wait_until
+
+TIMEOUT = 420
+PASS_RE = r"memload: pass \d+ verified"
+
+
+def memload_vm(mib=16, rate=0, smp=1, mem=256, threads=1, **kw):
+    cmd = "memload,--mib,%d,--rate,%d,--threads,%d" % (mib, rate, threads)
+    return VM(append="console=ttyS0 quiet ferry.run=" + cmd, smp=smp, mem=mem, **kw)
+
+
+def destination(mem=256, smp=1, env=None, **kw):
+    port = free_tcp_port()
+    vm = VM(incoming="tcp:127.0.0.1:%d" % port, mem=mem, smp=smp, env=env, **kw)
+    wait_until(lambda: _listening(port), 30, "destination listening")
+    return vm, "tcp:127.0.0.1:%d" % port
+
+
+def _listening(port):
+    with open("/proc/net/tcp") as f:
+        return any(":%04X" % port in line.split()[1] and line.split()[3] == "0A"
+                   for line in f.readlines()[1:])
+
+
+def wait_migration(qmp, timeout=300):
+    """Wait for the MIGRATION event that ends it; returns its figures (a
+    completed source exits right after, so the event carries them)."""
+    deadline = time.time() + timeout
+    while True:
+        ev = qmp.wait_event("MIGRATION", timeout=max(1, deadline - time.time()))
+        if ev["data"]["status"] in ("completed", "failed", "cancelled"):
+            return ev["data"]
+
+
+def assert_guest_healthy(vm, passes=2, timeout=60):
+    """memload keeps passing on vm and never reports an error."""
+    for _ in range(passes):
+        vm.wait_for(PASS_RE, timeout=timeout)
+    assert "memload: ERROR" not in vm.console(), vm.tail()
+    assert vm.running(), vm.tail()
+
+
+def migrate(src, dst_uri, **args):
+    q = src.qmp()
+    q.cmd("migrate", uri=dst_uri, **args)
+    r = wait_migration(q)
+    assert r["status"] == "completed", r
+    return r
+
+
+def test_migrate_memload_smp1():
+    with memload_vm(mib=16, name="src") as src:
+        src.wait_for(PASS_RE, timeout=120)
+        dst, uri = destination(name="dst")
+        with dst:
+            r = migrate(src, uri)
+            assert src.wait_exit(30) == 0, src.tail()
+            assert r["transferred_bytes"] > 0 and r["rounds"] >= 1, r
+            assert r["downtime_ms"] < 5000, r
+            assert_guest_healthy(dst)
+            st = dst.qmp().cmd("query-status")
+            assert st["status"] == "running", st
+
+
+def test_migrate_back_and_forth_smp4():
+    vm = memload_vm(mib=32, smp=4, threads=4, name="hop0")
+    vms = [vm]
+    try:
+        vm.wait_for(PASS_RE, timeout=180)
+        for hop in range(1, 4):
+            dst, uri = destination(smp=4, name="hop%d" % hop)
+            vms.append(dst)
+            migrate(vm, uri)
+            assert vm.wait_exit(30) == 0, vm.tail()
+            assert_guest_healthy(dst)
+            vm = dst
+    finally:
+        for v in vms:
+            v.close()
+
+
+def test_migrate_refuses_incompatible_destination():
+    with memload_vm(mib=8, name="src") as src:
+        src.wait_for(PASS_RE, timeout=120)
+        dst, uri = destination(mem=128, name="small")      # less memory
+        with dst:
+            q = src.qmp()
+            q.cmd("migrate", uri=uri)
+            r = wait_migration(q)
+            assert r["status"] == "failed", r
+            assert "memory" in r["error"], r
+            assert_guest_healthy(src)
+            assert dst.wait_exit(30) != 0
+
+
+def _fault(point, mib=16, **migrate_args):
+    """The destination dies at `point`; the source must keep running."""
+    with memload_vm(mib=mib, name="src") as src:
+        src.wait_for(PASS_RE, timeout=120)
+        dst, uri = destination(name="dst-" + point,
+                               env=dict(os.environ, FERRY_TEST_FAULT=point))
+        with dst:
+            q = src.qmp()
+            q.cmd("migrate", uri=uri, **migrate_args)
+            r = wait_migration(q)
+            assert r["status"] == "failed", r
+            assert r.get("error"), r
+            assert dst.wait_exit(30) != 0
+            assert q.cmd("query-status")["status"] == "running"
+            assert_guest_healthy(src, passes=3)
+
+
+def test_destination_dies_in_setup():
+    _fault("handshake")
+
+
+def test_destination_dies_in_round_1():
+    _fault("round1")
+
+
+def test_destination_dies_in_later_rounds():
+    # a slow link and a tight downtime keep pre-copy going for rounds
+    _fault("round3", mib=64, bandwidth_mbps=800, downtime_ms=1)
+
+
+def test_destination_dies_at_switchover_before_confirming():
+    _fault("switchover")
+
+
+def test_cancel_leaves_the_source_running():
+    with memload_vm(mib=64, name="src") as src:
+        src.wait_for(PASS_RE, timeout=120)
+        dst, uri = destination(name="dst")
+        with dst:
+            q = src.qmp()
+            q.cmd("migrate", uri=uri, bandwidth_mbps=200, downtime_ms=1)
+            wait_until(lambda: q.cmd("query-migrate")["status"] == "active", 30,
+                       "migration active")
+            q.events()
+            q.cmd("migrate-cancel")
+            r = wait_migration(q)
+            assert r["status"] == "cancelled", r
+            assert_guest_healthy(src)
+            assert dst.wait_exit(30) != 0
+
+
+def test_migrate_command_errors():
+    with memload_vm(mib=8, name="src") as src:
+        q = src.qmp()
+        for args, word in (({}, "uri"), ({"uri": "udp:1.2.3.4:5"}, "tcp"),
+                           ({"uri": "tcp:127.0.0.1:1", "downtime_ms": -1}, "downtime"),
+                           ({"uri": "tcp:127.0.0.1:1", "postcopy": "yes"}, "postcopy")):
+            try:
+                q.cmd("migrate", **args)
+                raise AssertionError("migrate %s was accepted" % args)
+            except QMPError as e:
+                assert word in e.desc, e.desc
+        # a peer that is not there: fails cleanly, guest keeps running
+        q.cmd("migrate", uri="tcp:127.0.0.1:%d" % free_tcp_port())
+        r = wait_migration(q)
+        assert r["status"] == "failed" and "connect" in r["error"], r
+        assert q.cmd("query-status")["status"] == "running"
+
+
+def test_save_and_restore():
+    with memload_vm(mib=16, name="src") as src:
+        src.wait_for(PASS_RE, timeout=120)
+        path = src.dir / "guest.ferry"
+        q = src.qmp()
+        r = q.cmd("save", path=str(path))
+        assert "save_ms" in r
+        assert q.cmd("query-status")["status"] == "paused"
+        q.cmd("quit")
+        assert src.wait_exit(30) == 0
+        with VM(incoming="file:%s" % path, name="restored") as dst:
+            assert_guest_healthy(dst)
+
+
+def test_corrupt_or_truncated_save_is_refused():
+    with memload_vm(mib=8, name="src") as src:
+        src.wait_for(PASS_RE, timeout=120)
+        path = src.dir / "guest.ferry"
+        q = src.qmp()
+        q.cmd("save", path=str(path))
+        q.cmd("quit")
+        src.wait_exit(30)
+        data = path.read_bytes()
+        cases = {
+            "flipped": data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 0x40])
+                       + data[len(data) // 2 + 1:],
+            "truncated": data[:len(data) - 100],
+            "header": b"XERRYMIG" + data[8:],
+        }
+        for name, blob in cases.items():
+            bad = src.dir / ("bad-" + name)
+            bad.write_bytes(blob)
+            with VM(incoming="file:%s" % bad, name="bad-" + name) as dst:
+                assert dst.wait_exit(60) == 1, (name, dst.tail())
+                out = dst.output()
+                assert "incoming migration failed" in out, (name, dst.tail())
+                assert "memload" not in out, (name, dst.tail())
