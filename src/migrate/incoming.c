@@ -28,8 +28,9 @@
 
 /* Fault injection for the tests: FERRY_TEST_FAULT=POINT makes this process
  * die at POINT exactly as if it were killed there. Points: handshake (the
- * source's configuration read, nothing answered), roundN (pre-copy round
- * N under way), switchover (all state received, not confirmed). */
+ * source's configuration read, nothing answered), round1 (the first pages
+ * received), later-rounds (past the first full copy of RAM, into the
+ * rounds of dirty pages), switchover (all state received, not confirmed). */
 static void fault_point(const char *point)
 {
 	const char *want = getenv("FERRY_TEST_FAULT");
@@ -40,10 +41,8 @@ static void fault_point(const char *point)
 static void fault_round(uint64_t pages_received, uint64_t ram_pages)
 {
 	const char *want = getenv("FERRY_TEST_FAULT");
-	if (!want || strncmp(want, "round", 5))
-		return;
-	uint64_t n = strtoull(want + 5, NULL, 10);
-	if (n >= 1 && pages_received > (n - 1) * ram_pages)
+	if (want && (!strcmp(want, "round1") ||
+		     (!strcmp(want, "later-rounds") && pages_received > ram_pages)))
 		_exit(9);
 }
 

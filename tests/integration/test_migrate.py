@@ -133,7 +133,7 @@ def test_destination_dies_in_round_1():
 
 def test_destination_dies_in_later_rounds():
     # a slow link and a tight downtime keep pre-copy going for rounds
-    _fault("round3", mib=64, bandwidth_mbps=800, downtime_ms=1)
+    _fault("later-rounds", mib=64, bandwidth_mbps=800, downtime_ms=1)
 
 
 def test_destination_dies_at_switchover_before_confirming():

@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -194,7 +195,7 @@ static json_t *conn_json(struct conn *k)
 	json_error_t jerr;
 	json_t *v = json_loads(line, 0, &jerr);
 	if (!v)
-		fail_msg("the server sent a line that is not JSON (%s): %s", jerr.text, line);
+		fail_msg("the server sent a line that is not JSON (%s): %.200s", jerr.text, line);
 	free(line);
 	return v;
 }
@@ -388,6 +389,26 @@ static void malformed_requests_get_one_error_each(void **state)
 								    "count")), (int)i + 1);
 		json_decref(r);
 	}
+	conn_close(k);
+}
+
+static void error_descriptions_stay_valid_utf8(void **state)
+{
+	/* an unknown command with a long name of two-byte characters: quoting
+	 * it in the description cuts it somewhere */
+	struct conn *k = conn_open(*state);
+	for (size_t odd = 0; odd < 2; odd++) {
+		char line[4096];
+		size_t n = (size_t)snprintf(line, sizeof(line), "{\"execute\":\"%s", odd ? "x" : "");
+		for (int i = 0; i < 1000; i++)
+			n += (size_t)snprintf(line + n, sizeof(line) - n, "\xc3\xa9");
+		snprintf(line + n, sizeof(line) - n, "\",\"id\":%zu}", odd);
+		json_t *r = conn_cmd(k, line);     /* conn_json checks it parses */
+		assert_error_class(r, "CommandNotFound");
+		assert_int_equal(json_integer_value(json_object_get(r, "id")), odd);
+		json_decref(r);
+	}
+	assert_counts(k, 1);
 	conn_close(k);
 }
 
@@ -599,6 +620,52 @@ static void flooding_client_does_not_starve_others(void **state)
 	conn_close(b);
 }
 
+struct sender {
+	struct conn *k;
+	int n;
+	size_t size;
+};
+
+static void *send_echoes(void *arg)
+{
+	struct sender *w = arg;
+	char *line = malloc(w->size + 128);
+	for (int i = 0; i < w->n; i++) {
+		int len = sprintf(line, "{\"execute\":\"echo\",\"id\":%d,\"arguments\":{\"s\":\"", i);
+		memset(line + len, 'a' + i % 26, w->size);
+		strcpy(line + len + w->size, "\"}}\n");
+		conn_send(w->k, line);
+	}
+	free(line);
+	return NULL;
+}
+
+static void large_replies_arrive_whole(void **state)
+{
+	/* far more reply bytes than a socket holds, read while the requests
+	 * are still being written: every reply arrives whole and in order */
+	struct conn *k = conn_open(*state);
+	struct sender w = { k, 100, 60000 };
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, send_echoes, &w), 0);
+	/* let replies pile up in the server first, so that it has to write
+	 * them in pieces (the outcome does not depend on how long this is) */
+	usleep(300 * 1000);
+	for (int i = 0; i < w.n; i++) {
+		json_t *r = conn_json(k);
+		assert_int_equal(json_integer_value(json_object_get(r, "id")), i);
+		const char *got = json_string_value(json_object_get(json_object_get(r, "return"),
+								    "s"));
+		assert_non_null(got);
+		assert_int_equal(strlen(got), w.size);
+		char letter[2] = { (char)('a' + i % 26), 0 };
+		assert_int_equal(strspn(got, letter), w.size);
+		json_decref(r);
+	}
+	pthread_join(t, NULL);
+	conn_close(k);
+}
+
 static void client_that_never_reads_is_dropped(void **state)
 {
 	struct fixture *f = *state;
@@ -726,6 +793,7 @@ int main(void)
 		T(query_commands_lists_all),
 		T(failing_commands_report_their_class),
 		T(malformed_requests_get_one_error_each),
+		T(error_descriptions_stay_valid_utf8),
 		T(blank_lines_are_ignored),
 		T(longest_line_is_accepted),
 		T(overlong_line_gets_one_error),
@@ -733,6 +801,7 @@ int main(void)
 		T(events_reach_every_client),
 		T(vanished_client_mid_line_is_harmless),
 		T(flooding_client_does_not_starve_others),
+		T(large_replies_arrive_whole),
 		T(client_that_never_reads_is_dropped),
 		T(close_after_reply_ends_every_client),
 		T(stop_closes_clients_and_removes_the_socket),

@@ -1,0 +1,180 @@
+/*
+ * test_disk.c - disk images: clear errors, the writer's exclusive lock
+ * against a second writer (in this process and in another one), shared
+ * locks for readers, deferred locking for a migration destination, and
+ * virtio-blk's release/acquire handoff.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "backend/disk.h"
+#include "fake_machine.h"
+#include "machine/devices.h"
+
+struct fixture {
+	char path[64];
+	char locked_msg[128];
+};
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	strcpy(f->path, "/tmp/ferry-disk-XXXXXX");
+	int fd = mkstemp(f->path);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, 1 << 16), 0);
+	close(fd);
+	snprintf(f->locked_msg, sizeof(f->locked_msg),
+		 "disk %s: in use by another process (locked)", f->path);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+	unlink(f->path);
+	free(f);
+	return 0;
+}
+
+static void missing_file_is_a_clear_error(void **state)
+{
+	(void)state;
+	struct disk d;
+	char err[256];
+	assert_int_equal(disk_open(&d, "/tmp/ferry-no-such-disk.img", false, false, err,
+				   sizeof(err)), -1);
+	assert_string_equal(err, "disk /tmp/ferry-no-such-disk.img: No such file or directory");
+	struct machine *m = fake_machine_create();
+	assert_null(virtio_blk_create(m, 0, "/tmp/ferry-no-such-disk.img", true, false, err,
+				      sizeof(err)));
+	assert_string_equal(err, "disk /tmp/ferry-no-such-disk.img: No such file or directory");
+	assert_int_equal(m->nmmio, 0);
+	fake_machine_destroy(m);
+}
+
+static void second_writer_is_refused(void **state)
+{
+	struct fixture *f = *state;
+	struct disk a, b;
+	char err[256] = "";
+	assert_int_equal(disk_open(&a, f->path, false, false, err, sizeof(err)), 0);
+	assert_true(a.locked);
+	assert_int_equal(a.size, 1 << 16);
+	assert_int_equal(disk_open(&b, f->path, false, false, err, sizeof(err)), -1);
+	assert_string_equal(err, f->locked_msg);
+	/* a reader may not watch it change either */
+	assert_int_equal(disk_open(&b, f->path, true, false, err, sizeof(err)), -1);
+	assert_string_equal(err, f->locked_msg);
+	disk_close(&a);
+	assert_int_equal(disk_open(&b, f->path, false, false, err, sizeof(err)), 0);
+	disk_close(&b);
+}
+
+static void another_process_is_refused(void **state)
+{
+	struct fixture *f = *state;
+	struct disk a;
+	char err[256];
+	assert_int_equal(disk_open(&a, f->path, false, false, err, sizeof(err)), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		struct disk b;
+		char e[256];
+		int r = disk_open(&b, f->path, false, false, e, sizeof(e));
+		_exit(r == -1 && !strcmp(e, f->locked_msg) ? 0 : 1);
+	}
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	disk_close(&a);
+}
+
+static void readers_share(void **state)
+{
+	struct fixture *f = *state;
+	struct disk a, b, c;
+	char err[256];
+	assert_int_equal(disk_open(&a, f->path, true, false, err, sizeof(err)), 0);
+	assert_int_equal(disk_open(&b, f->path, true, false, err, sizeof(err)), 0);
+	assert_int_equal(disk_open(&c, f->path, false, false, err, sizeof(err)), -1);
+	assert_string_equal(err, f->locked_msg);
+	char buf[4] = "abc";
+	assert_int_equal(disk_write(&a, buf, sizeof(buf), 0), -1);     /* read-only */
+	disk_close(&a);
+	disk_close(&b);
+}
+
+static void deferred_lock_waits_for_the_holder(void **state)
+{
+	struct fixture *f = *state;
+	struct disk src, dst;
+	char err[256];
+	assert_int_equal(disk_open(&src, f->path, false, false, err, sizeof(err)), 0);
+	assert_int_equal(disk_open(&dst, f->path, false, true, err, sizeof(err)), 0);
+	assert_false(dst.locked);
+	assert_int_equal(disk_lock(&dst, err, sizeof(err)), -1);
+	assert_string_equal(err, f->locked_msg);
+	assert_int_equal(disk_unlock(&src, err, sizeof(err)), 0);
+	assert_false(src.locked);
+	assert_int_equal(disk_lock(&dst, err, sizeof(err)), 0);
+	assert_int_equal(disk_lock(&dst, err, sizeof(err)), 0);    /* twice is fine */
+	assert_int_equal(disk_lock(&src, err, sizeof(err)), -1);    /* handed over */
+	disk_close(&src);
+	disk_close(&dst);
+}
+
+static void blk_devices_hand_the_image_over(void **state)
+{
+	struct fixture *f = *state;
+	char err[256];
+	const char *why = NULL;
+	struct machine *m1 = fake_machine_create(), *m2 = fake_machine_create();
+	struct machine *m3 = fake_machine_create();
+	struct virtio_dev *a = virtio_blk_create(m1, 0, f->path, false, false, err, sizeof(err));
+	assert_non_null(a);
+	assert_null(virtio_blk_create(m2, 0, f->path, false, false, err, sizeof(err)));
+	assert_string_equal(err, f->locked_msg);
+	assert_int_equal(m2->nmmio, 0);
+
+	struct virtio_dev *b = virtio_blk_create(m3, 0, f->path, false, true, err, sizeof(err));
+	assert_non_null(b);
+	const struct fake_state *sa = fake_state(m1, "virtio-blk.0");
+	const struct fake_state *sb = fake_state(m3, "virtio-blk.0");
+	assert_int_equal(sb->ops->acquire(sb->dev, &why), -1);
+	assert_string_equal(why, f->locked_msg);
+	assert_int_equal(sa->ops->release(sa->dev, &why), 0);
+	assert_int_equal(sb->ops->acquire(sb->dev, &why), 0);
+	/* the source cannot take it back while the destination holds it */
+	assert_int_equal(sa->ops->acquire(sa->dev, &why), -1);
+	virtio_destroy(a);
+	virtio_destroy(b);
+	fake_machine_destroy(m1);
+	fake_machine_destroy(m2);
+	fake_machine_destroy(m3);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(missing_file_is_a_clear_error),
+		cmocka_unit_test_setup_teardown(second_writer_is_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(another_process_is_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(readers_share, setup, teardown),
+		cmocka_unit_test_setup_teardown(deferred_lock_waits_for_the_holder, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(blk_devices_hand_the_image_over, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
