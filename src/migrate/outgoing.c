@@ -257,7 +257,9 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 			avg_page = 64;
 		/* what is dirty now is what the next round must send */
 		st.prev_remaining = st.remaining_bytes;
-		st.remaining_bytes = dirty_log_count(m) * avg_page;
+		uint64_t dirtied = dirty_log_count(m);
+		st.remaining_bytes = dirtied * avg_page;
+		st.dirty_bps = dirtied * PAGE_SIZE * 1000 / (dt ? dt : 1);
 		struct plan_decision d = plan_next(&params, &st);
 
 		pthread_mutex_lock(&mg->lock);

@@ -23,6 +23,7 @@ struct plan_state {
 	uint64_t elapsed_ms;        /* since the migration started */
 	uint64_t bandwidth_bps;     /* measured bytes/s of the link */
 	uint64_t remaining_bytes;   /* what the next round would send */
+	uint64_t dirty_bps;         /* bytes/s the guest dirtied in the last round */
 	uint64_t prev_remaining;    /* the same, one round before */
 	unsigned stall_rounds;      /* consecutive rounds that did not shrink */
 	int throttle_pct;           /* current vCPU throttle */

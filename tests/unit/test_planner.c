@@ -65,6 +65,18 @@ static void throttles_after_two_stalled_rounds(void **s)
 	assert_int_equal(d.throttle_pct, 35);
 }
 
+static void throttles_hard_when_the_guest_outruns_the_link(void **s)
+{
+	(void)s;
+	struct plan_params p = { 300, 0, false, true };
+	struct plan_state st = state(3, 200 * MB, 200 * MB);
+	st.dirty_bps = 400 * MB;              /* 4x the link */
+	struct plan_decision d = plan_next(&p, &st);
+	assert_true(d.stalled);               /* one round is enough evidence */
+	/* dirty 400 -> at most 50 MiB/s: 87.5% or more */
+	assert_true(d.throttle_pct >= 88 && d.throttle_pct <= 95);
+}
+
 static void goes_postcopy_on_stall_when_allowed(void **s)
 {
 	(void)s;
@@ -103,6 +115,7 @@ int main(void)
 		cmocka_unit_test(switches_over_when_the_rest_fits),
 		cmocka_unit_test(keeps_copying_while_rounds_shrink),
 		cmocka_unit_test(throttles_after_two_stalled_rounds),
+		cmocka_unit_test(throttles_hard_when_the_guest_outruns_the_link),
 		cmocka_unit_test(goes_postcopy_on_stall_when_allowed),
 		cmocka_unit_test(meets_the_completion_budget),
 		cmocka_unit_test(never_switches_before_the_first_full_copy),
