@@ -237,3 +237,23 @@ def test_big_hot_set_meets_a_completion_budget():
     # planner switches over when 90% of it is spent
     r = _big_hot_set(max_total_s=20)
     assert "budget" in r["phase"], r
+
+
+def test_big_hot_set_completes_by_postcopy():
+    with memload_vm(mib=64, mem=512, name="src") as src:
+        src.wait_for(PASS_RE, timeout=180)
+        dst, uri = destination(mem=512, name="dst")
+        with dst:
+            q = src.qmp()
+            q.cmd("migrate", uri=uri, bandwidth_mbps=40, postcopy=True)
+            statuses = []
+            while True:
+                ev = q.wait_event("MIGRATION", timeout=300)
+                statuses.append(ev["data"]["status"])
+                if statuses[-1] in ("completed", "failed", "cancelled"):
+                    break
+            assert statuses[-1] == "completed", ev
+            assert "postcopy" in statuses, statuses
+            assert ev["data"]["postcopy_requests"] > 0, ev    # it fetched on demand
+            assert src.wait_exit(30) == 0, src.tail()
+            assert_guest_healthy(dst, passes=3)
