@@ -21,7 +21,7 @@ TARBALL=/usr/src/linux-source-6.1.tar.xz
 KSRC=$OUT/linux-source-6.1
 FRAG=$GUEST/kernel.config
 CROSS=riscv64-linux-gnu-
-KMAKE=(make -C "$KSRC" ARCH=riscv CROSS_COMPILE=$CROSS)
+KMAKE=(make -C "$KSRC" ARCH=riscv "CROSS_COMPILE=$CROSS")
 CFLAGS=(-std=gnu11 -static -O2 -s -Wall -Wextra -Werror -pthread)
 JOBS=${JOBS:-2}
 

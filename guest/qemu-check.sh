@@ -22,7 +22,7 @@ FAILED=0
 qemu() {
 	timeout 300 qemu-system-riscv64 -M virt -smp 2 -m 256 -nographic \
 		-bios default -no-reboot -kernel "$OUT/Image" \
-		-initrd "${INITRD:-$OUT/initrd.img}" "$@" </dev/null 2>&1 | tr -d '\r'
+		-initrd "${INITRD:-$OUT/initrd.img}" "$@" </dev/null 2>&1
 }
 
 # check NAME LOG PATTERN...: every extended regex must match a line of LOG.
@@ -31,7 +31,7 @@ check() {
 
 	shift 2
 	for pat in "$@"; do
-		if ! grep -Eq -- "$pat" "$log"; then
+		if ! tr -d '\r' <"$log" | grep -Eq -- "$pat"; then
 			echo "FAIL $name: no line matching '$pat' (console in $log):"
 			tail -n 15 "$log" | sed 's/^/    /'
 			FAILED=$((FAILED + 1))
@@ -53,7 +53,7 @@ check_failure_resets() {
 		>"$TMP/fail.log"
 	check failure-resets "$TMP/fail.log" '^one$' '^ferry-init: exit 1$' \
 		'^reboot: Restarting system'
-	grep -q '^two$' "$TMP/fail.log" && {
+	grep -q '^two' "$TMP/fail.log" && {
 		echo "FAIL failure-resets: the command after the failing one ran"
 		FAILED=$((FAILED + 1))
 	}
@@ -61,9 +61,9 @@ check_failure_resets() {
 
 check_hvc_ready() {
 	(qemu -append "console=hvc0 earlycon=sbi" >"$TMP/hvc.log") &
-	local pid=$! i
+	local pid=$!
 
-	for i in $(seq 300); do
+	for _ in $(seq 300); do
 		grep -q 'ferry-init: ready' "$TMP/hvc.log" && break
 		sleep 0.1
 	done
@@ -86,7 +86,7 @@ check_memload() {
 check_ext2() {
 	truncate -s 32M "$TMP/d.img" && mkfs.ext2 -q -F "$TMP/d.img"
 	local disk=(-drive "file=$TMP/d.img,if=none,format=raw,id=d0"
-		    -device virtio-blk-device,drive=d0)
+		    -device "virtio-blk-device,drive=d0")
 
 	qemu "${disk[@]}" -append "console=ttyS0 quiet ferry.run=ft,mount,/dev/vda,/mnt,ext2,;,ft,writefile,/mnt/f,4,42,;,ft,umount,/mnt" \
 		>"$TMP/ext2-w.log"
@@ -107,14 +107,14 @@ check_disklog() {
 }
 
 check_network() {
-	local port=$((20000 + RANDOM % 20000)) i
+	local port=$((20000 + RANDOM % 20000))
 
 	(qemu -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$port-:7000" \
 		-device virtio-net-device,netdev=n0 \
 		-append "console=ttyS0 quiet ferry.ip=10.0.2.15/24 ferry.gw=10.0.2.2 ferry.run=tcpserve,--port,7000" \
 		>"$TMP/net.log") &
 	local pid=$!
-	for i in $(seq 300); do
+	for _ in $(seq 300); do
 		grep -q 'tcpserve: listening' "$TMP/net.log" && break
 		sleep 0.1
 	done
@@ -140,10 +140,10 @@ EOF
 		'closed after 450000 bytes' '^client: echo intact$'
 }
 
-[ -f "$OUT/Image" ] && [ -f "$OUT/initrd.img" ] || {
+if [ ! -f "$OUT/Image" ] || [ ! -f "$OUT/initrd.img" ]; then
 	echo "qemu-check.sh: no $OUT/Image or initrd.img: run guest/build.sh first" >&2
 	exit 2
-}
+fi
 check_echo
 check_failure_resets
 check_hvc_ready

@@ -286,7 +286,7 @@ static uint64_t ft_dev_bytes(int fd)
 
 static bool ft_disklog_args(int argc, char **argv, uint64_t *count, double *rate)
 {
-	for (int i = 0; i < argc; i++) {
+	for (int i = 0; i < argc; i += 2) {
 		uint64_t v;
 
 		if (i + 1 >= argc || (strcmp(argv[i], "--count") && strcmp(argv[i], "--rate"))) {
@@ -300,7 +300,6 @@ static bool ft_disklog_args(int argc, char **argv, uint64_t *count, double *rate
 			*count = v;
 		else
 			*rate = v;
-		i++;
 	}
 	return true;
 }
