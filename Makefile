@@ -3,7 +3,7 @@
 # second.
 BUILD ?= build
 
-.PHONY: all ferry guest deps demo test bench clean
+.PHONY: all ferry guest deps demo test bench clean asan
 
 all: ferry guest
 
@@ -22,11 +22,18 @@ guest:
 demo: deps all
 	scripts/demo
 
-test: deps all
-	tests/run
+# unit tests run twice: in the normal build and under ASan/UBSan
+$(BUILD)-asan/build.ninja:
+	meson setup $(BUILD)-asan -Db_sanitize=address,undefined -Db_lundef=false
+
+asan: $(BUILD)-asan/build.ninja
+	ninja -C $(BUILD)-asan
+
+test: deps all asan
+	tests/run --sanitized-build $(BUILD)-asan
 
 bench: all
 	bench/run
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(BUILD)-asan

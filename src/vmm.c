@@ -142,6 +142,9 @@ void vmm_handle_signals(struct vmm *v)
 
 void vmm_shutdown(struct vmm *v)
 {
+	/* the migration first: its thread still sends events */
+	migration_destroy(v->mig);
+	v->mig = NULL;
 	if (v->control) {
 		control_stop(v->control);
 		v->control = NULL;

@@ -19,6 +19,8 @@ struct vmm;
 struct migration;
 
 bool migration_is_active(struct migration *mg);
+/* Stop a migration still under way (the process is ending) and free it. */
+void migration_destroy(struct migration *mg);
 /* The guest was handed off: it runs on the destination now. */
 bool migration_is_done(struct migration *mg);
 

@@ -475,6 +475,21 @@ static int save_to_file(struct vmm *v, const char *path, char *err, size_t errle
 
 /* ---- control commands ------------------------------------------------------------------ */
 
+void migration_destroy(struct migration *mg)
+{
+	if (!mg)
+		return;
+	pthread_mutex_lock(&mg->lock);
+	if (mg->status == MIG_SETUP || mg->status == MIG_ACTIVE || mg->status == MIG_POSTCOPY) {
+		atomic_store(&mg->cancel, true);
+		if (mg->fd >= 0)
+			shutdown(mg->fd, SHUT_RDWR);
+	}
+	pthread_mutex_unlock(&mg->lock);
+	pthread_join(mg->thread, NULL);
+	free(mg);
+}
+
 bool migration_is_active(struct migration *mg)
 {
 	if (!mg)
