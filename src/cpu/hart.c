@@ -921,12 +921,9 @@ void hart_request(struct hart *h, unsigned req)
 	hart_kick(h);
 }
 
-/* Handle requests; returns true when the thread must end. */
-static bool handle_requests(struct hart *h)
+void hart_serve_flushes(struct hart *h)
 {
 	unsigned req = atomic_load(&h->requests);
-	if (req & REQ_EXIT)
-		return true;
 	if (req & REQ_TLB_FLUSH) {
 		tlb_flush_all(h);
 		atomic_fetch_and(&h->requests, ~REQ_TLB_FLUSH);
@@ -935,6 +932,15 @@ static bool handle_requests(struct hart *h)
 		tlb_flush_writes(h);
 		atomic_fetch_and(&h->requests, ~REQ_WTLB_FLUSH);
 	}
+}
+
+/* Handle requests; returns true when the thread must end. */
+static bool handle_requests(struct hart *h)
+{
+	unsigned req = atomic_load(&h->requests);
+	if (req & REQ_EXIT)
+		return true;
+	hart_serve_flushes(h);
 	if (req & REQ_PAUSE) {
 		atomic_store(&h->in_guest, false);
 		machine_park_hart(h->m, h);

@@ -144,6 +144,8 @@ void *hart_thread(void *arg);
 /* From other threads: post a request and wake the hart if it sleeps. */
 void hart_request(struct hart *h, unsigned req);
 void hart_kick(struct hart *h);
+/* Run pending TLB shootdowns now (from the hart's own thread). */
+void hart_serve_flushes(struct hart *h);
 
 /* csr.c */
 void hart_reset_csrs(struct hart *h);

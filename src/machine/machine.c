@@ -268,31 +268,23 @@ void machine_park_hart(struct machine *m, struct hart *h)
 	pthread_mutex_unlock(&m->lock);
 }
 
-/* Wait until every other hart has run `req` (or cannot be running guest
- * code: it will handle the request before it runs again). */
-void machine_sync_harts(struct machine *m, unsigned req, struct hart *self)
+/* Wait until every hart in `harts` (a bit a hart) but self has run `req`,
+ * or cannot be running guest code: it will handle the request before it
+ * runs again. */
+void machine_sync_harts(struct machine *m, unsigned req, struct hart *self, uint64_t harts)
 {
 	for (unsigned i = 0; i < m->nharts; i++)
-		if (m->harts[i] != self)
+		if (m->harts[i] != self && (harts >> i) & 1)
 			hart_request(m->harts[i], req);
 	for (unsigned i = 0; i < m->nharts; i++) {
 		struct hart *t = m->harts[i];
-		if (t == self)
+		if (t == self || !((harts >> i) & 1))
 			continue;
 		while ((atomic_load(&t->requests) & req) && atomic_load(&t->in_guest)) {
-			/* serve shootdowns aimed at us meanwhile, or two harts
-			 * shooting at each other would wait forever */
-			if (self) {
-				unsigned mine = atomic_load(&self->requests);
-				if (mine & REQ_TLB_FLUSH) {
-					tlb_flush_all(self);
-					atomic_fetch_and(&self->requests, ~REQ_TLB_FLUSH);
-				}
-				if (mine & REQ_WTLB_FLUSH) {
-					tlb_flush_writes(self);
-					atomic_fetch_and(&self->requests, ~REQ_WTLB_FLUSH);
-				}
-			}
+			/* serve shootdowns aimed at us meanwhile, or two
+			 * harts shooting at each other would wait forever */
+			if (self)
+				hart_serve_flushes(self);
 			sched_yield();
 		}
 	}
@@ -307,7 +299,7 @@ void dirty_log_start(struct machine *m)
 		atomic_store(&m->dirty[i], ~0ULL);
 	atomic_store(&m->logging, true);
 	/* write entries installed before logging began would bypass the log */
-	machine_sync_harts(m, REQ_WTLB_FLUSH, NULL);
+	machine_sync_harts(m, REQ_WTLB_FLUSH, NULL, ~0ULL);
 }
 
 void dirty_log_stop(struct machine *m)
@@ -336,7 +328,7 @@ uint64_t dirty_log_harvest(struct machine *m, uint64_t *out)
 		out[i] = w;
 		count += (uint64_t)__builtin_popcountll(w);
 	}
-	machine_sync_harts(m, REQ_WTLB_FLUSH, NULL);
+	machine_sync_harts(m, REQ_WTLB_FLUSH, NULL, ~0ULL);
 	return count;
 }
 

@@ -62,33 +62,9 @@ static void send_ipis(struct hart *h, uint64_t sel)
 
 static void remote_fence(struct hart *h, uint64_t sel)
 {
-	struct machine *m = h->m;
 	if (sel & (1ULL << h->id))
 		tlb_flush_all(h);
-	sel &= ~(1ULL << h->id);
-	if (!sel)
-		return;
-	for (unsigned i = 0; i < m->nharts; i++)
-		if (sel & (1ULL << i))
-			hart_request(m->harts[i], REQ_TLB_FLUSH);
-	/* wait as machine_sync_harts does, but only for the selected harts */
-	for (unsigned i = 0; i < m->nharts; i++) {
-		struct hart *t = m->harts[i];
-		if (!(sel & (1ULL << i)))
-			continue;
-		while ((atomic_load(&t->requests) & REQ_TLB_FLUSH) && atomic_load(&t->in_guest)) {
-			unsigned mine = atomic_load(&h->requests);
-			if (mine & REQ_TLB_FLUSH) {
-				tlb_flush_all(h);
-				atomic_fetch_and(&h->requests, ~REQ_TLB_FLUSH);
-			}
-			if (mine & REQ_WTLB_FLUSH) {
-				tlb_flush_writes(h);
-				atomic_fetch_and(&h->requests, ~REQ_WTLB_FLUSH);
-			}
-			sched_yield();
-		}
-	}
+	machine_sync_harts(h->m, REQ_TLB_FLUSH, h, sel & ~(1ULL << h->id));
 }
 
 static void set_timer(struct hart *h, uint64_t when)

@@ -160,8 +160,9 @@ void mem_fault_in(struct machine *m, uint64_t gpa, uint64_t len);
 /* Pages dirty in the log right now (not harvested). */
 uint64_t dirty_log_count(struct machine *m);
 
-/* Ask every hart to run `req` and wait until all have (shootdowns). */
-void machine_sync_harts(struct machine *m, unsigned req, struct hart *self);
+/* Ask the harts in the mask `harts` to run `req` and wait until all have
+ * (shootdowns); self, if a hart, is skipped. */
+void machine_sync_harts(struct machine *m, unsigned req, struct hart *self, uint64_t harts);
 
 /* Save and load the state of every registered device (for migrate/). */
 const struct state_entry *machine_state_find(struct machine *m, const char *name);
