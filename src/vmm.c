@@ -117,11 +117,12 @@ static void *signal_thread(void *arg)
 	sigaddset(&set, SIGHUP);
 	int sig;
 	while (sigwait(&set, &sig) == 0) {
-		if (v->machine) {
+		if (v->machine && !v->in) {
 			machine_exit(v->machine, EXIT_QUIT);
 			return NULL;
 		}
-		/* no machine yet: nothing to save, end at once */
+		/* no guest runs here yet (booting or waiting for a migration):
+		 * nothing to save, end at once */
 		_exit(1);
 	}
 	return NULL;
