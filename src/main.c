@@ -106,21 +106,44 @@ static unsigned long parse_number(const char *s, const char *opt)
 	return v;
 }
 
+/*
+ * Long options only. Their values lie above any character, so that after
+ * an error getopt's optopt tells them apart from a short option (-x): a
+ * short one is named by optopt itself, because inside a cluster (-xy)
+ * optind has not moved past it yet; a long one is argv[optind - 1].
+ */
+enum {
+	OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_MEM, OPT_SMP, OPT_DISK, OPT_NET,
+	OPT_CONTROL, OPT_INCOMING, OPT_CONSOLE, OPT_HELP, OPT_VERSION,
+};
+
+static void bad_option(char **argv, int c)
+{
+	char shortopt[3] = { '-', (char)optopt, 0 };
+	const char *name = optopt > 0 && optopt < OPT_KERNEL ? shortopt : argv[optind - 1];
+
+	if (c == ':')
+		bad_arg("option '%s' needs an argument", name);
+	if (optopt >= OPT_KERNEL)
+		bad_arg("option '%s' takes no argument", name);
+	bad_arg("unknown option '%s'", name);
+}
+
 static void parse_options(int argc, char **argv, struct options *o)
 {
 	static const struct option longopts[] = {
-		{ "kernel", required_argument, NULL, 'k' },
-		{ "initrd", required_argument, NULL, 'i' },
-		{ "append", required_argument, NULL, 'a' },
-		{ "mem", required_argument, NULL, 'm' },
-		{ "smp", required_argument, NULL, 's' },
-		{ "disk", required_argument, NULL, 'd' },
-		{ "net", required_argument, NULL, 'n' },
-		{ "control", required_argument, NULL, 'c' },
-		{ "incoming", required_argument, NULL, 'I' },
-		{ "console", required_argument, NULL, 'C' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
+		{ "kernel", required_argument, NULL, OPT_KERNEL },
+		{ "initrd", required_argument, NULL, OPT_INITRD },
+		{ "append", required_argument, NULL, OPT_APPEND },
+		{ "mem", required_argument, NULL, OPT_MEM },
+		{ "smp", required_argument, NULL, OPT_SMP },
+		{ "disk", required_argument, NULL, OPT_DISK },
+		{ "net", required_argument, NULL, OPT_NET },
+		{ "control", required_argument, NULL, OPT_CONTROL },
+		{ "incoming", required_argument, NULL, OPT_INCOMING },
+		{ "console", required_argument, NULL, OPT_CONSOLE },
+		{ "help", no_argument, NULL, OPT_HELP },
+		{ "version", no_argument, NULL, OPT_VERSION },
 		{ 0, 0, 0, 0 },
 	};
 	memset(o, 0, sizeof(*o));
@@ -133,22 +156,22 @@ static void parse_options(int argc, char **argv, struct options *o)
 
 	opterr = 0;
 	int c;
-	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
 		switch (c) {
-		case 'k': o->boot.kernel = optarg; break;
-		case 'i': o->boot.initrd = optarg; break;
-		case 'a': o->boot.append = optarg; break;
-		case 'm':
+		case OPT_KERNEL: o->boot.kernel = optarg; break;
+		case OPT_INITRD: o->boot.initrd = optarg; break;
+		case OPT_APPEND: o->boot.append = optarg; break;
+		case OPT_MEM:
 			o->mem_mib = parse_number(optarg, "--mem");
 			if (o->mem_mib < 16 || o->mem_mib > 65536)
 				bad_arg("--mem %s: want 16 to 65536 MiB", optarg);
 			break;
-		case 's':
+		case OPT_SMP:
 			o->smp = (unsigned)parse_number(optarg, "--smp");
 			if (o->smp < 1 || o->smp > MAX_HARTS)
 				bad_arg("--smp %s: want 1 to 8 harts", optarg);
 			break;
-		case 'd': {
+		case OPT_DISK: {
 			if (o->ndisks == MAX_DISKS)
 				bad_arg("at most %s disks", "4");
 			char *comma = strchr(optarg, ',');
@@ -164,21 +187,18 @@ static void parse_options(int argc, char **argv, struct options *o)
 			o->disks[o->ndisks++] = optarg;
 			break;
 		}
-		case 'n': parse_net(o, optarg); break;
-		case 'c': o->control = optarg; break;
-		case 'I':
+		case OPT_NET: parse_net(o, optarg); break;
+		case OPT_CONTROL: o->control = optarg; break;
+		case OPT_INCOMING:
 			if (strncmp(optarg, "tcp:", 4) && strncmp(optarg, "file:", 5))
 				bad_arg("--incoming '%s': want tcp:HOST:PORT or file:PATH", optarg);
 			o->incoming = optarg;
 			break;
-		case 'C': o->console = optarg; break;
-		case 'h': usage(stdout); exit(0);
-		case 'V': printf("ferry-vm %s\n", FERRY_VERSION); exit(0);
-		case ':':
-			bad_arg("option '%s' needs an argument", argv[optind - 1]);
-			break;
+		case OPT_CONSOLE: o->console = optarg; break;
+		case OPT_HELP: usage(stdout); exit(0);
+		case OPT_VERSION: printf("ferry-vm %s\n", FERRY_VERSION); exit(0);
 		default:
-			bad_arg("unknown option '%s'", argv[optind - 1]);
+			bad_option(argv, c);
 		}
 	}
 	if (optind < argc)

@@ -74,8 +74,8 @@ static int listen_tcp(const char *uri, char *err, size_t errlen)
 }
 
 /* Receive sections until END. Returns 0, or -1 with err filled. */
-static int receive_state(struct vmm *v, struct mig_stream *s, bool *postcopy,
-			 char *err, size_t errlen)
+static int receive_state(struct vmm *v, struct mig_stream *s, uint64_t guest_ram,
+			 bool *postcopy, char *err, size_t errlen)
 {
 	struct machine *m = v->machine;
 	bool have_digest = false;
@@ -93,7 +93,8 @@ static int receive_state(struct vmm *v, struct mig_stream *s, bool *postcopy,
 			fault_round(pages, m->ram_size / PAGE_SIZE);
 			break;
 		case MIG_SEC_DIGEST: {
-			uint64_t mine = mig_ram_digest(m->ram, m->ram_size);
+			/* the guest's RAM: this machine may have more */
+			uint64_t mine = mig_ram_digest(m->ram, guest_ram);
 			if (mine != sec.digest) {
 				snprintf(err, errlen, "memory digest mismatch after transfer "
 					 "(source %016llx, here %016llx): refusing to run",
@@ -152,7 +153,7 @@ static int receive(struct vmm *v, struct mig_stream *s, bool two_way, bool *post
 		snprintf(err, errlen, "handshake: %s", mig_stream_error(s));
 		return -1;
 	}
-	if (receive_state(v, s, postcopy, err, errlen)) {
+	if (receive_state(v, s, remote.ram_size, postcopy, err, errlen)) {
 		if (two_way)
 			mig_send_error(s, err);
 		return -1;

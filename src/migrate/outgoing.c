@@ -367,6 +367,9 @@ static void *outgoing_thread(void *arg)
 	mg->fd = fd;
 	pthread_mutex_unlock(&mg->lock);
 	s = mig_stream_new(fd);
+	/* zstd costs ~30 us a page: it pays only below ~1 Gbit/s
+	 * (docs/stream.md) */
+	mig_stream_set_compress(s, mg->bandwidth_mbps && mg->bandwidth_mbps < 1000);
 	if (handshake(mg, s))
 		goto failed;
 	mg->setup_ms = mig_now_ms() - mg->start_ms;

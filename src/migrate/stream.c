@@ -1,58 +1,87 @@
 /*
- * stream.c - migration stream framing, pages and configuration (see
- * stream.h and docs/stream.md).
+ * stream.c - the migration stream (see stream.h, docs/stream.md).
  *
- * Writes go through a 1 MiB buffer; a RAM batch is built in its own
- * buffer and becomes one section when it holds RAM_BATCH pages. Reads
- * take a whole section into memory, verify its checksum, and only then
- * parse it, so a corrupt section never reaches guest RAM; pages are
- * checked against the RAM size one by one as they are applied.
+ * Transport: writes gather in a 1 MiB buffer; a big payload (a RAM batch)
+ * goes out with the buffer in one writev instead of being copied. Reads
+ * take exactly what the next section needs, no more, so poll() on the fd
+ * still tells whether a section is coming; the payload is read whole into
+ * memory, growing the buffer only as bytes arrive (a lying length costs
+ * nothing until the bytes exist). Each syscall waits for the peer at most
+ * the timeout (poll), and the token bucket paces the writes. One thread
+ * may read while another writes (post-copy does); not two of either.
  *
- * Zero pages travel as a page number alone. Others go raw, or as zstd
- * when compression is on and saves at least an eighth of the page:
- * compressing costs more CPU than a fast local link saves (docs/stream.md
- * has the figures), so the outgoing side turns it on only for slow links.
+ * Sections: the reader looks the type up in one table (name and payload
+ * size limits), reads the payload and the checksum, verifies it, and only
+ * then decodes the payload by type. So a corrupt section never reaches
+ * guest RAM, and a hostile but well-checksummed one is checked field by
+ * field: every page number against the RAM size, every zstd page against
+ * its exact size, every string for length and printable bytes.
+ *
+ * Pages: a zero page is its page number alone. Other pages go raw, or,
+ * with compression on, as zstd when that saves more than 1/8 of the page:
+ * the compressor writes straight into the batch with room for only that
+ * much, so a page that does not pay fails fast and goes raw.
  */
 #include "migrate/stream.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY         /* XXH64_state_t on the stack */
 #include <xxhash.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
-#define PAGE 4096u
-#define WBUF_SIZE (1u << 20)
-#define RAM_BATCH 256
-#define HEADER_BYTES 16
-#define ZSTD_LEVEL 1
+#define PAGE            MIG_PAGE_SIZE
+#define WBUF_SIZE       (1u << 20)
+#define HDR_BYTES       16              /* stream header; section header */
+#define SUM_BYTES       8
+#define ENTRY_MAX       (8 + 1 + PAGE)  /* the largest page entry */
+#define BATCH_CAP       (4 + MIG_BATCH_PAGES * ENTRY_MAX)
+#define GROW_STEP       (1u << 20)      /* payload buffer growth while reading */
 
 struct mig_stream {
 	int fd;
+	bool is_socket;
+	int timeout_ms;
+	struct mig_rate rate;
+
 	bool failed;
-	char error[256];
-	uint64_t bytes;
-	bool compress;
+	bool write_broken;              /* a write failed: sending is pointless */
+	char error[320];
+	uint64_t bytes_out, bytes_in;
 
-	uint8_t *wbuf;          /* pending writes */
+	/* writing */
+	uint8_t *wbuf;
 	size_t wlen;
-
-	uint8_t *batch;         /* the RAM section being built */
+	uint8_t *batch;                 /* RAM section being built */
 	size_t batch_len;
 	unsigned batch_pages;
-
-	uint8_t *rbuf;          /* the last section read */
-	size_t rcap;
-
+	bool compress;
+	int zstd_level;
 	ZSTD_CCtx *cctx;
+	struct mig_page_stats stats;
+
+	/* reading */
+	uint8_t *payload;               /* the last section's payload + NUL */
+	size_t payload_cap;
 	ZSTD_DCtx *dctx;
+	uint8_t scratch[PAGE];          /* one decoded page */
 	mig_page_sink sink;
 	void *sink_opaque;
 };
+
+/* ---- Errors and small helpers --------------------------------------------------- */
 
 static int fail(struct mig_stream *s, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -68,20 +97,119 @@ static int fail(struct mig_stream *s, const char *fmt, ...)
 	return -1;
 }
 
+int mig_stream_fail(struct mig_stream *s, const char *fmt, ...)
+{
+	if (!s->failed) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(s->error, sizeof(s->error), fmt, ap);
+		va_end(ap);
+		s->failed = true;
+	}
+	return -1;
+}
+
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n);
+	if (!p) {
+		fprintf(stderr, "ferry: out of memory allocating %zu bytes for a migration "
+			"stream\n", n);
+		abort();
+	}
+	return p;
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	       (uint32_t)p[3] << 24;
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+	return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- The section table ---------------------------------------------------------- */
+
+struct section_kind {
+	uint32_t type;
+	const char *name;
+	uint64_t min_len, max_len;      /* payload bytes */
+};
+
+static const struct section_kind section_kinds[] = {
+	{ MIG_SEC_CONFIG,          "config",          2,  64u << 10 },
+	{ MIG_SEC_RAM,             "ram",             4,  16u << 20 },
+	{ MIG_SEC_CPU,             "cpu",             8,  16u << 20 },
+	{ MIG_SEC_DEVICE,          "device",          7,  16u << 20 },
+	{ MIG_SEC_CLOCK,           "clock",           8,  8 },
+	{ MIG_SEC_DIGEST,          "digest",          8,  8 },
+	{ MIG_SEC_END,             "end",             0,  0 },
+	{ MIG_SEC_READY,           "ready",           0,  4096 },
+	{ MIG_SEC_ACK,             "ack",             0,  4096 },
+	{ MIG_SEC_ERROR,           "error",           0,  4096 },
+	{ MIG_SEC_RELEASED,        "released",        0,  4096 },
+	{ MIG_SEC_STARTED,         "started",         0,  4096 },
+	{ MIG_SEC_POSTCOPY,        "postcopy",        0,  MIG_SECTION_MAX },
+	{ MIG_SEC_PAGE_REQUEST,    "page-request",    8,  64u << 10 },
+	{ MIG_SEC_HANDOFF_CONFIRM, "handoff-confirm", 0,  4096 },
+};
+
+static const struct section_kind *section_kind(uint32_t type)
+{
+	for (size_t i = 0; i < sizeof(section_kinds) / sizeof(section_kinds[0]); i++)
+		if (section_kinds[i].type == type)
+			return &section_kinds[i];
+	return NULL;
+}
+
+const char *mig_section_name(uint32_t type)
+{
+	const struct section_kind *k = section_kind(type);
+	return k ? k->name : NULL;
+}
+
+static const char *type_name(uint32_t type)
+{
+	const char *n = mig_section_name(type);
+	return n ? n : "unknown";
+}
+
+/* ---- Life cycle and settings ---------------------------------------------------- */
+
 struct mig_stream *mig_stream_new(int fd)
 {
 	struct mig_stream *s = calloc(1, sizeof(*s));
-	if (!s)
-		return NULL;
-	s->fd = fd;
-	s->wbuf = malloc(WBUF_SIZE);
-	s->batch = malloc(4 + RAM_BATCH * (8 + 1 + 4 + PAGE));
-	s->cctx = ZSTD_createCCtx();
-	s->dctx = ZSTD_createDCtx();
-	if (!s->wbuf || !s->batch || !s->cctx || !s->dctx) {
-		mig_stream_free(s);
-		return NULL;
+	struct stat st;
+	if (!s) {
+		fprintf(stderr, "ferry: out of memory creating a migration stream\n");
+		abort();
 	}
+	s->fd = fd;
+	s->is_socket = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+	s->zstd_level = MIG_ZSTD_LEVEL;
+	mig_rate_init(&s->rate, 0);
 	return s;
 }
 
@@ -91,323 +219,747 @@ void mig_stream_free(struct mig_stream *s)
 		return;
 	free(s->wbuf);
 	free(s->batch);
-	free(s->rbuf);
+	free(s->payload);
 	ZSTD_freeCCtx(s->cctx);
 	ZSTD_freeDCtx(s->dctx);
 	free(s);
 }
 
-uint64_t mig_stream_bytes(struct mig_stream *s) { return s->bytes; }
-const char *mig_stream_error(struct mig_stream *s)
+void mig_stream_set_timeout(struct mig_stream *s, int timeout_ms)
 {
-	return s->failed ? s->error : "no error";
+	s->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
 }
-void mig_stream_set_compress(struct mig_stream *s, bool on) { s->compress = on; }
+
+void mig_stream_set_rate(struct mig_stream *s, uint64_t bytes_per_sec)
+{
+	if (bytes_per_sec != s->rate.bytes_per_sec)
+		mig_rate_init(&s->rate, bytes_per_sec);
+}
+
+void mig_stream_set_compress(struct mig_stream *s, bool on)
+{
+	s->compress = on;
+}
+
+void mig_stream_set_zstd_level(struct mig_stream *s, int level)
+{
+	s->zstd_level = level;
+}
+
 void mig_stream_set_sink(struct mig_stream *s, mig_page_sink sink, void *opaque)
 {
 	s->sink = sink;
 	s->sink_opaque = opaque;
 }
 
-/* ---- raw I/O ---------------------------------------------------------------- */
+uint64_t mig_stream_bytes(const struct mig_stream *s) { return s->bytes_out + s->bytes_in; }
+uint64_t mig_stream_bytes_out(const struct mig_stream *s) { return s->bytes_out; }
+uint64_t mig_stream_bytes_in(const struct mig_stream *s) { return s->bytes_in; }
+bool mig_stream_failed(const struct mig_stream *s) { return s->failed; }
 
-static int write_all(struct mig_stream *s, const void *p, size_t n)
+const char *mig_stream_error(const struct mig_stream *s)
 {
-	const uint8_t *b = p;
-	while (n) {
-		ssize_t r = write(s->fd, b, n);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return fail(s, "migration stream: write failed: %s",
-				    r < 0 ? (errno == EAGAIN ? "peer not reading (timed out)"
-						: strerror(errno)) : "closed");
-		b += r;
-		n -= (size_t)r;
+	return s->failed ? s->error : "no error";
+}
+
+void mig_stream_page_stats(const struct mig_stream *s, struct mig_page_stats *st)
+{
+	*st = s->stats;
+}
+
+/* ---- Bandwidth cap -------------------------------------------------------------- */
+
+void mig_rate_init(struct mig_rate *r, uint64_t bytes_per_sec)
+{
+	memset(r, 0, sizeof(*r));
+	r->bytes_per_sec = bytes_per_sec;
+	/* 50 ms worth of bytes, at least 64 KiB: smooth, yet not one syscall
+	 * a sleep on slow links */
+	r->burst = bytes_per_sec / 20;
+	if (r->burst < (64u << 10))
+		r->burst = 64u << 10;
+}
+
+uint64_t mig_rate_take(struct mig_rate *r, uint64_t n, uint64_t now_ns)
+{
+	if (!r->bytes_per_sec)
+		return 0;
+	if (!r->started) {
+		r->started = true;
+		r->tokens = (int64_t)r->burst;
+		r->last_ns = now_ns;
+	}
+	if (now_ns > r->last_ns) {
+		/* refill at the rate, pay any debt, never beyond the burst */
+		__int128 add = (__int128)((unsigned __int128)(now_ns - r->last_ns) *
+					  r->bytes_per_sec / 1000000000u);
+		__int128 room = (__int128)r->burst - r->tokens;
+		r->tokens += (int64_t)(add < room ? add : room);
+		r->last_ns = now_ns;
+	}
+	const int64_t floor = -(INT64_MAX / 4);
+	if (n > (uint64_t)INT64_MAX / 4)
+		n = (uint64_t)INT64_MAX / 4;
+	r->tokens -= (int64_t)n;
+	if (r->tokens < floor)
+		r->tokens = floor;
+	if (r->tokens >= 0)
+		return 0;
+	return (uint64_t)((unsigned __int128)(uint64_t)-r->tokens * 1000000000u /
+			  r->bytes_per_sec);
+}
+
+static void rate_pace(struct mig_stream *s, size_t n)
+{
+	uint64_t wait = mig_rate_take(&s->rate, n, now_ns());
+	if (wait) {
+		struct timespec ts = { (time_t)(wait / 1000000000u),
+				       (long)(wait % 1000000000u) };
+		while (nanosleep(&ts, &ts) && errno == EINTR)
+			;
+	}
+}
+
+/* ---- Raw I/O -------------------------------------------------------------------- */
+
+/* Wait until fd is ready for `events`; fails the stream after the timeout. */
+static int wait_fd(struct mig_stream *s, short events, bool force)
+{
+	if (!s->timeout_ms && !force)
+		return 0;
+	struct pollfd p = { .fd = s->fd, .events = events };
+	for (;;) {
+		int r = poll(&p, 1, s->timeout_ms ? s->timeout_ms : -1);
+		if (r > 0)
+			return 0;
+		if (r == 0)
+			return fail(s, "migration stream: the peer has not %s for %d ms: "
+				    "is it still alive?", events == POLLIN ? "sent anything" :
+				    "read anything", s->timeout_ms);
+		if (errno != EINTR)
+			return fail(s, "migration stream: poll: %s", strerror(errno));
+	}
+}
+
+static bool fd_nonblocking(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	return fl >= 0 && (fl & O_NONBLOCK);
+}
+
+static int write_failed(struct mig_stream *s, int err)
+{
+	s->write_broken = true;
+	if (err == EAGAIN || err == EWOULDBLOCK)
+		return fail(s, "migration stream: sending timed out: the peer does not read "
+			    "(is it still alive?)");
+	if (err == EPIPE || err == ECONNRESET)
+		return fail(s, "migration stream: the peer closed the connection (%s)",
+			    strerror(err));
+	return fail(s, "migration stream: write failed: %s", strerror(err));
+}
+
+/* Write all of iov[0..cnt) (modifies iov). */
+static int write_iov(struct mig_stream *s, struct iovec *iov, int cnt)
+{
+	while (cnt && !iov->iov_len) {
+		iov++;
+		cnt--;
+	}
+	while (cnt) {
+		if (wait_fd(s, POLLOUT, false))
+			return -1;
+		ssize_t r;
+		if (s->is_socket) {
+			struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)cnt };
+			r = sendmsg(s->fd, &mh, MSG_NOSIGNAL);
+		} else {
+			r = writev(s->fd, iov, cnt);
+		}
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			if ((errno == EAGAIN || errno == EWOULDBLOCK) && fd_nonblocking(s->fd)) {
+				if (wait_fd(s, POLLOUT, true))
+					return -1;
+				continue;
+			}
+			return write_failed(s, errno);
+		}
+		if (r == 0)
+			return write_failed(s, EPIPE);
+		rate_pace(s, (size_t)r);
+		size_t done = (size_t)r;
+		while (cnt && done >= iov->iov_len) {
+			done -= iov->iov_len;
+			iov++;
+			cnt--;
+		}
+		if (cnt) {
+			iov->iov_base = (uint8_t *)iov->iov_base + done;
+			iov->iov_len -= done;
+		}
 	}
 	return 0;
+}
+
+static int flush_wbuf(struct mig_stream *s)
+{
+	if (!s->wlen)
+		return 0;
+	struct iovec iov = { s->wbuf, s->wlen };
+	s->wlen = 0;
+	return write_iov(s, &iov, 1);
 }
 
 int mig_flush(struct mig_stream *s)
 {
-	if (s->failed)
+	if (s->failed || mig_flush_pages(s))
 		return -1;
-	if (s->wlen && write_all(s, s->wbuf, s->wlen))
-		return -1;
-	s->wlen = 0;
-	return 0;
+	return flush_wbuf(s);
 }
 
-static int put(struct mig_stream *s, const void *p, size_t n)
+/* Queue parts[] as one unit: buffered, or with the buffer in one writev
+ * when large. */
+static int out_put(struct mig_stream *s, struct iovec *parts, int cnt)
 {
-	if (s->failed)
-		return -1;
-	s->bytes += n;
-	if (s->wlen + n > WBUF_SIZE) {
-		if (mig_flush(s))
-			return -1;
-		if (n > WBUF_SIZE)
-			return write_all(s, p, n);
+	size_t n = 0;
+	for (int i = 0; i < cnt; i++)
+		n += parts[i].iov_len;
+	if (!s->wbuf)
+		s->wbuf = xmalloc(WBUF_SIZE);
+	s->bytes_out += n;
+	if (n > WBUF_SIZE - s->wlen && n >= WBUF_SIZE / 4) {
+		struct iovec iov[8];
+		int k = 0;
+		iov[k++] = (struct iovec){ s->wbuf, s->wlen };
+		for (int i = 0; i < cnt && k < 8; i++)
+			iov[k++] = parts[i];
+		s->wlen = 0;
+		return write_iov(s, iov, k);
 	}
-	memcpy(s->wbuf + s->wlen, p, n);
-	s->wlen += n;
-	return 0;
-}
-
-static int read_all(struct mig_stream *s, void *p, size_t n, const char *what)
-{
-	uint8_t *b = p;
-	size_t want = n;
-	while (n) {
-		ssize_t r = read(s->fd, b, n);
-		if (r < 0 && errno == EINTR)
+	if (n > WBUF_SIZE - s->wlen && flush_wbuf(s))
+		return -1;
+	for (int i = 0; i < cnt; i++) {
+		if (!parts[i].iov_len)
 			continue;
-		if (r < 0)
-			return fail(s, "migration stream: reading %s: %s", what,
-				    errno == EAGAIN ? "peer silent (timed out)" : strerror(errno));
-		if (r == 0)
-			return fail(s, "migration stream: truncated in %s (%zu of %zu bytes)",
-				    what, want - n, want);
-		b += r;
-		n -= (size_t)r;
-		s->bytes += (uint64_t)r;
+		memcpy(s->wbuf + s->wlen, parts[i].iov_base, parts[i].iov_len);
+		s->wlen += parts[i].iov_len;
 	}
 	return 0;
 }
 
-static void le32(uint8_t *p, uint32_t v)
+/* Read exactly n bytes; `what` names them for the error message. There
+ * is no read-ahead: what the stream has not consumed is still in the fd,
+ * so callers may poll() the fd to learn whether a section is coming. */
+static int in_get(struct mig_stream *s, void *dst, size_t n, const char *what)
 {
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-static void le64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t rd32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t rd64(const uint8_t *p)
-{
-	return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32;
+	uint8_t *d = dst;
+	while (n) {
+		if (wait_fd(s, POLLIN, false))
+			return -1;
+		ssize_t r = read(s->fd, d, n);
+		if (r > 0) {
+			s->bytes_in += (uint64_t)r;
+			d += r;
+			n -= (size_t)r;
+			continue;
+		}
+		if (r == 0)
+			return fail(s, "migration stream: truncated at offset %llu, in %s: the "
+				    "peer closed the connection or the file is incomplete",
+				    (unsigned long long)s->bytes_in, what);
+		if (errno == EINTR)
+			continue;
+		if ((errno == EAGAIN || errno == EWOULDBLOCK) && fd_nonblocking(s->fd)) {
+			if (wait_fd(s, POLLIN, true))
+				return -1;
+			continue;
+		}
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return fail(s, "migration stream: receiving timed out at offset %llu: "
+				    "the peer sent nothing (is it still alive?)",
+				    (unsigned long long)s->bytes_in);
+		return fail(s, "migration stream: read failed at offset %llu: %s",
+			    (unsigned long long)s->bytes_in, strerror(errno));
+	}
+	return 0;
 }
 
-/* ---- sections ----------------------------------------------------------------- */
+/* ---- Writing sections ----------------------------------------------------------- */
+
+static int emit_section(struct mig_stream *s, uint32_t type, const void *data, size_t len)
+{
+	uint8_t hdr[HDR_BYTES], sum[SUM_BYTES];
+	XXH64_state_t h;
+	if (s->failed)
+		return -1;
+	if (len > MIG_SECTION_MAX)
+		return fail(s, "migration stream: a '%s' section of %zu bytes is over the "
+			    "%u-byte limit", type_name(type), len, MIG_SECTION_MAX);
+	put_le32(hdr, type);
+	put_le32(hdr + 4, 0);
+	put_le64(hdr + 8, len);
+	XXH64_reset(&h, 0);
+	XXH64_update(&h, hdr, sizeof(hdr));
+	if (len)
+		XXH64_update(&h, data, len);
+	put_le64(sum, XXH64_digest(&h));
+	struct iovec parts[3] = {
+		{ hdr, sizeof(hdr) }, { (void *)data, len }, { sum, sizeof(sum) },
+	};
+	return out_put(s, parts, 3);
+}
 
 int mig_write_section(struct mig_stream *s, uint32_t type, const void *data, size_t len)
 {
-	uint8_t hdr[HEADER_BYTES], sum[8];
-	if (len > MIG_SECTION_MAX)
-		return fail(s, "migration stream: section of %zu bytes is too large", len);
-	le32(hdr, type);
-	le32(hdr + 4, 0);
-	le64(hdr + 8, len);
-	XXH64_state_t *h = XXH64_createState();
-	XXH64_reset(h, 0);
-	XXH64_update(h, hdr, sizeof(hdr));
+	if (!section_kind(type))
+		return fail(s, "migration stream: cannot write section type %u: no such type",
+			    type);
+	if (mig_flush_pages(s))
+		return -1;
+	return emit_section(s, type, data, len);
+}
+
+int mig_write_cpu(struct mig_stream *s, uint32_t hart, uint32_t version,
+		  const void *state, size_t len)
+{
+	if (len > MIG_SECTION_MAX - 8)
+		return fail(s, "migration stream: hart %u state of %zu bytes is too large",
+			    hart, len);
+	uint8_t *p = xmalloc(8 + len);
+	put_le32(p, hart);
+	put_le32(p + 4, version);
 	if (len)
-		XXH64_update(h, data, len);
-	le64(sum, XXH64_digest(h));
-	XXH64_freeState(h);
-	if (put(s, hdr, sizeof(hdr)) || (len && put(s, data, len)) || put(s, sum, sizeof(sum)))
-		return -1;
-	return 0;
+		memcpy(p + 8, state, len);
+	int r = mig_write_section(s, MIG_SEC_CPU, p, 8 + len);
+	free(p);
+	return r;
 }
 
-static const char *section_name(uint32_t type)
+static bool name_ok(const char *name, size_t n)
 {
-	static const char *names[] = {
-		"?", "config", "ram", "cpu", "device", "clock", "digest", "end", "ack",
-		"error", "released", "started", "postcopy", "page-request",
-	};
-	return type <= MIG_SEC_TYPE_MAX ? names[type] : "unknown";
-}
-
-/* Read a section's bytes into rbuf and verify it. */
-static int read_raw_section(struct mig_stream *s, uint32_t *type, uint32_t *len)
-{
-	uint8_t hdr[HEADER_BYTES], sum[8];
-	if (s->failed)
-		return -1;
-	uint64_t at = s->bytes;
-	if (read_all(s, hdr, sizeof(hdr), "a section header"))
-		return -1;
-	*type = rd32(hdr);
-	uint64_t n = rd64(hdr + 8);
-	if (*type == 0 || *type > MIG_SEC_TYPE_MAX)
-		return fail(s, "migration stream: unknown section type %u at offset %llu",
-			    *type, (unsigned long long)at);
-	if (rd32(hdr + 4) != 0)
-		return fail(s, "migration stream: section '%s' has unknown flags %#x",
-			    section_name(*type), rd32(hdr + 4));
-	if (n > MIG_SECTION_MAX)
-		return fail(s, "migration stream: section '%s' claims %llu bytes (limit %u)",
-			    section_name(*type), (unsigned long long)n, MIG_SECTION_MAX);
-	if (n + 1 > s->rcap) {
-		uint8_t *p = realloc(s->rbuf, n + 1);
-		if (!p)
-			return fail(s, "migration stream: out of memory");
-		s->rbuf = p;
-		s->rcap = n + 1;
-	}
-	if (read_all(s, s->rbuf, n, section_name(*type)) ||
-	    read_all(s, sum, sizeof(sum), "a section checksum"))
-		return -1;
-	XXH64_state_t *h = XXH64_createState();
-	XXH64_reset(h, 0);
-	XXH64_update(h, hdr, sizeof(hdr));
-	XXH64_update(h, s->rbuf, n);
-	uint64_t want = XXH64_digest(h);
-	XXH64_freeState(h);
-	if (want != rd64(sum))
-		return fail(s, "migration stream: section '%s' at offset %llu fails its checksum",
-			    section_name(*type), (unsigned long long)at);
-	s->rbuf[n] = 0;     /* text sections end in a NUL for free */
-	*len = (uint32_t)n;
-	return 0;
-}
-
-/* ---- pages ------------------------------------------------------------------------ */
-
-static bool page_is_zero(const void *page)
-{
-	const uint64_t *w = page;
-	for (unsigned i = 0; i < PAGE / 8; i += 4)
-		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
+	if (n == 0 || n >= MIG_NAME_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (name[i] <= ' ' || name[i] > '~')
 			return false;
 	return true;
 }
 
-int mig_flush_pages(struct mig_stream *s)
+int mig_write_device(struct mig_stream *s, const char *name, uint32_t version,
+		     const void *state, size_t len)
 {
-	if (!s->batch_pages)
-		return s->failed ? -1 : 0;
-	le32(s->batch, s->batch_pages);
-	int r = mig_write_section(s, MIG_SEC_RAM, s->batch, s->batch_len);
+	size_t n = strlen(name);
+	if (!name_ok(name, n))
+		return fail(s, "migration stream: bad device name '%s' (1 to %d printable "
+			    "characters, no spaces)", name, MIG_NAME_MAX - 1);
+	if (len > MIG_SECTION_MAX - 6 - n)
+		return fail(s, "migration stream: device '%s' state of %zu bytes is too large",
+			    name, len);
+	uint8_t *p = xmalloc(6 + n + len);
+	p[0] = (uint8_t)n;
+	p[1] = (uint8_t)(n >> 8);
+	memcpy(p + 2, name, n);
+	put_le32(p + 2 + n, version);
+	if (len)
+		memcpy(p + 6 + n, state, len);
+	int r = mig_write_section(s, MIG_SEC_DEVICE, p, 6 + n + len);
+	free(p);
+	return r;
+}
+
+int mig_write_clock(struct mig_stream *s, uint64_t ticks)
+{
+	uint8_t b[8];
+	put_le64(b, ticks);
+	return mig_write_section(s, MIG_SEC_CLOCK, b, sizeof(b));
+}
+
+int mig_write_digest(struct mig_stream *s, uint64_t digest)
+{
+	uint8_t b[8];
+	put_le64(b, digest);
+	return mig_write_section(s, MIG_SEC_DIGEST, b, sizeof(b));
+}
+
+int mig_write_end(struct mig_stream *s)
+{
+	return mig_write_section(s, MIG_SEC_END, NULL, 0);
+}
+
+int mig_write_page_request(struct mig_stream *s, const uint64_t *pfns, size_t n)
+{
+	uint8_t b[512];
+	if (n == 0)
+		return 0;
+	while (n) {
+		size_t k = n < sizeof(b) / 8 ? n : sizeof(b) / 8;
+		for (size_t i = 0; i < k; i++)
+			put_le64(b + 8 * i, pfns[i]);
+		if (mig_write_section(s, MIG_SEC_PAGE_REQUEST, b, 8 * k))
+			return -1;
+		pfns += k;
+		n -= k;
+	}
+	return 0;
+}
+
+void mig_send_error(struct mig_stream *s, const char *why)
+{
+	if (s->write_broken)
+		return;
+	bool failed = s->failed;
+	size_t n = strlen(why);
+	if (n > 4096)
+		n = 4096;
+	/* say why even after a read-side failure; pages not yet in a
+	 * section are dropped, whole sections already queued go first */
+	s->failed = false;
 	s->batch_pages = 0;
 	s->batch_len = 0;
-	return r;
+	if (emit_section(s, MIG_SEC_ERROR, why, n) == 0)
+		flush_wbuf(s);
+	s->failed = failed || s->failed;
+}
+
+/* ---- Pages ---------------------------------------------------------------------- */
+
+bool mig_page_is_zero(const void *page)
+{
+	const uint8_t *p = page;
+	uint64_t w;
+	memcpy(&w, p, 8);
+	/* the first word is zero and every byte equals the one 8 before */
+	return w == 0 && memcmp(p, p + 8, PAGE - 8) == 0;
+}
+
+int mig_flush_pages(struct mig_stream *s)
+{
+	if (s->failed)
+		return -1;
+	if (!s->batch_pages)
+		return 0;
+	put_le32(s->batch, s->batch_pages);
+	size_t len = s->batch_len;
+	s->batch_pages = 0;
+	s->batch_len = 0;
+	return emit_section(s, MIG_SEC_RAM, s->batch, len);
+}
+
+/* Compress page into dst if that saves more than 1/8; its size, or 0. */
+static size_t page_compress(struct mig_stream *s, uint8_t *dst, const void *page)
+{
+	if (!s->cctx) {
+		s->cctx = ZSTD_createCCtx();
+		if (!s->cctx)
+			return 0;
+	}
+	size_t c = ZSTD_compressCCtx(s->cctx, dst, MIG_ZSTD_KEEP_MAX, page, PAGE,
+				     s->zstd_level);
+	if (ZSTD_isError(c) || c > MIG_ZSTD_KEEP_MAX) {
+		s->stats.zstd_rejected++;
+		return 0;
+	}
+	return c;
 }
 
 int mig_put_page(struct mig_stream *s, uint64_t pfn, const void *page)
 {
 	if (s->failed)
 		return -1;
+	if (!s->batch)
+		s->batch = xmalloc(BATCH_CAP);
 	if (!s->batch_pages)
 		s->batch_len = 4;
 	uint8_t *p = s->batch + s->batch_len;
-	le64(p, pfn);
+	put_le64(p, pfn);
 	p += 8;
-	if (page_is_zero(page)) {
+	if (mig_page_is_zero(page)) {
 		*p++ = MIG_PAGE_ZERO;
+		s->stats.zero++;
 	} else {
-		size_t c = 0;
-		if (s->compress) {
-			c = ZSTD_compressCCtx(s->cctx, p + 5, PAGE, page, PAGE, ZSTD_LEVEL);
-			if (ZSTD_isError(c) || c > PAGE - PAGE / 8)
-				c = 0;
-		}
+		size_t c = s->compress ? page_compress(s, p + 5, page) : 0;
 		if (c) {
 			*p = MIG_PAGE_ZSTD;
-			le32(p + 1, (uint32_t)c);
+			put_le32(p + 1, (uint32_t)c);
 			p += 5 + c;
+			s->stats.zstd++;
+			s->stats.zstd_bytes += c;
 		} else {
 			*p++ = MIG_PAGE_RAW;
 			memcpy(p, page, PAGE);
 			p += PAGE;
+			s->stats.raw++;
 		}
 	}
 	s->batch_len = (size_t)(p - s->batch);
-	if (++s->batch_pages == RAM_BATCH)
+	if (++s->batch_pages == MIG_BATCH_PAGES)
 		return mig_flush_pages(s);
 	return 0;
 }
 
-/* Apply a verified RAM section. */
-static int apply_pages(struct mig_stream *s, const uint8_t *p, uint32_t len, uint8_t *ram,
-		       uint64_t ram_size, uint64_t *count)
+/* ---- Reading sections ----------------------------------------------------------- */
+
+/* A bounds-checked cursor over a verified payload. */
+struct cursor {
+	const uint8_t *p, *end;
+};
+
+static bool cur_has(const struct cursor *c, size_t n)
 {
-	static __thread uint8_t page[PAGE];
-	const uint8_t *end = p + len;
-	if (!ram && !s->sink)
-		return fail(s, "migration stream: RAM where no RAM was expected");
-	if (len < 4)
-		return fail(s, "migration stream: RAM section too short");
-	uint32_t n = rd32(p);
-	p += 4;
-	for (uint32_t i = 0; i < n; i++) {
-		if (end - p < 9)
-			return fail(s, "migration stream: RAM section ends inside page %u", i);
-		uint64_t pfn = rd64(p);
-		uint8_t enc = p[8];
-		p += 9;
-		if (pfn >= ram_size / PAGE)
-			return fail(s, "migration stream: page %llu is beyond guest RAM (%llu pages)",
-				    (unsigned long long)pfn, (unsigned long long)(ram_size / PAGE));
-		uint8_t *dst = s->sink ? page : ram + pfn * PAGE;
-		switch (enc) {
-		case MIG_PAGE_ZERO:
-			memset(dst, 0, PAGE);
-			break;
-		case MIG_PAGE_RAW:
-			if (end - p < PAGE)
-				return fail(s, "migration stream: raw page %llu is cut short",
-					    (unsigned long long)pfn);
-			memcpy(dst, p, PAGE);
-			p += PAGE;
-			break;
-		case MIG_PAGE_ZSTD: {
-			if (end - p < 4)
-				return fail(s, "migration stream: compressed page cut short");
-			uint32_t c = rd32(p);
-			p += 4;
-			if (c > (uint64_t)(end - p))
-				return fail(s, "migration stream: compressed page %llu is cut short",
-					    (unsigned long long)pfn);
-			size_t got = ZSTD_decompressDCtx(s->dctx, page, PAGE, p, c);
-			if (ZSTD_isError(got) || got != PAGE)
-				return fail(s, "migration stream: compressed page %llu does not "
-					    "decompress to one page", (unsigned long long)pfn);
-			if (dst != page)
-				memcpy(dst, page, PAGE);
-			p += c;
-			break;
+	return (size_t)(c->end - c->p) >= n;
+}
+
+/* Read the payload of n bytes, growing the buffer as the bytes arrive. */
+static int read_payload(struct mig_stream *s, uint64_t n, const char *name)
+{
+	char what[64];
+	snprintf(what, sizeof(what), "the payload of a '%s' section", name);
+	uint64_t got = 0;
+	do {
+		uint64_t want = n - got < GROW_STEP ? n - got : GROW_STEP;
+		if (got + want + 1 > s->payload_cap) {
+			size_t cap = (size_t)(got + want + 1);
+			uint8_t *p = realloc(s->payload, cap);
+			if (!p)
+				return fail(s, "migration stream: out of memory for a %llu-byte "
+					    "'%s' section", (unsigned long long)n, name);
+			s->payload = p;
+			s->payload_cap = cap;
 		}
-		default:
-			return fail(s, "migration stream: page %llu has unknown encoding %u",
-				    (unsigned long long)pfn, enc);
-		}
-		if (s->sink)
-			s->sink(s->sink_opaque, pfn, page);
-	}
-	if (p != end)
-		return fail(s, "migration stream: %zu stray bytes after the pages",
-			    (size_t)(end - p));
-	*count = n;
+		if (in_get(s, s->payload + got, (size_t)want, what))
+			return -1;
+		got += want;
+	} while (got < n);
+	s->payload[n] = 0;
 	return 0;
 }
 
-int mig_read_section(struct mig_stream *s, struct mig_section *sec, uint8_t *ram,
-		     uint64_t ram_size)
+/* Read one framed section and verify its checksum (no decoding). */
+static int read_frame(struct mig_stream *s, struct mig_section *sec)
 {
+	uint8_t hdr[HDR_BYTES], sum[SUM_BYTES];
+	XXH64_state_t h;
 	memset(sec, 0, sizeof(*sec));
-	if (read_raw_section(s, &sec->type, &sec->len))
+	if (s->failed)
 		return -1;
-	sec->data = s->rbuf;
-	switch (sec->type) {
-	case MIG_SEC_RAM:
-		return apply_pages(s, s->rbuf, sec->len, ram, ram_size, &sec->pages);
-	case MIG_SEC_DIGEST:
-		if (sec->len != 8)
-			return fail(s, "migration stream: digest section of %u bytes", sec->len);
-		sec->digest = rd64(s->rbuf);
-		return 0;
-	case MIG_SEC_CONFIG:
-		return fail(s, "migration stream: a second configuration section");
+	sec->offset = s->bytes_in;
+	if (in_get(s, hdr, sizeof(hdr), "a section header"))
+		return -1;
+	sec->type = get_le32(hdr);
+	sec->flags = get_le32(hdr + 4);
+	sec->len = get_le64(hdr + 8);
+	const struct section_kind *k = section_kind(sec->type);
+	unsigned long long at = (unsigned long long)sec->offset;
+	if (!k)
+		return fail(s, "migration stream: unknown section type %u (%#x) at offset %llu: "
+			    "corrupt stream, or a newer ferry wrote it", sec->type, sec->type, at);
+	if (sec->flags)
+		return fail(s, "migration stream: section '%s' at offset %llu has unknown "
+			    "flags %#x", k->name, at, sec->flags);
+	if (sec->len < k->min_len || sec->len > k->max_len)
+		return fail(s, "migration stream: section '%s' at offset %llu claims %llu bytes; "
+			    "it must have %llu to %llu", k->name, at,
+			    (unsigned long long)sec->len, (unsigned long long)k->min_len,
+			    (unsigned long long)k->max_len);
+	if (read_payload(s, sec->len, k->name) ||
+	    in_get(s, sum, sizeof(sum), "a section checksum"))
+		return -1;
+	XXH64_reset(&h, 0);
+	XXH64_update(&h, hdr, sizeof(hdr));
+	XXH64_update(&h, s->payload, (size_t)sec->len);
+	if (XXH64_digest(&h) != get_le64(sum))
+		return fail(s, "migration stream: section '%s' at offset %llu fails its "
+			    "checksum: the stream is corrupt", k->name, at);
+	sec->data = s->payload;
+	return 0;
+}
+
+static int zstd_page(struct mig_stream *s, uint64_t pfn, const uint8_t *src, size_t n)
+{
+	if (!s->dctx) {
+		s->dctx = ZSTD_createDCtx();
+		if (!s->dctx)
+			return fail(s, "migration stream: out of memory for zstd");
+	}
+	size_t got = ZSTD_decompressDCtx(s->dctx, s->scratch, PAGE, src, n);
+	if (ZSTD_isError(got)) {
+		if (ZSTD_getErrorCode(got) == ZSTD_error_dstSize_tooSmall)
+			return fail(s, "migration stream: compressed page %llu decompresses to "
+				    "more than %u bytes", (unsigned long long)pfn, PAGE);
+		return fail(s, "migration stream: compressed page %llu is corrupt: %s",
+			    (unsigned long long)pfn, ZSTD_getErrorName(got));
+	}
+	if (got != PAGE)
+		return fail(s, "migration stream: compressed page %llu decompresses to %zu "
+			    "bytes, not %u", (unsigned long long)pfn, got, PAGE);
+	return 0;
+}
+
+/* Decode one page entry into the scratch page (or straight into RAM). */
+static int ram_entry(struct mig_stream *s, struct cursor *c, uint8_t *ram, uint64_t npages,
+		     uint32_t i)
+{
+	if (!cur_has(c, 9))
+		return fail(s, "migration stream: RAM section ends inside page entry %u", i);
+	uint64_t pfn = get_le64(c->p);
+	uint8_t enc = c->p[8];
+	c->p += 9;
+	if (pfn >= npages)
+		return fail(s, "migration stream: page %llu (offset %#llx) is beyond the end of "
+			    "guest RAM (%llu pages)", (unsigned long long)pfn,
+			    (unsigned long long)pfn * PAGE, (unsigned long long)npages);
+	uint8_t *dst = s->sink ? s->scratch : ram + pfn * PAGE;
+	switch (enc) {
+	case MIG_PAGE_ZERO:
+		memset(dst, 0, PAGE);
+		break;
+	case MIG_PAGE_RAW:
+		if (!cur_has(c, PAGE))
+			return fail(s, "migration stream: raw page %llu is cut short",
+				    (unsigned long long)pfn);
+		memcpy(dst, c->p, PAGE);
+		c->p += PAGE;
+		break;
+	case MIG_PAGE_ZSTD: {
+		if (!cur_has(c, 4))
+			return fail(s, "migration stream: compressed page %llu is cut short",
+				    (unsigned long long)pfn);
+		uint32_t n = get_le32(c->p);
+		c->p += 4;
+		if (n == 0 || n > PAGE || !cur_has(c, n))
+			return fail(s, "migration stream: compressed page %llu claims %u bytes "
+				    "(1 to %u, within the section)", (unsigned long long)pfn, n,
+				    PAGE);
+		if (zstd_page(s, pfn, c->p, n))
+			return -1;
+		c->p += n;
+		if (dst != s->scratch)
+			memcpy(dst, s->scratch, PAGE);
+		break;
+	}
+	default:
+		return fail(s, "migration stream: page %llu has unknown encoding %u",
+			    (unsigned long long)pfn, enc);
+	}
+	if (s->sink)
+		s->sink(s->sink_opaque, pfn, s->scratch);
+	return 0;
+}
+
+static int decode_ram(struct mig_stream *s, struct mig_section *sec, uint8_t *ram,
+		      uint64_t ram_size)
+{
+	struct cursor c = { sec->data, sec->data + sec->len };
+	if (!ram && !s->sink)
+		return fail(s, "migration stream: a 'ram' section at offset %llu, where no "
+			    "pages were expected", (unsigned long long)sec->offset);
+	uint32_t n = get_le32(c.p);
+	c.p += 4;
+	if (n == 0 || n > sec->len / 9)
+		return fail(s, "migration stream: RAM section at offset %llu claims %u pages "
+			    "in %llu bytes", (unsigned long long)sec->offset, n,
+			    (unsigned long long)sec->len);
+	uint64_t npages = ram_size / PAGE;
+	for (uint32_t i = 0; i < n; i++)
+		if (ram_entry(s, &c, ram, npages, i))
+			return -1;
+	if (c.p != c.end)
+		return fail(s, "migration stream: %zu stray bytes after the pages of the RAM "
+			    "section at offset %llu", (size_t)(c.end - c.p),
+			    (unsigned long long)sec->offset);
+	sec->pages = n;
+	return 0;
+}
+
+static int decode_cpu(struct mig_stream *s, struct mig_section *sec)
+{
+	(void)s;
+	sec->hart = get_le32(sec->data);
+	sec->version = get_le32(sec->data + 4);
+	sec->state = sec->data + 8;
+	sec->state_len = (size_t)sec->len - 8;
+	return 0;
+}
+
+static int decode_device(struct mig_stream *s, struct mig_section *sec)
+{
+	size_t n = (size_t)sec->data[0] | (size_t)sec->data[1] << 8;
+	if (n + 6 > sec->len || !name_ok((const char *)sec->data + 2, n))
+		return fail(s, "migration stream: device section at offset %llu has a bad "
+			    "name (%zu bytes)", (unsigned long long)sec->offset, n);
+	memcpy(sec->name, sec->data + 2, n);
+	sec->name[n] = 0;
+	sec->version = get_le32(sec->data + 2 + n);
+	sec->state = sec->data + 6 + n;
+	sec->state_len = (size_t)sec->len - 6 - n;
+	return 0;
+}
+
+static int decode_error(struct mig_stream *s, struct mig_section *sec)
+{
+	(void)s;
+	/* the peer's words end up in logs and replies: printable only */
+	for (uint64_t i = 0; i < sec->len; i++)
+		if (s->payload[i] < ' ' || s->payload[i] > '~')
+			s->payload[i] = '?';
+	sec->text = sec->len ? (const char *)sec->data : "(no reason given)";
+	return 0;
+}
+
+static int decode_page_request(struct mig_stream *s, struct mig_section *sec,
+			       uint64_t ram_size)
+{
+	if (sec->len % 8)
+		return fail(s, "migration stream: page request at offset %llu is %llu bytes, "
+			    "not a multiple of 8", (unsigned long long)sec->offset,
+			    (unsigned long long)sec->len);
+	sec->npfns = (uint32_t)(sec->len / 8);
+	for (uint32_t i = 0; ram_size && i < sec->npfns; i++) {
+		uint64_t pfn = mig_section_pfn(sec, i);
+		if (pfn >= ram_size / PAGE)
+			return fail(s, "migration stream: request for page %llu, beyond the end "
+				    "of guest RAM (%llu pages)", (unsigned long long)pfn,
+				    (unsigned long long)(ram_size / PAGE));
 	}
 	return 0;
+}
+
+uint64_t mig_section_pfn(const struct mig_section *sec, uint32_t i)
+{
+	if (sec->type != MIG_SEC_PAGE_REQUEST || i >= sec->npfns)
+		return UINT64_MAX;
+	return get_le64(sec->data + 8 * (size_t)i);
+}
+
+int mig_read_section(struct mig_stream *s, struct mig_section *sec, void *ram,
+		     uint64_t ram_size)
+{
+	if (read_frame(s, sec))
+		return -1;
+	switch (sec->type) {
+	case MIG_SEC_CONFIG:
+		return fail(s, "migration stream: a second 'config' section at offset %llu",
+			    (unsigned long long)sec->offset);
+	case MIG_SEC_RAM:
+		return decode_ram(s, sec, ram, ram_size);
+	case MIG_SEC_CPU:
+		return decode_cpu(s, sec);
+	case MIG_SEC_DEVICE:
+		return decode_device(s, sec);
+	case MIG_SEC_CLOCK:
+		sec->ticks = get_le64(sec->data);
+		return 0;
+	case MIG_SEC_DIGEST:
+		sec->digest = get_le64(sec->data);
+		return 0;
+	case MIG_SEC_ERROR:
+		return decode_error(s, sec);
+	case MIG_SEC_PAGE_REQUEST:
+		return decode_page_request(s, sec, ram_size);
+	}
+	return 0;       /* END and control messages: nothing to decode */
 }
 
 int mig_expect(struct mig_stream *s, uint32_t type, char *why, size_t len)
@@ -418,191 +970,425 @@ int mig_expect(struct mig_stream *s, uint32_t type, char *why, size_t len)
 		return -1;
 	}
 	if (sec.type == MIG_SEC_ERROR) {
-		snprintf(why, len, "%s", (const char *)sec.data);
-		return fail(s, "peer gave up: %s", (const char *)sec.data);
+		snprintf(why, len, "%s", sec.text);
+		return fail(s, "migration stream: the peer gave up: %s", sec.text);
 	}
 	if (sec.type != type) {
-		snprintf(why, len, "expected '%s', got '%s'", section_name(type),
-			 section_name(sec.type));
+		snprintf(why, len, "expected a '%s' section, got '%s' at offset %llu",
+			 type_name(type), type_name(sec.type), (unsigned long long)sec.offset);
 		return fail(s, "migration stream: %s", why);
 	}
 	return 0;
 }
 
-int mig_write_digest(struct mig_stream *s, uint64_t digest)
+/* ---- Configuration: JSON in the CONFIG section ---------------------------------- */
+
+void mig_config_init(struct mig_config *cfg, uint64_t ram_size, uint32_t harts,
+		     const char *isa)
 {
-	uint8_t b[8];
-	le64(b, digest);
-	return mig_write_section(s, MIG_SEC_DIGEST, b, sizeof(b));
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->version = MIG_VERSION;
+	cfg->ram_size = ram_size;
+	cfg->harts = harts;
+	snprintf(cfg->isa, sizeof(cfg->isa), "%s", isa ? isa : "");
 }
 
-int mig_write_end(struct mig_stream *s)
+int mig_config_add_device(struct mig_config *cfg, const char *name, uint32_t version)
 {
-	return mig_write_section(s, MIG_SEC_END, NULL, 0);
+	if (!name_ok(name, strlen(name)))
+		return -1;
+	for (unsigned i = 0; i < cfg->ndevices; i++)
+		if (!strcmp(cfg->devices[i].name, name)) {
+			cfg->devices[i].version = version;
+			return 0;
+		}
+	if (cfg->ndevices >= MIG_MAX_DEVICES)
+		return -1;
+	snprintf(cfg->devices[cfg->ndevices].name, MIG_NAME_MAX, "%s", name);
+	cfg->devices[cfg->ndevices++].version = version;
+	return 0;
 }
 
-void mig_send_error(struct mig_stream *s, const char *why)
+static json_t *config_to_json(const struct mig_config *cfg)
 {
-	bool failed = s->failed;
-	s->failed = false;      /* say why even after our own error */
-	s->wlen = 0;
-	mig_write_section(s, MIG_SEC_ERROR, why, strlen(why));
-	mig_flush(s);
-	s->failed = failed || s->failed;
+	json_t *devs = json_array(), *disks = json_array();
+	unsigned nd = cfg->ndevices < MIG_MAX_DEVICES ? cfg->ndevices : MIG_MAX_DEVICES;
+	unsigned nk = cfg->ndisks < MIG_MAX_DISKS ? cfg->ndisks : MIG_MAX_DISKS;
+	char id[24];
+	for (unsigned i = 0; i < nd; i++)
+		json_array_append_new(devs, json_pack("{s:s%, s:I}",
+			"name", cfg->devices[i].name, strnlen(cfg->devices[i].name, MIG_NAME_MAX),
+			"version", (json_int_t)cfg->devices[i].version));
+	for (unsigned i = 0; i < nk; i++) {
+		snprintf(id, sizeof(id), "%016llx", (unsigned long long)cfg->disks[i].id);
+		json_array_append_new(disks, json_pack("{s:s%, s:I, s:s}",
+			"path", cfg->disks[i].path, strnlen(cfg->disks[i].path, MIG_PATH_MAX),
+			"size", (json_int_t)(cfg->disks[i].size & INT64_MAX), "id", id));
+	}
+	return json_pack("{s:I, s:s%, s:I, s:I, s:o, s:o}",
+			 "version", (json_int_t)cfg->version,
+			 "isa", cfg->isa, strnlen(cfg->isa, MIG_ISA_MAX),
+			 "ram_size", (json_int_t)(cfg->ram_size & INT64_MAX),
+			 "harts", (json_int_t)cfg->harts, "devices", devs, "disks", disks);
 }
-
-/* ---- configuration -------------------------------------------------------------------- */
 
 int mig_write_config(struct mig_stream *s, const struct mig_config *cfg)
 {
-	uint8_t hdr[16];
+	uint8_t hdr[HDR_BYTES];
 	memcpy(hdr, MIG_MAGIC, 8);
-	le32(hdr + 8, MIG_VERSION);
-	le32(hdr + 12, 0);
-	json_t *devs = json_array(), *disks = json_array();
-	for (unsigned i = 0; i < cfg->ndevices; i++)
-		json_array_append_new(devs, json_pack("{s:s, s:i}", "name", cfg->devices[i].name,
-						      "version", (int)cfg->devices[i].version));
-	for (unsigned i = 0; i < cfg->ndisks; i++)
-		json_array_append_new(disks, json_pack("{s:s, s:I, s:I}", "path", cfg->disks[i].path,
-			"size", (json_int_t)cfg->disks[i].size,
-			"id", (json_int_t)(cfg->disks[i].id >> 1)));
-	json_t *o = json_pack("{s:i, s:s, s:I, s:i, s:o, s:o}", "version", (int)cfg->version,
-			      "isa", cfg->isa, "ram_size", (json_int_t)cfg->ram_size,
-			      "harts", (int)cfg->harts, "devices", devs, "disks", disks);
-	char *text = json_dumps(o, JSON_COMPACT);
+	put_le32(hdr + 8, MIG_VERSION);
+	put_le32(hdr + 12, 0);
+	json_t *o = config_to_json(cfg);
+	char *text = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 	json_decref(o);
-	int r = put(s, hdr, sizeof(hdr)) ||
-		mig_write_section(s, MIG_SEC_CONFIG, text, strlen(text)) ? -1 : 0;
+	if (!text)
+		return fail(s, "migration stream: cannot encode the configuration (a name "
+			    "or path that is not UTF-8?)");
+	if (s->failed || mig_flush_pages(s)) {
+		free(text);
+		return -1;
+	}
+	struct iovec part = { hdr, sizeof(hdr) };
+	int r = out_put(s, &part, 1) || emit_section(s, MIG_SEC_CONFIG, text,
+						     strlen(text)) ? -1 : 0;
 	free(text);
 	return r;
 }
 
-static int parse_config(struct mig_stream *s, const char *text, struct mig_config *cfg)
+/* Config fields, checked: each returns false after failing the stream. */
+static bool cfg_uint(struct mig_stream *s, json_t *o, const char *key, uint64_t min,
+		     uint64_t max, uint64_t *out)
 {
-	json_error_t jerr;
-	json_t *o = json_loads(text, 0, &jerr), *devs, *disks;
-	const char *isa;
-	json_int_t version, ram, harts;
-	memset(cfg, 0, sizeof(*cfg));
-	if (!o || json_unpack(o, "{s:I, s:s, s:I, s:I, s:o, s:o}", "version", &version, "isa", &isa,
-			      "ram_size", &ram, "harts", &harts, "devices", &devs,
-			      "disks", &disks) ||
-	    !json_is_array(devs) || !json_is_array(disks) ||
-	    json_array_size(devs) > MIG_MAX_DEVICES || json_array_size(disks) > MIG_MAX_DISKS ||
-	    ram < 0 || harts < 0 || version < 0) {
-		json_decref(o);
-		return fail(s, "migration stream: malformed configuration");
+	json_t *v = json_object_get(o, key);
+	if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+	    (uint64_t)json_integer_value(v) < min || (uint64_t)json_integer_value(v) > max) {
+		fail(s, "migration stream: configuration: '%s' must be an integer from %llu "
+		     "to %llu", key, (unsigned long long)min, (unsigned long long)max);
+		return false;
 	}
-	cfg->version = (uint32_t)version;
-	snprintf(cfg->isa, sizeof(cfg->isa), "%s", isa);
-	cfg->ram_size = (uint64_t)ram;
-	cfg->harts = (uint32_t)harts;
+	*out = (uint64_t)json_integer_value(v);
+	return true;
+}
+
+static bool cfg_string(struct mig_stream *s, json_t *o, const char *key, char *out,
+		       size_t size, bool spaces)
+{
+	json_t *v = json_object_get(o, key);
+	size_t n = json_string_length(v);
+	const char *t = json_string_value(v);
+	bool ok = t && n > 0 && n < size;
+	for (size_t i = 0; ok && i < n; i++)
+		ok = (unsigned char)t[i] >= (spaces ? ' ' : '!') && t[i] != 0x7f;
+	if (!ok) {
+		fail(s, "migration stream: configuration: '%s' must be a string of 1 to %zu "
+		     "printable characters", key, size - 1);
+		return false;
+	}
+	memcpy(out, t, n);
+	out[n] = 0;
+	return true;
+}
+
+static bool cfg_array(struct mig_stream *s, json_t *o, const char *key, size_t max,
+		      json_t **out)
+{
+	json_t *v = json_object_get(o, key);
+	*out = v;
+	if (!v)
+		return true;    /* optional: none */
+	if (!json_is_array(v) || json_array_size(v) > max) {
+		fail(s, "migration stream: configuration: '%s' must be a list of at most %zu",
+		     key, max);
+		return false;
+	}
+	return true;
+}
+
+static bool cfg_devices(struct mig_stream *s, json_t *devs, struct mig_config *cfg)
+{
 	size_t i;
 	json_t *d;
 	json_array_foreach(devs, i, d) {
-		const char *name;
-		json_int_t v;
-		if (json_unpack(d, "{s:s, s:I}", "name", &name, "version", &v) || v < 0) {
-			json_decref(o);
-			return fail(s, "migration stream: malformed device in the configuration");
+		struct mig_device_version *dv = &cfg->devices[cfg->ndevices];
+		uint64_t ver;
+		if (!json_is_object(d)) {
+			fail(s, "migration stream: configuration: device %zu is not an object",
+			     i);
+			return false;
 		}
-		snprintf(cfg->devices[i].name, sizeof(cfg->devices[i].name), "%s", name);
-		cfg->devices[i].version = (uint32_t)v;
+		if (!cfg_string(s, d, "name", dv->name, sizeof(dv->name), false) ||
+		    !cfg_uint(s, d, "version", 0, UINT32_MAX, &ver))
+			return false;
+		dv->version = (uint32_t)ver;
 		cfg->ndevices++;
 	}
+	return true;
+}
+
+static bool cfg_disks(struct mig_stream *s, json_t *disks, struct mig_config *cfg)
+{
+	size_t i;
+	json_t *d;
 	json_array_foreach(disks, i, d) {
-		const char *path;
-		json_int_t size, id;
-		if (json_unpack(d, "{s:s, s:I, s:I}", "path", &path, "size", &size, "id", &id)) {
-			json_decref(o);
-			return fail(s, "migration stream: malformed disk in the configuration");
+		struct mig_disk *dk = &cfg->disks[cfg->ndisks];
+		char id[24], *end;
+		if (!json_is_object(d)) {
+			fail(s, "migration stream: configuration: disk %zu is not an object", i);
+			return false;
 		}
-		snprintf(cfg->disks[i].path, sizeof(cfg->disks[i].path), "%s", path);
-		cfg->disks[i].size = (uint64_t)size;
-		cfg->disks[i].id = (uint64_t)id << 1;
+		if (!cfg_string(s, d, "path", dk->path, sizeof(dk->path), true) ||
+		    !cfg_uint(s, d, "size", 0, INT64_MAX, &dk->size) ||
+		    !cfg_string(s, d, "id", id, sizeof(id), false))
+			return false;
+		errno = 0;
+		dk->id = strtoull(id, &end, 16);
+		if (errno || *end || strlen(id) > 16) {
+			fail(s, "migration stream: configuration: disk '%s' has a bad id '%s'",
+			     dk->path, id);
+			return false;
+		}
 		cfg->ndisks++;
 	}
+	return true;
+}
+
+static int config_from_json(struct mig_stream *s, const struct mig_section *sec,
+			    struct mig_config *cfg)
+{
+	json_error_t jerr;
+	json_t *o = json_loadb((const char *)sec->data, (size_t)sec->len,
+			       JSON_REJECT_DUPLICATES, &jerr);
+	json_t *devs, *disks;
+	uint64_t version, ram, harts;
+	memset(cfg, 0, sizeof(*cfg));
+	if (!json_is_object(o)) {
+		json_decref(o);
+		return fail(s, "migration stream: the configuration is not a JSON object%s%s",
+			    o ? "" : ": ", o ? "" : jerr.text);
+	}
+	bool ok = cfg_uint(s, o, "version", 0, UINT32_MAX, &version) &&
+		  cfg_string(s, o, "isa", cfg->isa, sizeof(cfg->isa), false) &&
+		  cfg_uint(s, o, "ram_size", 0, INT64_MAX, &ram) &&
+		  cfg_uint(s, o, "harts", 1, 4096, &harts) &&
+		  cfg_array(s, o, "devices", MIG_MAX_DEVICES, &devs) &&
+		  cfg_array(s, o, "disks", MIG_MAX_DISKS, &disks) &&
+		  cfg_devices(s, devs, cfg) && cfg_disks(s, disks, cfg);
 	json_decref(o);
+	if (!ok)
+		return -1;
+	cfg->version = (uint32_t)version;
+	cfg->ram_size = ram;
+	cfg->harts = (uint32_t)harts;
 	return 0;
 }
 
 int mig_read_config(struct mig_stream *s, struct mig_config *cfg)
 {
-	uint8_t hdr[16];
-	if (read_all(s, hdr, sizeof(hdr), "the stream header"))
+	uint8_t hdr[HDR_BYTES];
+	struct mig_section sec;
+	memset(cfg, 0, sizeof(*cfg));
+	if (s->failed || in_get(s, hdr, sizeof(hdr), "the stream header"))
 		return -1;
 	if (memcmp(hdr, MIG_MAGIC, 8))
-		return fail(s, "migration stream: not a ferry migration stream (bad magic)");
-	if (rd32(hdr + 8) != MIG_VERSION)
-		return fail(s, "migration stream: format version %u, this ferry-vm reads %u",
-			    rd32(hdr + 8), MIG_VERSION);
-	uint32_t type, len;
-	if (read_raw_section(s, &type, &len))
+		return fail(s, "migration stream: not a ferry migration stream (no FERRYMIG "
+			    "header)");
+	if (get_le32(hdr + 8) != MIG_VERSION)
+		return fail(s, "migration stream: format version %u, this ferry reads version "
+			    "%u: run the same ferry version on both hosts", get_le32(hdr + 8),
+			    MIG_VERSION);
+	if (get_le32(hdr + 12))
+		return fail(s, "migration stream: header has unknown flags %#x",
+			    get_le32(hdr + 12));
+	if (read_frame(s, &sec))
 		return -1;
-	if (type == MIG_SEC_ERROR)
-		return fail(s, "peer refused: %s", (const char *)s->rbuf);
-	if (type != MIG_SEC_CONFIG)
-		return fail(s, "migration stream: expected the configuration, got '%s'",
-			    section_name(type));
-	return parse_config(s, (const char *)s->rbuf, cfg);
+	if (sec.type == MIG_SEC_ERROR) {
+		decode_error(s, &sec);
+		return fail(s, "migration stream: the peer refused: %s", sec.text);
+	}
+	if (sec.type != MIG_SEC_CONFIG)
+		return fail(s, "migration stream: expected the 'config' section, got '%s'",
+			    type_name(sec.type));
+	return config_from_json(s, &sec, cfg);
 }
 
-int mig_config_check(const struct mig_config *src, const struct mig_config *local,
-		     char *why, size_t len)
+/* ---- Compatibility -------------------------------------------------------------- */
+
+/* Parse an ISA string into XLEN and the extensions, canonical or not:
+ * "rv64imafdc_zicsr_zifencei", "rv64gc", "RV64IMAC_Zicsr". Extension
+ * version suffixes ("2p0") are ignored. Returns the count, or -1. */
+#define ISA_EXTS 64
+static int isa_parse(const char *isa, unsigned *xlen, char ext[][24])
 {
-	if (src->version != local->version) {
-		snprintf(why, len, "stream version %u, destination runs %u", src->version,
-			 local->version);
+	int n = 0;
+	char buf[MIG_ISA_MAX];
+	size_t len = strnlen(isa, MIG_ISA_MAX - 1);
+	for (size_t i = 0; i <= len; i++)
+		buf[i] = (char)((isa[i] >= 'A' && isa[i] <= 'Z') ? isa[i] + 32 : isa[i]);
+	buf[len] = 0;
+	if (strncmp(buf, "rv", 2))
 		return -1;
-	}
-	if (strcmp(src->isa, local->isa)) {
-		snprintf(why, len, "ISA %s, destination has %s", src->isa, local->isa);
+	char *p = buf + 2, *end;
+	unsigned long x = strtoul(p, &end, 10);
+	if (end == p || (x != 32 && x != 64 && x != 128))
 		return -1;
-	}
-	if (src->ram_size > local->ram_size) {
-		snprintf(why, len, "guest has %llu MiB of memory, destination only %llu MiB",
-			 (unsigned long long)(src->ram_size >> 20),
-			 (unsigned long long)(local->ram_size >> 20));
-		return -1;
-	}
-	if (src->harts != local->harts) {
-		snprintf(why, len, "guest has %u harts, destination %u", src->harts, local->harts);
-		return -1;
-	}
-	for (unsigned i = 0; i < src->ndevices; i++) {
-		unsigned j;
-		for (j = 0; j < local->ndevices; j++)
-			if (!strcmp(src->devices[i].name, local->devices[j].name))
-				break;
-		if (j == local->ndevices) {
-			snprintf(why, len, "destination lacks device %s", src->devices[i].name);
+	*xlen = (unsigned)x;
+	p = end;
+	/* single letters up to the first '_' or multi-letter extension */
+	while (*p && *p != '_' && *p != 'z' && *p != 's' && *p != 'x' && n < ISA_EXTS) {
+		if (*p >= 'a' && *p <= 'z') {
+			if (*p == 'g') {
+				static const char *g[] = { "i", "m", "a", "f", "d", "zicsr",
+							   "zifencei" };
+				for (size_t k = 0; k < 7 && n < ISA_EXTS; k++)
+					snprintf(ext[n++], 24, "%s", g[k]);
+			} else {
+				ext[n][0] = *p;
+				ext[n++][1] = 0;
+			}
+			p++;
+			while ((*p >= '0' && *p <= '9') || (*p == 'p' && p[1] >= '0' &&
+							    p[1] <= '9'))
+				p++;
+		} else {
 			return -1;
 		}
-		if (src->devices[i].version > local->devices[j].version) {
-			snprintf(why, len, "device %s state version %u is newer than the "
-				 "destination's %u", src->devices[i].name, src->devices[i].version,
-				 local->devices[j].version);
-			return -1;
-		}
 	}
-	for (unsigned i = 0; i < src->ndisks; i++) {
-		if (i >= local->ndisks || strcmp(src->disks[i].path, local->disks[i].path)) {
-			snprintf(why, len, "disk %s is not attached on the destination "
-				 "(give it the same --disk on shared storage)", src->disks[i].path);
-			return -1;
+	/* multi-letter extensions, '_'-separated */
+	while (*p && n < ISA_EXTS) {
+		if (*p == '_') {
+			p++;
+			continue;
 		}
-		if (src->disks[i].size != local->disks[i].size ||
-		    (src->disks[i].id >> 1) != (local->disks[i].id >> 1)) {
-			snprintf(why, len, "disk %s on the destination is not the same image "
-				 "(size or contents differ)", src->disks[i].path);
+		size_t k = strcspn(p, "_");
+		while (k > 1 && ((p[k - 1] >= '0' && p[k - 1] <= '9') ||
+				 (p[k - 1] == 'p' && p[k] >= '0' && p[k] <= '9')))
+			k--;    /* version suffix */
+		if (k >= 24)
+			return -1;
+		memcpy(ext[n], p, k);
+		ext[n++][k] = 0;
+		p += strcspn(p, "_");
+	}
+	return n;
+}
+
+static int check_isa(const char *want, const char *have, char *why, size_t len)
+{
+	char we[ISA_EXTS][24], he[ISA_EXTS][24];
+	unsigned wx, hx;
+	int nw = isa_parse(want, &wx, we), nh = isa_parse(have, &hx, he);
+	if (nw < 0 || nh < 0) {
+		snprintf(why, len, "cannot read the ISA string '%s'", nw < 0 ? want : have);
+		return -1;
+	}
+	if (wx != hx) {
+		snprintf(why, len, "the guest is RV%u, the destination RV%u", wx, hx);
+		return -1;
+	}
+	for (int i = 0; i < nw; i++) {
+		int j = 0;
+		while (j < nh && strcmp(we[i], he[j]))
+			j++;
+		if (j == nh) {
+			snprintf(why, len, "the guest uses ISA extension '%s', which the "
+				 "destination lacks (guest %s, destination %s)", we[i], want,
+				 have);
 			return -1;
 		}
 	}
 	return 0;
 }
 
+static int check_devices(const struct mig_config *g, const struct mig_config *h, char *why,
+			 size_t len)
+{
+	for (unsigned i = 0; i < g->ndevices && i < MIG_MAX_DEVICES; i++) {
+		const struct mig_device_version *d = &g->devices[i];
+		unsigned j = 0;
+		while (j < h->ndevices && j < MIG_MAX_DEVICES &&
+		       strncmp(d->name, h->devices[j].name, MIG_NAME_MAX))
+			j++;
+		if (j == h->ndevices || j == MIG_MAX_DEVICES) {
+			snprintf(why, len, "the guest has device '%.63s', the destination "
+				 "does not: start it with the same devices", d->name);
+			return -1;
+		}
+		if (d->version > h->devices[j].version) {
+			snprintf(why, len, "device '%.63s' state is version %u, the destination "
+				 "reads up to %u: upgrade ferry there", d->name, d->version,
+				 h->devices[j].version);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int check_disks(const struct mig_config *g, const struct mig_config *h, char *why,
+		       size_t len)
+{
+	for (unsigned i = 0; i < g->ndisks && i < MIG_MAX_DISKS; i++) {
+		const struct mig_disk *d = &g->disks[i];
+		if (i >= h->ndisks || strncmp(d->path, h->disks[i].path, MIG_PATH_MAX)) {
+			snprintf(why, len, "disk %.200s is not attached on the destination (give "
+				 "it the same --disk, on shared storage)", d->path);
+			return -1;
+		}
+		if (d->size != h->disks[i].size || d->id != h->disks[i].id) {
+			snprintf(why, len, "disk %.200s on the destination is another image "
+				 "(size or identity differ): is the storage really shared?",
+				 d->path);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int mig_config_check(const struct mig_config *stream_cfg, const struct mig_config *local,
+		     char *why, size_t len)
+{
+	const struct mig_config *g = stream_cfg, *h = local;
+	if (g->version != h->version) {
+		snprintf(why, len, "stream format version %u, the destination reads %u: run "
+			 "the same ferry version on both hosts", g->version, h->version);
+		return -1;
+	}
+	if (check_isa(g->isa, h->isa, why, len))
+		return -1;
+	if (g->ram_size > h->ram_size) {
+		snprintf(why, len, "the guest has %llu MiB of memory, the destination only "
+			 "%llu MiB: start it with --mem %llu",
+			 (unsigned long long)(g->ram_size >> 20),
+			 (unsigned long long)(h->ram_size >> 20),
+			 (unsigned long long)((g->ram_size + (1u << 20) - 1) >> 20));
+		return -1;
+	}
+	if (g->harts != h->harts) {
+		snprintf(why, len, "the guest has %u harts, the destination %u: start it with "
+			 "--smp %u", g->harts, h->harts, g->harts);
+		return -1;
+	}
+	return check_devices(g, h, why, len) || check_disks(g, h, why, len) ? -1 : 0;
+}
+
+/* ---- Digest --------------------------------------------------------------------- */
+
 uint64_t mig_ram_digest(const void *ram, size_t len)
 {
-	return XXH3_64bits(ram, len);
+	const uint8_t *p = ram;
+	uint8_t hashes[64 * 8], tail[8];
+	XXH3_state_t st;
+	XXH3_64bits_reset(&st);
+	size_t off = 0;
+	while (off < len) {
+		unsigned k = 0;
+		for (; k < 64 && off < len; k++) {
+			size_t n = len - off < PAGE ? len - off : PAGE;
+			put_le64(hashes + 8 * k, XXH3_64bits(p + off, n));
+			off += n;
+		}
+		XXH3_64bits_update(&st, hashes, 8 * k);
+	}
+	put_le64(tail, len);
+	XXH3_64bits_update(&st, tail, sizeof(tail));
+	return XXH3_64bits_digest(&st);
 }

@@ -1,0 +1,127 @@
+/*
+ * fuzz_stream.c - libFuzzer target: arbitrary bytes as a migration stream.
+ *
+ * Each input goes through the whole reader the way the destination reads
+ * (header, configuration and its check, then sections up to END, pages
+ * into a 16-page RAM buffer of exactly that size so ASan sees any write
+ * past it), twice: once as it is, and once with every section checksum
+ * that the framing lets us find recomputed, so the fuzzer also gets past
+ * the checksums into the decoders (pages, zstd, records, the JSON
+ * configuration). Odd-sized inputs take pages through a sink instead of
+ * RAM, as post-copy does.
+ *
+ * Build and run: fuzz/run-short.sh SECONDS (clang -fsanitize=fuzzer).
+ * Seeds: the sample streams of tests/unit/stream_sample.h.
+ */
+#include "migrate/stream.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+
+#define RAM_PAGES 16
+#define RAM_SIZE (RAM_PAGES * MIG_PAGE_SIZE)
+#define MAX_SECTIONS 4096
+
+static uint8_t *ram;
+static int fd = -1;
+static uint64_t sink_sum;
+
+static void sink(void *opaque, uint64_t pfn, const void *page)
+{
+	(void)opaque;
+	if (pfn >= RAM_PAGES)
+		abort();        /* the reader let a page beyond RAM through */
+	sink_sum += ((const uint8_t *)page)[MIG_PAGE_SIZE - 1];
+}
+
+static uint64_t le64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* Recompute the checksum of every section the framing reaches. */
+static void fix_checksums(uint8_t *p, size_t len)
+{
+	size_t off = 16;
+	while (off + 24 <= len) {
+		uint64_t n = le64(p + off + 8);
+		if (n > len - off - 24)
+			break;
+		uint64_t sum = XXH64(p + off, 16 + (size_t)n, 0);
+		for (int i = 0; i < 8; i++)
+			p[off + 16 + n + (size_t)i] = (uint8_t)(sum >> (8 * i));
+		off += 24 + (size_t)n;
+	}
+}
+
+static void feed(const uint8_t *data, size_t size, bool use_sink)
+{
+	struct mig_config local, remote;
+	struct mig_section sec;
+	char why[256];
+	if (ftruncate(fd, 0) || pwrite(fd, data, size, 0) != (ssize_t)size ||
+	    lseek(fd, 0, SEEK_SET))
+		abort();
+	struct mig_stream *s = mig_stream_new(fd);
+	if (use_sink)
+		mig_stream_set_sink(s, sink, NULL);
+	mig_config_init(&local, RAM_SIZE, 2, "rv64imafdc_zicsr_zifencei_zicntr");
+	mig_config_add_device(&local, "uart", 1);
+	if (mig_read_config(s, &remote) == 0) {
+		mig_config_check(&remote, &local, why, sizeof(why));
+		for (int i = 0; i < MAX_SECTIONS; i++) {
+			if (mig_read_section(s, &sec, use_sink ? NULL : ram, RAM_SIZE))
+				break;
+			if (sec.type == MIG_SEC_DIGEST)
+				sink_sum += sec.digest == mig_ram_digest(ram, RAM_SIZE);
+			if (sec.type == MIG_SEC_PAGE_REQUEST)
+				for (uint32_t k = 0; k < sec.npfns; k++)
+					if (mig_section_pfn(&sec, k) >= RAM_PAGES)
+						abort();
+			if (sec.type == MIG_SEC_DEVICE &&
+			    (strlen(sec.name) == 0 || sec.state + sec.state_len !=
+			     sec.data + sec.len))
+				abort();
+			if (sec.type == MIG_SEC_END)
+				break;
+		}
+		/* what may follow END on a live connection */
+		mig_expect(s, MIG_SEC_ACK, why, sizeof(why));
+	}
+	/* the error text is always a C string */
+	if (strlen(mig_stream_error(s)) >= 320)
+		abort();
+	mig_stream_free(s);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (fd < 0) {
+		fd = memfd_create("fuzz-stream", MFD_CLOEXEC);
+		ram = malloc(RAM_SIZE);
+		if (fd < 0 || !ram)
+			abort();
+	}
+	if (size > (8u << 20))
+		return 0;
+	bool use_sink = size & 1;
+	feed(data, size, use_sink);
+	uint8_t *copy = malloc(size ? size : 1);
+	if (!copy)
+		abort();
+	memcpy(copy, data, size);
+	fix_checksums(copy, size);
+	if (memcmp(copy, data, size))
+		feed(copy, size, use_sink);
+	free(copy);
+	return 0;
+}

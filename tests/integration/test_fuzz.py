@@ -1,0 +1,21 @@
+"""A short libFuzzer run over the migration stream reader.
+
+fuzz/run-short.sh builds fuzz/fuzz_stream.c with clang's fuzzer, address
+and undefined-behaviour sanitizers, seeds it with the valid sample streams
+of tests/unit/test_stream.c, and exits non-zero if any input crashes,
+leaks or hangs the reader.
+"""
+
+import subprocess
+
+from ferrylib import REPO, need_tool
+
+TIMEOUT = 180
+
+
+def test_stream_reader_survives_fuzzing():
+    need_tool("clang", "clang")
+    r = subprocess.run([str(REPO / "fuzz" / "run-short.sh"), "20"], cwd=REPO,
+                       capture_output=True, text=True, timeout=170)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "no crash" in r.stdout, r.stdout[-2000:]
