@@ -156,27 +156,14 @@ static bool cancelled(struct migration *mg)
 	return atomic_load(&mg->cancel);
 }
 
-/* Bandwidth cap: sleep until `sent` bytes fit the budget since t0. */
-static void pace(struct migration *mg, uint64_t sent, uint64_t t0_ms)
-{
-	if (!mg->bandwidth_mbps)
-		return;
-	uint64_t bytes_per_ms = mg->bandwidth_mbps * 1000000 / 8 / 1000;
-	uint64_t due_ms = sent / (bytes_per_ms ? bytes_per_ms : 1);
-	uint64_t now = mig_now_ms() - t0_ms;
-	if (due_ms > now) {
-		struct timespec ts = { (time_t)((due_ms - now) / 1000),
-				       (long)((due_ms - now) % 1000) * 1000000 };
-		nanosleep(&ts, NULL);
-	}
-}
-
 /* Send the pages set in bitmap; returns bytes written, or -1. */
 static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint64_t *bitmap)
 {
 	struct machine *m = mg->vmm->machine;
 	uint64_t pages = m->ram_size / PAGE_SIZE;
-	uint64_t start = mig_stream_bytes(s), t0 = mig_now_ms();
+	uint64_t start = mig_stream_bytes(s);
+	/* the cap may change between rounds (migrate-set-parameters) */
+	mig_stream_set_rate(s, mg->bandwidth_mbps * 1000000 / 8);
 	for (uint64_t w = 0; w < (pages + 63) / 64; w++) {
 		uint64_t bits = bitmap[w];
 		while (bits) {
@@ -188,7 +175,6 @@ static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint
 		if ((w & 63) == 63) {
 			if (cancelled(mg))
 				return -1;
-			pace(mg, mig_stream_bytes(s) - start, t0);
 			pthread_mutex_lock(&mg->lock);
 			mg->transferred = mig_stream_bytes(s);
 			pthread_mutex_unlock(&mg->lock);

@@ -62,95 +62,63 @@ void vmstate_config(struct vmm *v, struct mig_config *cfg)
 int vmstate_send(struct machine *m, struct mig_stream *s)
 {
 	struct sbuf b;
-	for (unsigned i = 0; i < m->nharts; i++) {
+	int r = 0;
+	for (unsigned i = 0; i < m->nharts && !r; i++) {
 		sbuf_init(&b);
-		sbuf_put_u32(&b, i);
-		sbuf_put_u32(&b, HART_STATE_VERSION);
 		hart_save(m->harts[i], &b);
-		int r = mig_write_section(s, MIG_SEC_CPU, b.data, b.len);
+		r = mig_write_cpu(s, i, HART_STATE_VERSION, b.data, b.len);
 		sbuf_free(&b);
-		if (r)
-			return -1;
 	}
-	for (unsigned i = 0; i < m->nstates; i++) {
+	for (unsigned i = 0; i < m->nstates && !r; i++) {
 		const struct device_state_ops *ops = m->states[i].ops;
 		sbuf_init(&b);
-		size_t n = strlen(ops->name);
-		sbuf_put_u16(&b, (uint16_t)n);
-		sbuf_put(&b, ops->name, n);
-		sbuf_put_u32(&b, ops->version);
 		ops->save(m->states[i].dev, &b);
-		int r = mig_write_section(s, MIG_SEC_DEVICE, b.data, b.len);
+		r = mig_write_device(s, ops->name, ops->version, b.data, b.len);
 		sbuf_free(&b);
-		if (r)
-			return -1;
 	}
-	sbuf_init(&b);
-	sbuf_put_u64(&b, machine_time(m));
-	int r = mig_write_section(s, MIG_SEC_CLOCK, b.data, b.len);
-	sbuf_free(&b);
-	return r;
+	return r ? r : mig_write_clock(s, machine_time(m));
 }
 
 int vmstate_load(struct machine *m, const struct mig_section *sec, char *err, size_t errlen)
 {
 	struct sbuf in;
-	sbuf_reader(&in, sec->data, sec->len);
 	const char *why = NULL;
+	sbuf_reader(&in, sec->state, sec->state_len);
 	switch (sec->type) {
-	case MIG_SEC_CPU: {
-		uint32_t hart = sbuf_get_u32(&in), version = sbuf_get_u32(&in);
-		if (!sbuf_ok(&in) || hart >= m->nharts) {
+	case MIG_SEC_CPU:
+		if (sec->hart >= m->nharts) {
 			snprintf(err, errlen, "CPU state for hart %u, but this machine has %u",
-				 hart, m->nharts);
+				 sec->hart, m->nharts);
 			return -1;
 		}
-		struct sbuf rest;
-		sbuf_reader(&rest, sec->data + in.pos, sec->len - in.pos);
-		if (hart_load(m->harts[hart], &rest, version, &why)) {
-			snprintf(err, errlen, "hart %u: %s", hart, why);
+		if (hart_load(m->harts[sec->hart], &in, sec->version, &why)) {
+			snprintf(err, errlen, "hart %u: %s", sec->hart, why);
 			return -1;
 		}
 		return 0;
-	}
 	case MIG_SEC_DEVICE: {
-		char name[64];
-		uint16_t n = sbuf_get_u16(&in);
-		if (n >= sizeof(name) || !sbuf_get(&in, name, n)) {
-			snprintf(err, errlen, "device state with a bad name");
+		const struct state_entry *e = machine_state_find(m, sec->name);
+		if (!e) {
+			snprintf(err, errlen, "state for device '%s', which this machine lacks",
+				 sec->name);
 			return -1;
 		}
-		name[n] = 0;
-		uint32_t version = sbuf_get_u32(&in);
-		const struct state_entry *e = machine_state_find(m, name);
-		if (!sbuf_ok(&in) || !e) {
-			snprintf(err, errlen, "state for device '%s', which this machine lacks", name);
-			return -1;
-		}
-		if (version > e->ops->version) {
+		if (sec->version > e->ops->version) {
 			snprintf(err, errlen, "device '%s' state version %u is newer than %u",
-				 name, version, e->ops->version);
+				 sec->name, sec->version, e->ops->version);
 			return -1;
 		}
-		struct sbuf rest;
-		sbuf_reader(&rest, sec->data + in.pos, sec->len - in.pos);
-		if (e->ops->load(e->dev, &rest, version, &why)) {
-			snprintf(err, errlen, "device '%s': %s", name, why ? why : "bad state");
+		if (e->ops->load(e->dev, &in, sec->version, &why)) {
+			snprintf(err, errlen, "device '%s': %s", sec->name, why ? why : "bad state");
 			return -1;
 		}
 		return 0;
 	}
-	case MIG_SEC_CLOCK: {
-		uint64_t t = sbuf_get_u64(&in);
-		if (!sbuf_done(&in)) {
-			snprintf(err, errlen, "bad clock section");
-			return -1;
-		}
-		machine_set_time(m, t);
+	case MIG_SEC_CLOCK:
+		machine_set_time(m, sec->ticks);
 		return 0;
 	}
-	}
-	snprintf(err, errlen, "unexpected section type %u in the state", sec->type);
+	snprintf(err, errlen, "unexpected section '%s' in the state", mig_section_name(sec->type));
 	return -1;
 }
 
