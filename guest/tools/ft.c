@@ -426,7 +426,8 @@ static int ft_usage(void)
 	fprintf(stderr,
 		"usage: ft mount DEV DIR FSTYPE [DATA] | umount DIR | sync\n"
 		"          | writefile PATH MIB SEED | checkfile PATH MIB SEED\n"
-		"          | sleep SECONDS | cat PATH | echo WORDS... | true | false\n"
+		"          | sleep SECONDS | clock SECONDS | cat PATH | echo WORDS...\n"
+		"          | true | false\n"
 		"          | disklog DEV [--count N] [--rate N] | disklog-check DEV\n");
 	return 2;
 }
@@ -451,6 +452,48 @@ static int ft_sleep(const char *text)
 	}
 	ft_sleep_for(s);
 	return 0;
+}
+
+/* ft clock SECONDS: watch CLOCK_MONOTONIC and CLOCK_REALTIME every 10 ms;
+ * a step backwards is an error. Prints the largest forward step, which is
+ * the guest-visible pause (a live migration's downtime, say). */
+static int ft_clock(const char *text)
+{
+	char *end;
+	double secs = strtod(text, &end);
+	if (end == text || *end || secs <= 0) {
+		fprintf(stderr, "ft: bad SECONDS '%s'\n", text);
+		return 2;
+	}
+	struct timespec m0, r0, m, r;
+	clock_gettime(CLOCK_MONOTONIC, &m0);
+	clock_gettime(CLOCK_REALTIME, &r0);
+	int64_t start = m0.tv_sec * 1000000000LL + m0.tv_nsec, last = start;
+	int64_t last_real = r0.tv_sec * 1000000000LL + r0.tv_nsec, max_step = 0;
+	long next_report = 1;
+	for (;;) {
+		ft_sleep_for(0.01);
+		clock_gettime(CLOCK_MONOTONIC, &m);
+		clock_gettime(CLOCK_REALTIME, &r);
+		int64_t now = m.tv_sec * 1000000000LL + m.tv_nsec;
+		int64_t real = r.tv_sec * 1000000000LL + r.tv_nsec;
+		if (now < last || real < last_real) {
+			printf("ft: clock went backwards: monotonic %+" PRId64 " ns, "
+			       "realtime %+" PRId64 " ns\n", now - last, real - last_real);
+			return 1;
+		}
+		if (now - last > max_step)
+			max_step = now - last;
+		last = now;
+		last_real = real;
+		if ((now - start) / 1000000000LL >= next_report) {
+			printf("ft: clock ok at %ld s, largest step %" PRId64 " ms\n",
+			       next_report, max_step / 1000000);
+			next_report++;
+		}
+		if (now - start >= (int64_t)(secs * 1e9))
+			return 0;
+	}
 }
 
 static int ft_echo(int argc, char **argv)
@@ -478,6 +521,8 @@ int main(int argc, char **argv)
 		return ft_file_cmd(true, args);
 	if (!strcmp(cmd, "sync") && n == 0)
 		return sync(), 0;
+	if (!strcmp(cmd, "clock") && n == 1)
+		return ft_clock(args[0]);
 	if (!strcmp(cmd, "sleep") && n == 1)
 		return ft_sleep(args[0]);
 	if (!strcmp(cmd, "cat") && n == 1)

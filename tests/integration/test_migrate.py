@@ -257,3 +257,24 @@ def test_big_hot_set_completes_by_postcopy():
             assert ev["data"]["postcopy_requests"] > 0, ev    # it fetched on demand
             assert src.wait_exit(30) == 0, src.tail()
             assert_guest_healthy(dst, passes=3)
+
+
+def test_guest_clock_never_steps_back_across_migrations():
+    """The guest watches its clocks every 10 ms through two migrations; the
+    destination takes the source's clock over, so time only goes forward."""
+    vm = VM(append="console=ttyS0 quiet ferry.run=ft,clock,30", name="c0")
+    vms = [vm]
+    try:
+        vm.wait_for(r"ft: clock ok at 2 s", timeout=120)
+        for hop in (1, 2):
+            dst, uri = destination(name="c%d" % hop)
+            vms.append(dst)
+            migrate(vm, uri)
+            assert vm.wait_exit(30) == 0, vm.tail()
+            vm = dst
+            vm.wait_for(r"ft: clock ok at", timeout=60)
+        assert vm.wait_exit(120) == 0, vm.tail()       # ft clock succeeded
+        assert "backwards" not in vm.console(), vm.tail()
+    finally:
+        for v in vms:
+            v.close()
