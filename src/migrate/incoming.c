@@ -73,19 +73,45 @@ static int listen_tcp(const char *uri, char *err, size_t errlen)
 	return fd;
 }
 
+/* Pages land in RAM through here, which also keeps each page's hash, so
+ * that checking the source's digest at switchover costs no pass over RAM. */
+struct page_store {
+	struct machine *m;
+	uint64_t *hash;         /* of each page as it stands in RAM here */
+	uint64_t zero_hash;
+};
+
+static void page_store(void *opaque, uint64_t pfn, const void *page)
+{
+	struct page_store *ps = opaque;
+	uint64_t h = mig_page_hash(page);
+	/* a zero page onto a page that is zero already: most of a first
+	 * round; skipping it leaves untouched guest RAM unmapped here too */
+	if (h == ps->zero_hash && ps->hash[pfn] == ps->zero_hash && mig_page_is_zero(page))
+		return;
+	memcpy(ps->m->ram + pfn * PAGE_SIZE, page, PAGE_SIZE);
+	ps->hash[pfn] = h;
+}
+
 /* Receive sections until END. Returns 0, or -1 with err filled. */
 static int receive_state(struct vmm *v, struct mig_stream *s, uint64_t guest_ram,
 			 bool *postcopy, char *err, size_t errlen)
 {
 	struct machine *m = v->machine;
 	bool have_digest = false;
-	uint64_t pages = 0;
+	uint64_t pages = 0, npages = m->ram_size / PAGE_SIZE;
+	static const uint8_t zeros[PAGE_SIZE];
+	struct page_store ps = { m, malloc(npages * sizeof(uint64_t)), mig_page_hash(zeros) };
+	for (uint64_t i = 0; i < npages; i++)
+		ps.hash[i] = ps.zero_hash;      /* RAM here starts zeroed */
+	mig_stream_set_sink(s, page_store, &ps);
+	int r = -1;
 	*postcopy = false;
 	for (;;) {
 		struct mig_section sec;
 		if (mig_read_section(s, &sec, m->ram, m->ram_size)) {
 			snprintf(err, errlen, "%s", mig_stream_error(s));
-			return -1;
+			goto out;
 		}
 		switch (sec.type) {
 		case MIG_SEC_RAM:       /* pages are already in RAM */
@@ -94,13 +120,14 @@ static int receive_state(struct vmm *v, struct mig_stream *s, uint64_t guest_ram
 			break;
 		case MIG_SEC_DIGEST: {
 			/* the guest's RAM: this machine may have more */
-			uint64_t mine = mig_ram_digest(m->ram, guest_ram);
+			uint64_t mine = mig_digest_of_hashes(ps.hash, guest_ram / PAGE_SIZE,
+							     guest_ram);
 			if (mine != sec.digest) {
 				snprintf(err, errlen, "memory digest mismatch after transfer "
 					 "(source %016llx, here %016llx): refusing to run",
 					 (unsigned long long)sec.digest,
 					 (unsigned long long)mine);
-				return -1;
+				goto out;
 			}
 			have_digest = true;
 			break;
@@ -108,24 +135,30 @@ static int receive_state(struct vmm *v, struct mig_stream *s, uint64_t guest_ram
 		case MIG_SEC_POSTCOPY:
 			*postcopy = true;
 			if (postcopy_incoming_begin(v, s, &sec, err, errlen))
-				return -1;
+				goto out;
 			break;
 		case MIG_SEC_END:
 			if (!have_digest && !*postcopy) {
 				snprintf(err, errlen, "stream ended without a memory digest");
-				return -1;
+				goto out;
 			}
-			return 0;
+			r = 0;
+			goto out;
 		case MIG_SEC_ERROR:
 			snprintf(err, errlen, "source gave up: %.*s", (int)sec.len,
 				 (const char *)sec.data);
-			return -1;
+			goto out;
 		default:
 			if (vmstate_load(m, &sec, err, errlen))
-				return -1;
+				goto out;
 		}
 	}
+out:
+	mig_stream_set_sink(s, NULL, NULL);
+	free(ps.hash);
+	return r;
 }
+
 
 /* The common part of tcp and file: configuration, then state. */
 static int receive(struct vmm *v, struct mig_stream *s, bool two_way, bool *postcopy,

@@ -113,7 +113,10 @@ void mig_socket_tune(int fd)
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	int buf = 4 << 20;
+	/* Small socket buffers on purpose: what the source has written must
+	 * be close to what the destination has applied, or the bandwidth it
+	 * measures is the buffers' and the switchover waits for a backlog. */
+	int buf = 256 << 10;
 	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
 	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
 }
@@ -227,7 +230,7 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 	uint64_t t_start = mg->start_ms;
 	dirty_log_start(m);
 	for (;;) {
-		uint64_t n = dirty_log_harvest(m, bitmap);
+		dirty_log_harvest(m, bitmap);
 		uint64_t t0 = mig_now_ms();
 		int64_t bytes = send_pages(mg, s, bitmap);
 		if (bytes < 0)
@@ -238,9 +241,10 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 		/* the link's speed, measured on rounds long enough to mean it */
 		if (dt >= 20 || !st.bandwidth_bps)
 			st.bandwidth_bps = (uint64_t)bytes * 1000 / (dt ? dt : 1);
-		uint64_t avg_page = n ? (uint64_t)bytes / n : PAGE_SIZE;
-		if (avg_page < 64)
-			avg_page = 64;
+		/* Pages dirtied since are counted at full size: the average of
+		 * a round full of zero pages would promise a switchover far
+		 * shorter than sending the hot set really takes. */
+		uint64_t avg_page = PAGE_SIZE;
 		/* what is dirty now is what the next round must send */
 		st.prev_remaining = st.remaining_bytes;
 		uint64_t dirtied = dirty_log_count(m);

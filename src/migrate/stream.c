@@ -36,6 +36,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY         /* XXH64_state_t on the stack */
 #include <xxhash.h>
@@ -1372,23 +1373,48 @@ int mig_config_check(const struct mig_config *stream_cfg, const struct mig_confi
 
 /* ---- Digest --------------------------------------------------------------------- */
 
-uint64_t mig_ram_digest(const void *ram, size_t len)
+uint64_t mig_page_hash(const void *page)
 {
-	const uint8_t *p = ram;
-	uint8_t hashes[64 * 8], tail[8];
+	return XXH3_64bits(page, PAGE);
+}
+
+uint64_t mig_digest_of_hashes(const uint64_t *hashes, size_t npages, size_t len)
+{
+	uint8_t buf[64 * 8], tail[8];
 	XXH3_state_t st;
 	XXH3_64bits_reset(&st);
-	size_t off = 0;
-	while (off < len) {
+	for (size_t i = 0; i < npages; ) {
 		unsigned k = 0;
-		for (; k < 64 && off < len; k++) {
-			size_t n = len - off < PAGE ? len - off : PAGE;
-			put_le64(hashes + 8 * k, XXH3_64bits(p + off, n));
-			off += n;
-		}
-		XXH3_64bits_update(&st, hashes, 8 * k);
+		for (; k < 64 && i < npages; k++, i++)
+			put_le64(buf + 8 * k, hashes[i]);
+		XXH3_64bits_update(&st, buf, 8 * k);
 	}
 	put_le64(tail, len);
 	XXH3_64bits_update(&st, tail, sizeof(tail));
 	return XXH3_64bits_digest(&st);
+}
+
+uint64_t mig_ram_digest(const void *ram, size_t len)
+{
+	const uint8_t *p = ram;
+	size_t full = len / PAGE, npages = (len + PAGE - 1) / PAGE;
+	uint64_t *hashes = malloc((npages ? npages : 1) * sizeof(uint64_t));
+	unsigned char *resident = malloc(npages ? npages : 1);
+	/* a page the host never mapped reads as zeros: hash it without
+	 * touching it (faulting in the zero page costs more than hashing) */
+	bool know = resident && ((uintptr_t)p % PAGE) == 0 &&
+		    mincore((void *)p, len, resident) == 0;
+	uint64_t zero_hash = 0;
+	if (know) {
+		static const uint8_t zeros[PAGE];
+		zero_hash = mig_page_hash(zeros);
+	}
+	for (size_t i = 0; i < full; i++)
+		hashes[i] = know && !(resident[i] & 1) ? zero_hash : mig_page_hash(p + i * PAGE);
+	if (npages > full)      /* a partial last page hashes its own bytes */
+		hashes[full] = XXH3_64bits(p + full * PAGE, len - full * PAGE);
+	uint64_t d = mig_digest_of_hashes(hashes, npages, len);
+	free(hashes);
+	free(resident);
+	return d;
 }

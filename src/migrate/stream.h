@@ -227,6 +227,10 @@ const char *mig_section_name(uint32_t type);
 /* Digest of RAM: xxh3 of each 4 KiB page, then xxh3 of those hashes and
  * the length, so the pages can be hashed in parallel later. */
 uint64_t mig_ram_digest(const void *ram, size_t len);
+/* The same digest from per-page hashes (mig_page_hash of each 4 KiB page
+ * of len bytes), for a side that hashed its pages as they arrived. */
+uint64_t mig_page_hash(const void *page);
+uint64_t mig_digest_of_hashes(const uint64_t *hashes, size_t npages, size_t len);
 bool mig_page_is_zero(const void *page);
 
 /* Token bucket: mig_rate_take() spends n bytes at time now_ns and returns
