@@ -14,12 +14,48 @@ loopback); the guest and the client have theirs on the same /24.
 
 Names carry a per-run prefix so parallel runs and leftovers never clash.
 Everything here only talks to namespaces it created.
+
+Helpers for what tests look at: exec_prefix() runs a program on a host
+(e.g. ferry-vm: VM(prefix=topo.exec_prefix(topo.hosts["a"]))),
+switch_port() names a host's port on the switch, fdb_port() says which
+port the switch would forward a MAC to, wait_listening() waits for a TCP
+listener inside a namespace, and ping() pings from the client.
 """
 
 import os
 import subprocess
+import sys
+import time
 
 SUBNET = "10.77.{n}.{host}"
+
+# python3 -c ARP_ASK IFNAME MY_IP IP TIMEOUT: broadcast an ARP request for
+# IP on IFNAME (a raw packet socket) and print the MAC of the first reply.
+ARP_ASK = r'''
+import socket, struct, sys, time
+ifname, mine, want, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind((ifname, 0))
+mac = s.getsockname()[4]
+req = (b"\xff" * 6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) +
+       mac + socket.inet_aton(mine) + b"\x00" * 6 + socket.inet_aton(want))
+deadline = time.monotonic() + timeout
+next_ask = 0
+while time.monotonic() < deadline:
+    if time.monotonic() >= next_ask:
+        s.send(req.ljust(60, b"\x00"))
+        next_ask = time.monotonic() + 0.5
+    s.settimeout(max(0.01, min(next_ask, deadline) - time.monotonic()))
+    try:
+        f = s.recv(2048)
+    except socket.timeout:
+        continue
+    if (len(f) >= 42 and f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x02"
+            and f[28:32] == socket.inet_aton(want)):
+        print(":".join("%02x" % b for b in f[22:28]))
+        sys.exit(0)
+sys.exit(1)
+'''
 
 
 def sh(*args, ns=None, check=True):
@@ -108,4 +144,62 @@ class Topology:
 
     def run(self, ns, *args, **kw):
         """subprocess.Popen of a command inside namespace ns."""
-        return subprocess.Popen(["ip", "netns", "exec", ns] + list(args), **kw)
+        return subprocess.Popen(self.exec_prefix(ns) + list(args), **kw)
+
+    @staticmethod
+    def exec_prefix(ns):
+        """The words that run a command inside namespace ns."""
+        return ["ip", "netns", "exec", ns]
+
+    def switch_port(self, host):
+        """The switch's port (a veth in the switch namespace) for a host."""
+        return "%s-p%s" % (self.prefix, host)
+
+    def fdb_port(self, mac):
+        """The switch port the bridge has learned for mac, or None."""
+        mac = mac.lower()
+        for line in sh("bridge", "fdb", "show", "br", "sw", ns=self.switch).splitlines():
+            words = line.split()
+            if (len(words) >= 3 and words[0].lower() == mac and words[1] == "dev"
+                    and "permanent" not in words):
+                return words[2]
+        return None
+
+    @staticmethod
+    def listening(ns, port):
+        """True when something in namespace ns listens on TCP port."""
+        out = sh("ss", "-H", "-l", "-t", "-n", ns=ns)
+        return any(line.split()[3].endswith(":%d" % port)
+                   for line in out.splitlines() if len(line.split()) > 3)
+
+    def wait_listening(self, ns, port, timeout=30, alive=None):
+        """Waits for a TCP listener on port in namespace ns; alive(), if
+        given, is asked each time and a false answer stops the wait."""
+        deadline = time.monotonic() + timeout
+        while not self.listening(ns, port):
+            if alive is not None and not alive():
+                raise RuntimeError("%s: gave up waiting for a listener on port %d: "
+                                   "the process that should listen has ended" % (ns, port))
+            if time.monotonic() > deadline:
+                raise TimeoutError("%s: nothing listens on TCP port %d after %d s"
+                                   % (ns, port, timeout))
+            time.sleep(0.05)
+
+    def arp(self, ip, timeout=10):
+        """Asks, from the client, who has ip (one ARP request, repeated each
+        half second until answered) and returns the MAC that answered, or
+        None. Unlike ping this leaves the answering host with nothing to
+        send later (no neighbour entry in use, so no probes of its own)."""
+        r = subprocess.run(self.exec_prefix(self.client) +
+                           [sys.executable, "-c", ARP_ASK, "uplink", self.client_ip, ip,
+                            str(timeout)], capture_output=True, text=True)
+        if r.returncode not in (0, 1):
+            raise RuntimeError("arp %s from %s: %s" % (ip, self.client, r.stderr.strip()))
+        return r.stdout.strip() or None
+
+    def ping(self, ip, count=3, interval=0.2, deadline=30):
+        """Pings ip from the client; returns (exit status, output)."""
+        r = subprocess.run(self.exec_prefix(self.client) +
+                           ["ping", "-n", "-c", str(count), "-i", str(interval),
+                            "-w", str(deadline), ip], capture_output=True, text=True)
+        return r.returncode, r.stdout + r.stderr
