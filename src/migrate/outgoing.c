@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -165,6 +166,16 @@ static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint
 	struct machine *m = mg->vmm->machine;
 	uint64_t pages = m->ram_size / PAGE_SIZE;
 	uint64_t start = mig_stream_bytes(s);
+	static const uint8_t zeros[PAGE_SIZE];
+	/* Pages the host never mapped read as zeros: send them as such
+	 * without touching them, which would map them in (slow, and it would
+	 * make the switchover's digest hash all of RAM). A page the guest
+	 * writes after this look is dirty and goes again next round. */
+	unsigned char *resident = malloc(pages);
+	if (resident && mincore(m->ram, m->ram_size, resident)) {
+		free(resident);
+		resident = NULL;
+	}
 	/* the cap may change between rounds (migrate-set-parameters) */
 	mig_stream_set_rate(s, mg->bandwidth_mbps * 1000000 / 8);
 	for (uint64_t w = 0; w < (pages + 63) / 64; w++) {
@@ -172,17 +183,24 @@ static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint
 		while (bits) {
 			uint64_t pfn = w * 64 + (uint64_t)__builtin_ctzll(bits);
 			bits &= bits - 1;
-			if (mig_put_page(s, pfn, m->ram + pfn * PAGE_SIZE))
+			const void *page = resident && !(resident[pfn] & 1)
+					   ? zeros : m->ram + pfn * PAGE_SIZE;
+			if (mig_put_page(s, pfn, page)) {
+				free(resident);
 				return -1;
+			}
 		}
 		if ((w & 63) == 63) {
-			if (cancelled(mg))
+			if (cancelled(mg)) {
+				free(resident);
 				return -1;
+			}
 			pthread_mutex_lock(&mg->lock);
 			mg->transferred = mig_stream_bytes(s);
 			pthread_mutex_unlock(&mg->lock);
 		}
 	}
+	free(resident);
 	if (mig_flush_pages(s))
 		return -1;
 	return (int64_t)(mig_stream_bytes(s) - start);
