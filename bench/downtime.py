@@ -31,7 +31,7 @@ While the migration runs, the client sends an ICMP echo request to the
 guest every --interval-ms (1 ms) from a raw socket, each carrying its own
 sequence number, and notes when every reply arrives (CLOCK_MONOTONIC,
 which the benchmark shares with the prober). The figure is the longest
-time between two consecutive replies from half a second before the
+time between two consecutive replies, from the last reply before the
 migrate command until 1.5 s after the guest answers again once the
 migration has ended (a guest silent 10 s after that is reported as
 such): what a peer of the guest sees as "the guest was gone". It includes everything a user would
@@ -104,7 +104,8 @@ def receive():
         if len(icmp) >= 16 and icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
             replies.append((struct.unpack("!Q", icmp[8:16])[0], t))
             if t - told >= 0.05:
-                print("reply %.6f" % t, flush=True)
+                sys.stdout.write("reply %.6f\n" % t)
+                sys.stdout.flush()
                 told = t
 
 def send():
@@ -120,10 +121,11 @@ def send():
         sent.append(time.monotonic())
         due = max(due + interval, time.monotonic() - interval)
 
+sys.stdout.write("probing\n")
+sys.stdout.flush()
 threads = [threading.Thread(target=receive), threading.Thread(target=send)]
 for t in threads:
     t.start()
-print("probing", flush=True)
 for line in sys.stdin:
     if line.strip() == "stop":
         break
@@ -211,20 +213,20 @@ class Result:
 
 
 def analyse(res, sent, replies, t_cmd, t_stop):
-    """Fills res with the longest reply gap from PRE_S before the migrate
-    command (t_cmd) to the end of probing (t_stop)."""
-    lo = t_cmd - PRE_S
-    times = sorted(t for _, t in replies if t >= lo)
+    """Fills res with the longest reply gap from the last reply before the
+    migrate command (at t_cmd) to the end of probing (t_stop)."""
     before = sorted(t for _, t in replies if t < t_cmd)
     if len(before) > 2:
         gaps = sorted(b - a for a, b in zip(before, before[1:]))
         res.usual_ms = gaps[len(gaps) // 2] * 1000
-    last = times[-1] if times else lo
-    if t_stop - last > POST_S / 2:
-        res.note = (f"no reply from the guest for the last {(t_stop - last) * 1000:,.0f} ms "
-                    f"of probing ({RESUME_S} s after the migration ended)")
+    lo = before[-1] if before else t_cmd - PRE_S
+    times = [lo] + sorted(t for _, t in replies if t >= t_cmd)
+    if t_stop - times[-1] > POST_S / 2:
+        res.note = (f"no reply from the guest for the last "
+                    f"{(t_stop - times[-1]) * 1000:,.0f} ms of probing "
+                    f"({RESUME_S} s after the migration ended)")
         return
-    gap, at = max((b - a, a) for a, b in zip([lo] + times, times))
+    gap, at = max((b - a, a) for a, b in zip(times, times[1:]))
     res.gap_ms = gap * 1000
     res.gap_at_ms = (at - t_cmd) * 1000
     answered = {n for n, _ in replies}
