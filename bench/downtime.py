@@ -415,7 +415,7 @@ def report(runs, args):
     sys.stdout.flush()
 
 
-def main(argv=None):
+def main(argv=None, describe=False):
     ap = argparse.ArgumentParser(description="guest-visible migration downtime, "
                                              "ferry-vm against QEMU")
     ap.add_argument("--runs", type=int, default=3,
@@ -433,6 +433,9 @@ def main(argv=None):
     if not topology.available():
         raise bl.BenchError("cannot create network namespaces: run as root "
                             "(with iproute2 installed)")
+    if describe:
+        for line in bl.machine_description():
+            print(line)
     load = f"memload --mib {args.memload} --rate 0" if args.memload else "idle"
     print(f"== downtime: {args.mem} MiB guest, 1 hart, {load}; host a -> host b over "
           f"br0; downtime target {args.downtime_ms} ms; ICMP probe every "
@@ -466,9 +469,7 @@ def main(argv=None):
 
 if __name__ == "__main__":
     try:
-        for line in bl.machine_description():
-            print(line)
-        main()
+        main(describe=True)
     except bl.BenchError as e:
         print(f"downtime.py: {e}", file=sys.stderr)
         sys.exit(1)
