@@ -905,7 +905,14 @@ void hart_init(struct hart *h, struct machine *m, unsigned id)
 	tlb_flush_all(h);
 	atomic_store(&h->hsm, id == 0 ? HSM_STARTED : HSM_STOPPED);
 	pthread_mutex_init(&h->sleep_lock, NULL);
-	pthread_cond_init(&h->sleep_cond, NULL);
+	/* hart_sleep's deadlines are CLOCK_MONOTONIC: the condition variable
+	 * must wait on that clock, or every timed wait returns at once and an
+	 * idle hart spins */
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&h->sleep_cond, &ca);
+	pthread_condattr_destroy(&ca);
 }
 
 void hart_kick(struct hart *h)
