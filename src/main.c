@@ -241,8 +241,8 @@ static struct machine *build_machine(const struct options *o, struct vmm *vmm)
 	}
 	unsigned slot = 0;
 	for (unsigned i = 0; i < o->ndisks; i++)
-		if (!virtio_blk_create(m, slot++, o->disks[i], o->disk_ro[i],
-				       o->incoming != NULL, err, sizeof(err)))
+		if (!(vmm->blk[i] = virtio_blk_create(m, slot++, o->disks[i], o->disk_ro[i],
+				       o->incoming != NULL, err, sizeof(err))))
 			goto fail;
 	if (o->tap && !virtio_net_create(m, slot++, o->tap, o->mac, err, sizeof(err)))
 		goto fail;

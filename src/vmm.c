@@ -10,6 +10,7 @@
 #include "control/control.h"
 #include "machine/vm.h"
 #include "migrate/migrate.h"
+#include "storage/diskmove.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -88,6 +89,9 @@ static const struct control_cmd vmm_commands[] = {
 	{ "migrate-cancel", migration_cmd_cancel },
 	{ "migrate-set-parameters", migration_cmd_set_parameters },
 	{ "save", migration_cmd_save },
+	{ "disk-move", disk_move_cmd_start },
+	{ "query-disk-move", disk_move_cmd_query },
+	{ "disk-move-cancel", disk_move_cmd_cancel },
 	{ NULL, NULL },
 };
 
@@ -144,6 +148,7 @@ void vmm_handle_signals(struct vmm *v)
 void vmm_shutdown(struct vmm *v)
 {
 	/* the migration first: its thread still sends events */
+	disk_move_destroy(v);
 	migration_destroy(v->mig);
 	v->mig = NULL;
 	if (v->control) {

@@ -10,6 +10,8 @@
 struct machine;
 struct control;
 struct migration;
+struct virtio_dev;
+struct disk_move;
 
 struct vmm {
 	struct machine *machine;
@@ -18,6 +20,8 @@ struct vmm {
 	struct migration *in;      /* the incoming migration, while it runs */
 	const char *disks[4];      /* disk image paths, for storage checks */
 	unsigned ndisks;
+	struct virtio_dev *blk[4];         /* their virtio-blk devices */
+	struct disk_move *disk_move;       /* the current or last disk move */
 };
 
 /* Block the usual termination signals in every thread and turn them into

@@ -115,7 +115,7 @@ int disk_read(struct disk *d, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-int disk_write(struct disk *d, const void *buf, size_t len, uint64_t off)
+static int disk_write_all(struct disk *d, const void *buf, size_t len, uint64_t off)
 {
 	const uint8_t *p = buf;
 	if (d->readonly) {
@@ -138,6 +138,17 @@ int disk_write(struct disk *d, const void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+int disk_write(struct disk *d, const void *buf, size_t len, uint64_t off)
+{
+	int ret = disk_write_all(d, buf, len, off);
+	if (d->on_write) {
+		int saved = errno;
+		d->on_write(d->on_write_opaque, off, len);
+		errno = saved;
+	}
+	return ret;
+}
+
 int disk_flush(struct disk *d)
 {
 	return d->readonly ? 0 : fdatasync(d->fd);
@@ -151,4 +162,72 @@ void disk_close(struct disk *d)
 	d->fd = -1;
 	d->path = NULL;
 	d->locked = false;
+}
+
+/* ---- creating images, and who holds them ------------------------------------ */
+
+int disk_lock_state(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0)
+		return -1;
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+	int ret = fcntl(fd, F_OFD_GETLK, &fl);
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return ret ? -1 : fl.l_type;
+}
+
+/* Why path cannot be a new image, or NULL when nothing is there. */
+static const char *disk_create_refusal(const char *path)
+{
+	struct stat st;
+	if (lstat(path, &st))
+		return NULL;
+	if (S_ISLNK(st.st_mode))
+		return "is a symlink (give the real path)";
+	int lk = disk_lock_state(path);
+	if (lk == F_WRLCK || lk == F_RDLCK)
+		return "exists and is in use by another process (locked)";
+	return "already exists (remove it or choose another path)";
+}
+
+int disk_create(struct disk *d, const char *path, uint64_t size, mode_t mode,
+		char *err, size_t errlen)
+{
+	memset(d, 0, sizeof(*d));
+	d->fd = -1;
+	const char *why = disk_create_refusal(path);
+	if (why) {
+		snprintf(err, errlen, "disk %s: %s", path, why);
+		return -1;
+	}
+	d->path = strdup(path);
+	/* O_EXCL also refuses a symlink or a file that appeared since */
+	d->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+	if (!d->path || d->fd < 0) {
+		int e = d->path ? errno : ENOMEM;
+		snprintf(err, errlen, "disk %s: cannot create: %s", path,
+			 e == EEXIST ? "it appeared meanwhile" : strerror(e));
+		disk_close(d);
+		return -1;
+	}
+	if (disk_lock(d, err, errlen) || ftruncate(d->fd, (off_t)size)) {
+		if (d->locked)
+			snprintf(err, errlen, "disk %s: cannot make it %llu bytes: %s", path,
+				 (unsigned long long)size, strerror(errno));
+		unlink(path);
+		disk_close(d);
+		return -1;
+	}
+	d->size = size;
+	return 0;
+}
+
+void disk_swap(struct disk *a, struct disk *b)
+{
+	struct disk t = *a;
+	*a = *b;
+	*b = t;
 }

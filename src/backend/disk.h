@@ -6,6 +6,10 @@
  * the same time, and a read-only user never sees it change. A migration
  * destination opens the image without the lock (defer_lock) and takes it
  * with disk_lock() only once the source has let go (disk_unlock()).
+ *
+ * A storage move (storage/diskmove.c) creates its destination with
+ * disk_create(), locked before its first byte, watches the guest's writes
+ * through on_write, and swaps the new image in with disk_swap().
  */
 #ifndef FERRY_DISK_H
 #define FERRY_DISK_H
@@ -13,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct disk {
 	int fd;
@@ -20,6 +25,10 @@ struct disk {
 	bool readonly;
 	bool locked;
 	uint64_t size;      /* bytes */
+	/* Called after every write attempt (also a failed one: it may have
+	 * changed part of the range), under the caller's device lock. */
+	void (*on_write)(void *opaque, uint64_t off, uint64_t len);
+	void *on_write_opaque;
 };
 
 /* Open path; 0, or -1 with "disk PATH: why" in err. */
@@ -34,5 +43,16 @@ int disk_read(struct disk *d, void *buf, size_t len, uint64_t off);
 int disk_write(struct disk *d, const void *buf, size_t len, uint64_t off);
 int disk_flush(struct disk *d);
 void disk_close(struct disk *d);
+
+/* Create a new, sparse image of size bytes at path, locked for writing
+ * from its first byte. Refused with the reason in err when path exists,
+ * is a symlink, or is locked by another process. 0, or -1. */
+int disk_create(struct disk *d, const char *path, uint64_t size, mode_t mode,
+		char *err, size_t errlen);
+/* Who holds a lock on the image at path: F_UNLCK (nobody), F_RDLCK
+ * (readers), F_WRLCK (a writer), or -1 with errno (cannot open it). */
+int disk_lock_state(const char *path);
+/* Exchange two open images (the caller keeps I/O away from both). */
+void disk_swap(struct disk *a, struct disk *b);
 
 #endif

@@ -22,6 +22,7 @@
 #include "migrate/planner.h"
 #include "migrate/stream.h"
 #include "machine/vm.h"
+#include "storage/diskmove.h"
 #include "vmm.h"
 
 #include <errno.h>
@@ -549,6 +550,11 @@ json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *e
 	}
 	if (migration_is_done(v->mig) || v->in) {
 		snprintf(err, errlen, "this guest is not running here");
+		return NULL;
+	}
+	if (disk_move_active(v)) {
+		snprintf(err, errlen, "a disk move is in progress: wait for it "
+			 "(query-disk-move) or cancel it (disk-move-cancel)");
 		return NULL;
 	}
 	json_t *uri = json_object_get(args, "uri");

@@ -22,8 +22,14 @@
  * not locked (a destination that skipped acquire, a source that resumed
  * after letting go) first tries to take the lock, and fails with IOERR if
  * another process holds it, so two hosts never write one image.
+ *
+ * Storage move: virtio/blk.h hands the disk and the device lock to
+ * storage/diskmove.c, which watches writes through the disk's on_write
+ * and swaps the image while it holds the lock. The serial (GET_ID) keeps
+ * the first image's name: the guest's view of the disk does not change.
  */
 #include "virtio/virtio.h"
+#include "virtio/blk.h"
 #include "backend/disk.h"
 
 #include <endian.h>
@@ -202,6 +208,23 @@ static void blk_destroy(struct virtio_dev *d)
 	if (b->disk.locked)
 		disk_unlock(&b->disk, err, sizeof(err));
 	disk_close(&b->disk);
+}
+
+/* ---- storage move (virtio/blk.h) ------------------------------------------------ */
+
+struct disk *virtio_blk_disk(struct virtio_dev *d)
+{
+	return &to_blk(d)->disk;
+}
+
+void virtio_blk_quiesce(struct virtio_dev *d)
+{
+	pthread_mutex_lock(&d->lock);
+}
+
+void virtio_blk_unquiesce(struct virtio_dev *d)
+{
+	pthread_mutex_unlock(&d->lock);
 }
 
 /* ---- setup ------------------------------------------------------------------------ */

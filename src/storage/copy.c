@@ -1,0 +1,189 @@
+/*
+ * copy.c - sparse block copying for storage moves (see copy.h).
+ *
+ * A block is read whole, then split into pages: a run of non-zero pages
+ * is written with one pwrite, a run of zero pages is skipped (bulk pass:
+ * the fresh destination is a hole there) or punched (later passes). If the
+ * destination's file system cannot punch holes, zeros are written.
+ */
+#include "storage/copy.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int copier_init(struct copier *c, int src, int dst, uint64_t size, struct dirty_map *map)
+{
+	memset(c, 0, sizeof(*c));
+	c->src = src;
+	c->dst = dst;
+	c->size = size;
+	c->map = map;
+	if (posix_memalign((void **)&c->buf, COPY_PAGE, dirty_block_size(map)))
+		c->buf = NULL;
+	return c->buf ? 0 : -1;
+}
+
+void copier_free(struct copier *c)
+{
+	free(c->buf);
+	c->buf = NULL;
+}
+
+static int read_full(int fd, uint8_t *p, size_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t n = pread(fd, p, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0) {           /* past the end: zeros */
+			memset(p, 0, len);
+			return 0;
+		}
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int write_full(int fd, const uint8_t *p, size_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t n = pwrite(fd, p, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = ENOSPC;
+			return -1;
+		}
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static bool page_is_zero(const uint8_t *p, size_t len)
+{
+	static const uint8_t zeros[COPY_PAGE];
+	return memcmp(p, zeros, len) == 0;
+}
+
+static int punch(int fd, const uint8_t *zeros, size_t len, uint64_t off)
+{
+	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+		      (off_t)len) == 0)
+		return 0;
+	if (errno != EOPNOTSUPP && errno != ENOSYS)
+		return -1;
+	return write_full(fd, zeros, len, off);     /* zeros: the buffer's own */
+}
+
+/* Write buf[0, len) at off, page run by page run. */
+static int write_sparse(struct copier *c, size_t len, uint64_t off, bool do_punch)
+{
+	size_t i = 0;
+	while (i < len) {
+		size_t page = len - i < COPY_PAGE ? len - i : COPY_PAGE;
+		bool zero = page_is_zero(c->buf + i, page);
+		size_t j = i + page;
+		while (j < len) {
+			size_t next = len - j < COPY_PAGE ? len - j : COPY_PAGE;
+			if (page_is_zero(c->buf + j, next) != zero)
+				break;
+			j += next;
+		}
+		if (!zero) {
+			if (write_full(c->dst, c->buf + i, j - i, off + i))
+				return -1;
+			c->written_bytes += j - i;
+		} else if (do_punch && punch(c->dst, c->buf + i, j - i, off + i)) {
+			return -1;
+		}
+		i = j;
+	}
+	return 0;
+}
+
+int copier_block(struct copier *c, uint64_t b, bool do_punch)
+{
+	uint64_t bs = dirty_block_size(c->map), off = b * bs;
+	if (off >= c->size)
+		return 0;
+	size_t len = (size_t)(c->size - off < bs ? c->size - off : bs);
+	if (read_full(c->src, c->buf, len, off))
+		return -1;
+	c->read_bytes += len;
+	return write_sparse(c, len, off, do_punch);
+}
+
+/* The next data extent [*start, *end) at or after off; false when none. */
+static bool next_extent(int fd, uint64_t off, uint64_t size, uint64_t *start,
+			uint64_t *end)
+{
+	if (off >= size)
+		return false;
+	off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+	if (d < 0) {
+		if (errno == ENXIO)
+			return false;   /* only holes from here on */
+		*start = off;           /* no SEEK_DATA here: all of it is data */
+		*end = size;
+		return true;
+	}
+	off_t h = lseek(fd, d, SEEK_HOLE);
+	*start = (uint64_t)d;
+	*end = h < 0 || (uint64_t)h > size ? size : (uint64_t)h;
+	return *start < size;
+}
+
+uint64_t copy_data_bytes(int fd, uint64_t size)
+{
+	uint64_t off = 0, start, end, n = 0;
+	while (next_extent(fd, off, size, &start, &end)) {
+		n += end - start;
+		off = end;
+	}
+	return n;
+}
+
+enum copy_result copier_bulk(struct copier *c)
+{
+	unsigned shift = c->map->block_shift;
+	uint64_t off = 0, start, end;
+	while (next_extent(c->src, off, c->size, &start, &end)) {
+		uint64_t last = (end - 1) >> shift;
+		for (uint64_t b = start >> shift; b <= last; b++) {
+			dirty_map_test_and_clear(c->map, b);
+			if (copier_block(c, b, false))
+				return COPY_ERROR;
+			if (c->pace && !c->pace(c->ctx, dirty_block_size(c->map)))
+				return COPY_STOPPED;
+		}
+		off = (last + 1) << shift;
+	}
+	return COPY_OK;
+}
+
+enum copy_result copier_round(struct copier *c, uint64_t *blocks)
+{
+	*blocks = 0;
+	for (uint64_t b = dirty_map_next(c->map, 0); b < c->map->nblocks;
+	     b = dirty_map_next(c->map, b + 1)) {
+		if (!dirty_map_test_and_clear(c->map, b))
+			continue;
+		if (copier_block(c, b, true))
+			return COPY_ERROR;
+		(*blocks)++;
+		if (c->pace && !c->pace(c->ctx, dirty_block_size(c->map)))
+			return COPY_STOPPED;
+	}
+	return COPY_OK;
+}

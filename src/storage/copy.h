@@ -1,0 +1,52 @@
+/*
+ * copy.h - copying a disk image's blocks from one file to another, keeping
+ * holes: the bulk pass of a storage move walks only the source's data
+ * extents (SEEK_DATA/SEEK_HOLE), and no pass writes a page of zeros (a
+ * later pass punches it out instead, as the destination may hold old data
+ * there). Both passes clear a block's dirty bit just before reading it
+ * (see dirty.h), so a guest write the pass may have missed stays marked.
+ *
+ * Works on plain file descriptors, so the unit tests drive it without a
+ * machine.
+ */
+#ifndef FERRY_COPY_H
+#define FERRY_COPY_H
+
+#include "storage/dirty.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define COPY_PAGE 4096u
+
+struct copier {
+	int src, dst;
+	uint64_t size;              /* bytes of the image */
+	struct dirty_map *map;      /* its block size is the unit of copying */
+	uint8_t *buf;               /* one block */
+	/* Called after each block: return false to stop (a cancel). May
+	 * sleep (a bandwidth limit). NULL: never stop. */
+	bool (*pace)(void *ctx, uint64_t bytes);
+	void *ctx;
+	uint64_t read_bytes;        /* bytes read from src so far */
+	uint64_t written_bytes;     /* bytes written to dst so far */
+};
+
+enum copy_result { COPY_OK = 0, COPY_ERROR = -1, COPY_STOPPED = 1 };
+
+/* A copier over src and dst for a size-byte image, copying map's blocks.
+ * 0, or -1 (out of memory). */
+int copier_init(struct copier *c, int src, int dst, uint64_t size, struct dirty_map *map);
+void copier_free(struct copier *c);
+/* Bytes of data (not holes) in the first size bytes of fd. */
+uint64_t copy_data_bytes(int fd, uint64_t size);
+/* Every data extent of src, block by block. COPY_ERROR leaves errno. */
+enum copy_result copier_bulk(struct copier *c);
+/* Every block dirty when reached, once. *blocks counts them. */
+enum copy_result copier_round(struct copier *c, uint64_t *blocks);
+/* Copy block b (the part inside the image); punch: zero pages are punched
+ * out of dst (else skipped: dst is known to be a hole there). */
+int copier_block(struct copier *c, uint64_t b, bool punch);
+
+#endif

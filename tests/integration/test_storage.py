@@ -1,0 +1,292 @@
+"""Storage vMotion: disk-move of a running guest's disk image.
+
+The guest writes a log to its raw disk (`ft disklog`, O_DIRECT|O_DSYNC,
+each record acknowledged by the device) while the host moves the image
+with `disk-move`, then reads the log back itself (`ft disklog-check`,
+O_DIRECT again, so from the image it now runs on) and powers off.
+
+What is proved, and how it would fail:
+- after a completed move the guest's own check finds every record it
+  wrote, in order and intact: a record written during the copy into a
+  block already copied (the dirty-block bitmap) or in the last moment
+  (the switch) and lost fails it; the host reads the new image and finds
+  the same records and the data it put there before the boot, byte for
+  byte; the new image is locked while the guest runs and the old one is
+  not; the new image stays sparse (allocated bytes far below its size);
+- a destination on a file system too small for the data fails the move:
+  the guest runs on on the old image and finds every record, the old
+  image stays locked, the partial destination is gone;
+- a cancelled move does the same, and a migration is refused while a
+  move runs;
+- a destination that is a symlink, that exists, or that another process
+  holds locked is refused at once, and nothing is created or changed.
+
+Each test boots one small guest (64 MiB disk) and takes about 15-25 s.
+"""
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from ferrylib import VM, QMPError, need_root
+
+MIB = 1 << 20
+DISK_MIB = 64
+DATA_AT = 32 * MIB          # where the host puts data before the boot
+DATA_MIB = 8
+RECORDS = 3000
+RATE = 300                  # records a second: the log runs about 10 s
+BOOT = 90
+REC = 512
+MAGIC = 0x474f4c5952524546
+M64 = (1 << 64) - 1
+F_OFD_GETLK, F_OFD_SETLK = 36, 37
+
+
+def host_data():
+    """DATA_MIB of deterministic, incompressible bytes."""
+    out, block = bytearray(), b"ferry"
+    while len(out) < DATA_MIB * MIB:
+        block = hashlib.sha256(block).digest()
+        out += block * 128
+    return bytes(out[:DATA_MIB * MIB])
+
+
+def make_image(path):
+    with open(path, "wb") as f:
+        f.truncate(DISK_MIB * MIB)
+        f.seek(DATA_AT)
+        f.write(host_data())
+
+
+def lock_state(path):
+    """'unlocked', 'read' or 'write': the OFD lock another process holds."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fl = fcntl.fcntl(fd, F_OFD_GETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0))
+    finally:
+        os.close(fd)
+    kind = struct.unpack("hhqqi", fl)[0]
+    return {fcntl.F_UNLCK: "unlocked", fcntl.F_RDLCK: "read", fcntl.F_WRLCK: "write"}[kind]
+
+
+def allocated(path):
+    return os.stat(path).st_blocks * 512
+
+
+def mix(seed, i):
+    x = (seed ^ (i * 0x9e3779b97f4a7c15)) & M64
+    x ^= x >> 30
+    x = (x * 0xbf58476d1ce4e5b9) & M64
+    x ^= x >> 27
+    x = (x * 0x94d049bb133111eb) & M64
+    return x ^ (x >> 31)
+
+
+def checksum(rec):
+    h = 0xcbf29ce484222325
+    for b in rec[:504]:
+        h = ((h ^ b) * 0x100000001b3) & M64
+    return h
+
+
+def host_check_log(path, count):
+    """The guest's log in the image at path: count records, each intact."""
+    with open(path, "rb") as f:
+        data = f.read(count * REC)
+    run = struct.unpack_from("<Q", data, 8)[0]
+    for seq in range(count):
+        rec = data[seq * REC:(seq + 1) * REC]
+        words = struct.unpack("<64Q", rec)
+        assert words[0] == MAGIC and words[1] == run and words[2] == seq, (
+            f"{path}: sector {seq} does not hold record {seq} of run {run:#x}")
+        assert words[63] == checksum(rec), f"{path}: record {seq}: bad checksum"
+        assert all(words[3 + i] == mix(run ^ seq, i) for i in range(60)), (
+            f"{path}: record {seq}: bad payload")
+
+
+def host_check_data(path):
+    with open(path, "rb") as f:
+        f.seek(DATA_AT)
+        assert f.read(DATA_MIB * MIB) == host_data(), (
+            f"{path}: the data written before the boot changed")
+
+
+def logging_guest(image, name):
+    run = ["ft", "disklog", "/dev/vda", "--count", str(RECORDS), "--rate", str(RATE),
+           ";", "ft", "disklog-check", "/dev/vda"]
+    return VM(append=f"console=ttyS0 quiet ferry.run={','.join(run)}", mem=128,
+              disk=image, name=name)
+
+
+def wait_logging(vm):
+    vm.wait_for(r"^ft: disklog: seq \d+", BOOT)
+
+
+def wait_move(q, timeout=60):
+    """The final DISK_MOVE event's data."""
+    while True:
+        ev = q.wait_event("DISK_MOVE", timeout=timeout)
+        if ev["data"]["status"] != "active":
+            return ev["data"]
+
+
+def assert_guest_log_ok(vm):
+    """The guest wrote every record and read them all back."""
+    m = vm.wait_for(r"^ft: disklog-check: (.*)$", 120)
+    assert m.group(1) == f"{RECORDS} records ok", (
+        f"the guest's own check of its log: {m.group(1)}\n{vm.tail()}")
+    assert vm.wait_exit(30) == 0, vm.tail()
+
+
+@contextmanager
+def scratch():
+    d = Path(tempfile.mkdtemp(prefix="ferry-storage-"))
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-q", str(d / "small")], stderr=subprocess.DEVNULL)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# ---- tests ------------------------------------------------------------------
+
+def test_disk_move_while_the_guest_writes():
+    with scratch() as tmp:
+        old, new = tmp / "old.raw", tmp / "store2" / "new.raw"
+        new.parent.mkdir()
+        make_image(old)
+        with logging_guest(old, "mover") as vm:
+            wait_logging(vm)
+            q = vm.qmp()
+            assert q.cmd("query-disk-move") == {"status": "none"}
+            assert lock_state(old) == "write"
+            # paced, so the guest writes a good part of its log during the copy
+            q.cmd("disk-move", disk=0, path=str(new), bandwidth_mbps=24)
+            assert lock_state(new) == "write", "the destination is not locked at once"
+            r = wait_move(q)
+            assert r["status"] == "completed", r
+            print(f"moved: {r}")
+            assert q.cmd("query-disk-move")["status"] == "completed"
+            assert lock_state(new) == "write", "the new image is not locked"
+            assert lock_state(old) == "unlocked", "the old image is still locked"
+            seq = re.findall(r"^ft: disklog: seq (\d+)$", vm.console(), re.M)
+            assert seq and int(seq[-1]) < RECORDS - 1, (
+                "the log ended before the move did: nothing was written during it")
+            assert_guest_log_ok(vm)
+        host_check_log(new, RECORDS)
+        host_check_data(new)
+        assert allocated(new) < 2 * DATA_MIB * MIB, (
+            f"the new image is not sparse: {allocated(new)} bytes allocated of "
+            f"{DISK_MIB * MIB}")
+        assert os.path.getsize(new) == DISK_MIB * MIB
+
+
+def test_disk_move_to_a_full_file_system_keeps_the_old_image():
+    need_root("mounts a small tmpfs as a full datastore")
+    with scratch() as tmp:
+        old, small = tmp / "old.raw", tmp / "small"
+        small.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "ferry-test", str(small)],
+                       check=True)
+        make_image(old)
+        with logging_guest(old, "full") as vm:
+            wait_logging(vm)
+            q = vm.qmp()
+            q.cmd("disk-move", disk=0, path=str(small / "new.raw"))
+            r = wait_move(q)
+            assert r["status"] == "failed", r
+            assert "No space left on device" in r.get("error", ""), r
+            assert list(small.iterdir()) == [], "the partial destination was left behind"
+            assert lock_state(old) == "write", "the guest let go of its image"
+            assert q.cmd("query-status")["status"] == "running"
+            assert_guest_log_ok(vm)
+        host_check_log(old, RECORDS)
+        host_check_data(old)
+
+
+def test_disk_move_cancel_keeps_the_old_image_and_blocks_migration():
+    with scratch() as tmp:
+        old, new = tmp / "old.raw", tmp / "new.raw"
+        make_image(old)
+        with logging_guest(old, "cancel") as vm:
+            wait_logging(vm)
+            q = vm.qmp()
+            q.cmd("disk-move", disk=0, path=str(new), bandwidth_mbps=8)    # ~8 s
+            try:
+                q.cmd("migrate", uri="tcp:127.0.0.1:9")
+                raise AssertionError("a migration started during a disk move")
+            except QMPError as e:
+                assert "disk move is in progress" in str(e), e
+            try:
+                q.cmd("disk-move", disk=0, path=str(tmp / "other.raw"))
+                raise AssertionError("a second disk move started")
+            except QMPError as e:
+                assert "already in progress" in str(e), e
+            vm.wait_for(r"^ft: disklog: seq \d+", 10)
+            q.cmd("disk-move-cancel")
+            r = wait_move(q)
+            assert r["status"] == "cancelled", r
+            assert not new.exists(), "the partial destination was left behind"
+            assert not (tmp / "other.raw").exists()
+            assert lock_state(old) == "write"
+            assert_guest_log_ok(vm)
+        host_check_log(old, RECORDS)
+        host_check_data(old)
+
+
+def test_disk_move_refuses_bad_destinations():
+    with scratch() as tmp:
+        old = tmp / "old.raw"
+        make_image(old)
+        target, link = tmp / "target.raw", tmp / "link.raw"
+        os.symlink(target, link)                 # dangling: O_CREAT would follow it
+        existing = tmp / "existing.raw"
+        existing.write_bytes(b"keep me")
+        held = tmp / "held.raw"
+        held.write_bytes(b"another VM's")
+        with VM(append="console=ttyS0 quiet", mem=64, disk=old, name="refuse") as vm:
+            vm.wait_ready(BOOT)
+            q = vm.qmp()
+            hfd = os.open(held, os.O_RDWR)      # another VM's image, locked
+            try:
+                fcntl.fcntl(hfd, F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0))
+                for path, why in ((link, "is a symlink"), (existing, "already exists"),
+                                  (held, "in use by another process"),
+                                  (old, "in use by another process"),
+                                  (tmp / "no-dir" / "x.raw", "No such file or directory")):
+                    try:
+                        q.cmd("disk-move", disk=0, path=str(path))
+                        raise AssertionError(f"disk-move to {path} was accepted")
+                    except QMPError as e:
+                        assert why in str(e) and str(path) in str(e), (path, e)
+                for args, why in (({"disk": 1, "path": str(target)}, "'disk'"),
+                                  ({"disk": 0}, "'path'"),
+                                  ({"disk": 0, "path": str(target),
+                                    "bandwidth_mbps": -1}, "'bandwidth_mbps'")):
+                    try:
+                        q.execute("disk-move", args)
+                        raise AssertionError(f"disk-move {args} was accepted")
+                    except QMPError as e:
+                        assert why in str(e), (args, e)
+            finally:
+                os.close(hfd)
+            assert not target.exists(), "a symlink's target was created"
+            assert existing.read_bytes() == b"keep me"
+            assert held.read_bytes() == b"another VM's"
+            assert q.cmd("query-disk-move") == {"status": "none"}
+            try:
+                q.cmd("disk-move-cancel")
+                raise AssertionError("disk-move-cancel without a move succeeded")
+            except QMPError as e:
+                assert "no disk move" in str(e), e
+            assert lock_state(old) == "write"
+            q.cmd("quit")
+            assert vm.wait_exit(30) == 0
