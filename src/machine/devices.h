@@ -35,9 +35,10 @@ struct virtio_dev;
 struct virtio_dev *virtio_blk_create(struct machine *m, unsigned slot,
 				     const char *path, bool readonly,
 				     bool defer_lock, char *err, size_t errlen);
+/* Attaches to an existing TAP interface; creates it only with create_tap. */
 struct virtio_dev *virtio_net_create(struct machine *m, unsigned slot,
-				     const char *tap_ifname, const uint8_t mac[6],
-				     char *err, size_t errlen);
+				     const char *tap_ifname, bool create_tap,
+				     const uint8_t mac[6], char *err, size_t errlen);
 struct virtio_dev *virtio_console_create(struct machine *m, unsigned slot,
 					 int in_fd, int out_fd);
 struct virtio_dev *virtio_rng_create(struct machine *m, unsigned slot);

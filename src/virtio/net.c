@@ -401,10 +401,10 @@ struct virtio_dev *virtio_net_create_fd(struct machine *m, unsigned slot, int fd
 }
 
 struct virtio_dev *virtio_net_create(struct machine *m, unsigned slot,
-				     const char *tap_ifname, const uint8_t mac[6],
-				     char *err, size_t errlen)
+				     const char *tap_ifname, bool create_tap,
+				     const uint8_t mac[6], char *err, size_t errlen)
 {
-	int fd = tap_open(tap_ifname, err, errlen);
+	int fd = tap_open(tap_ifname, create_tap, err, errlen);
 	if (fd < 0)
 		return NULL;
 	return virtio_net_create_fd(m, slot, fd, mac, err, errlen);
