@@ -15,7 +15,12 @@ struct boot_config {
 	const char *append;     /* kernel command line */
 };
 
-/* Returns 0, or -1 with one line in err. */
+/* A kernel file that is not a usable RISC-V Linux Image (bad magic, a
+ * damaged or hostile header, a truncated file): a bad argument. */
+#define BOOT_BAD_IMAGE (-2)
+
+/* Returns 0, or -1 (cannot load: unreadable, does not fit in RAM) or
+ * BOOT_BAD_IMAGE, with one line in err. */
 int boot_load(struct machine *m, const struct boot_config *cfg, char *err, size_t errlen);
 
 /* Build the flattened device tree for the machine into buf (fdt.c). */

@@ -340,7 +340,7 @@ def test_kernel_that_is_not_an_image():
         for name, data in bad.items():
             path = tmp / name
             path.write_bytes(data)
-            line = expect_refusal(ferry_vm(*boot_args(kernel=path)), 1, str(path))
+            line = expect_refusal(ferry_vm(*boot_args(kernel=path)), 2, str(path))
             assert "Image" in line, f"{name}: {line!r} does not say what it wants"
         expect_refusal(ferry_vm(*boot_args(kernel=tmp)), 1, str(tmp))
 
