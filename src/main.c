@@ -32,6 +32,7 @@ struct options {
 	bool disk_ro[MAX_DISKS];
 	unsigned ndisks;
 	const char *tap;
+	bool tap_create;
 	uint8_t mac[6];
 	const char *control;
 	const char *incoming;
@@ -48,7 +49,9 @@ static void usage(FILE *f)
 		"  --mem MiB               guest RAM (default 256)\n"
 		"  --smp N                 harts, 1 to %d (default 1)\n"
 		"  --disk PATH[,ro]        raw disk image on virtio-blk (repeatable)\n"
-		"  --net tap=IF[,mac=MAC]  virtio-net on a TAP interface\n"
+		"  --net tap=IF[,mac=MAC][,create=on]\n"
+		"                          virtio-net on an existing TAP interface\n"
+		"                          (create=on: create it if missing)\n"
 		"  --control SOCKET        JSON control socket (QMP-style)\n"
 		"  --incoming tcp:HOST:PORT | file:PATH\n"
 		"                          wait for a migration instead of booting\n"
@@ -86,11 +89,14 @@ static void parse_net(struct options *o, char *arg)
 	for (char *tok = strtok_r(arg, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 		if (!strncmp(tok, "tap=", 4) && tok[4])
 			o->tap = tok + 4;
+		else if (!strcmp(tok, "create=on") || !strcmp(tok, "create=off"))
+			o->tap_create = !strcmp(tok, "create=on");
 		else if (!strncmp(tok, "mac=", 4)) {
 			if (parse_mac(tok + 4, o->mac))
 				bad_arg("--net: bad MAC address '%s'", tok + 4);
 		} else
-			bad_arg("--net: unknown option '%s' (want tap=IFNAME[,mac=MAC])", tok);
+			bad_arg("--net: unknown option '%s' (want tap=IFNAME[,mac=MAC]"
+				"[,create=on])", tok);
 	}
 	if (!o->tap)
 		bad_arg("--net: %s", "tap=IFNAME is required");
@@ -244,7 +250,8 @@ static struct machine *build_machine(const struct options *o, struct vmm *vmm)
 		if (!(vmm->blk[i] = virtio_blk_create(m, slot++, o->disks[i], o->disk_ro[i],
 				       o->incoming != NULL, err, sizeof(err))))
 			goto fail;
-	if (o->tap && !virtio_net_create(m, slot++, o->tap, o->mac, err, sizeof(err)))
+	if (o->tap && !virtio_net_create(m, slot++, o->tap, o->tap_create, o->mac, err,
+					 sizeof(err)))
 		goto fail;
 	if (!virtio_console_create(m, slot++, -1, out_fd) || !virtio_rng_create(m, slot++)) {
 		snprintf(err, sizeof(err), "cannot create the virtio console or rng");
@@ -265,16 +272,20 @@ int main(int argc, char **argv)
 	parse_options(argc, argv, &o);
 	signal(SIGPIPE, SIG_IGN);
 
-	struct vmm vmm = { 0 };
-	vmm_handle_signals(&vmm);
+	struct vmm vmm = VMM_INIT;
+	char err[512] = "";
+	if (vmm_handle_signals(&vmm, err, sizeof(err))) {
+		fprintf(stderr, "ferry-vm: %s\n", err);
+		return 1;
+	}
 	struct machine *m = build_machine(&o, &vmm);
 	if (!m)
 		return 1;
 
-	char err[512] = "";
-	if (!o.incoming && boot_load(m, &o.boot, err, sizeof(err))) {
+	int r = o.incoming ? 0 : boot_load(m, &o.boot, err, sizeof(err));
+	if (r) {
 		fprintf(stderr, "ferry-vm: %s\n", err);
-		return 1;
+		return r == BOOT_BAD_IMAGE ? 2 : 1;
 	}
 	if (o.control && vmm_control_start(&vmm, o.control, err, sizeof(err))) {
 		fprintf(stderr, "ferry-vm: %s\n", err);

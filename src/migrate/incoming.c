@@ -30,12 +30,17 @@
  * die at POINT exactly as if it were killed there. Points: handshake (the
  * source's configuration read, nothing answered), round1 (the first pages
  * received), later-rounds (past the first full copy of RAM, into the
- * rounds of dirty pages), switchover (all state received, not confirmed). */
+ * rounds of dirty pages), switchover (all state received, not confirmed),
+ * released (the source let go of the disks, not answered). */
 static void fault_point(const char *point)
 {
 	const char *want = getenv("FERRY_TEST_FAULT");
 	if (want && !strcmp(want, point))
 		_exit(9);
+	/* stall:POINT hangs there instead, as a destination gone silent */
+	if (want && !strncmp(want, "stall:", 6) && !strcmp(want + 6, point))
+		for (;;)
+			pause();
 }
 
 static void fault_round(uint64_t pages_received, uint64_t ram_pages)
@@ -208,6 +213,7 @@ static int take_over(struct vmm *v, struct mig_stream *s, char *err, size_t errl
 		snprintf(err, errlen, "source did not hand over: %s", why);
 		return -1;
 	}
+	fault_point("released");
 	if (vmstate_acquire(v->machine, &reason)) {
 		snprintf(err, errlen, "cannot take over devices: %s", reason);
 		mig_send_error(s, err);

@@ -58,7 +58,8 @@ int vmstate_acquire(struct machine *m, const char **why);
 bool vmstate_has_disks(struct machine *m);
 void vmstate_resumed_elsewhere(struct machine *m);
 
-/* postcopy.c */
+/* postcopy.c; postcopy_run returns 0 (handed over), -1 (failed, the guest
+ * runs here again) or -2 (the outcome is unknown: it stays paused) */
 int postcopy_run(struct migration *mg, struct mig_stream *s, uint64_t *bitmap);
 int postcopy_incoming_begin(struct vmm *v, struct mig_stream *s,
 			    const struct mig_section *sec, char *err, size_t errlen);

@@ -56,8 +56,7 @@ uint64_t mig_now_ms(void)
 
 static json_t *migration_figures(struct migration *mg);
 
-/* Every change of status is an event; the last one carries the figures,
- * since a source that handed its guest over exits right after. */
+/* Every change of status is an event; the last one carries the figures. */
 static void set_status(struct migration *mg, enum mig_status st)
 {
 	pthread_mutex_lock(&mg->lock);
@@ -391,8 +390,11 @@ static void *outgoing_thread(void *arg)
 		goto failed;
 	}
 	if (r == 1) {
-		if (postcopy_run(mg, s, bitmap) == 0)
+		r = postcopy_run(mg, s, bitmap);
+		if (r == 0)
 			goto completed;
+		if (r == -2)
+			goto unknown;
 		goto failed;
 	}
 
@@ -406,11 +408,8 @@ static void *outgoing_thread(void *arg)
 	r = handoff(mg, s);
 	if (r == -1)
 		goto failed;
-	if (r == -2) {
-		/* stay paused: resuming could run the guest twice */
-		set_status(mg, MIG_FAILED);
-		goto out;
-	}
+	if (r == -2)
+		goto unknown;
 	mg->downtime_ms_measured = mig_now_ms() - t_stop;
 completed:
 	pthread_mutex_lock(&mg->lock);
@@ -419,8 +418,18 @@ completed:
 	mg->transferred = mig_stream_bytes(s);
 	mg->remaining = 0;
 	pthread_mutex_unlock(&mg->lock);
+	vmm_migrated(mg->vmm, mg->uri);    /* postmigrate, until quit */
 	set_status(mg, MIG_COMPLETED);
-	machine_exit(m, EXIT_MIGRATED);
+	goto out;
+unknown:
+	/* stay paused: resuming could run the guest twice */
+	pthread_mutex_lock(&mg->lock);
+	mg->total_ms = mig_now_ms() - mg->start_ms;
+	pthread_mutex_unlock(&mg->lock);
+	vmm_handoff_unknown(mg->vmm, mg->uri, mg->error);
+	dirty_log_stop(m);
+	atomic_store(&m->throttle_pct, 0);
+	set_status(mg, MIG_FAILED);
 	goto out;
 failed:
 	pthread_mutex_lock(&mg->lock);

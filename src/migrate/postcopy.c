@@ -104,14 +104,24 @@ int postcopy_run(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 		return -1;
 	}
 	const char *reason = NULL;
-	if (vmstate_release(m, &reason) ||
-	    mig_write_section(s, MIG_SEC_RELEASED, NULL, 0) || mig_flush(s) ||
+	if (vmstate_release(m, &reason)) {
+		snprintf(mg->error, sizeof(mg->error), "post-copy handoff: cannot release "
+			 "devices: %s", reason);
+		mig_send_error(s, reason);
+		machine_resume(m);
+		return -1;
+	}
+	if (mig_write_section(s, MIG_SEC_RELEASED, NULL, 0) || mig_flush(s) ||
 	    mig_expect(s, MIG_SEC_STARTED, why, sizeof(why))) {
 		snprintf(mg->error, sizeof(mg->error), "post-copy handoff failed: %s",
-			 reason ? reason : mig_stream_error(s));
-		if (vmstate_acquire(m, &reason) == 0)
+			 mig_stream_error(s));
+		/* as in pre-copy: only disks taken back prove the destination
+		 * cannot run; otherwise the outcome is unknown */
+		if (vmstate_acquire(m, &reason) == 0 && vmstate_has_disks(m)) {
 			machine_resume(m);
-		return -1;
+			return -1;
+		}
+		return -2;
 	}
 
 	/* the guest runs on the destination now; feed it */
@@ -154,9 +164,9 @@ int postcopy_run(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 	return 0;
 lost:
 	snprintf(mg->error, sizeof(mg->error), "post-copy: lost the destination: %s (the "
-		 "guest's memory was split between the hosts; it cannot resume here)",
-		 mig_stream_error(s));
-	return -1;
+		 "guest ran there after the handoff; its memory here is as it was then, "
+		 "its disks may have moved on)", mig_stream_error(s));
+	return -2;
 }
 
 /* ---- destination ------------------------------------------------------------------ */

@@ -467,6 +467,14 @@ class VM:
         return client
 
     # -- ending
+    def quit(self, timeout=30):
+        """Sends quit on a new control connection and returns the exit
+        status (a source that handed its guest over waits for this, in
+        postmigrate)."""
+        with QMP(self.control_path, timeout=timeout) as q:
+            q.cmd("quit")
+        return self.wait_exit(timeout)
+
     def signal(self, sig):
         """Sends a signal to the process, if it runs."""
         if self.running():

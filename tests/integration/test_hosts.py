@@ -321,7 +321,8 @@ def migrate(src, uri, timeout=120):
 def migrate_ok(src, dst, uri):
     r = migrate(src, uri)
     assert r["status"] == "completed", f"migration {src.name} -> {dst.name}: {r}"
-    assert src.wait_exit(30) == 0, f"{src.name} after handing over:\n{src.tail()}"
+    assert src.qmp().cmd("query-status")["status"] == "postmigrate", src.tail()
+    assert src.quit() == 0, f"{src.name} after handing over:\n{src.tail()}"
     assert dst.running(), dst.tail()
     print(f"migrated {src.name} -> {dst.name}: total {r.get('total_ms')} ms, "
           f"downtime {r.get('downtime_ms')} ms, {r.get('transferred_bytes')} bytes")
