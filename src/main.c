@@ -238,8 +238,10 @@ static struct machine *build_machine(const struct options *o, struct vmm *vmm)
 	if (!m)
 		goto fail;
 	int in_fd, out_fd;
-	if (open_console(o->console, &in_fd, &out_fd))
+	if (open_console(o->console, &in_fd, &out_fd)) {
+		machine_destroy(m);
 		return NULL;
+	}
 	m->console_fd = out_fd;
 	if (clint_create(m) || !uart_create(m, in_fd, out_fd)) {
 		snprintf(err, sizeof(err), "cannot create the CLINT or UART");
@@ -263,7 +265,24 @@ static struct machine *build_machine(const struct options *o, struct vmm *vmm)
 	return m;
 fail:
 	fprintf(stderr, "ferry-vm: %s\n", err);
+	if (m && m->console_fd > STDERR_FILENO)
+		close(m->console_fd);
+	machine_destroy(m);
 	return NULL;
+}
+
+/* An error before the guest ran: free everything, so that a sanitizer
+ * run of any error exit is clean. */
+static int end_early(struct vmm *vmm, int status)
+{
+	vmm_shutdown(vmm);
+	struct machine *m = vmm->machine;
+	int console = m->console_fd;
+	machine_destroy(m);
+	vmm->machine = NULL;
+	if (console > STDERR_FILENO)
+		close(console);
+	return status;
 }
 
 int main(int argc, char **argv)
@@ -285,21 +304,19 @@ int main(int argc, char **argv)
 	int r = o.incoming ? 0 : boot_load(m, &o.boot, err, sizeof(err));
 	if (r) {
 		fprintf(stderr, "ferry-vm: %s\n", err);
-		return r == BOOT_BAD_IMAGE ? 2 : 1;
+		return end_early(&vmm, r == BOOT_BAD_IMAGE ? 2 : 1);
 	}
 	if (o.control && vmm_control_start(&vmm, o.control, err, sizeof(err))) {
 		fprintf(stderr, "ferry-vm: %s\n", err);
-		return 1;
+		return end_early(&vmm, 1);
 	}
 	if (o.incoming) {
 		if (vmm_incoming(&vmm, o.incoming, err, sizeof(err))) {
 			fprintf(stderr, "ferry-vm: incoming migration failed: %s\n", err);
-			vmm_shutdown(&vmm);
-			return 1;
+			return end_early(&vmm, 1);
 		}
 	} else if (machine_start(m)) {
-		fprintf(stderr, "ferry-vm: cannot start threads\n");
-		return 1;
+		return end_early(&vmm, 1);
 	}
 
 	enum exit_reason why = machine_wait_exit(m);

@@ -10,6 +10,7 @@
  */
 #include "machine/vm.h"
 #include "machine/devices.h"
+#include "util/alloc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -30,45 +31,73 @@ static uint64_t host_ns(void)
 
 struct machine *machine_create(uint64_t ram_mib, unsigned nharts, char *err, size_t errlen)
 {
-	struct machine *m = calloc(1, sizeof(*m));
-	if (!m) {
-		snprintf(err, errlen, "out of memory");
-		return NULL;
-	}
+	struct machine *m = xcalloc(1, sizeof(*m), "the machine");
+	m->io_wake[0] = m->io_wake[1] = m->exit_pipe[0] = m->exit_pipe[1] = -1;
+	m->console_fd = -1;
+	pthread_mutex_init(&m->lock, NULL);
+	pthread_cond_init(&m->cond, NULL);
+	pthread_mutex_init(&m->clock_lock, NULL);
+	m->clock_base_ns = host_ns();
 	m->ram_size = ram_mib << 20;
 	m->ram = mmap(NULL, m->ram_size, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (m->ram == MAP_FAILED) {
 		snprintf(err, errlen, "cannot map %llu MiB of guest RAM: %s",
 			 (unsigned long long)ram_mib, strerror(errno));
-		free(m);
-		return NULL;
+		m->ram = NULL;
+		goto fail;
 	}
 	size_t words = (m->ram_size / PAGE_SIZE + 63) / 64;
-	m->dirty = calloc(words, sizeof(uint64_t));
-	pthread_mutex_init(&m->lock, NULL);
-	pthread_cond_init(&m->cond, NULL);
-	pthread_mutex_init(&m->clock_lock, NULL);
-	m->clock_base_ns = host_ns();
-	m->console_fd = -1;
+	m->dirty = xcalloc(words, sizeof(uint64_t), "the dirty page log");
 	if (pipe2(m->io_wake, O_CLOEXEC | O_NONBLOCK) || pipe2(m->exit_pipe, O_CLOEXEC)) {
 		snprintf(err, errlen, "cannot create pipes: %s", strerror(errno));
-		return NULL;
+		goto fail;
 	}
-	m->nharts = nharts;
 	for (unsigned i = 0; i < nharts; i++) {
-		m->harts[i] = aligned_alloc(64, (sizeof(struct hart) + 63) & ~63UL);
+		m->harts[i] = xaligned_alloc(64, sizeof(struct hart), "a hart");
 		hart_init(m->harts[i], m, i);
+		m->nharts = i + 1;
 	}
 	m->plic = plic_create(m, nharts);
+	if (!m->plic) {
+		snprintf(err, errlen, "cannot create the PLIC for %u harts", nharts);
+		goto fail;
+	}
 	return m;
+fail:
+	machine_destroy(m);
+	return NULL;
+}
+
+static void close_pair(int fds[2])
+{
+	for (int i = 0; i < 2; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	fds[0] = fds[1] = -1;
 }
 
 void machine_destroy(struct machine *m)
 {
 	if (!m)
 		return;
-	munmap(m->ram, m->ram_size);
+	machine_stop(m);
+	/* devices last registered first: a later one may use an earlier one */
+	for (unsigned i = m->nmmio; i-- > 0;)
+		if (m->mmio[i].ops->destroy)
+			m->mmio[i].ops->destroy(m->mmio[i].dev);
+	for (unsigned i = 0; i < m->nharts; i++) {
+		pthread_cond_destroy(&m->harts[i]->sleep_cond);
+		pthread_mutex_destroy(&m->harts[i]->sleep_lock);
+		free(m->harts[i]);
+	}
+	close_pair(m->io_wake);
+	close_pair(m->exit_pipe);
+	pthread_mutex_destroy(&m->clock_lock);
+	pthread_cond_destroy(&m->cond);
+	pthread_mutex_destroy(&m->lock);
+	if (m->ram)
+		munmap(m->ram, m->ram_size);
 	free((void *)m->dirty);
 	free(m);
 }
@@ -423,12 +452,40 @@ static void *io_thread(void *arg)
 
 int machine_start(struct machine *m)
 {
-	if (pthread_create(&m->io_thread, NULL, io_thread, m))
-		return -1;
-	for (unsigned i = 0; i < m->nharts; i++)
-		if (pthread_create(&m->harts[i]->thread, NULL, hart_thread, m->harts[i]))
-			return -1;
+	char err[128];
+	if (thread_start(&m->io_thread, io_thread, m, "I/O", err, sizeof(err)))
+		goto fail;
+	m->io_started = true;
+	for (unsigned i = 0; i < m->nharts; i++) {
+		if (thread_start(&m->harts[i]->thread, hart_thread, m->harts[i], "hart",
+				 err, sizeof(err)))
+			goto fail;
+		m->harts_started = i + 1;
+	}
 	return 0;
+fail:
+	fprintf(stderr, "ferry-vm: %s\n", err);
+	machine_stop(m);
+	return -1;
+}
+
+void machine_stop(struct machine *m)
+{
+	if (!m->io_started && !m->harts_started)
+		return;
+	machine_exit(m, EXIT_ERROR);    /* a no-op if it is ending already */
+	for (unsigned i = 0; i < m->harts_started; i++)
+		hart_request(m->harts[i], REQ_EXIT);
+	pthread_mutex_lock(&m->lock);
+	pthread_cond_broadcast(&m->cond);       /* parked harts and I/O */
+	pthread_mutex_unlock(&m->lock);
+	io_kick(m);
+	for (unsigned i = 0; i < m->harts_started; i++)
+		pthread_join(m->harts[i]->thread, NULL);
+	if (m->io_started)
+		pthread_join(m->io_thread, NULL);
+	m->harts_started = 0;
+	m->io_started = false;
 }
 
 void machine_exit(struct machine *m, enum exit_reason why)

@@ -52,6 +52,9 @@ struct mmio_ops {
 	/* off is relative to the region base; size is 1, 2, 4 or 8 */
 	uint64_t (*read)(void *dev, uint64_t off, unsigned size);
 	void (*write)(void *dev, uint64_t off, uint64_t val, unsigned size);
+	/* Optional: free the device when the machine is destroyed (no thread
+	 * runs then); NULL when the machine does not own it. */
+	void (*destroy)(void *dev);
 };
 
 /* ---- Migratable device state: two explicit, versioned functions --------- */

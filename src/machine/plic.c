@@ -273,7 +273,12 @@ static int plic_load(void *dev, struct sbuf *in, uint32_t version, const char **
 	return 0;
 }
 
-static const struct mmio_ops plic_mmio_ops = { plic_read, plic_write };
+static void plic_free(void *dev)
+{
+	plic_destroy(dev);
+}
+
+static const struct mmio_ops plic_mmio_ops = { plic_read, plic_write, plic_free };
 
 static const struct device_state_ops plic_state_ops = {
 	.name = "plic",

@@ -381,7 +381,12 @@ static int uart_load(void *dev, struct sbuf *in, uint32_t version, const char **
 	return 0;
 }
 
-static const struct mmio_ops uart_mmio_ops = { uart_read, uart_write };
+static void uart_free(void *dev)
+{
+	uart_destroy(dev);
+}
+
+static const struct mmio_ops uart_mmio_ops = { uart_read, uart_write, uart_free };
 
 static const struct device_state_ops uart_state_ops = {
 	.name = "uart",

@@ -90,6 +90,8 @@ struct machine {
 	unsigned nwatches;
 	int io_wake[2];             /* pipe to wake poll() */
 	pthread_t io_thread;
+	bool io_started;            /* threads to join in machine_stop() */
+	unsigned harts_started;
 
 	/* exit */
 	_Atomic int exit_reason;
@@ -97,8 +99,16 @@ struct machine {
 };
 
 struct machine *machine_create(uint64_t ram_mib, unsigned nharts, char *err, size_t errlen);
+/* Stop the machine's threads, if any run, then free it with everything
+ * registered on it: devices (through their mmio_ops.destroy), harts, pipes
+ * and RAM. A device that a thread of its own serves stops it in destroy. */
 void machine_destroy(struct machine *m);
-int machine_start(struct machine *m);     /* hart and I/O threads */
+/* Start the hart and I/O threads: 0, or -1 (said on stderr) with none
+ * left running. */
+int machine_start(struct machine *m);
+/* End and join the machine's threads (for machine_destroy and error paths;
+ * a hart blocked in a device forever would block this too). */
+void machine_stop(struct machine *m);
 /* Ask the machine to end; main() sees it through exit_pipe. */
 void machine_exit(struct machine *m, enum exit_reason why);
 /* Block until machine_exit is called; returns the reason. */

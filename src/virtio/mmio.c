@@ -429,7 +429,13 @@ static void virtio_resumed_elsewhere(void *dev)
 
 /* ---- setup -------------------------------------------------------------------- */
 
-static const struct mmio_ops virtio_mmio_ops = { virtio_mmio_read, virtio_mmio_write };
+static void virtio_mmio_free(void *dev)
+{
+	virtio_destroy(dev);
+}
+
+static const struct mmio_ops virtio_mmio_ops = { virtio_mmio_read, virtio_mmio_write,
+						 virtio_mmio_free };
 
 int virtio_init(struct virtio_dev *d, struct machine *m, unsigned slot,
 		const struct virtio_dev_ops *ops, char *err, size_t errlen)
