@@ -1,0 +1,780 @@
+/*
+ * api.c - ferry-center's REST API under /api/v1/ (docs/api.md) and the web
+ * console's static files at /.
+ *
+ * Every API call needs a bearer token; read-only tokens may only GET.
+ * Every call that changes something (any other method) is written to the
+ * audit trail afterwards with its result.
+ */
+#include "cluster/center/center.h"
+
+#include "cluster/common/http_server.h"
+#include "cluster/common/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define PREFIX "/api/v1/"
+
+struct call {
+	const struct http_request *req;
+	struct http_response *resp;
+	char user[64];
+	enum auth_role role;
+	char action[64];
+	char target[128];
+	json_t *details;
+};
+
+static bool is(struct call *c, const char *method)
+{
+	return !strcmp(c->req->method, method);
+}
+
+static void audit_as(struct call *c, const char *action, const char *target)
+{
+	snprintf(c->action, sizeof(c->action), "%s", action);
+	snprintf(c->target, sizeof(c->target), "%s", target ? target : "");
+}
+
+static long long query_int(struct call *c, const char *key, long long dflt, long long max)
+{
+	const char *v = http_query(c->req, key);
+	long long n = v ? atoll(v) : dflt;
+	if (n < 0)
+		n = 0;
+	return n > max ? max : n;
+}
+
+static json_t *vm_row(const char *name)
+{
+	return db_row("SELECT * FROM vms WHERE name = ?", json_pack("[s]", name));
+}
+
+static bool valid_name(const char *name)
+{
+	if (!name || !*name || strlen(name) > 48 || name[0] == '.')
+		return false;
+	for (const char *p = name; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		      (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '.'))
+			return false;
+	return true;
+}
+
+static void not_found_vm(struct call *c, const char *name)
+{
+	char msg[200];
+	snprintf(msg, sizeof(msg), "no VM named %s", name);
+	reply_error(c->resp, 404, msg, "ferry vm list shows the VMs");
+}
+
+static void reply_task(struct call *c, int status, long long id)
+{
+	reply_json(c->resp, status, json_pack("{s:o}", "task", task_get(id) ?: json_null()));
+}
+
+static const char *ferryd_message(json_t *reply, const char *fallback)
+{
+	return json_string_value(json_object_get(json_object_get(reply, "error"), "message"))
+		?: fallback;
+}
+
+/* ---- hosts, datastores, networks ---------------------------------------- */
+
+static void hosts_list(struct call *c)
+{
+	json_t *rows = db_query("SELECT * FROM hosts ORDER BY name", NULL);
+	json_t *out = json_array();
+	size_t i;
+	json_t *r;
+	json_array_foreach(rows, i, r)
+		json_array_append_new(out, host_json(r));
+	json_decref(rows);
+	reply_json(c->resp, 200, json_pack("{s:o, s:I}", "hosts", out,
+					   "total", (json_int_t)json_array_size(out)));
+}
+
+static void host_routes(struct call *c, const char *name, const char *action)
+{
+	json_t *row = db_row("SELECT * FROM hosts WHERE name = ?", json_pack("[s]", name));
+	if (!row) {
+		char msg[200];
+		snprintf(msg, sizeof(msg), "no host named %s", name);
+		reply_error(c->resp, 404, msg, "ferry host list shows the hosts");
+		return;
+	}
+	if (!action && is(c, "GET")) {
+		reply_json(c->resp, 200, host_json(row));
+	} else if (action && !strcmp(action, "maintenance") && is(c, "POST")) {
+		audit_as(c, "host.maintenance", name);
+		json_t *body = parse_body(c->req, c->resp);
+		if (body) {
+			json_t *en = json_object_get(body, "enabled");
+			if (!json_is_boolean(en)) {
+				reply_error(c->resp, 400, "want {\"enabled\": true|false}", NULL);
+			} else {
+				db_exec("UPDATE hosts SET maintenance = ? WHERE name = ?",
+					json_pack("[b, s]", json_is_true(en), name));
+				c->details = json_pack("{s:O}", "enabled", en);
+				json_decref(row);
+				row = db_row("SELECT * FROM hosts WHERE name = ?", json_pack("[s]", name));
+				reply_json(c->resp, 200, host_json(row));
+			}
+			json_decref(body);
+		}
+	} else {
+		reply_error(c->resp, 404, "no such call", "see docs/api.md");
+	}
+	json_decref(row);
+}
+
+static void grouped(struct call *c, const char *table, const char *key)
+{
+	char sql[300];
+	snprintf(sql, sizeof(sql), "SELECT name, json_group_array(host) AS hosts%s FROM %s "
+		 "GROUP BY name ORDER BY name", !strcmp(table, "datastores") ?
+		 ", min(free_mib) AS free_mib" : "", table);
+	json_t *rows = db_query(sql, NULL);
+	size_t i;
+	json_t *r;
+	json_array_foreach(rows, i, r)
+		json_object_set_new(r, "hosts", json_loads(json_string_value(
+			json_object_get(r, "hosts")), 0, NULL));
+	reply_json(c->resp, 200, json_pack("{s:o}", key, rows));
+}
+
+/* ---- VMs ------------------------------------------------------------------ */
+
+static json_t *host_row_alive(const char *name)
+{
+	return db_row("SELECT * FROM hosts WHERE name = ? AND alive = 1", json_pack("[s]", name));
+}
+
+/* Starts a VM on its host through ferryd; false with a message. */
+static bool start_on_host(const char *name, const char *host, const char *spec_text,
+			  char *err, size_t errlen)
+{
+	json_t *h = host_row_alive(host);
+	if (!h) {
+		snprintf(err, errlen, "host %s is not alive", host);
+		return false;
+	}
+	char url[200];
+	snprintf(url, sizeof(url), "%s", json_string_value(json_object_get(h, "url")));
+	json_decref(h);
+	json_t *body = json_pack("{s:s, s:o}", "name", name, "spec", json_loads(spec_text, 0, NULL));
+	long status;
+	pthread_mutex_unlock(&db_lock);
+	json_t *r = ferryd_call(url, "POST", "/agent/v1/vms", body, &status, err, errlen);
+	pthread_mutex_lock(&db_lock);
+	json_decref(body);
+	bool ok = r && status == 201;
+	if (r && !ok)
+		snprintf(err, errlen, "host %s: %s", host, ferryd_message(r, "refused"));
+	json_decref(r);
+	return ok;
+}
+
+static bool stop_on_host(const char *name, const char *host, char *err, size_t errlen)
+{
+	json_t *h = host_row_alive(host);
+	if (!h)
+		return true;   /* nothing runs on a dead host */
+	char url[200], path[200];
+	snprintf(url, sizeof(url), "%s", json_string_value(json_object_get(h, "url")));
+	json_decref(h);
+	snprintf(path, sizeof(path), "/agent/v1/vms/%s/stop", name);
+	long status;
+	pthread_mutex_unlock(&db_lock);
+	json_t *r = ferryd_call(url, "POST", path, json_object(), &status, err, errlen);
+	pthread_mutex_lock(&db_lock);
+	bool ok = r && (status == 200 || status == 404);
+	if (r && !ok)
+		snprintf(err, errlen, "host %s: %s", host, ferryd_message(r, "refused"));
+	json_decref(r);
+	return ok;
+}
+
+static const char *opt_str(json_t *body, const char *key, bool *bad)
+{
+	json_t *v = json_object_get(body, key);
+	if (v && !json_is_string(v) && !json_is_null(v))
+		*bad = true;
+	return json_string_value(v);
+}
+
+static void vm_create(struct call *c)
+{
+	json_t *body = parse_body(c->req, c->resp);
+	if (!body)
+		return;
+	bool bad = false;
+	const char *name = opt_str(body, "name", &bad);
+	audit_as(c, "vm.create", name);
+	const char *kernel = opt_str(body, "kernel", &bad);
+	const char *host = opt_str(body, "host", &bad);
+	json_t *mem = json_object_get(body, "mem_mib"), *smp = json_object_get(body, "smp");
+	json_t *disks = json_object_get(body, "disks");
+	opt_str(body, "initrd", &bad);
+	opt_str(body, "append", &bad);
+	opt_str(body, "net", &bad);
+	if (bad || !valid_name(name) || !kernel || !strchr(kernel, ':') || !json_is_integer(mem) ||
+	    json_integer_value(mem) < 16 || (smp && !json_is_integer(smp)) ||
+	    (disks && !json_is_array(disks))) {
+		reply_error(c->resp, 400, "a VM needs name (letters, digits, - _ .), kernel "
+			    "(DATASTORE:PATH) and mem_mib (>= 16); smp is an integer, disks a list, "
+			    "initrd, append and net strings", "see docs/api.md, POST /api/v1/vms");
+		json_decref(body);
+		return;
+	}
+	json_t *old = vm_row(name);
+	if (old) {
+		char msg[200];
+		snprintf(msg, sizeof(msg), "a VM named %s exists already", name);
+		reply_error(c->resp, 409, msg, "pick another name, or ferry vm delete it first");
+		json_decref(old);
+		json_decref(body);
+		return;
+	}
+	json_t *spec = json_pack("{s:s, s:O, s:I}", "kernel", kernel, "mem_mib", mem, "smp",
+				 smp ? json_integer_value(smp) : (json_int_t)1);
+	const char *keys[] = { "initrd", "append", "net", "ha" };
+	for (int i = 0; i < 4; i++)
+		if (json_is_string(json_object_get(body, keys[i])))
+			json_object_set(spec, keys[i], json_object_get(body, keys[i]));
+	json_object_set(spec, "disks", disks ? disks : json_array());
+	char *spec_text = json_dumps(spec, JSON_COMPACT);
+	char chosen[64] = "";
+	if (host) {
+		json_t *h = host_row_alive(host);
+		if (!h || json_integer_value(json_object_get(h, "maintenance"))) {
+			char msg[200];
+			snprintf(msg, sizeof(msg), "host %s is %s", host,
+				 h ? "in maintenance" : "unknown or not alive");
+			reply_error(c->resp, h ? 409 : 404, msg, "ferry host list shows the hosts");
+			json_decref(h);
+			goto out;
+		}
+		json_decref(h);
+		snprintf(chosen, sizeof(chosen), "%s", host);
+	} else {
+		json_t *fake = json_pack("{s:s, s:s, s:s}", "name", name, "host", "", "spec", spec_text);
+		json_t *rec = wizard_recommend(fake);
+		json_decref(fake);
+		json_t *first = json_array_get(json_object_get(rec, "candidates"), 0);
+		if (!first) {
+			char *why = json_dumps(json_object_get(rec, "refused"), JSON_COMPACT);
+			char msg[1200];
+			snprintf(msg, sizeof(msg), "no host can run this VM: %s", why);
+			free(why);
+			reply_error(c->resp, 409, msg, "free a host, or check the datastores");
+			json_decref(rec);
+			goto out;
+		}
+		snprintf(chosen, sizeof(chosen), "%s", json_string_value(json_object_get(first, "host")));
+		json_decref(rec);
+	}
+	bool start = !json_is_false(json_object_get(body, "start"));
+	db_exec("INSERT INTO vms(name, host, state, spec, created) VALUES(?, ?, ?, ?, ?)",
+		json_pack("[s, s, s, s, I]", name, chosen, start ? "starting" : "stopped", spec_text,
+			  (json_int_t)time(NULL)));
+	long long task = task_insert("create", name, chosen, NULL, "running", 0, 0, c->user, NULL);
+	c->details = json_pack("{s:s, s:O, s:I}", "host", chosen, "spec", spec, "task",
+			       (json_int_t)task);
+	char err[1024];
+	if (start && !start_on_host(name, chosen, spec_text, err, sizeof(err))) {
+		task_finish(task, "failed", err);
+		db_exec("DELETE FROM vms WHERE name = ?", json_pack("[s]", name));
+		reply_error(c->resp, 400, err, "check the VM's files on the datastore "
+			    "(DATASTORE:PATH) and ferry host show HOST");
+		goto out;
+	}
+	task_finish(task, "succeeded", NULL);
+	if (start)
+		db_exec("UPDATE vms SET state = 'running' WHERE name = ? AND state = 'starting'",
+			json_pack("[s]", name));
+	json_t *row = vm_row(name);
+	reply_json(c->resp, 201, json_pack("{s:o, s:o}", "vm", vm_json(row), "task",
+					   task_get(task)));
+	json_decref(row);
+out:
+	free(spec_text);
+	json_decref(spec);
+	json_decref(body);
+}
+
+static void vm_list(struct call *c)
+{
+	long long off = query_int(c, "offset", 0, 1LL << 40), lim = query_int(c, "limit", 100, 1000);
+	const char *q = http_query(c->req, "q"), *host = http_query(c->req, "host");
+	char like[200];
+	snprintf(like, sizeof(like), "%%%s%%", q ? q : "");
+	json_t *rows = db_query("SELECT * FROM vms WHERE name LIKE ? AND (? IS NULL OR host = ?) "
+				"ORDER BY name LIMIT ? OFFSET ?",
+				json_pack("[s, s?, s?, I, I]", like, host, host, (json_int_t)lim,
+					  (json_int_t)off));
+	json_t *total = db_row("SELECT count(*) AS n FROM vms WHERE name LIKE ? AND "
+			       "(? IS NULL OR host = ?)", json_pack("[s, s?, s?]", like, host, host));
+	json_t *out = json_array();
+	size_t i;
+	json_t *r;
+	json_array_foreach(rows, i, r)
+		json_array_append_new(out, vm_json(r));
+	reply_json(c->resp, 200, json_pack("{s:o, s:O}", "vms", out, "total",
+					   json_object_get(total, "n")));
+	json_decref(rows);
+	json_decref(total);
+}
+
+static void vm_power(struct call *c, json_t *row, const char *name, const char *action)
+{
+	const char *state = json_string_value(json_object_get(row, "state"));
+	const char *host = json_string_value(json_object_get(row, "host"));
+	char err[1024], act[32];
+	snprintf(act, sizeof(act), "vm.%s", action);
+	audit_as(c, act, name);
+	bool running = !strcmp(state, "running") || !strcmp(state, "starting");
+	if (!strcmp(state, "migrating")) {
+		reply_error(c->resp, 409, "the VM is migrating", "wait for its task, or cancel it");
+		return;
+	}
+	if (!strcmp(action, "start") && running) {
+		reply_error(c->resp, 409, "the VM runs already", NULL);
+		return;
+	}
+	long long task = task_insert(action, name, host, NULL, "running", 0, 0, c->user, NULL);
+	bool ok = true;
+	if (!strcmp(action, "start")) {
+		ok = start_on_host(name, host, json_string_value(json_object_get(row, "spec")), err,
+				   sizeof(err));
+		if (ok)
+			db_exec("UPDATE vms SET state = 'running', exit_status = NULL, last_console = "
+				"NULL WHERE name = ?", json_pack("[s]", name));
+	} else {
+		ok = stop_on_host(name, host, err, sizeof(err));
+		if (ok && !strcmp(action, "delete"))
+			db_exec("DELETE FROM vms WHERE name = ?", json_pack("[s]", name));
+		else if (ok)
+			db_exec("UPDATE vms SET state = 'stopped' WHERE name = ?", json_pack("[s]", name));
+	}
+	task_finish(task, ok ? "succeeded" : "failed", ok ? NULL : err);
+	if (!ok)
+		reply_error(c->resp, 502, err, "ferry host show HOST says whether the host answers");
+	else
+		reply_task(c, 200, task);
+}
+
+static void vm_migrate(struct call *c, json_t *row, const char *name)
+{
+	audit_as(c, "vm.migrate", name);
+	json_t *body = parse_body(c->req, c->resp);
+	if (!body)
+		return;
+	bool bad = false;
+	const char *to = opt_str(body, "to", &bad), *prio = opt_str(body, "priority", &bad);
+	const char *at_text = opt_str(body, "at", &bad);
+	json_t *dt = json_object_get(body, "downtime_ms");
+	time_t at = at_text ? parse_time(at_text) : 0;
+	if (bad || (dt && !json_is_integer(dt)) || at < 0 ||
+	    (prio && strcmp(prio, "high") && strcmp(prio, "standard"))) {
+		reply_error(c->resp, 400, "migrate takes to (a host), priority (high|standard), at "
+			    "(ISO time such as 2026-12-02T05:00:00Z, or +10m) and downtime_ms "
+			    "(integer)", "see docs/api.md");
+		json_decref(body);
+		return;
+	}
+	const char *state = json_string_value(json_object_get(row, "state"));
+	json_t *active = db_row("SELECT id FROM tasks WHERE vm = ? AND kind = 'migrate' AND state "
+				"IN ('queued', 'running')", json_pack("[s]", name));
+	if (active || strcmp(state, "running")) {
+		char msg[200];
+		if (active)
+			snprintf(msg, sizeof(msg), "VM %s has a migration already (task %lld)", name,
+				 json_integer_value(json_object_get(active, "id")));
+		else
+			snprintf(msg, sizeof(msg), "VM %s is %s, not running", name, state);
+		reply_error(c->resp, 409, msg, active ? "ferry task show ID, or ferry task cancel ID"
+						      : "ferry vm start NAME first");
+		json_decref(active);
+		json_decref(body);
+		return;
+	}
+	json_t *rec = wizard_recommend(row);
+	json_t *pick = NULL;
+	size_t i;
+	json_t *cand;
+	if (to) {
+		json_array_foreach(json_object_get(rec, "candidates"), i, cand)
+			if (!strcmp(json_string_value(json_object_get(cand, "host")), to))
+				pick = cand;
+		json_array_foreach(json_object_get(rec, "refused"), i, cand) {
+			const char *reason = json_string_value(json_object_get(cand, "reason"));
+			if (strcmp(json_string_value(json_object_get(cand, "host")), to))
+				continue;
+			if (!strncmp(reason, "at its limit", 12)) {
+				pick = cand;   /* over its limit: the task waits in the queue */
+				continue;
+			}
+			char msg[400];
+			snprintf(msg, sizeof(msg), "host %s cannot take VM %s: %s", to, name, reason);
+			reply_error(c->resp, 409, msg, "ferry vm recommend NAME lists the hosts that can");
+			goto out;
+		}
+		if (!pick) {
+			char msg[200];
+			snprintf(msg, sizeof(msg), "no host named %s", to);
+			reply_error(c->resp, 404, msg, "ferry host list shows the hosts");
+			goto out;
+		}
+	} else {
+		pick = json_array_get(json_object_get(rec, "candidates"), 0);
+		if (!pick) {
+			char *why = json_dumps(json_object_get(rec, "refused"), JSON_COMPACT);
+			char msg[1500];
+			snprintf(msg, sizeof(msg), "no host can take VM %s: %s", name, why);
+			free(why);
+			reply_error(c->resp, 409, msg, "ferry vm recommend NAME explains each host");
+			goto out;
+		}
+	}
+	const char *dest = json_string_value(json_object_get(pick, "host"));
+	json_t *extra = json_pack("{s:O}", "estimate",
+				  json_object_get(pick, "estimate") ?: json_null());
+	if (dt)
+		json_object_set(extra, "downtime_ms", dt);
+	long long id = task_insert("migrate", name, json_string_value(json_object_get(row, "host")),
+				   dest, "queued", prio && !strcmp(prio, "high"), at, c->user, extra);
+	json_decref(extra);
+	c->details = json_pack("{s:I, s:s, s:s, s:s}", "task", (json_int_t)id, "destination", dest,
+			       "priority", prio ? prio : "standard", "at", at_text ? at_text : "now");
+	reply_task(c, 202, id);
+out:
+	json_decref(rec);
+	json_decref(body);
+}
+
+static void vm_console(struct call *c, json_t *row, const char *name)
+{
+	const char *host = json_string_value(json_object_get(row, "host"));
+	json_t *h = host_row_alive(host);
+	if (!h) {
+		reply_error(c->resp, 503, "the VM's host does not answer", NULL);
+		return;
+	}
+	char url[200], path[200], err[512];
+	snprintf(url, sizeof(url), "%s", json_string_value(json_object_get(h, "url")));
+	json_decref(h);
+	snprintf(path, sizeof(path), "/agent/v1/vms/%s/console", name);
+	long status;
+	pthread_mutex_unlock(&db_lock);
+	json_t *r = ferryd_call(url, "GET", path, NULL, &status, err, sizeof(err));
+	pthread_mutex_lock(&db_lock);
+	if (r && status == 200) {
+		json_object_set_new(r, "host", json_string(host));
+		reply_json(c->resp, 200, r);
+		return;
+	}
+	reply_error(c->resp, r ? status : 502, r ? ferryd_message(r, "?") : err, NULL);
+	json_decref(r);
+}
+
+static void vm_routes(struct call *c, const char *name, const char *action)
+{
+	json_t *row = vm_row(name);
+	if (!row) {
+		not_found_vm(c, name);
+		return;
+	}
+	if (!action && is(c, "GET"))
+		reply_json(c->resp, 200, vm_json(row));
+	else if (!action && is(c, "DELETE"))
+		vm_power(c, row, name, "delete");
+	else if (action && (!strcmp(action, "start") || !strcmp(action, "stop")) && is(c, "POST"))
+		vm_power(c, row, name, action);
+	else if (action && !strcmp(action, "migrate") && is(c, "POST"))
+		vm_migrate(c, row, name);
+	else if (action && !strcmp(action, "recommend") && is(c, "GET"))
+		reply_json(c->resp, 200, wizard_recommend(row));
+	else if (action && !strcmp(action, "console") && is(c, "GET"))
+		vm_console(c, row, name);
+	else
+		reply_error(c->resp, 404, "no such call", "see docs/api.md");
+	json_decref(row);
+}
+
+/* ---- tasks, audit, cluster ------------------------------------------------ */
+
+static void tasks_list(struct call *c)
+{
+	long long off = query_int(c, "offset", 0, 1LL << 40), lim = query_int(c, "limit", 100, 1000);
+	const char *state = http_query(c->req, "state"), *vm = http_query(c->req, "vm");
+	json_t *p = json_pack("[s?, s?, s?, s?]", state, state, vm, vm);
+	json_t *rows = db_query("SELECT * FROM tasks WHERE (? IS NULL OR state = ?) AND "
+				"(? IS NULL OR vm = ?) ORDER BY id DESC LIMIT ? OFFSET ?",
+				json_pack("[s?, s?, s?, s?, I, I]", state, state, vm, vm,
+					  (json_int_t)lim, (json_int_t)off));
+	json_t *total = db_row("SELECT count(*) AS n FROM tasks WHERE (? IS NULL OR state = ?) AND "
+			       "(? IS NULL OR vm = ?)", p);
+	json_t *out = json_array();
+	size_t i;
+	json_t *r;
+	json_array_foreach(rows, i, r)
+		json_array_append_new(out, task_json(r));
+	reply_json(c->resp, 200, json_pack("{s:o, s:O}", "tasks", out, "total",
+					   json_object_get(total, "n")));
+	json_decref(rows);
+	json_decref(total);
+}
+
+static void task_routes(struct call *c, const char *idtext, const char *action)
+{
+	char *end;
+	long long id = strtoll(idtext, &end, 10);
+	json_t *t = *end ? NULL : task_get(id);
+	if (!t) {
+		char msg[200];
+		snprintf(msg, sizeof(msg), "no task %s", idtext);
+		reply_error(c->resp, 404, msg, "ferry task list shows the tasks");
+		return;
+	}
+	if (!action && is(c, "GET")) {
+		reply_json(c->resp, 200, t);
+		return;
+	}
+	if (action && !strcmp(action, "cancel") && is(c, "POST")) {
+		audit_as(c, "task.cancel", idtext);
+		const char *state = json_string_value(json_object_get(t, "state"));
+		if (!strcmp(state, "queued")) {
+			task_finish(id, "cancelled", "cancelled while queued");
+		} else if (!strcmp(state, "running") &&
+			   !strcmp(json_string_value(json_object_get(t, "kind")), "migrate")) {
+			db_exec("UPDATE tasks SET cancel = 1 WHERE id = ? AND cancel = 0",
+				json_pack("[I]", (json_int_t)id));
+		} else {
+			char msg[200];
+			snprintf(msg, sizeof(msg), "task %lld is %s: nothing to cancel", id, state);
+			reply_error(c->resp, 409, msg, NULL);
+			json_decref(t);
+			return;
+		}
+		json_decref(t);
+		reply_task(c, 200, id);
+		return;
+	}
+	json_decref(t);
+	reply_error(c->resp, 404, "no such call", "see docs/api.md");
+}
+
+static void audit_list(struct call *c)
+{
+	long long off = query_int(c, "offset", 0, 1LL << 40), lim = query_int(c, "limit", 100, 1000);
+	const char *vm = http_query(c->req, "vm"), *since = http_query(c->req, "since");
+	time_t t = since ? parse_time(since) : 0;
+	if (t < 0) {
+		reply_error(c->resp, 400, "since: want an ISO time such as 2026-12-02T05:00:00Z",
+			    NULL);
+		return;
+	}
+	json_t *rows = db_query("SELECT * FROM audit WHERE (? IS NULL OR target = ?) AND time >= ? "
+				"ORDER BY id DESC LIMIT ? OFFSET ?",
+				json_pack("[s?, s?, I, I, I]", vm, vm, (json_int_t)t,
+					  (json_int_t)lim, (json_int_t)off));
+	size_t i;
+	json_t *r;
+	json_array_foreach(rows, i, r) {
+		iso_or_null(r, "time", json_object_get(r, "time"));
+		json_object_set(r, "from", json_object_get(r, "addr"));
+		json_object_del(r, "addr");
+		json_t *d = json_loads(json_string_value(json_object_get(r, "details")) ?: "{}", 0, NULL);
+		json_object_set_new(r, "details", d ? d : json_object());
+	}
+	reply_json(c->resp, 200, json_pack("{s:o, s:I}", "records", rows,
+					   "total", (json_int_t)json_array_size(rows)));
+}
+
+static json_t *cluster_json(void)
+{
+	json_t *s = json_object();
+	json_object_set_new(s, "migrations_per_host",
+			    json_integer(db_setting_int("migrations_per_host", 4)));
+	json_t *rows = db_query("SELECT key, value FROM settings WHERE key LIKE 'host.%'", NULL);
+	size_t i;
+	json_t *r;
+	json_array_foreach(rows, i, r)
+		json_object_set_new(s, json_string_value(json_object_get(r, "key")),
+				    json_integer(atoll(json_string_value(json_object_get(r, "value")))));
+	json_decref(rows);
+	json_t *n = db_row("SELECT (SELECT count(*) FROM hosts) AS hosts, (SELECT count(*) FROM vms)"
+			   " AS vms, (SELECT count(*) FROM tasks WHERE state = 'running') AS running,"
+			   " (SELECT count(*) FROM tasks WHERE state = 'queued') AS queued", NULL);
+	json_t *out = json_pack("{s:o, s:O, s:O, s:O, s:O}", "settings", s, "hosts",
+				json_object_get(n, "hosts"), "vms", json_object_get(n, "vms"),
+				"tasks_running", json_object_get(n, "running"), "tasks_queued",
+				json_object_get(n, "queued"));
+	json_decref(n);
+	return out;
+}
+
+static void cluster_set(struct call *c)
+{
+	audit_as(c, "cluster.set", "cluster");
+	json_t *body = parse_body(c->req, c->resp);
+	if (!body)
+		return;
+	const char *key;
+	json_t *v;
+	json_object_foreach(body, key, v) {
+		long long n = json_is_integer(v) ? json_integer_value(v)
+			    : json_is_string(v) ? atoll(json_string_value(v)) : 0;
+		bool known = !strcmp(key, "migrations_per_host") ||
+			     (!strncmp(key, "host.", 5) && strstr(key, ".migrations"));
+		if (!known || n < 1 || n > 64) {
+			char msg[300];
+			snprintf(msg, sizeof(msg), "%s: want migrations_per_host or "
+				 "host.NAME.migrations, with a value from 1 to 64", key);
+			reply_error(c->resp, 400, msg, NULL);
+			json_decref(body);
+			return;
+		}
+	}
+	json_object_foreach(body, key, v) {
+		char text[32];
+		snprintf(text, sizeof(text), "%lld", json_is_integer(v) ? json_integer_value(v)
+						   : atoll(json_string_value(v)));
+		db_setting_set(key, text);
+	}
+	c->details = json_incref(body);
+	json_decref(body);
+	reply_json(c->resp, 200, cluster_json());
+}
+
+/* ---- dispatch ------------------------------------------------------------- */
+
+static void split(const char *rest, char *first, size_t flen, const char **second)
+{
+	const char *slash = strchr(rest, '/');
+	size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
+	snprintf(first, flen, "%.*s", (int)n, rest);
+	*second = slash && slash[1] ? slash + 1 : NULL;
+}
+
+static void route(struct call *c, const char *rest)
+{
+	char name[128];
+	const char *sub;
+	if (!strcmp(rest, "whoami") && is(c, "GET"))
+		reply_json(c->resp, 200, json_pack("{s:s, s:s}", "user", c->user, "role",
+						   auth_role_name(c->role)));
+	else if (!strcmp(rest, "hosts") && is(c, "GET"))
+		hosts_list(c);
+	else if (!strncmp(rest, "hosts/", 6)) {
+		split(rest + 6, name, sizeof(name), &sub);
+		host_routes(c, name, sub);
+	} else if (!strcmp(rest, "datastores") && is(c, "GET"))
+		grouped(c, "datastores", "datastores");
+	else if (!strcmp(rest, "networks") && is(c, "GET"))
+		grouped(c, "networks", "networks");
+	else if (!strcmp(rest, "vms") && is(c, "GET"))
+		vm_list(c);
+	else if (!strcmp(rest, "vms") && is(c, "POST"))
+		vm_create(c);
+	else if (!strncmp(rest, "vms/", 4)) {
+		split(rest + 4, name, sizeof(name), &sub);
+		vm_routes(c, name, sub);
+	} else if (!strcmp(rest, "tasks") && is(c, "GET"))
+		tasks_list(c);
+	else if (!strncmp(rest, "tasks/", 6)) {
+		split(rest + 6, name, sizeof(name), &sub);
+		task_routes(c, name, sub);
+	} else if (!strcmp(rest, "audit") && is(c, "GET"))
+		audit_list(c);
+	else if (!strcmp(rest, "audit/verify") && is(c, "GET"))
+		reply_json(c->resp, 200, audit_verify());
+	else if (!strcmp(rest, "cluster") && is(c, "GET"))
+		reply_json(c->resp, 200, cluster_json());
+	else if (!strcmp(rest, "cluster") && (is(c, "POST") || is(c, "PUT")))
+		cluster_set(c);
+	else
+		reply_error(c->resp, 404, "no such call", "see docs/api.md");
+}
+
+static const char *mime(const char *path)
+{
+	const char *dot = strrchr(path, '.');
+	if (!dot)
+		return "application/octet-stream";
+	if (!strcmp(dot, ".html"))
+		return "text/html; charset=utf-8";
+	if (!strcmp(dot, ".js"))
+		return "text/javascript";
+	if (!strcmp(dot, ".css"))
+		return "text/css";
+	if (!strcmp(dot, ".json"))
+		return "application/json";
+	if (!strcmp(dot, ".svg"))
+		return "image/svg+xml";
+	if (!strcmp(dot, ".png"))
+		return "image/png";
+	return "application/octet-stream";
+}
+
+static void serve_static(const struct http_request *req, struct http_response *resp)
+{
+	if (strcmp(req->method, "GET") || strstr(req->path, "..") || !ctr.web_dir[0]) {
+		reply_error(resp, 404, "not found", NULL);
+		return;
+	}
+	char path[8192];
+	snprintf(path, sizeof(path), "%s%s%s", ctr.web_dir, req->path,
+		 req->path[strlen(req->path) - 1] == '/' ? "index.html" : "");
+	size_t len;
+	char *data = read_file(path, &len);
+	if (!data) {
+		reply_error(resp, 404, "not found", NULL);
+		return;
+	}
+	http_respond(resp, 200, mime(path), data, len);
+}
+
+void api_handle(void *ctx, const struct http_request *req, struct http_response *resp)
+{
+	(void)ctx;
+	if (strncmp(req->path, PREFIX, strlen(PREFIX))) {
+		serve_static(req, resp);
+		return;
+	}
+	struct call c = { .req = req, .resp = resp };
+	c.role = auth_check(&ctr.auth, req->auth, c.user, sizeof(c.user));
+	if (c.role == ROLE_NONE || c.role == ROLE_AGENT) {
+		reply_error(resp, 401, req->auth ? "the token is not valid" : "no token",
+			    "send Authorization: Bearer TOKEN (ferry reads it from --token-file, "
+			    "FERRY_TOKEN_FILE or the lab's DIR/token)");
+		return;
+	}
+	bool changes = strcmp(req->method, "GET") != 0;
+	if (changes && c.role != ROLE_ADMIN) {
+		reply_error(resp, 403, "a read-only token cannot change anything",
+			    "use an admin token");
+		return;
+	}
+	pthread_mutex_lock(&db_lock);
+	route(&c, req->path + strlen(PREFIX));
+	if (changes) {
+		char result[400] = "ok";
+		if (resp->status >= 400) {
+			json_t *b = json_loadb(resp->body, resp->body_len, 0, NULL);
+			snprintf(result, sizeof(result), "error %d: %s", resp->status,
+				 json_string_value(json_object_get(json_object_get(b, "error"),
+								   "message")) ?: "?");
+			json_decref(b);
+		}
+		if (!c.action[0])
+			snprintf(c.action, sizeof(c.action), "%s %s", req->method, req->path);
+		audit_append(c.user, req->peer, c.action, c.target, result, c.details);
+	}
+	pthread_mutex_unlock(&db_lock);
+	json_decref(c.details);
+}

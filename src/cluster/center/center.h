@@ -1,0 +1,77 @@
+/*
+ * center.h - ferry-center's shared state.
+ *
+ * ferry-center keeps the inventory and history in SQLite (db.c), learns
+ * which hosts live from their etcd leases and what they hold from their
+ * ferryds (inventory.c), runs tasks within limits, by priority and at
+ * their time (tasks.c), ranks destinations (wizard.c), keeps a hash-chained
+ * audit trail (audit.c) and serves the REST API and the web console
+ * (api.c). One SQLite connection, guarded by db_lock; calls to ferryds are
+ * made without holding it.
+ */
+#ifndef FERRY_CENTER_H
+#define FERRY_CENTER_H
+
+#include <jansson.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+
+#include "cluster/common/auth.h"
+#include "cluster/common/etcd.h"
+
+struct center {
+	sqlite3 *db;
+	struct auth auth;
+	struct etcd etcd;
+	char web_dir[4096];
+};
+
+extern struct center ctr;
+extern pthread_mutex_t db_lock;
+
+/* db.c */
+bool db_open(const char *path, char *err, size_t errlen);
+/* Runs SQL with "?" bound to the JSON array's items (strings, integers,
+ * reals, null); returns the rows as an array of objects (column -> value),
+ * or NULL on error (logged). Caller holds db_lock. */
+json_t *db_query(const char *sql, json_t *params);
+bool db_exec(const char *sql, json_t *params);   /* params stolen */
+json_t *db_row(const char *sql, json_t *params); /* first row or NULL; params stolen */
+long long db_setting_int(const char *key, long long dflt);
+void db_setting_set(const char *key, const char *value);
+void iso_or_null(json_t *obj, const char *key, json_t *secs);
+
+/* inventory.c */
+void *inventory_loop(void *arg);
+json_t *host_json(json_t *row);          /* from a hosts row; under db_lock */
+json_t *vm_json(json_t *row);
+int host_migrations_running(const char *host);
+int host_migration_limit(const char *host);
+/* Calls a ferryd: method, host's URL + path; the reply (status set). */
+json_t *ferryd_call(const char *url, const char *method, const char *path, json_t *body,
+		    long *status, char *err, size_t errlen);
+
+/* tasks.c */
+void *tasks_loop(void *arg);
+json_t *task_json(json_t *row);
+long long task_insert(const char *kind, const char *vm, const char *source,
+		      const char *dest, const char *state, int priority, long long at,
+		      const char *user, json_t *extra);
+json_t *task_get(long long id);   /* under db_lock */
+void task_finish(long long id, const char *state, const char *error);
+
+/* wizard.c: under db_lock */
+json_t *wizard_recommend(json_t *vm_row);
+
+/* audit.c: under db_lock */
+void audit_append(const char *user, const char *from, const char *action, const char *target,
+		  const char *result, json_t *details);
+json_t *audit_verify(void);
+
+/* api.c */
+struct http_request;
+struct http_response;
+void api_handle(void *ctx, const struct http_request *req, struct http_response *resp);
+
+#endif

@@ -1,0 +1,322 @@
+/*
+ * tasks.c - tasks: queued -> running -> succeeded | failed | cancelled.
+ *
+ * Power operations (create, start, stop, delete) run at once in the API
+ * call and are recorded as tasks. Migrations are queued and the scheduler
+ * (every 250 ms) does two things:
+ * - follows each running migration on its source's ferryd, turning
+ *   query-migrate's figures into progress (the percent never goes back),
+ *   and finishes the task when the migration ends;
+ * - starts queued migrations, high priority first then oldest first, when
+ *   their time has come and both hosts are under their limit of concurrent
+ *   migrations; a task that waits says why in `waiting`.
+ * Everything lives in SQLite, so a restart of ferry-center picks up queued,
+ * scheduled and running tasks where they were.
+ */
+#include "cluster/center/center.h"
+
+#include "cluster/common/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static json_t *parse_or_null(json_t *text)
+{
+	json_t *j = json_is_string(text) ? json_loads(json_string_value(text), 0, NULL) : NULL;
+	return j ? j : json_null();
+}
+
+json_t *task_json(json_t *row)
+{
+	json_t *j = json_object();
+	const char *copy[] = { "id", "kind", "vm", "source", "destination", "state", "user",
+			       "waiting", "total_ms", "downtime_ms", "error" };
+	for (size_t i = 0; i < sizeof(copy) / sizeof(copy[0]); i++) {
+		json_t *v = json_object_get(row, copy[i]);
+		json_object_set(j, copy[i], v ? v : json_null());
+	}
+	json_object_set_new(j, "priority", json_string(
+		json_integer_value(json_object_get(row, "priority")) > 0 ? "high" : "standard"));
+	iso_or_null(j, "at", json_object_get(row, "at"));
+	iso_or_null(j, "created", json_object_get(row, "created"));
+	iso_or_null(j, "started", json_object_get(row, "started"));
+	iso_or_null(j, "finished", json_object_get(row, "finished"));
+	json_object_set_new(j, "progress", parse_or_null(json_object_get(row, "progress")));
+	json_object_set_new(j, "estimate", parse_or_null(json_object_get(row, "estimate")));
+	return j;
+}
+
+json_t *task_get(long long id)
+{
+	json_t *row = db_row("SELECT * FROM tasks WHERE id = ?", json_pack("[I]", (json_int_t)id));
+	json_t *j = row ? task_json(row) : NULL;
+	json_decref(row);
+	return j;
+}
+
+long long task_insert(const char *kind, const char *vm, const char *source, const char *dest,
+		      const char *state, int priority, long long at, const char *user,
+		      json_t *extra)
+{
+	json_t *est = json_object_get(extra, "estimate");
+	char *est_text = est ? json_dumps(est, JSON_COMPACT) : NULL;
+	json_t *dt = json_object_get(extra, "downtime_ms");
+	time_t now = time(NULL);
+	bool running = !strcmp(state, "running");
+	db_exec("INSERT INTO tasks(kind, vm, source, destination, state, priority, at, created,"
+		" started, user, estimate, downtime_target) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		json_pack("[s, s, s?, s?, s, i, o, I, o, s, s?, o]", kind, vm, source, dest, state,
+			  priority, at > 0 ? json_integer(at) : json_null(), (json_int_t)now,
+			  running ? json_integer(now) : json_null(), user, est_text,
+			  json_is_integer(dt) ? json_integer(json_integer_value(dt)) : json_null()));
+	free(est_text);
+	return sqlite3_last_insert_rowid(ctr.db);
+}
+
+void task_finish(long long id, const char *state, const char *error)
+{
+	db_exec("UPDATE tasks SET state = ?, finished = ?, error = ?, waiting = NULL WHERE id = ?",
+		json_pack("[s, I, s?, I]", state, (json_int_t)time(NULL), error, (json_int_t)id));
+}
+
+static const char *host_url(const char *host)
+{
+	static __thread char url[200];
+	json_t *r = db_row("SELECT url FROM hosts WHERE name = ?", json_pack("[s]", host));
+	snprintf(url, sizeof(url), "%s", json_string_value(json_object_get(r, "url")) ?: "");
+	json_decref(r);
+	return url;
+}
+
+/* query-migrate's figures as the task's progress */
+static json_t *progress_from(json_t *mig, json_t *old)
+{
+	double sent = (double)json_integer_value(json_object_get(mig, "transferred_bytes"));
+	double left = (double)json_integer_value(json_object_get(mig, "remaining_bytes"));
+	double ms = (double)json_integer_value(json_object_get(mig, "total_ms"));
+	const char *status = json_string_value(json_object_get(mig, "status")) ?: "";
+	int pct = sent + left > 0 ? (int)(100.0 * sent / (sent + left)) : 0;
+	if (pct > 99)
+		pct = 99;
+	if (!strcmp(status, "completed"))
+		pct = 100;
+	int before = (int)json_integer_value(json_object_get(old, "percent"));
+	if (pct < before)
+		pct = before;
+	double rate = ms > 0 ? sent * 8 / 1e3 / ms : 0;   /* Mbit/s */
+	json_t *phase = json_object_get(mig, "phase");
+	char phase_text[256];
+	if (json_is_string(phase))
+		snprintf(phase_text, sizeof(phase_text), "%s", json_string_value(phase));
+	else if (json_is_object(phase))
+		snprintf(phase_text, sizeof(phase_text), "%s",
+			 json_string_value(json_object_get(phase, "decision")) ?:
+			 json_string_value(json_object_get(phase, "reason")) ?: status);
+	else
+		snprintf(phase_text, sizeof(phase_text), "%s", status);
+	return json_pack("{s:i, s:I, s:I, s:f, s:I, s:s, s:s, s:I}", "percent", pct,
+			 "transferred_bytes", (json_int_t)sent, "remaining_bytes", (json_int_t)left,
+			 "rate_mbps", rate, "remaining_ms",
+			 (json_int_t)(rate > 0 ? left * 8 / 1e3 / rate : 0), "phase", phase_text,
+			 "status", status, "rounds", json_integer_value(json_object_get(mig, "rounds")));
+}
+
+static void follow_one(json_t *task)
+{
+	long long id = json_integer_value(json_object_get(task, "id"));
+	const char *vm = json_string_value(json_object_get(task, "vm"));
+	const char *src = json_string_value(json_object_get(task, "source"));
+	const char *dst = json_string_value(json_object_get(task, "destination"));
+	long long cancel = json_integer_value(json_object_get(task, "cancel"));
+	pthread_mutex_lock(&db_lock);
+	char url[200];
+	snprintf(url, sizeof(url), "%s", host_url(src));
+	pthread_mutex_unlock(&db_lock);
+	char path[300], err[512];
+	long status;
+	if (cancel == 1) {
+		snprintf(path, sizeof(path), "/agent/v1/vms/%s/migrate-cancel", vm);
+		json_decref(ferryd_call(url, "POST", path, json_object(), &status, err, sizeof(err)));
+		pthread_mutex_lock(&db_lock);
+		db_exec("UPDATE tasks SET cancel = 2 WHERE id = ?", json_pack("[I]", (json_int_t)id));
+		pthread_mutex_unlock(&db_lock);
+	}
+	snprintf(path, sizeof(path), "/agent/v1/vms/%s/migration", vm);
+	json_t *mig = ferryd_call(url, "GET", path, NULL, &status, err, sizeof(err));
+	pthread_mutex_lock(&db_lock);
+	if (!mig || status != 200) {
+		if (mig && status == 404)
+			task_finish(id, "failed", "the source's ferryd has no record of this "
+				    "migration (it restarted?); check `ferry vm show`");
+		/* else: the source does not answer now; try again */
+		pthread_mutex_unlock(&db_lock);
+		json_decref(mig);
+		return;
+	}
+	json_t *old = parse_or_null(json_object_get(task, "progress"));
+	json_t *prog = progress_from(mig, old);
+	json_decref(old);
+	char *text = json_dumps(prog, JSON_COMPACT);
+	db_exec("UPDATE tasks SET progress = ? WHERE id = ?", json_pack("[s, I]", text, (json_int_t)id));
+	free(text);
+	if (json_is_true(json_object_get(mig, "done"))) {
+		const char *st = json_string_value(json_object_get(mig, "status")) ?: "failed";
+		const char *error = json_string_value(json_object_get(mig, "error"));
+		json_t *tm = json_object_get(mig, "total_ms"), *dm = json_object_get(mig, "downtime_ms");
+		db_exec("UPDATE tasks SET total_ms = ?, downtime_ms = ? WHERE id = ?",
+			json_pack("[O, O, I]", tm ? tm : json_null(), dm ? dm : json_null(),
+				  (json_int_t)id));
+		json_t *details = json_pack("{s:I, s:s, s:s, s:O, s:O}", "task", (json_int_t)id,
+					    "source", src, "destination", dst, "total_ms",
+					    tm ? tm : json_null(), "downtime_ms", dm ? dm : json_null());
+		if (!strcmp(st, "completed")) {
+			task_finish(id, "succeeded", NULL);
+			db_exec("UPDATE vms SET host = ?, state = 'running' WHERE name = ?",
+				json_pack("[s, s]", dst, vm));
+			audit_append("ferry-center", "-", "migration.finished", vm, "ok", details);
+		} else {
+			bool cancelled = !strcmp(st, "cancelled") || cancel;
+			task_finish(id, cancelled ? "cancelled" : "failed",
+				    error ? error : cancelled ? "cancelled; the VM stays on its source"
+							      : "the migration failed");
+			db_exec("UPDATE vms SET state = 'running' WHERE name = ? AND state = 'migrating'",
+				json_pack("[s]", vm));
+			audit_append("ferry-center", "-", "migration.finished", vm,
+				     cancelled ? "cancelled" : "error", details);
+		}
+		logf_("task %lld (migrate %s %s -> %s): %s", id, vm, src, dst, st);
+		json_decref(details);
+	}
+	pthread_mutex_unlock(&db_lock);
+	json_decref(prog);
+	json_decref(mig);
+}
+
+/* Starts one migration on its source; false with err set. */
+static bool start_on_source(const char *vm, const char *src, const char *dst, json_t *dt,
+			    char *err, size_t errlen)
+{
+	pthread_mutex_lock(&db_lock);
+	char src_url[200], dst_url[200], dst_addr[64];
+	snprintf(src_url, sizeof(src_url), "%s", host_url(src));
+	snprintf(dst_url, sizeof(dst_url), "%s", host_url(dst));
+	json_t *r = db_row("SELECT address FROM hosts WHERE name = ?", json_pack("[s]", dst));
+	snprintf(dst_addr, sizeof(dst_addr), "%s",
+		 json_string_value(json_object_get(r, "address")) ?: "");
+	json_decref(r);
+	pthread_mutex_unlock(&db_lock);
+	json_t *body = json_pack("{s:s, s:s}", "dest_url", dst_url, "dest_addr", dst_addr);
+	if (json_is_integer(dt))
+		json_object_set(body, "downtime_ms", dt);
+	char path[300];
+	long status;
+	snprintf(path, sizeof(path), "/agent/v1/vms/%s/migrate", vm);
+	json_t *reply = ferryd_call(src_url, "POST", path, body, &status, err, errlen);
+	json_decref(body);
+	bool ok = reply && status == 202;
+	if (reply && !ok)
+		snprintf(err, errlen, "host %s: %s", src,
+			 json_string_value(json_object_get(json_object_get(reply, "error"),
+							   "message")) ?: "refused the migration");
+	json_decref(reply);
+	return ok;
+}
+
+static void start_queued(void)
+{
+	pthread_mutex_lock(&db_lock);
+	json_t *queued = db_query("SELECT * FROM tasks WHERE state = 'queued' AND kind = 'migrate'"
+				  " ORDER BY priority DESC, id", NULL);
+	time_t now = time(NULL);
+	size_t i;
+	json_t *t;
+	json_array_foreach(queued, i, t) {
+		long long id = json_integer_value(json_object_get(t, "id"));
+		json_t *at = json_object_get(t, "at");
+		char waiting[300] = "";
+		if (json_is_integer(at) && json_integer_value(at) > now) {
+			char when[40];
+			iso_time((time_t)json_integer_value(at), when, sizeof(when));
+			snprintf(waiting, sizeof(waiting), "scheduled for %s", when);
+			db_exec("UPDATE tasks SET waiting = ? WHERE id = ?",
+				json_pack("[s, I]", waiting, (json_int_t)id));
+			continue;
+		}
+		const char *vm = json_string_value(json_object_get(t, "vm"));
+		const char *dst = json_string_value(json_object_get(t, "destination"));
+		json_t *vrow = db_row("SELECT host, state FROM vms WHERE name = ?",
+				      json_pack("[s]", vm));
+		const char *src = json_string_value(json_object_get(vrow, "host"));
+		const char *vstate = json_string_value(json_object_get(vrow, "state")) ?: "";
+		if (!vrow || strcmp(vstate, "running") || !src || !dst || !strcmp(src, dst)) {
+			char e[300];
+			snprintf(e, sizeof(e), !vrow ? "the VM was deleted"
+					       : strcmp(vstate, "running") ? "the VM is not running (%s)"
+					       : "the VM is already on the destination",
+				 vstate);
+			task_finish(id, "failed", e);
+			json_decref(vrow);
+			continue;
+		}
+		const char *hosts[2] = { src, dst };
+		for (int h = 0; h < 2 && !waiting[0]; h++) {
+			int running = host_migrations_running(hosts[h]);
+			int limit = host_migration_limit(hosts[h]);
+			if (running >= limit)
+				snprintf(waiting, sizeof(waiting),
+					 "limit: host %s runs %d of %d migrations", hosts[h], running,
+					 limit);
+		}
+		if (waiting[0]) {
+			db_exec("UPDATE tasks SET waiting = ? WHERE id = ?",
+				json_pack("[s, I]", waiting, (json_int_t)id));
+			json_decref(vrow);
+			continue;
+		}
+		db_exec("UPDATE tasks SET state = 'running', started = ?, source = ?, waiting = NULL "
+			"WHERE id = ?", json_pack("[I, s, I]", (json_int_t)now, src, (json_int_t)id));
+		db_exec("UPDATE vms SET state = 'migrating' WHERE name = ?", json_pack("[s]", vm));
+		char srcname[64], dstname[64], vmname[64];
+		snprintf(srcname, sizeof(srcname), "%s", src);
+		snprintf(dstname, sizeof(dstname), "%s", dst);
+		snprintf(vmname, sizeof(vmname), "%s", vm);
+		json_t *dt = json_incref(json_object_get(t, "downtime_target"));
+		json_decref(vrow);
+		pthread_mutex_unlock(&db_lock);
+		char err[600];
+		bool ok = start_on_source(vmname, srcname, dstname, dt, err, sizeof(err));
+		json_decref(dt);
+		pthread_mutex_lock(&db_lock);
+		logf_("task %lld: migrate %s %s -> %s%s%s", id, vmname, srcname, dstname,
+		      ok ? "" : ": ", ok ? "" : err);
+		if (!ok) {
+			task_finish(id, "failed", err);
+			db_exec("UPDATE vms SET state = 'running' WHERE name = ?",
+				json_pack("[s]", vmname));
+		}
+	}
+	pthread_mutex_unlock(&db_lock);
+	json_decref(queued);
+}
+
+void *tasks_loop(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		pthread_mutex_lock(&db_lock);
+		json_t *running = db_query("SELECT * FROM tasks WHERE state = 'running' AND "
+					   "kind = 'migrate'", NULL);
+		pthread_mutex_unlock(&db_lock);
+		size_t i;
+		json_t *t;
+		json_array_foreach(running, i, t)
+			follow_one(t);
+		json_decref(running);
+		start_queued();
+		usleep(250000);
+	}
+	return NULL;
+}

@@ -1,0 +1,34 @@
+/*
+ * etcd.h - an etcd v3 client over its JSON gateway (etcd 3.4: /v3/kv/put,
+ * /v3/kv/range, /v3/lease/grant, /v3/lease/keepalive). Keys and values
+ * travel base64-encoded; lease IDs as decimal strings. Each call tries the
+ * cluster's URLs in turn until one answers, so losing a member is
+ * invisible to the caller.
+ */
+#ifndef FERRY_ETCD_H
+#define FERRY_ETCD_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct etcd {
+	char **urls;
+	int n;
+	int current;   /* the member that answered last */
+};
+
+/* "http://a:2379,http://b:2379"; false when empty. */
+bool etcd_init(struct etcd *e, const char *urls);
+
+/* A lease of ttl seconds; 0 on failure (message in err). */
+int64_t etcd_lease_grant(struct etcd *e, int ttl, char *err, size_t errlen);
+/* Renews the lease; false when etcd does not answer or the lease is gone. */
+bool etcd_lease_keepalive(struct etcd *e, int64_t lease, char *err, size_t errlen);
+bool etcd_put(struct etcd *e, const char *key, const char *value, int64_t lease,
+	      char *err, size_t errlen);
+/* Every key under prefix: a JSON object key -> value (strings); NULL on failure. */
+json_t *etcd_get_prefix(struct etcd *e, const char *prefix, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,90 @@
+/*
+ * ferryd.h - the host agent's shared state.
+ *
+ * ferryd runs on every host: it keeps a lease in etcd (its heartbeat),
+ * reports the host, starts and watches ferry-vm processes and runs
+ * migrations to other ferryds. Pieces: main.c (options, heartbeat),
+ * host.c (the host report), vms.c (VM processes: start, watch, find again
+ * after a restart), migration.c (both ends of a migration), api.c (the
+ * HTTP API under /agent/v1/).
+ */
+#ifndef FERRY_FERRYD_H
+#define FERRY_FERRYD_H
+
+#include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "cluster/common/auth.h"
+
+struct named_dir {
+	char name[64];
+	char path[PATH_MAX];
+};
+
+struct ferryd {
+	char name[64];
+	char listen[128];
+	char address[64];      /* the host's own address (from --listen) */
+	char url[160];         /* http://ADDRESS:PORT */
+	char state_dir[PATH_MAX];
+	char ferry_vm[PATH_MAX];
+	char vmm_version[128];
+	struct named_dir datastores[16];
+	int ndatastores;
+	struct named_dir networks[16];   /* path holds the bridge */
+	int nnetworks;
+	struct auth auth;
+	bool secure_incoming;  /* ferry-vm takes --incoming ...,secret-file= */
+};
+
+extern struct ferryd fd_cfg;
+
+/* One VM process this host runs (or ran). */
+struct vm {
+	char name[64];
+	char dir[PATH_MAX];
+	json_t *spec;          /* as ferry-center sent it */
+	pid_t pid;
+	bool incoming;         /* started with --incoming */
+	bool exited;
+	char exit_desc[64];    /* "exited 1", "signal 9" */
+	int exit_status;       /* -1 when killed by a signal */
+	bool leaving;          /* migrated away: being removed */
+};
+
+/* host.c */
+json_t *host_report(void);
+const char *host_isa(void);
+
+/* vms.c: the table is guarded by vms_lock */
+extern pthread_mutex_t vms_lock;
+bool vms_init(char *err, size_t errlen);
+struct vm *vm_find(const char *name);   /* under vms_lock */
+json_t *vm_json(struct vm *vm, bool with_status);
+json_t *vms_list(void);
+int vms_count(void);
+/* Starts a VM from spec (stolen); incoming_uri NULL for a fresh boot.
+ * Returns an HTTP status (201 or an error) with a message in err. */
+int vm_start(const char *name, json_t *spec, const char *incoming_uri, const char *secret,
+	     char *err, size_t errlen);
+/* Ends the process and forgets the VM (its directory goes too). */
+int vm_destroy(const char *name, char *err, size_t errlen);
+char *vm_control_path(const struct vm *vm);
+char *vm_console(const char *name, bool *found);
+void *vms_watch(void *arg);
+
+/* migration.c */
+int migration_start(const char *name, json_t *req, char *err, size_t errlen);
+json_t *migration_status(const char *name);
+int migration_cancel(const char *name, char *err, size_t errlen);
+int incoming_start(json_t *req, json_t **reply, char *err, size_t errlen);
+
+/* api.c */
+struct http_request;
+struct http_response;
+void api_handle(void *ctx, const struct http_request *req, struct http_response *resp);
+
+#endif

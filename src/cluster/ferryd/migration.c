@@ -1,0 +1,430 @@
+/*
+ * migration.c - both ends of a migration between two ferryds.
+ *
+ * Source (POST /agent/v1/vms/NAME/migrate): ask the destination's ferryd
+ * for an incoming ferry-vm (POST /agent/v1/incoming: it starts
+ * `ferry-vm --incoming tcp:ITS_ADDR:PORT` with the same devices and says
+ * the port), then tell our ferry-vm `migrate` to that address, and follow
+ * it with `query-migrate` (and the MIGRATION events) in a thread until it
+ * ends. Success: the source is told `quit` (it waits in postmigrate) and
+ * forgotten here. Failure or cancel: the destination's process is removed
+ * and the VM keeps running here (ferry-vm resumes it itself).
+ *
+ * When ferry-vm supports it (--incoming ...,secret-file=), every migration
+ * gets a fresh random secret that only the two ferryds know.
+ */
+#include "cluster/ferryd/ferryd.h"
+
+#include "cluster/common/http_client.h"
+#include "cluster/common/qmp_client.h"
+#include "cluster/common/util.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAX_MIGRATIONS 256
+
+struct migration {
+	char name[64];
+	char dest_url[160];
+	char dest_addr[64];
+	int downtime_ms;
+	char secret[65];
+	json_t *last;          /* the latest query-migrate figures */
+	char status[32];       /* setup, active, ..., completed, failed, cancelled */
+	char error[512];
+	bool done;
+	bool cancel;
+};
+
+static pthread_mutex_t mig_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct migration *migs[MAX_MIGRATIONS];
+static int nmigs;
+
+static struct migration *mig_find(const char *name)
+{
+	for (int i = 0; i < nmigs; i++)
+		if (!strcmp(migs[i]->name, name))
+			return migs[i];
+	return NULL;
+}
+
+static void mig_set(struct migration *m, const char *status, json_t *figures, const char *error)
+{
+	pthread_mutex_lock(&mig_lock);
+	if (status)
+		snprintf(m->status, sizeof(m->status), "%s", status);
+	if (figures) {
+		json_decref(m->last);
+		m->last = json_deep_copy(figures);
+	}
+	if (error)
+		snprintf(m->error, sizeof(m->error), "%s", error);
+	pthread_mutex_unlock(&mig_lock);
+}
+
+static void on_event(void *ctx, json_t *ev)
+{
+	struct migration *m = ctx;
+	if (strcmp(json_string_value(json_object_get(ev, "event")) ?: "", "MIGRATION"))
+		return;
+	json_t *data = json_object_get(ev, "data");
+	mig_set(m, json_string_value(json_object_get(data, "status")), data, NULL);
+}
+
+static void dest_remove(struct migration *m)
+{
+	char url[400], err[256];
+	long status;
+	snprintf(url, sizeof(url), "%s/agent/v1/vms/%s", m->dest_url, m->name);
+	json_decref(http_json("DELETE", url, fd_cfg.auth.present, NULL, 10000, &status, err,
+			      sizeof(err)));
+}
+
+/* Does the destination's ferry-vm run the guest now? */
+static bool dest_running(struct migration *m)
+{
+	char url[400], err[256];
+	long status;
+	snprintf(url, sizeof(url), "%s/agent/v1/vms/%s", m->dest_url, m->name);
+	json_t *r = http_json("GET", url, fd_cfg.auth.present, NULL, 5000, &status, err,
+			      sizeof(err));
+	bool running = r && status == 200 &&
+		       !strcmp(json_string_value(json_object_get(r, "state")) ?: "", "running");
+	json_decref(r);
+	return running;
+}
+
+static bool terminal(const char *s)
+{
+	return !strcmp(s, "completed") || !strcmp(s, "failed") || !strcmp(s, "cancelled");
+}
+
+/* Follows the migration until it ends; returns the final status. */
+static void follow(struct migration *m, struct qmp *q)
+{
+	bool cancel_sent = false;
+	char err[512];
+	for (;;) {
+		if (m->cancel && !cancel_sent) {
+			json_decref(qmp_cmd(q, "migrate-cancel", NULL, 5000, err, sizeof(err)));
+			cancel_sent = true;
+		}
+		json_t *r = qmp_cmd(q, "query-migrate", NULL, 5000, err, sizeof(err));
+		if (!r) {
+			/* the source ended: an older ferry-vm exits as soon as the
+			 * guest has left; the destination tells */
+			logf_("migration of VM %s: %s (last status %s)", m->name, err, m->status);
+			if (!terminal(m->status)) {
+				if (dest_running(m))
+					mig_set(m, "completed", NULL, NULL);
+				else
+					mig_set(m, "failed", NULL, err);
+			}
+			return;
+		}
+		const char *st = json_string_value(json_object_get(r, "status")) ?: "active";
+		const char *e = json_string_value(json_object_get(r, "error"));
+		mig_set(m, st, r, e);
+		json_decref(r);
+		if (terminal(st) || !strcmp(st, "postmigrate"))
+			return;
+		usleep(200000);
+	}
+}
+
+static void *migration_thread(void *arg)
+{
+	struct migration *m = arg;
+	char err[512], url[400];
+	long status;
+	json_t *spec = NULL;
+	char *ctl = NULL;
+	pthread_mutex_lock(&vms_lock);
+	struct vm *vm = vm_find(m->name);
+	if (vm) {
+		spec = json_incref(vm->spec);
+		ctl = vm_control_path(vm);
+	}
+	pthread_mutex_unlock(&vms_lock);
+	if (!vm) {
+		mig_set(m, "failed", NULL, "the VM vanished before its migration started");
+		goto out;
+	}
+	/* 1. the destination's incoming ferry-vm */
+	json_t *req = json_pack("{s:s, s:O}", "name", m->name, "spec", spec);
+	if (m->secret[0])
+		json_object_set_new(req, "secret", json_string(m->secret));
+	snprintf(url, sizeof(url), "%s/agent/v1/incoming", m->dest_url);
+	json_t *r = http_json("POST", url, fd_cfg.auth.present, req, 20000, &status, err,
+			      sizeof(err));
+	json_decref(req);
+	if (!r || status != 201) {
+		const char *msg = json_string_value(
+			json_object_get(json_object_get(r, "error"), "message"));
+		char e[700];
+		snprintf(e, sizeof(e), "the destination could not prepare: %s", msg ? msg : err);
+		mig_set(m, "failed", NULL, e);
+		json_decref(r);
+		goto out;
+	}
+	int port = (int)json_integer_value(json_object_get(r, "port"));
+	json_decref(r);
+	if (m->cancel) {
+		dest_remove(m);
+		mig_set(m, "cancelled", NULL, "cancelled before it started");
+		goto out;
+	}
+	/* 2. migrate */
+	struct qmp q;
+	if (!qmp_open(&q, ctl, err, sizeof(err))) {
+		dest_remove(m);
+		mig_set(m, "failed", NULL, err);
+		goto out;
+	}
+	q.on_event = on_event;
+	q.ctx = m;
+	char uri[128];
+	snprintf(uri, sizeof(uri), "tcp:%s:%d", m->dest_addr, port);
+	json_t *args = json_pack("{s:s, s:i}", "uri", uri, "downtime_ms", m->downtime_ms);
+	if (m->secret[0]) {
+		char sp[PATH_MAX + 32];
+		snprintf(sp, sizeof(sp), "%s/vms/%s/migration.secret", fd_cfg.state_dir, m->name);
+		int fd = open(sp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		if (fd >= 0) {
+			ssize_t w = write(fd, m->secret, strlen(m->secret));
+			(void)w;
+			close(fd);
+		}
+		json_object_set_new(args, "secret_file", json_string(sp));
+	}
+	logf_("migrating VM %s to %s (%s)", m->name, m->dest_url, uri);
+	mig_set(m, "setup", NULL, NULL);
+	r = qmp_cmd(&q, "migrate", args, 10000, err, sizeof(err));
+	json_decref(args);
+	if (!r) {
+		qmp_close(&q);
+		dest_remove(m);
+		mig_set(m, "failed", NULL, err);
+		goto out;
+	}
+	json_decref(r);
+	/* 3. follow it */
+	follow(m, &q);
+	if (!strcmp(m->status, "postmigrate"))
+		mig_set(m, "completed", NULL, NULL);
+	if (!strcmp(m->status, "completed")) {
+		json_decref(qmp_cmd(&q, "quit", NULL, 2000, err, sizeof(err)));
+		qmp_close(&q);
+		pthread_mutex_lock(&vms_lock);
+		vm = vm_find(m->name);
+		if (vm)
+			vm->leaving = true;
+		pthread_mutex_unlock(&vms_lock);
+		vm_destroy(m->name, err, sizeof(err));
+		logf_("VM %s migrated to %s", m->name, m->dest_url);
+	} else {
+		qmp_close(&q);
+		dest_remove(m);
+		logf_("migration of VM %s %s: %s", m->name, m->status, m->error);
+	}
+out:
+	json_decref(spec);
+	free(ctl);
+	pthread_mutex_lock(&mig_lock);
+	m->done = true;
+	pthread_mutex_unlock(&mig_lock);
+	return NULL;
+}
+
+int migration_start(const char *name, json_t *req, char *err, size_t errlen)
+{
+	const char *dest_url = json_string_value(json_object_get(req, "dest_url"));
+	const char *dest_addr = json_string_value(json_object_get(req, "dest_addr"));
+	if (!dest_url || !dest_addr) {
+		snprintf(err, errlen, "migrate wants dest_url and dest_addr");
+		return 400;
+	}
+	if (!strcmp(dest_addr, fd_cfg.address) || !strncmp(dest_addr, "127.", 4)) {
+		snprintf(err, errlen, "the destination %s is this host or loopback", dest_addr);
+		return 400;
+	}
+	pthread_mutex_lock(&vms_lock);
+	struct vm *vm = vm_find(name);
+	bool ok = vm && !vm->exited && !vm->incoming;
+	pthread_mutex_unlock(&vms_lock);
+	if (!ok) {
+		snprintf(err, errlen, "host %s runs no VM named %s", fd_cfg.name, name);
+		return 404;
+	}
+	pthread_mutex_lock(&mig_lock);
+	struct migration *m = mig_find(name);
+	if (m && !m->done) {
+		pthread_mutex_unlock(&mig_lock);
+		snprintf(err, errlen, "VM %s is migrating already", name);
+		return 409;
+	}
+	if (!m) {
+		if (nmigs == MAX_MIGRATIONS) {   /* forget the oldest finished one */
+			for (int i = 0; i < nmigs; i++)
+				if (migs[i]->done) {
+					json_decref(migs[i]->last);
+					free(migs[i]);
+					migs[i] = migs[--nmigs];
+					break;
+				}
+		}
+		if (nmigs == MAX_MIGRATIONS) {
+			pthread_mutex_unlock(&mig_lock);
+			snprintf(err, errlen, "too many migrations");
+			return 409;
+		}
+		m = calloc(1, sizeof(*m));
+		migs[nmigs++] = m;
+	} else {
+		json_decref(m->last);
+		memset(m, 0, sizeof(*m));
+	}
+	snprintf(m->name, sizeof(m->name), "%s", name);
+	snprintf(m->dest_url, sizeof(m->dest_url), "%s", dest_url);
+	snprintf(m->dest_addr, sizeof(m->dest_addr), "%s", dest_addr);
+	json_t *dt = json_object_get(req, "downtime_ms");
+	m->downtime_ms = json_is_integer(dt) ? (int)json_integer_value(dt) : 300;
+	snprintf(m->status, sizeof(m->status), "setup");
+	if (fd_cfg.secure_incoming) {
+		unsigned char raw[32];
+		if (getrandom(raw, sizeof(raw), 0) == sizeof(raw))
+			for (int i = 0; i < 32; i++)
+				sprintf(m->secret + 2 * i, "%02x", raw[i]);
+	}
+	pthread_mutex_unlock(&mig_lock);
+	pthread_t t;
+	pthread_create(&t, NULL, migration_thread, m);
+	pthread_detach(t);
+	return 202;
+}
+
+json_t *migration_status(const char *name)
+{
+	pthread_mutex_lock(&mig_lock);
+	struct migration *m = mig_find(name);
+	json_t *j = NULL;
+	if (m) {
+		j = m->last ? json_deep_copy(m->last) : json_object();
+		json_object_set_new(j, "status", json_string(m->status));
+		json_object_set_new(j, "done", json_boolean(m->done));
+		json_object_set_new(j, "destination", json_string(m->dest_url));
+		if (m->error[0])
+			json_object_set_new(j, "error", json_string(m->error));
+		else
+			json_object_del(j, "error");
+	}
+	pthread_mutex_unlock(&mig_lock);
+	return j;
+}
+
+int migration_cancel(const char *name, char *err, size_t errlen)
+{
+	pthread_mutex_lock(&mig_lock);
+	struct migration *m = mig_find(name);
+	int rc = 200;
+	if (!m || m->done) {
+		snprintf(err, errlen, "VM %s has no migration running on host %s", name,
+			 fd_cfg.name);
+		rc = m ? 409 : 404;
+	} else {
+		m->cancel = true;
+	}
+	pthread_mutex_unlock(&mig_lock);
+	return rc;
+}
+
+/* A TCP port free on our address a moment ago. */
+static int free_port(void)
+{
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	inet_pton(AF_INET, fd_cfg.address, &sa.sin_addr);
+	socklen_t len = sizeof(sa);
+	int port = -1;
+	if (bind(s, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+	    getsockname(s, (struct sockaddr *)&sa, &len) == 0)
+		port = ntohs(sa.sin_port);
+	close(s);
+	return port;
+}
+
+/* Is something listening on TCP port (in this network namespace)? */
+static bool listening(int port)
+{
+	FILE *f = fopen("/proc/net/tcp", "r");
+	if (!f)
+		return false;
+	char line[512];
+	bool found = false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		unsigned addr, p, st;
+		if (sscanf(line, " %*d: %8x:%4x %*8x:%*4x %2x", &addr, &p, &st) == 3 &&
+		    (int)p == port && st == 0x0A)
+			found = true;
+	}
+	fclose(f);
+	return found;
+}
+
+int incoming_start(json_t *req, json_t **reply, char *err, size_t errlen)
+{
+	const char *name = json_string_value(json_object_get(req, "name"));
+	json_t *spec = json_object_get(req, "spec");
+	const char *secret = json_string_value(json_object_get(req, "secret"));
+	if (!name || !json_is_object(spec)) {
+		snprintf(err, errlen, "incoming wants name and spec");
+		return 400;
+	}
+	int port = free_port();
+	if (port < 0) {
+		snprintf(err, errlen, "no free TCP port on %s", fd_cfg.address);
+		return 503;
+	}
+	char uri[128];
+	snprintf(uri, sizeof(uri), "tcp:%s:%d", fd_cfg.address, port);
+	int rc = vm_start(name, json_incref(spec), uri,
+			  fd_cfg.secure_incoming ? secret : NULL, err, errlen);
+	if (rc != 201)
+		return rc;
+	for (int i = 0; i < 500 && !listening(port); i++) {   /* 10 s */
+		pthread_mutex_lock(&vms_lock);
+		struct vm *vm = vm_find(name);
+		bool gone = !vm || vm->exited;
+		pthread_mutex_unlock(&vms_lock);
+		if (gone)
+			break;
+		usleep(20000);
+	}
+	if (!listening(port)) {
+		char *out = NULL;
+		pthread_mutex_lock(&vms_lock);
+		struct vm *vm = vm_find(name);
+		if (vm) {
+			char p[PATH_MAX + 32];
+			snprintf(p, sizeof(p), "%s/output.log", vm->dir);
+			out = file_tail(p, 3, 2048);
+		}
+		pthread_mutex_unlock(&vms_lock);
+		snprintf(err, errlen, "ferry-vm --incoming %s did not listen: %s", uri,
+			 out ? out : "");
+		free(out);
+		char e2[128];
+		vm_destroy(name, e2, sizeof(e2));
+		return 503;
+	}
+	*reply = json_pack("{s:s, s:i, s:s}", "name", name, "port", port, "uri", uri);
+	return 201;
+}
