@@ -561,6 +561,13 @@ json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *e
 		snprintf(err, errlen, "this guest is not running here");
 		return NULL;
 	}
+	json_t *disks = json_object_get(args, "disks");
+	if (disks && !(json_is_string(disks) && !strcmp(json_string_value(disks), "shared"))) {
+		snprintf(err, errlen, "'disks': only \"shared\" is built so far (shared-nothing "
+			 "migration, \"copy\", is not): disk-move the image to storage both "
+			 "hosts see first");
+		return NULL;
+	}
 	if (disk_move_active(v)) {
 		snprintf(err, errlen, "a disk move is in progress: wait for it "
 			 "(query-disk-move) or cancel it (disk-move-cancel)");

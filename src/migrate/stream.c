@@ -1330,13 +1330,15 @@ static int check_disks(const struct mig_config *g, const struct mig_config *h, c
 	for (unsigned i = 0; i < g->ndisks && i < MIG_MAX_DISKS; i++) {
 		const struct mig_disk *d = &g->disks[i];
 		if (i >= h->ndisks || strncmp(d->path, h->disks[i].path, MIG_PATH_MAX)) {
-			snprintf(why, len, "disk %.200s is not attached on the destination (give "
-				 "it the same --disk, on shared storage)", d->path);
+			snprintf(why, len, "disk %.200s is not attached on the destination: give "
+				 "it the same --disk on storage both hosts see (disk-move it there "
+				 "first if needed; disks: copy is not built yet)", d->path);
 			return -1;
 		}
 		if (d->size != h->disks[i].size || d->id != h->disks[i].id) {
 			snprintf(why, len, "disk %.200s on the destination is another image "
-				 "(size or identity differ): is the storage really shared?",
+				 "(size or inode differ): the hosts do not share this storage; "
+				 "disk-move it to storage both see (disks: copy is not built yet)",
 				 d->path);
 			return -1;
 		}

@@ -20,6 +20,10 @@ What is proved, and how it would fail:
   move runs;
 - a destination that is a symlink, that exists, or that another process
   holds locked is refused at once, and nothing is created or changed;
+- after a move, a migration names the new image: a destination given the
+  old one is refused with the reason (not attached, disk-move, disks:
+  copy), the guest runs on at the source; a destination given the new one
+  takes the guest over, and its log goes on there intact;
 - ferry-img creates a sparse image a guest boots with, shows its size,
   allocation and, while a VM runs it, the write lock and that VM's pid;
   check finds it usable, and finds a qcow2 or ragged image unusable.
@@ -39,7 +43,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from ferrylib import BUILD, VM, QMPError, need_root, require_file
+from ferrylib import BUILD, VM, QMPError, free_tcp_port, need_root, require_file, wait_until
 
 MIB = 1 << 20
 DISK_MIB = 64
@@ -123,8 +127,8 @@ def host_check_data(path):
             f"{path}: the data written before the boot changed")
 
 
-def logging_guest(image, name):
-    run = ["ft", "disklog", "/dev/vda", "--count", str(RECORDS), "--rate", str(RATE),
+def logging_guest(image, name, records=RECORDS):
+    run = ["ft", "disklog", "/dev/vda", "--count", str(records), "--rate", str(RATE),
            ";", "ft", "disklog-check", "/dev/vda"]
     return VM(append=f"console=ttyS0 quiet ferry.run={','.join(run)}", mem=128,
               disk=image, name=name)
@@ -142,10 +146,10 @@ def wait_move(q, timeout=60):
             return ev["data"]
 
 
-def assert_guest_log_ok(vm):
+def assert_guest_log_ok(vm, records=RECORDS):
     """The guest wrote every record and read them all back."""
     m = vm.wait_for(r"^ft: disklog-check: (.*)$", 120)
-    assert m.group(1) == f"{RECORDS} records ok", (
+    assert m.group(1) == f"{records} records ok", (
         f"the guest's own check of its log: {m.group(1)}\n{vm.tail()}")
     assert vm.wait_exit(30) == 0, vm.tail()
 
@@ -294,6 +298,59 @@ def test_disk_move_refuses_bad_destinations():
             assert lock_state(old) == "write"
             q.cmd("quit")
             assert vm.wait_exit(30) == 0
+
+
+def destination(disk, name):
+    port = free_tcp_port()
+    vm = VM(incoming=f"tcp:127.0.0.1:{port}", mem=128, disk=disk, name=name)
+    wait_until(lambda: any(f":{port:04X}" in line.split()[1] and line.split()[3] == "0A"
+                           for line in open("/proc/net/tcp").readlines()[1:]),
+               30, "destination listening")
+    return vm, f"tcp:127.0.0.1:{port}"
+
+
+def migrate(q, uri):
+    q.cmd("migrate", uri=uri)
+    while True:
+        ev = q.wait_event("MIGRATION", timeout=120)
+        if ev["data"]["status"] in ("completed", "failed", "cancelled"):
+            return ev["data"]
+
+
+def test_migration_after_a_disk_move_names_the_new_image():
+    with scratch() as tmp:
+        old, new = tmp / "old.raw", tmp / "new.raw"
+        make_image(old)
+        records = 2 * RECORDS       # still logging when it migrates
+        with logging_guest(old, "src", records) as src:
+            wait_logging(src)
+            q = src.qmp()
+            q.cmd("disk-move", disk=0, path=str(new))
+            assert wait_move(q)["status"] == "completed"
+            try:
+                q.cmd("migrate", uri="tcp:127.0.0.1:9", disks="copy")
+                raise AssertionError("migrate with disks: copy was accepted")
+            except QMPError as e:
+                assert "disks" in str(e) and "copy" in str(e), e
+            stale, uri = destination(old, "dst-old")
+            with stale:
+                r = migrate(q, uri)
+                assert r["status"] == "failed", r
+                assert f"disk {new} is not attached on the destination" in r["error"], r
+                assert "disk-move" in r["error"] and "disks: copy" in r["error"], r
+                assert stale.wait_exit(30) != 0
+            assert q.cmd("query-status")["status"] == "running"
+            assert lock_state(new) == "write" and lock_state(old) == "unlocked"
+            dst, uri = destination(new, "dst-new")
+            with dst:
+                r = migrate(q, uri)
+                assert r["status"] == "completed", r
+                q.cmd("quit")
+                assert src.wait_exit(30) == 0
+                dst.wait_for(r"^ft: disklog: seq \d+$", 30)    # the log goes on here
+                assert_guest_log_ok(dst, records)
+        host_check_log(new, records)
+        host_check_data(new)
 
 
 def ferry_img(*args, status=0):
