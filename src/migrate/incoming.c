@@ -107,6 +107,10 @@ static int receive_state(struct vmm *v, struct mig_stream *s, uint64_t guest_ram
 	uint64_t pages = 0, npages = m->ram_size / PAGE_SIZE;
 	static const uint8_t zeros[PAGE_SIZE];
 	struct page_store ps = { m, malloc(npages * sizeof(uint64_t)), mig_page_hash(zeros) };
+	if (!ps.hash) {
+		snprintf(err, errlen, "out of memory for the page hashes");
+		return -1;
+	}
 	for (uint64_t i = 0; i < npages; i++)
 		ps.hash[i] = ps.zero_hash;      /* RAM here starts zeroed */
 	mig_stream_set_sink(s, page_store, &ps);
@@ -171,6 +175,10 @@ static int receive(struct vmm *v, struct mig_stream *s, bool two_way, bool *post
 {
 	struct mig_config local, remote;
 	char why[256];
+	if (!s) {
+		snprintf(err, errlen, "out of memory for the migration stream");
+		return -1;
+	}
 	vmstate_config(v, &local);
 	if (two_way && (mig_write_config(s, &local) || mig_flush(s))) {
 		snprintf(err, errlen, "handshake: %s", mig_stream_error(s));

@@ -366,6 +366,10 @@ static void *outgoing_thread(void *arg)
 	struct mig_stream *s = NULL;
 	bool paused = false;
 
+	if (!bitmap) {
+		fail(mg, "out of memory for the dirty page bitmap (%zu bytes)", words * 8);
+		goto failed;
+	}
 	int fd = connect_tcp(mg->uri, err, sizeof(err));
 	if (fd < 0) {
 		fail(mg, "%s", err);
@@ -375,6 +379,10 @@ static void *outgoing_thread(void *arg)
 	mg->fd = fd;
 	pthread_mutex_unlock(&mg->lock);
 	s = mig_stream_new(fd);
+	if (!s) {
+		fail(mg, "out of memory for the migration stream");
+		goto failed;
+	}
 	/* zstd costs ~30 us a page: it pays only below ~1 Gbit/s
 	 * (docs/stream.md) */
 	mig_stream_set_compress(s, mg->bandwidth_mbps && mg->bandwidth_mbps < 1000);
@@ -600,6 +608,10 @@ json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *e
 	}
 
 	struct migration *mg = calloc(1, sizeof(*mg));
+	if (!mg) {
+		snprintf(err, errlen, "out of memory for the migration");
+		return NULL;
+	}
 	pthread_mutex_init(&mg->lock, NULL);
 	mg->vmm = v;
 	mg->fd = -1;
@@ -617,7 +629,17 @@ json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *e
 		free(old);
 	}
 	vmm_event(v, "MIGRATION", json_pack("{s:s}", "status", "setup"));
-	pthread_create(&mg->thread, NULL, outgoing_thread, mg);
+	int e = pthread_create(&mg->thread, NULL, outgoing_thread, mg);
+	if (e) {
+		/* nothing started: the guest runs on, and no thread to join */
+		v->mig = NULL;
+		pthread_mutex_destroy(&mg->lock);
+		free(mg);
+		snprintf(err, errlen, "cannot start the migration thread: %s", strerror(e));
+		vmm_event(v, "MIGRATION", json_pack("{s:s, s:s}", "status", "failed",
+						    "error", err));
+		return NULL;
+	}
 	return json_object();
 }
 

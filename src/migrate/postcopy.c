@@ -196,11 +196,15 @@ int postcopy_incoming_begin(struct vmm *v, struct mig_stream *s,
 	}
 	_Atomic uint64_t *missing = calloc(words, sizeof(uint64_t));
 	struct postcopy *pc = calloc(1, sizeof(*pc));
-	pc->requested = calloc(words, sizeof(uint64_t));
-	if (!missing || !pc || !pc->requested) {
-		snprintf(err, errlen, "out of memory");
+	uint64_t *requested = calloc(words, sizeof(uint64_t));
+	if (!missing || !pc || !requested) {
+		snprintf(err, errlen, "out of memory for the post-copy page bitmaps");
+		free((void *)missing);
+		free(pc);
+		free(requested);
 		return -1;
 	}
+	pc->requested = requested;
 	for (uint64_t i = 0; i < words; i++) {
 		uint64_t w;
 		memcpy(&w, sec->data + i * 8, 8);

@@ -110,14 +110,12 @@ int mig_stream_fail(struct mig_stream *s, const char *fmt, ...)
 	return -1;
 }
 
-static void *xmalloc(size_t n)
+/* Out of memory fails the stream (and so the migration), never the VM. */
+static void *stream_alloc(struct mig_stream *s, size_t n, const char *what)
 {
 	void *p = malloc(n);
-	if (!p) {
-		fprintf(stderr, "ferry: out of memory allocating %zu bytes for a migration "
-			"stream\n", n);
-		abort();
-	}
+	if (!p)
+		fail(s, "migration stream: out of memory for %s (%zu bytes)", what, n);
 	return p;
 }
 
@@ -203,10 +201,8 @@ struct mig_stream *mig_stream_new(int fd)
 {
 	struct mig_stream *s = calloc(1, sizeof(*s));
 	struct stat st;
-	if (!s) {
-		fprintf(stderr, "ferry: out of memory creating a migration stream\n");
-		abort();
-	}
+	if (!s)
+		return NULL;    /* the caller fails its migration, not the VM */
 	s->fd = fd;
 	s->is_socket = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
 	s->zstd_level = MIG_ZSTD_LEVEL;
@@ -427,8 +423,8 @@ static int out_put(struct mig_stream *s, struct iovec *parts, int cnt)
 	size_t n = 0;
 	for (int i = 0; i < cnt; i++)
 		n += parts[i].iov_len;
-	if (!s->wbuf)
-		s->wbuf = xmalloc(WBUF_SIZE);
+	if (!s->wbuf && !(s->wbuf = stream_alloc(s, WBUF_SIZE, "the write buffer")))
+		return -1;
 	s->bytes_out += n;
 	if (n > WBUF_SIZE - s->wlen && n >= WBUF_SIZE / 4) {
 		struct iovec iov[8];
@@ -528,7 +524,9 @@ int mig_write_cpu(struct mig_stream *s, uint32_t hart, uint32_t version,
 	if (len > MIG_SECTION_MAX - 8)
 		return fail(s, "migration stream: hart %u state of %zu bytes is too large",
 			    hart, len);
-	uint8_t *p = xmalloc(8 + len);
+	uint8_t *p = stream_alloc(s, 8 + len, "a hart's state");
+	if (!p)
+		return -1;
 	put_le32(p, hart);
 	put_le32(p + 4, version);
 	if (len)
@@ -558,7 +556,9 @@ int mig_write_device(struct mig_stream *s, const char *name, uint32_t version,
 	if (len > MIG_SECTION_MAX - 6 - n)
 		return fail(s, "migration stream: device '%s' state of %zu bytes is too large",
 			    name, len);
-	uint8_t *p = xmalloc(6 + n + len);
+	uint8_t *p = stream_alloc(s, 6 + n + len, "a device's state");
+	if (!p)
+		return -1;
 	p[0] = (uint8_t)n;
 	p[1] = (uint8_t)(n >> 8);
 	memcpy(p + 2, name, n);
@@ -669,8 +669,8 @@ int mig_put_page(struct mig_stream *s, uint64_t pfn, const void *page)
 {
 	if (s->failed)
 		return -1;
-	if (!s->batch)
-		s->batch = xmalloc(BATCH_CAP);
+	if (!s->batch && !(s->batch = stream_alloc(s, BATCH_CAP, "a batch of pages")))
+		return -1;
 	if (!s->batch_pages)
 		s->batch_len = 4;
 	uint8_t *p = s->batch + s->batch_len;
@@ -1396,27 +1396,42 @@ uint64_t mig_digest_of_hashes(const uint64_t *hashes, size_t npages, size_t len)
 	return XXH3_64bits_digest(&st);
 }
 
+/* The same digest as mig_digest_of_hashes over every page's hash, a
+ * chunk of pages at a time: nothing to allocate, so nothing to fail. */
 uint64_t mig_ram_digest(const void *ram, size_t len)
 {
+	enum { CHUNK = 512 };
 	const uint8_t *p = ram;
 	size_t full = len / PAGE, npages = (len + PAGE - 1) / PAGE;
-	uint64_t *hashes = malloc((npages ? npages : 1) * sizeof(uint64_t));
-	unsigned char *resident = malloc(npages ? npages : 1);
-	/* a page the host never mapped reads as zeros: hash it without
-	 * touching it (faulting in the zero page costs more than hashing) */
-	bool know = resident && ((uintptr_t)p % PAGE) == 0 &&
-		    mincore((void *)p, len, resident) == 0;
-	uint64_t zero_hash = 0;
-	if (know) {
-		static const uint8_t zeros[PAGE];
-		zero_hash = mig_page_hash(zeros);
+	static const uint8_t zeros[PAGE];
+	uint64_t zero_hash = mig_page_hash(zeros);
+	uint8_t buf[CHUNK * 8], tail[8];
+	unsigned char resident[CHUNK];
+	XXH3_state_t st;
+	XXH3_64bits_reset(&st);
+	for (size_t first = 0; first < npages; first += CHUNK) {
+		size_t k = npages - first < CHUNK ? npages - first : CHUNK;
+		const uint8_t *at = p + first * PAGE;
+		/* a page the host never mapped reads as zeros: hash it without
+		 * touching it (faulting in the zero page costs more than
+		 * hashing) */
+		size_t span = len - first * PAGE < k * PAGE ? len - first * PAGE : k * PAGE;
+		bool know = ((uintptr_t)at % PAGE) == 0 &&
+			    mincore((void *)at, span, resident) == 0;
+		for (size_t i = 0; i < k; i++) {
+			size_t pfn = first + i;
+			uint64_t h;
+			if (pfn >= full)        /* a partial last page: its own bytes */
+				h = XXH3_64bits(p + pfn * PAGE, len - pfn * PAGE);
+			else if (know && !(resident[i] & 1))
+				h = zero_hash;
+			else
+				h = mig_page_hash(p + pfn * PAGE);
+			put_le64(buf + 8 * i, h);
+		}
+		XXH3_64bits_update(&st, buf, 8 * k);
 	}
-	for (size_t i = 0; i < full; i++)
-		hashes[i] = know && !(resident[i] & 1) ? zero_hash : mig_page_hash(p + i * PAGE);
-	if (npages > full)      /* a partial last page hashes its own bytes */
-		hashes[full] = XXH3_64bits(p + full * PAGE, len - full * PAGE);
-	uint64_t d = mig_digest_of_hashes(hashes, npages, len);
-	free(hashes);
-	free(resident);
-	return d;
+	put_le64(tail, len);
+	XXH3_64bits_update(&st, tail, sizeof(tail));
+	return XXH3_64bits_digest(&st);
 }

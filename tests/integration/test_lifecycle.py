@@ -141,6 +141,54 @@ def test_query_status_names_every_pause():
         assert_guest_healthy(src)
 
 
+# An allocator that fails every large allocation once a flag file exists:
+# the source's migration buffers are the only ones that large while its
+# guest runs.
+FAILING_MALLOC = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+extern void *__libc_malloc(size_t);
+void *malloc(size_t n)
+{
+    const char *flag = n >= (512u << 10) ? getenv("FERRY_TEST_MALLOC_FLAG") : NULL;
+    if (flag && access(flag, F_OK) == 0) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return __libc_malloc(n);
+}
+"""
+
+
+def test_out_of_memory_fails_the_migration_not_the_guest():
+    with VM(start=False, name="lib") as scratch:
+        src_c, lib = scratch.dir / "failing_malloc.c", scratch.dir / "failing_malloc.so"
+        src_c.write_text(FAILING_MALLOC)
+        subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(lib), str(src_c)],
+                       check=True)
+        flag = scratch.dir / "fail-now"
+        env = dict(os.environ, LD_PRELOAD=str(lib), FERRY_TEST_MALLOC_FLAG=str(flag))
+        with memload_vm(mib=8, name="src", env=env) as src:
+            src.wait_for(PASS_RE, timeout=120)
+            q = src.qmp()
+            dst, uri = destination(name="dst1")
+            with dst:
+                flag.touch()
+                q.cmd("migrate", uri=uri)
+                r = wait_migration(q)
+                assert r["status"] == "failed" and "out of memory" in r["error"], r
+                assert_guest_healthy(src)
+            flag.unlink()
+            dst, uri = destination(name="dst2")
+            with dst:
+                q.cmd("migrate", uri=uri)
+                assert wait_migration(q)["status"] == "completed"
+                assert_guest_healthy(dst)
+                assert src.quit() == 0
+
+
 def test_truncated_kernel_image_is_refused():
     cut = GUEST_IMAGE.read_bytes()[:4096]
     with VM(start=False, name="cut") as vm:
