@@ -31,7 +31,8 @@
  * source's configuration read, nothing answered), round1 (the first pages
  * received), later-rounds (past the first full copy of RAM, into the
  * rounds of dirty pages), switchover (all state received, not confirmed),
- * released (the source let go of the disks, not answered). */
+ * released (the source let go of the disks, not answered), acquired (the
+ * disks taken here, the source not told). */
 static void fault_point(const char *point)
 {
 	const char *want = getenv("FERRY_TEST_FAULT");
@@ -227,6 +228,7 @@ static int take_over(struct vmm *v, struct mig_stream *s, char *err, size_t errl
 		mig_send_error(s, err);
 		return -1;
 	}
+	fault_point("acquired");
 	if (mig_write_section(s, MIG_SEC_STARTED, NULL, 0) || mig_flush(s)) {
 		/* the source may now reclaim the disks: do not run */
 		snprintf(err, errlen, "telling the source we run: %s", mig_stream_error(s));

@@ -104,6 +104,60 @@ def test_handoff_unknown_needs_a_forced_cont():
         assert_guest_healthy(src)
 
 
+def test_forced_cont_still_needs_the_disks_back():
+    """The destination takes the disk and then says nothing: the source
+    cannot get the disk's lock back, so even a forced cont is refused while
+    the destination holds it; once it is gone, the forced cont works."""
+    with VM(start=False, name="disk") as scratch:
+        image = scratch.dir / "guest.raw"
+        with open(image, "wb") as f:
+            f.truncate(8 << 20)
+        with memload_vm(mib=8, name="src", disk=image) as src:
+            src.wait_for(PASS_RE, timeout=120)
+            dst, uri = destination(name="dst-acquired", disk=image,
+                                   env=dict(os.environ, FERRY_TEST_FAULT="stall:acquired"))
+            with dst:
+                q = src.qmp()
+                q.cmd("migrate", uri=uri)
+                r = wait_migration(q, timeout=120)
+                assert r["status"] == "failed", r
+                st = q.cmd("query-status")
+                assert st["reason"] == "handoff-unknown", st
+                desc = expect_refused(q, "cont", "devices back", force=True)
+                assert "in use by another process" in desc, desc
+                assert q.cmd("query-status")["reason"] == "handoff-unknown"
+                dst.kill()
+            assert q.cmd("cont", force=True) == {}
+            assert q.cmd("query-status")["status"] == "running"
+            assert_guest_healthy(src)
+
+
+def test_postcopy_that_loses_its_destination_holds_the_guest():
+    """Past a post-copy handoff the guest ran on the destination: losing it
+    leaves the source paused in handoff-unknown, never running on its own."""
+    with memload_vm(mib=16, name="src") as src:
+        src.wait_for(PASS_RE, timeout=120)
+        dst, uri = destination(name="dst-postcopy")
+        with dst:
+            q = src.qmp()
+            q.cmd("migrate", uri=uri, postcopy=True, bandwidth_mbps=40, downtime_ms=1,
+                  max_total_s=2)
+            while True:
+                ev = q.wait_event("MIGRATION", timeout=120)["data"]
+                assert ev["status"] not in ("completed", "failed", "cancelled"), ev
+                if ev["status"] == "postcopy":
+                    break
+            dst.kill()
+            r = wait_migration(q)
+        assert r["status"] == "failed", r
+        st = q.cmd("query-status")
+        assert st["status"] == "paused" and st["reason"] == "handoff-unknown", st
+        assert "post-copy" in st["description"], st
+        expect_refused(q, "cont", "force")
+        assert q.cmd("cont", force=True) == {}
+        assert_guest_healthy(src)
+
+
 def test_query_status_names_every_pause():
     with memload_vm(mib=8, name="src") as src:
         src.wait_for(PASS_RE, timeout=120)
