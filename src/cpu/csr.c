@@ -66,6 +66,7 @@ void hart_update_tlb_context(struct hart *h)
 	else
 		ctx = (h->mstatus & MSTATUS_SUM) ? TLBCTX_S_SUM : TLBCTX_S;
 	h->tlb = &h->tlbs[ctx];
+	h->vpc = h->vpcs[ctx];
 	h->fetch_vpn = TLB_NONE;
 }
 
@@ -411,6 +412,7 @@ int hart_load(struct hart *h, struct sbuf *in, uint32_t version, const char **wh
 	atomic_store(&h->hsm, (int)hsm);
 	h->lr_valid = false;
 	tlb_flush_all(h);
+	hart_drop_code(h);    /* run the bytes this RAM holds now */
 	hart_update_tlb_context(h);
 	return 0;
 }

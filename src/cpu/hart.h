@@ -23,6 +23,7 @@
 
 struct machine;
 struct sbuf;
+struct dpage;
 
 enum { PRV_U = 0, PRV_S = 1, PRV_M = 3 };
 
@@ -82,6 +83,14 @@ struct tlb_set {
  * copy) switches sets instead of flushing. */
 enum { TLBCTX_U, TLBCTX_S, TLBCTX_S_SUM, TLBCTX_M, TLBCTX_COUNT };
 
+/* Virtual-PC cache: a guest virtual code page to its decoded page
+ * (decode.c), per translation context, flushed with the TLB. */
+#define VPC_SIZE 64
+struct vpc_entry {
+	uint64_t vpn;               /* TLB_NONE if empty */
+	struct dpage *dp;
+};
+
 /* Requests other threads post in hart->requests. */
 #define REQ_PAUSE      (1u << 0)
 #define REQ_TLB_FLUSH  (1u << 1)   /* sfence.vma from another hart */
@@ -95,8 +104,10 @@ enum { HSM_STARTED = 0, HSM_STOPPED = 1, HSM_START_PENDING = 2,
 struct hart {
 	/* hot state first */
 	uint64_t pc;
-	uint64_t x[32];
+	uint64_t x[33];             /* x[32]: where decoded writes to x0 go */
 	struct tlb_set *tlb;        /* the set for the current context */
+	struct vpc_entry *vpc;      /* the virtual-PC cache for that context */
+	bool code_written;          /* a store just dropped decoded code */
 	uint64_t insn_budget;       /* instructions left in this burst */
 	uintptr_t fetch_addend;     /* host = pc + fetch_addend within fetch page */
 	uint64_t fetch_vpn;         /* TLB_NONE when no fetch page is cached */
@@ -134,6 +145,12 @@ struct hart {
 	uint64_t start_addr, start_opaque;
 	pthread_t thread;
 
+	/* decoded code (decode.c): one page per physical page of RAM */
+	struct dpage **dpages;      /* [ram pages], NULL where none */
+	unsigned ndpages;
+	bool reference;             /* run the plain interpreter (FERRY_CPU=interp) */
+
+	struct vpc_entry vpcs[TLBCTX_COUNT][VPC_SIZE];
 	struct tlb_set tlbs[TLBCTX_COUNT];
 };
 
@@ -167,6 +184,16 @@ enum access { ACC_READ, ACC_WRITE, ACC_EXEC };
 bool mmu_translate(struct hart *h, uint64_t va, enum access acc, uint64_t *pa);
 void tlb_flush_all(struct hart *h);
 void tlb_flush_writes(struct hart *h);
+/* Drop this hart's write entries that map to the host page. */
+void tlb_drop_writes_to(struct hart *h, const void *host_page);
+
+/* decode.c: something other than a hart's store (device DMA) wrote
+ * [gpa, gpa+len): drop decoded code there. */
+void cpu_code_written(struct machine *m, uint64_t gpa, uint64_t len);
+/* Forget the hart's decoded code (after its state was loaded). */
+void hart_drop_code(struct hart *h);
+/* Free it all, with the page table it hangs from (machine_destroy). */
+void hart_free_code(struct hart *h);
 
 /* The state a migration carries, in two explicit versioned functions. */
 #define HART_STATE_VERSION 1

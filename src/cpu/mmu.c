@@ -6,6 +6,10 @@
  * the PTE (as hardware does), and, when the page is RAM, installs a TLB
  * entry that maps the guest page straight to its host address.
  *
+ * Decoded code (internal.h): a write entry is never installed for a page
+ * that holds decoded code; the store that finds one drops the code first
+ * (code_page_written) and tells the executor (h->code_written).
+ *
  * Dirty log: a write entry is installed only after the page is marked
  * dirty (dirty_set) while logging is on; dirty_log_harvest() clears the
  * marks and has every hart drop its write entries, so each page's first
@@ -15,11 +19,10 @@
  * satp writes flush the whole TLB.
  */
 #include "cpu/hart.h"
+#include "cpu/internal.h"
 #include "machine/vm.h"
 
 #include <string.h>
-
-#define unlikely(x) __builtin_expect(!!(x), 0)
 
 #define PTE_V (1ULL << 0)
 #define PTE_R (1ULL << 1)
@@ -43,8 +46,21 @@ void tlb_flush_all(struct hart *h)
 		tlb_clear(h->tlbs[c].r);
 		tlb_clear(h->tlbs[c].w);
 		tlb_clear(h->tlbs[c].x);
+		for (unsigned i = 0; i < VPC_SIZE; i++)
+			h->vpcs[c][i].vpn = TLB_NONE;
 	}
 	h->fetch_vpn = TLB_NONE;
+}
+
+void tlb_drop_writes_to(struct hart *h, const void *host_page)
+{
+	for (int c = 0; c < TLBCTX_COUNT; c++) {
+		struct tlb_entry *t = h->tlbs[c].w;
+		for (unsigned i = 0; i < TLB_SIZE; i++)
+			if (t[i].vpn != TLB_NONE &&
+			    (t[i].vpn << PAGE_SHIFT) + t[i].addend == (uintptr_t)host_page)
+				t[i].vpn = TLB_NONE;
+	}
 }
 
 void tlb_flush_writes(struct hart *h)
@@ -112,6 +128,7 @@ retry:;
 			if (!__atomic_compare_exchange_n(ptep, &pte, want, false,
 							 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
 				goto retry;
+			code_page_written(m, (pte_pa - RAM_BASE) >> PAGE_SHIFT);
 			if (atomic_load_explicit(&m->logging, memory_order_relaxed))
 				dirty_set(m, (pte_pa - RAM_BASE) >> PAGE_SHIFT);
 		}
@@ -149,8 +166,12 @@ bool mmu_translate(struct hart *h, uint64_t va, enum access acc, uint64_t *pa_ou
 		postcopy_fetch(m, pfn);
 	struct tlb_entry *t = acc == ACC_READ ? h->tlb->r : acc == ACC_WRITE ? h->tlb->w
 									    : h->tlb->x;
-	if (acc == ACC_WRITE && atomic_load_explicit(&m->logging, memory_order_relaxed))
-		dirty_set(m, pfn);
+	if (acc == ACC_WRITE) {
+		if (unlikely(code_page_written(m, pfn)))
+			h->code_written = true;
+		if (atomic_load_explicit(&m->logging, memory_order_relaxed))
+			dirty_set(m, pfn);
+	}
 	struct tlb_entry *e = &t[(va >> PAGE_SHIFT) & (TLB_SIZE - 1)];
 	e->vpn = va >> PAGE_SHIFT;
 	e->addend = (uintptr_t)(m->ram + (pfn << PAGE_SHIFT)) - (va & ~0xfffULL);

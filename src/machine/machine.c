@@ -49,6 +49,7 @@ struct machine *machine_create(uint64_t ram_mib, unsigned nharts, char *err, siz
 	}
 	size_t words = (m->ram_size / PAGE_SIZE + 63) / 64;
 	m->dirty = xcalloc(words, sizeof(uint64_t), "the dirty page log");
+	m->code = xcalloc(m->ram_size / PAGE_SIZE, sizeof(*m->code), "the code map");
 	if (pipe2(m->io_wake, O_CLOEXEC | O_NONBLOCK) || pipe2(m->exit_pipe, O_CLOEXEC)) {
 		snprintf(err, errlen, "cannot create pipes: %s", strerror(errno));
 		goto fail;
@@ -89,6 +90,7 @@ void machine_destroy(struct machine *m)
 	for (unsigned i = 0; i < m->nharts; i++) {
 		pthread_cond_destroy(&m->harts[i]->sleep_cond);
 		pthread_mutex_destroy(&m->harts[i]->sleep_lock);
+		hart_free_code(m->harts[i]);
 		free(m->harts[i]);
 	}
 	close_pair(m->io_wake);
@@ -99,6 +101,7 @@ void machine_destroy(struct machine *m)
 	if (m->ram)
 		munmap(m->ram, m->ram_size);
 	free((void *)m->dirty);
+	free((void *)m->code);
 	free(m);
 }
 
@@ -182,6 +185,7 @@ void mem_fault_in(struct machine *m, uint64_t gpa, uint64_t len)
 
 void mem_dirty(struct machine *m, uint64_t gpa, uint64_t len)
 {
+	cpu_code_written(m, gpa, len);
 	if (!atomic_load_explicit(&m->logging, memory_order_relaxed) || len == 0)
 		return;
 	uint64_t off = gpa - RAM_BASE;

@@ -55,6 +55,9 @@ struct machine {
 	_Atomic uint64_t *dirty;
 	atomic_bool logging;
 
+	/* decoded code: one word a page (cpu/internal.h) */
+	_Atomic uint32_t *code;
+
 	/* post-copy: one bit a page not received yet; NULL when none miss */
 	_Atomic uint64_t *missing;
 	struct postcopy *postcopy;

@@ -42,7 +42,7 @@ VMM = os.environ.get("FERRY_DIFF_VMM", "ferry-vm")
 GUEST_TIMEOUT = int(os.environ.get("FERRY_DIFF_TIMEOUT", "540"))
 TIMEOUT = GUEST_TIMEOUT + 120   # tests/run's limit for one test of this file
 
-PROGRAMS = ["int", "muldiv", "fp", "atomics", "misaligned", "csr"]
+PROGRAMS = ["int", "muldiv", "fp", "atomics", "misaligned", "csr", "code"]
 KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]")
 CONTEXT = 3
 
@@ -206,6 +206,11 @@ def test_diff_misaligned():
 
 def test_diff_csr():
     compare_in_guest("csr")
+
+
+def test_diff_code():
+    """Self-modifying code, traps inside runs of decoded code, page ends."""
+    compare_in_guest("code")
 
 
 def test_diff_qemu_is_deterministic():
