@@ -22,7 +22,8 @@ int copier_init(struct copier *c, int src, int dst, uint64_t size, struct dirty_
 	c->dst = dst;
 	c->size = size;
 	c->map = map;
-	if (posix_memalign((void **)&c->buf, COPY_PAGE, dirty_block_size(map)))
+	c->buf_len = dirty_block_size(map) > COPY_CHUNK ? dirty_block_size(map) : COPY_CHUNK;
+	if (posix_memalign((void **)&c->buf, COPY_PAGE, c->buf_len))
 		c->buf = NULL;
 	return c->buf ? 0 : -1;
 }
@@ -104,6 +105,7 @@ static int write_sparse(struct copier *c, size_t len, uint64_t off, bool do_punc
 			if (write_full(c->dst, c->buf + i, j - i, off + i))
 				return -1;
 			c->written_bytes += j - i;
+			c->unflushed += j - i;
 		} else if (do_punch && punch(c->dst, c->buf + i, j - i, off + i)) {
 			return -1;
 		}
@@ -112,16 +114,34 @@ static int write_sparse(struct copier *c, size_t len, uint64_t off, bool do_punc
 	return 0;
 }
 
-int copier_block(struct copier *c, uint64_t b, bool do_punch)
+/* Start writing back what we wrote, without waiting for it. */
+static void start_writeback(struct copier *c)
+{
+	if (c->unflushed < COPY_WRITEBACK)
+		return;
+	sync_file_range(c->dst, 0, 0, SYNC_FILE_RANGE_WRITE);
+	c->unflushed = 0;
+}
+
+/* Copy blocks [b, b + n) (the part inside the image). */
+static int copy_blocks(struct copier *c, uint64_t b, uint64_t n, bool do_punch)
 {
 	uint64_t bs = dirty_block_size(c->map), off = b * bs;
 	if (off >= c->size)
 		return 0;
-	size_t len = (size_t)(c->size - off < bs ? c->size - off : bs);
+	size_t len = (size_t)(c->size - off < n * bs ? c->size - off : n * bs);
 	if (read_full(c->src, c->buf, len, off))
 		return -1;
 	c->read_bytes += len;
-	return write_sparse(c, len, off, do_punch);
+	if (write_sparse(c, len, off, do_punch))
+		return -1;
+	start_writeback(c);
+	return 0;
+}
+
+int copier_block(struct copier *c, uint64_t b, bool do_punch)
+{
+	return copy_blocks(c, b, 1, do_punch);
 }
 
 /* The next data extent [*start, *end) at or after off; false when none. */
@@ -157,14 +177,16 @@ uint64_t copy_data_bytes(int fd, uint64_t size)
 enum copy_result copier_bulk(struct copier *c)
 {
 	unsigned shift = c->map->block_shift;
-	uint64_t off = 0, start, end;
+	uint64_t per_chunk = c->buf_len >> shift, off = 0, start, end;
 	while (next_extent(c->src, off, c->size, &start, &end)) {
 		uint64_t last = (end - 1) >> shift;
-		for (uint64_t b = start >> shift; b <= last; b++) {
-			dirty_map_test_and_clear(c->map, b);
-			if (copier_block(c, b, false))
+		for (uint64_t b = start >> shift; b <= last; b += per_chunk) {
+			uint64_t n = last - b + 1 < per_chunk ? last - b + 1 : per_chunk;
+			for (uint64_t i = 0; i < n; i++)
+				dirty_map_test_and_clear(c->map, b + i);
+			if (copy_blocks(c, b, n, false))
 				return COPY_ERROR;
-			if (c->pace && !c->pace(c->ctx, dirty_block_size(c->map)))
+			if (c->pace && !c->pace(c->ctx, n << shift))
 				return COPY_STOPPED;
 		}
 		off = (last + 1) << shift;

@@ -6,6 +6,10 @@
  * there). Both passes clear a block's dirty bit just before reading it
  * (see dirty.h), so a guest write the pass may have missed stays marked.
  *
+ * The bulk pass moves COPY_CHUNK bytes a system call, and every
+ * COPY_WRITEBACK bytes starts the destination's writeback (without
+ * waiting), so the flush before the switch finds little left to do.
+ *
  * Works on plain file descriptors, so the unit tests drive it without a
  * machine.
  */
@@ -19,18 +23,22 @@
 #include <stdint.h>
 
 #define COPY_PAGE 4096u
+#define COPY_CHUNK (1u << 20)        /* the bulk pass reads this much at a time */
+#define COPY_WRITEBACK (16u << 20)   /* start writeback after this much */
 
 struct copier {
 	int src, dst;
 	uint64_t size;              /* bytes of the image */
 	struct dirty_map *map;      /* its block size is the unit of copying */
-	uint8_t *buf;               /* one block */
+	uint8_t *buf;               /* COPY_CHUNK bytes, at least one block */
+	size_t buf_len;
 	/* Called after each block: return false to stop (a cancel). May
 	 * sleep (a bandwidth limit). NULL: never stop. */
 	bool (*pace)(void *ctx, uint64_t bytes);
 	void *ctx;
 	uint64_t read_bytes;        /* bytes read from src so far */
 	uint64_t written_bytes;     /* bytes written to dst so far */
+	uint64_t unflushed;         /* written since writeback was last started */
 };
 
 enum copy_result { COPY_OK = 0, COPY_ERROR = -1, COPY_STOPPED = 1 };

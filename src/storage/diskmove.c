@@ -34,6 +34,8 @@
 #include "vmm.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -75,6 +77,8 @@ struct disk_move {
 	enum dm_status status;
 	uint64_t size, data_bytes, copied_bytes, written_bytes, rounds, dirty_blocks;
 	uint64_t pause_us, total_ms;
+	bool bulk_done;
+	unsigned updates;
 	char error[256];
 };
 
@@ -89,7 +93,11 @@ static uint64_t now_ns(void)
 
 static void dm_update(struct disk_move *dm)
 {
+	/* counting the bitmap costs a word per 64 blocks: not on every block */
+	uint64_t dirty = dm->updates++ % 64 ? 0 : dirty_map_count(&dm->map) + 1;
 	pthread_mutex_lock(&dm->lock);
+	if (dirty)
+		dm->dirty_blocks = dirty - 1;
 	dm->copied_bytes = dm->copier.read_bytes;
 	dm->written_bytes = dm->copier.written_bytes;
 	pthread_mutex_unlock(&dm->lock);
@@ -100,6 +108,10 @@ static json_t *dm_figures(struct disk_move *dm)
 	pthread_mutex_lock(&dm->lock);
 	uint64_t total = dm->status == DM_ACTIVE ? (now_ns() - dm->start_ns) / 1000000
 						 : dm->total_ms;
+	uint64_t left = dm->dirty_blocks << BLOCK_SHIFT;
+	if (!dm->bulk_done && dm->status == DM_ACTIVE)
+		left += dm->data_bytes - (dm->copied_bytes < dm->data_bytes ? dm->copied_bytes
+									   : dm->data_bytes);
 	json_t *r = json_pack("{s:s, s:i, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, "
 			      "s:I}",
 		"status", dm_status_names[dm->status], "disk", (int)dm->index,
@@ -108,7 +120,7 @@ static json_t *dm_figures(struct disk_move *dm)
 		"copied_bytes", (json_int_t)dm->copied_bytes,
 		"written_bytes", (json_int_t)dm->written_bytes,
 		"rounds", (json_int_t)dm->rounds, "dirty_blocks", (json_int_t)dm->dirty_blocks,
-		"remaining_bytes", (json_int_t)(dm->dirty_blocks << BLOCK_SHIFT),
+		"remaining_bytes", (json_int_t)left,
 		"pause_ms", dm->pause_us / 1000.0, "total_ms", (json_int_t)total);
 	if (dm->error[0])
 		json_object_set_new(r, "error", json_string(dm->error));
@@ -161,6 +173,9 @@ static void dm_set_dirty(struct disk_move *dm)
 /* Rounds of dirty blocks until the rest is small. */
 static enum copy_result dm_rounds(struct disk_move *dm)
 {
+	pthread_mutex_lock(&dm->lock);
+	dm->bulk_done = true;
+	pthread_mutex_unlock(&dm->lock);
 	for (;;) {
 		dm_set_dirty(dm);
 		uint64_t dirty = dirty_map_count(&dm->map);
@@ -176,10 +191,25 @@ static enum copy_result dm_rounds(struct disk_move *dm)
 	}
 }
 
+/* The new image's name must survive a crash too: sync its directory. */
+static int dm_sync_dir(const char *path)
+{
+	char *copy = strdup(path);
+	if (!copy)
+		return -1;
+	int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(copy);
+	if (fd < 0)
+		return -1;
+	int ret = fsync(fd);
+	close(fd);
+	return ret;
+}
+
 /* The last dirty blocks and the swap, with the device's I/O held back. */
 static int dm_switch(struct disk_move *dm, char *why, size_t len)
 {
-	if (fdatasync(dm->dst.fd)) {
+	if (fdatasync(dm->dst.fd) || dm_sync_dir(dm->dst_path)) {
 		snprintf(why, len, "cannot flush %s: %s", dm->dst_path, strerror(errno));
 		return -1;
 	}

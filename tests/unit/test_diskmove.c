@@ -105,8 +105,10 @@ static void assert_same(struct files *f)
 static int setup_files(void **state)
 {
 	struct files *f = calloc(1, sizeof(*f));
-	strcpy(f->src, "/tmp/ferry-mv-src-XXXXXX");
-	strcpy(f->dst, "/tmp/ferry-mv-dst-XXXXXX");
+	if (!f)
+		return -1;
+	snprintf(f->src, sizeof(f->src), "/tmp/ferry-mv-src-XXXXXX");
+	snprintf(f->dst, sizeof(f->dst), "/tmp/ferry-mv-dst-XXXXXX");
 	f->sfd = mkstemp(f->src);
 	f->dfd = mkstemp(f->dst);
 	assert_true(f->sfd >= 0 && f->dfd >= 0);
