@@ -29,7 +29,8 @@ struct migration {
 	char phase[160];                /* what the planner last decided, and why */
 	int fd;
 
-	/* parameters */
+	/* parameters; migrate-set-parameters changes the numbers while it
+	 * runs, so they are read under the lock */
 	char uri[256];
 	uint64_t downtime_ms, bandwidth_mbps, max_total_s;
 	bool postcopy;
@@ -42,6 +43,16 @@ struct migration {
 	int throttle_pct;
 	bool stalled;
 	bool done;                      /* handed off: the guest runs elsewhere */
+	uint64_t predicted_total_ms;    /* the planner's forecast; UINT64_MAX: none */
+	uint64_t predicted_downtime_ms;
+	uint64_t throttled_ms;          /* guest time the throttle took, past rounds */
+	uint64_t round_start_ms;        /* the round under way (0: none) */
+
+	/* pre-copy's dirty-rate sample, taken early in each round before the
+	 * hot set saturates (only the outgoing thread touches these) */
+	bool sample_dirty;
+	uint64_t sample_ms, sample_pages;
+	struct mig_watchdog *watchdog;  /* deadline.h */
 };
 
 uint64_t mig_now_ms(void);

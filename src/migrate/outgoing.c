@@ -15,8 +15,15 @@
  *      everything; only then release the disks (flush, unlock), tell the
  *      destination, and wait until it runs. Until the confirmation any
  *      failure resumes the guest here with nothing lost.
+ * Every wait has a deadline (deadline.h): the budget (max_total_s) for the
+ * whole migration, the pause bound (plan_pause_bound_ms) for a switchover
+ * until the destination confirms, a lifted throttle for a throttled round
+ * that runs long, and STALL_S without progress for a peer that stops
+ * reading. When one passes, the socket is shut down and the migration
+ * fails with that reason, the guest resumed here.
  * `save` writes the same stream to a file with the guest stopped.
  */
+#include "migrate/deadline.h"
 #include "migrate/migrate.h"
 #include "migrate/migration.h"
 #include "migrate/planner.h"
@@ -39,6 +46,8 @@
 #include <unistd.h>
 
 #define IO_TIMEOUT_S 10         /* a silent peer for this long is dead */
+#define STALL_S IO_TIMEOUT_S    /* the same for a peer that stops reading */
+#define DIRTY_SAMPLE_MS 250     /* into a round, measure the dirty rate */
 #define HANDOFF_TIMEOUT_S 30
 
 static const char *status_names[] = {
@@ -80,6 +89,18 @@ static void fail(struct migration *mg, const char *fmt, ...)
 		va_end(ap);
 	}
 	pthread_mutex_unlock(&mg->lock);
+}
+
+/* A failed stream operation at `stage`: a deadline that cut the socket is
+ * the real reason, the broken pipe only its consequence. */
+static void fail_stream(struct migration *mg, struct mig_stream *s, const char *stage,
+			const char *why)
+{
+	char deadline[240];
+	if (mig_watchdog_fired(mg->watchdog, deadline, sizeof(deadline)))
+		fail(mg, "%s: %s", stage, deadline);
+	else
+		fail(mg, "%s: %s", stage, why ? why : mig_stream_error(s));
 }
 
 /* ---- connecting ----------------------------------------------------------------- */
@@ -160,6 +181,17 @@ static bool cancelled(struct migration *mg)
 	return atomic_load(&mg->cancel);
 }
 
+/* Early in a round, before the guest has rewritten its whole hot set,
+ * the dirty log grows at the guest's dirty rate: note it once. */
+static void sample_dirty_rate(struct migration *mg)
+{
+	uint64_t since = mig_now_ms() - mg->round_start_ms;
+	if (mg->sample_ms || since < DIRTY_SAMPLE_MS)
+		return;
+	mg->sample_pages = dirty_log_count(mg->vmm->machine);
+	mg->sample_ms = since;
+}
+
 /* Send the pages set in bitmap; returns bytes written, or -1. */
 static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint64_t *bitmap)
 {
@@ -177,9 +209,14 @@ static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint
 		resident = NULL;
 	}
 	/* the cap may change between rounds (migrate-set-parameters) */
-	mig_stream_set_rate(s, mg->bandwidth_mbps * 1000000 / 8);
+	pthread_mutex_lock(&mg->lock);
+	uint64_t mbps = mg->bandwidth_mbps;
+	pthread_mutex_unlock(&mg->lock);
+	mig_stream_set_rate(s, mbps * 1000000 / 8);
 	for (uint64_t w = 0; w < (pages + 63) / 64; w++) {
 		uint64_t bits = bitmap[w];
+		if (bits && mg->sample_dirty)
+			sample_dirty_rate(mg);
 		while (bits) {
 			uint64_t pfn = w * 64 + (uint64_t)__builtin_ctzll(bits);
 			bits &= bits - 1;
@@ -214,7 +251,7 @@ static int handshake(struct migration *mg, struct mig_stream *s)
 	char why[256];
 	vmstate_config(mg->vmm, &local);
 	if (mig_read_config(s, &remote)) {
-		fail(mg, "handshake: %s", mig_stream_error(s));
+		fail_stream(mg, s, "handshake", NULL);
 		return -1;
 	}
 	if (mig_config_check(&local, &remote, why, sizeof(why))) {
@@ -223,7 +260,7 @@ static int handshake(struct migration *mg, struct mig_stream *s)
 		return -1;
 	}
 	if (mig_write_config(s, &local) || mig_flush(s)) {
-		fail(mg, "handshake: %s", mig_stream_error(s));
+		fail_stream(mg, s, "handshake", NULL);
 		return -1;
 	}
 	if (mig_expect(s, MIG_SEC_ACK, why, sizeof(why))) {
@@ -233,27 +270,97 @@ static int handshake(struct migration *mg, struct mig_stream *s)
 	return 0;
 }
 
+/* The parameters migrate-set-parameters may change while it runs; the
+ * budget's deadline it re-arms itself. */
+static void current_params(struct migration *mg, struct plan_params *p)
+{
+	pthread_mutex_lock(&mg->lock);
+	p->downtime_ms = mg->downtime_ms;
+	p->max_total_ms = mg->max_total_s * 1000;
+	pthread_mutex_unlock(&mg->lock);
+}
+
+/* The whole migration ends by start + max_total_s, whatever it waits for
+ * (with mg->lock held: migrate-set-parameters calls it too). */
+static void arm_budget(struct migration *mg)
+{
+	char why[200];
+	snprintf(why, sizeof(why), "the migration ran past its budget (max_total_s %llu); "
+		 "the guest keeps running here", (unsigned long long)mg->max_total_s);
+	mig_watchdog_set(mg->watchdog, MIG_DEADLINE_BUDGET,
+			 mg->max_total_s ? mg->start_ms + mg->max_total_s * 1000 : 0, why);
+}
+
+/* A throttled round is nearly a pause for the guest: if it runs well past
+ * what the planner predicted (the link slowed down), lift the throttle. */
+static void arm_throttle_deadline(struct migration *mg, const struct plan_decision *d)
+{
+	struct machine *m = mg->vmm->machine;
+	uint64_t at = 0;
+	if (d->throttle_pct > 0 && d->predicted_round_ms != UINT64_MAX) {
+		uint64_t late = d->predicted_round_ms * 2;
+		if (late < d->predicted_round_ms + 2000)
+			late = d->predicted_round_ms + 2000;
+		at = mig_now_ms() + late;
+	}
+	mig_watchdog_set_throttle(mg->watchdog, at, &m->throttle_pct);
+}
+
+/* The guest's dirty rate over the round just sent: the early sample, or
+ * the whole round if that says more (a short round has no sample). */
+static uint64_t round_dirty_bps(struct migration *mg, uint64_t dirtied, uint64_t dt)
+{
+	uint64_t whole = dirtied * PAGE_SIZE * 1000 / (dt ? dt : 1);
+	uint64_t early = mg->sample_ms ? mg->sample_pages * PAGE_SIZE * 1000 / mg->sample_ms : 0;
+	return early > whole ? early : whole;
+}
+
+static void publish_round(struct migration *mg, struct mig_stream *s,
+			  const struct plan_state *st, const struct plan_decision *d,
+			  uint64_t round_ms, int round_throttle, const char *why)
+{
+	pthread_mutex_lock(&mg->lock);
+	mg->rounds = st->round;
+	mg->remaining = st->remaining_bytes;
+	mg->bandwidth_bps = st->bandwidth_bps;
+	mg->expected_downtime_ms = d->expected_downtime_ms;
+	mg->predicted_total_ms = d->predicted_total_ms;
+	mg->predicted_downtime_ms = d->predicted_downtime_ms;
+	mg->throttled_ms += plan_throttled_ms(round_ms, round_throttle);
+	mg->stalled = d->stalled;
+	snprintf(mg->phase, sizeof(mg->phase), "%s", why);
+	mg->transferred = mig_stream_bytes(s);
+	mg->throttle_pct = d->throttle_pct;
+	pthread_mutex_unlock(&mg->lock);
+}
+
 /* Pre-copy rounds until the planner says switch over (returns 0), or
  * post-copy (1), or failure (-1). */
 static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 {
 	struct machine *m = mg->vmm->machine;
-	struct plan_params params = {
-		.downtime_ms = mg->downtime_ms,
-		.max_total_ms = mg->max_total_s * 1000,
-		.postcopy = mg->postcopy,
-		.throttle = true,
-	};
+	struct plan_params params = { .postcopy = mg->postcopy, .throttle = true };
 	struct plan_state st = { 0 };
 	uint64_t t_start = mg->start_ms;
 	dirty_log_start(m);
 	for (;;) {
 		dirty_log_harvest(m, bitmap);
 		uint64_t t0 = mig_now_ms();
+		pthread_mutex_lock(&mg->lock);
+		mg->round_start_ms = t0;
+		pthread_mutex_unlock(&mg->lock);
+		mg->sample_dirty = true;
+		mg->sample_ms = mg->sample_pages = 0;
 		int64_t bytes = send_pages(mg, s, bitmap);
+		mg->sample_dirty = false;
 		if (bytes < 0)
 			return -1;
 		uint64_t dt = mig_now_ms() - t0;
+		int round_throttle = st.throttle_pct;
+		bool lifted = mig_watchdog_throttle_lifted(mg->watchdog);
+		mig_watchdog_set_throttle(mg->watchdog, 0, NULL);
+		if (lifted)
+			st.throttle_pct = 0;
 		st.round++;
 		st.elapsed_ms = mig_now_ms() - t_start;
 		/* the link's speed, measured on rounds long enough to mean it */
@@ -262,37 +369,35 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 		/* Pages dirtied since are counted at full size: the average of
 		 * a round full of zero pages would promise a switchover far
 		 * shorter than sending the hot set really takes. */
-		uint64_t avg_page = PAGE_SIZE;
-		/* what is dirty now is what the next round must send */
 		st.prev_remaining = st.remaining_bytes;
 		uint64_t dirtied = dirty_log_count(m);
-		st.remaining_bytes = dirtied * avg_page;
-		st.dirty_bps = dirtied * PAGE_SIZE * 1000 / (dt ? dt : 1);
+		st.remaining_bytes = dirtied * PAGE_SIZE;
+		st.dirty_bps = round_dirty_bps(mg, dirtied, dt);
+		current_params(mg, &params);
 		struct plan_decision d = plan_next(&params, &st);
-
-		pthread_mutex_lock(&mg->lock);
-		mg->rounds = st.round;
-		mg->remaining = st.remaining_bytes;
-		mg->bandwidth_bps = st.bandwidth_bps;
-		mg->expected_downtime_ms = d.expected_downtime_ms;
-		mg->stalled = d.stalled;
-		snprintf(mg->phase, sizeof(mg->phase), "%s", d.why);
-		mg->transferred = mig_stream_bytes(s);
-		pthread_mutex_unlock(&mg->lock);
+		char why[160];
+		snprintf(why, sizeof(why), "%s%s", lifted ? "the last round ran long: throttle "
+			 "lifted; " : "", d.why);
+		publish_round(mg, s, &st, &d, dt, round_throttle, why);
 
 		if (d.throttle_pct != st.throttle_pct) {
 			st.throttle_pct = d.throttle_pct;
 			atomic_store(&m->throttle_pct, d.throttle_pct);
-			pthread_mutex_lock(&mg->lock);
-			mg->throttle_pct = d.throttle_pct;
-			pthread_mutex_unlock(&mg->lock);
 		}
 		if (d.action == PLAN_SWITCHOVER)
 			return 0;
 		if (d.action == PLAN_POSTCOPY)
 			return 1;
+		if (d.action == PLAN_GIVE_UP) {
+			fail(mg, "%s (%llu MiB left at %llu KB/s after %llu ms)", d.why,
+			     (unsigned long long)(st.remaining_bytes >> 20),
+			     (unsigned long long)(st.bandwidth_bps / 1000),
+			     (unsigned long long)st.elapsed_ms);
+			return -1;
+		}
 		if (cancelled(mg))
 			return -1;
+		arm_throttle_deadline(mg, &d);
 	}
 }
 
@@ -320,9 +425,12 @@ static int handoff(struct migration *mg, struct mig_stream *s)
 	struct machine *m = mg->vmm->machine;
 	char why[256];
 	if (mig_expect(s, MIG_SEC_ACK, why, sizeof(why))) {
-		fail(mg, "destination did not confirm the switchover: %s", why);
+		fail_stream(mg, s, "destination did not confirm the switchover", why);
 		return -1;
 	}
+	/* The point of no return: the destination holds everything, so the
+	 * pause bound no longer applies; finishing is the shortest way on. */
+	mig_watchdog_disarm(mg->watchdog);
 	const char *reason = NULL;
 	if (vmstate_release(m, &reason)) {
 		fail(mg, "cannot release devices: %s", reason);
@@ -330,11 +438,11 @@ static int handoff(struct migration *mg, struct mig_stream *s)
 		return -1;
 	}
 	if (mig_write_section(s, MIG_SEC_RELEASED, NULL, 0) || mig_flush(s)) {
-		fail(mg, "handoff: %s", mig_stream_error(s));
+		fail_stream(mg, s, "handoff", NULL);
 		goto reclaim;
 	}
 	if (mig_expect(s, MIG_SEC_STARTED, why, sizeof(why))) {
-		fail(mg, "handoff: destination did not start: %s", why);
+		fail_stream(mg, s, "handoff: destination did not start", why);
 		goto reclaim;
 	}
 	return 0;
@@ -344,6 +452,36 @@ reclaim:
 	if (vmstate_acquire(m, &reason) == 0 && vmstate_has_disks(m))
 		return -1;
 	return -2;
+}
+
+/* A switchover may pause the guest for plan_pause_bound_ms(downtime_ms)
+ * at most, and never past the budget; then it gives up and resumes it. */
+static void arm_pause_bound(struct migration *mg, uint64_t t_stop)
+{
+	char why[200];
+	pthread_mutex_lock(&mg->lock);
+	uint64_t bound = plan_pause_bound_ms(mg->downtime_ms);
+	uint64_t budget_end = mg->max_total_s ? mg->start_ms + mg->max_total_s * 1000 : 0;
+	pthread_mutex_unlock(&mg->lock);
+	uint64_t at = t_stop + bound;
+	snprintf(why, sizeof(why), "the switchover ran past its pause bound of %llu ms "
+		 "(3x downtime_ms, at least 1 s); the guest resumed here",
+		 (unsigned long long)bound);
+	if (budget_end && budget_end < at) {
+		at = budget_end;
+		snprintf(why, sizeof(why), "the switchover ran past the migration's budget "
+			 "(max_total_s); the guest resumed here");
+	}
+	mig_watchdog_set(mg->watchdog, MIG_DEADLINE_STEP, at, why);
+}
+
+static void stop_watchdog(struct migration *mg)
+{
+	pthread_mutex_lock(&mg->lock);
+	struct mig_watchdog *w = mg->watchdog;
+	mg->watchdog = NULL;
+	pthread_mutex_unlock(&mg->lock);
+	mig_watchdog_stop(w);
 }
 
 static void finish_failed(struct migration *mg, bool paused)
@@ -365,6 +503,7 @@ static void *outgoing_thread(void *arg)
 	uint64_t *bitmap = calloc(words, sizeof(uint64_t));
 	struct mig_stream *s = NULL;
 	bool paused = false;
+	uint64_t t_stop = 0;
 
 	if (!bitmap) {
 		fail(mg, "out of memory for the dirty page bitmap (%zu bytes)", words * 8);
@@ -377,6 +516,15 @@ static void *outgoing_thread(void *arg)
 	}
 	pthread_mutex_lock(&mg->lock);
 	mg->fd = fd;
+	pthread_mutex_unlock(&mg->lock);
+	struct mig_watchdog *w = mig_watchdog_start(fd, STALL_S * 1000);
+	if (!w) {
+		fail(mg, "cannot start the migration's watchdog thread");
+		goto failed;
+	}
+	pthread_mutex_lock(&mg->lock);
+	mg->watchdog = w;
+	arm_budget(mg);
 	pthread_mutex_unlock(&mg->lock);
 	s = mig_stream_new(fd);
 	if (!s) {
@@ -394,10 +542,13 @@ static void *outgoing_thread(void *arg)
 	int r = precopy(mg, s, bitmap);
 	if (r < 0) {
 		if (!cancelled(mg))
-			fail(mg, "pre-copy: %s", mig_stream_error(s));
+			fail_stream(mg, s, "pre-copy", NULL);
 		goto failed;
 	}
 	if (r == 1) {
+		/* post-copy bounds its own waits: after its handoff the guest
+		 * runs on the destination, and cutting the socket would lose it */
+		stop_watchdog(mg);
 		r = postcopy_run(mg, s, bitmap);
 		if (r == 0)
 			goto completed;
@@ -406,11 +557,16 @@ static void *outgoing_thread(void *arg)
 		goto failed;
 	}
 
-	uint64_t t_stop = mig_now_ms();
+	t_stop = mig_now_ms();
+	arm_pause_bound(mg, t_stop);
 	machine_pause(m);
 	paused = true;
+	pthread_mutex_lock(&mg->lock);
+	mg->throttled_ms += plan_throttled_ms(t_stop - mg->round_start_ms, mg->throttle_pct);
+	mg->round_start_ms = 0;
+	pthread_mutex_unlock(&mg->lock);
 	if (send_final_state(mg, s, bitmap)) {
-		fail(mg, "switchover: %s", mig_stream_error(s));
+		fail_stream(mg, s, "switchover", NULL);
 		goto failed;
 	}
 	r = handoff(mg, s);
@@ -442,9 +598,12 @@ unknown:
 failed:
 	pthread_mutex_lock(&mg->lock);
 	mg->total_ms = mig_now_ms() - mg->start_ms;
+	if (paused)     /* what the failed switchover cost the guest */
+		mg->downtime_ms_measured = mig_now_ms() - t_stop;
 	pthread_mutex_unlock(&mg->lock);
 	finish_failed(mg, paused);
 out:
+	stop_watchdog(mg);
 	if (s)
 		mig_stream_free(s);
 	pthread_mutex_lock(&mg->lock);
@@ -620,6 +779,7 @@ json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *e
 	mg->bandwidth_mbps = bw;
 	mg->max_total_s = max_total;
 	mg->postcopy = pc && json_is_true(pc);
+	mg->predicted_total_ms = mg->predicted_downtime_ms = UINT64_MAX;
 	mg->start_ms = mig_now_ms();
 	mg->status = MIG_SETUP;
 	struct migration *old = v->mig;
@@ -641,6 +801,31 @@ json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *e
 		return NULL;
 	}
 	return json_object();
+}
+
+/* The bounds and the planner's forecast (with mg->lock held): the budget,
+ * the pause bound, the predicted end and pause while it runs, and the
+ * guest time the throttle took, which the guest lost as surely as a pause
+ * (a round at 99% is one), so guest_lost_ms adds the two. */
+static void add_bounds(struct migration *mg, json_t *r)
+{
+	bool running = mg->status == MIG_SETUP || mg->status == MIG_ACTIVE;
+	uint64_t throttled = mg->throttled_ms;
+	if (running && mg->round_start_ms)
+		throttled += plan_throttled_ms(mig_now_ms() - mg->round_start_ms,
+					       mg->throttle_pct);
+	json_object_set_new(r, "max_total_s", json_integer((json_int_t)mg->max_total_s));
+	json_object_set_new(r, "pause_bound_ms",
+			    json_integer((json_int_t)plan_pause_bound_ms(mg->downtime_ms)));
+	json_object_set_new(r, "throttled_ms", json_integer((json_int_t)throttled));
+	json_object_set_new(r, "guest_lost_ms",
+			    json_integer((json_int_t)(throttled + mg->downtime_ms_measured)));
+	if (running && mg->predicted_total_ms != UINT64_MAX && mg->rounds) {
+		json_object_set_new(r, "predicted_total_ms",
+				    json_integer((json_int_t)mg->predicted_total_ms));
+		json_object_set_new(r, "predicted_downtime_ms",
+				    json_integer((json_int_t)mg->predicted_downtime_ms));
+	}
 }
 
 /* The figures of query-migrate (and of the final MIGRATION event). */
@@ -668,6 +853,7 @@ static json_t *migration_figures(struct migration *mg)
 		json_object_set_new(r, "error", json_string(mg->error));
 	if (mg->postcopy_requests)
 		json_object_set_new(r, "postcopy_requests", json_integer((json_int_t)mg->postcopy_requests));
+	add_bounds(mg, r);
 	pthread_mutex_unlock(&mg->lock);
 	return r;
 }
@@ -719,12 +905,21 @@ json_t *migration_cmd_set_parameters(void *ctx, json_t *args, const char **cls, 
 		snprintf(err, errlen, "no migration is in progress");
 		return NULL;
 	}
-	uint64_t downtime = mg->downtime_ms, bw = mg->bandwidth_mbps;
+	pthread_mutex_lock(&mg->lock);
+	uint64_t downtime = mg->downtime_ms, bw = mg->bandwidth_mbps, max_total = mg->max_total_s;
+	pthread_mutex_unlock(&mg->lock);
 	if (!get_uint(args, "downtime_ms", &downtime, 600000, err, errlen) ||
-	    !get_uint(args, "bandwidth_mbps", &bw, 1000000, err, errlen))
+	    !get_uint(args, "bandwidth_mbps", &bw, 1000000, err, errlen) ||
+	    !get_uint(args, "max_total_s", &max_total, 86400, err, errlen))
 		return NULL;
+	/* the planner reads them before its next decision; the budget and
+	 * pause deadlines take them from the next round or switchover on */
+	pthread_mutex_lock(&mg->lock);
 	mg->downtime_ms = downtime;
 	mg->bandwidth_mbps = bw;
+	mg->max_total_s = max_total;
+	arm_budget(mg);
+	pthread_mutex_unlock(&mg->lock);
 	return json_object();
 }
 
