@@ -86,15 +86,23 @@ static const char *ferryd_message(json_t *reply, const char *fallback)
 
 static void hosts_list(struct call *c)
 {
-	json_t *rows = db_query("SELECT * FROM hosts ORDER BY name", NULL);
+	long long off = query_int(c, "offset", 0, 1LL << 40), lim = query_int(c, "limit", 100, 1000);
+	const char *q = http_query(c->req, "q");
+	char like[200];
+	snprintf(like, sizeof(like), "%%%s%%", q ? q : "");
+	json_t *rows = db_query("SELECT * FROM hosts WHERE name LIKE ? ORDER BY name LIMIT ? OFFSET ?",
+				json_pack("[s, I, I]", like, (json_int_t)lim, (json_int_t)off));
+	json_t *total = db_row("SELECT count(*) AS n FROM hosts WHERE name LIKE ?",
+			       json_pack("[s]", like));
 	json_t *out = json_array();
 	size_t i;
 	json_t *r;
 	json_array_foreach(rows, i, r)
 		json_array_append_new(out, host_json(r));
 	json_decref(rows);
-	reply_json(c->resp, 200, json_pack("{s:o, s:I}", "hosts", out,
-					   "total", (json_int_t)json_array_size(out)));
+	reply_json(c->resp, 200, json_pack("{s:o, s:O}", "hosts", out, "total",
+					   json_object_get(total, "n")));
+	json_decref(total);
 }
 
 static void host_routes(struct call *c, const char *name, const char *action)
@@ -582,6 +590,8 @@ static void audit_list(struct call *c)
 				"ORDER BY id DESC LIMIT ? OFFSET ?",
 				json_pack("[s?, s?, I, I, I]", vm, vm, (json_int_t)t,
 					  (json_int_t)lim, (json_int_t)off));
+	json_t *total = db_row("SELECT count(*) AS n FROM audit WHERE (? IS NULL OR target = ?) AND "
+			       "time >= ?", json_pack("[s?, s?, I]", vm, vm, (json_int_t)t));
 	size_t i;
 	json_t *r;
 	json_array_foreach(rows, i, r) {
@@ -591,8 +601,9 @@ static void audit_list(struct call *c)
 		json_t *d = json_loads(json_string_value(json_object_get(r, "details")) ?: "{}", 0, NULL);
 		json_object_set_new(r, "details", d ? d : json_object());
 	}
-	reply_json(c->resp, 200, json_pack("{s:o, s:I}", "records", rows,
-					   "total", (json_int_t)json_array_size(rows)));
+	reply_json(c->resp, 200, json_pack("{s:o, s:O}", "records", rows, "total",
+					   json_object_get(total, "n")));
+	json_decref(total);
 }
 
 static json_t *cluster_json(void)

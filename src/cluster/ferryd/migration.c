@@ -130,7 +130,8 @@ static void follow(struct migration *m, struct qmp *q)
 			}
 			return;
 		}
-		const char *st = json_string_value(json_object_get(r, "status")) ?: "active";
+		char st[32];   /* a copy: r is freed before st is looked at */
+		snprintf(st, sizeof(st), "%s", json_string_value(json_object_get(r, "status")) ?: "active");
 		const char *e = json_string_value(json_object_get(r, "error"));
 		mig_set(m, st, r, e);
 		json_decref(r);

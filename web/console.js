@@ -1,0 +1,608 @@
+/*
+ * console.js - ferry-center's web console.
+ *
+ * One page with four views (hosts, VMs, tasks, audit) chosen by the URL's
+ * hash. Every view asks the REST API (docs/api.md) for one page of its
+ * list (offset, limit, q) and polls it while it is shown: tasks every
+ * second (live progress), the others every few seconds. Only table bodies
+ * are redrawn, so a search box keeps its focus and text while polling.
+ *
+ * The bearer token lives in sessionStorage. /whoami tells the role: a
+ * read-only token gets no action buttons (body.readonly hides them), and
+ * any 403 the API still answers is shown in the notice bar as it is.
+ * Everything the API returns is put on the page with textContent, never
+ * as HTML.
+ */
+'use strict';
+
+const API = '/api/v1';
+const PAGE = 50;
+const POLL_MS = { hosts: 3000, vms: 3000, tasks: 1000, audit: 4000 };
+const TOKEN_KEY = 'ferry.token';
+
+const state = {
+	token: sessionStorage.getItem(TOKEN_KEY),
+	role: null,
+	view: 'hosts',
+	hosts: { offset: 0, q: '', total: 0, open: new Set() },
+	vms: { offset: 0, q: '', host: '', total: 0 },
+	tasks: { offset: 0, total: 0 },
+	audit: { offset: 0, q: '', total: 0 },
+	timer: null,
+	noticeTimer: null,
+	wizard: null,
+};
+
+const $ = (id) => document.getElementById(id);
+
+/* ---- small DOM helpers --------------------------------------------------- */
+
+function el(tag, props, ...children) {
+	const e = document.createElement(tag);
+	for (const [k, v] of Object.entries(props || {})) {
+		if (v === undefined || v === null || v === false)
+			continue;
+		if (k === 'class')
+			e.className = v;
+		else if (k.startsWith('on'))
+			e.addEventListener(k.slice(2), v);
+		else if (k === 'dataset')
+			Object.assign(e.dataset, v);
+		else
+			e.setAttribute(k, v === true ? '' : v);
+	}
+	for (const c of children.flat()) {
+		if (c === null || c === undefined || c === false)
+			continue;
+		e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+	}
+	return e;
+}
+
+function badge(text, kind) {
+	return el('span', { class: 'badge ' + (kind || text) }, text);
+}
+
+function fill(tbody, rows, columns, emptyText) {
+	if (!rows.length)
+		rows = [el('tr', {}, el('td', { class: 'empty', colspan: columns }, emptyText))];
+	tbody.replaceChildren(...rows);
+}
+
+function mib(n) {
+	if (n === null || n === undefined)
+		return '–';
+	return n >= 10240 ? (n / 1024).toFixed(1) + ' GiB' : n + ' MiB';
+}
+
+function bytes(n) {
+	if (!n)
+		return '0 B';
+	const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+	let i = 0;
+	while (n >= 1024 && i < units.length - 1) {
+		n /= 1024;
+		i++;
+	}
+	return (i ? n.toFixed(1) : n) + ' ' + units[i];
+}
+
+function ms(n) {
+	if (n === null || n === undefined)
+		return '–';
+	return n >= 10000 ? (n / 1000).toFixed(1) + ' s' : n + ' ms';
+}
+
+function when(iso) {
+	if (!iso)
+		return '–';
+	const d = new Date(iso);
+	const ago = (Date.now() - d.getTime()) / 1000;
+	if (ago >= -5 && ago < 60)
+		return Math.max(0, Math.round(ago)) + ' s ago';
+	if (ago >= 60 && ago < 3600)
+		return Math.round(ago / 60) + ' min ago';
+	return iso.replace('T', ' ').replace('Z', ' UTC');
+}
+
+/* ---- the API ------------------------------------------------------------- */
+
+class ApiError extends Error {
+	constructor(status, error) {
+		super(error.message || ('HTTP ' + status));
+		this.status = status;
+		this.hint = error.hint;
+	}
+}
+
+async function api(method, path, body) {
+	const headers = { Authorization: 'Bearer ' + state.token };
+	if (body !== undefined)
+		headers['Content-Type'] = 'application/json';
+	let r;
+	try {
+		r = await fetch(API + path, {
+			method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+		});
+	} catch (e) {
+		throw new ApiError(0, { message: 'ferry-center does not answer (' + e.message + ')' });
+	}
+	let j = null;
+	try {
+		j = await r.json();
+	} catch (e) { /* not JSON: keep the status */ }
+	if (!r.ok) {
+		const err = new ApiError(r.status, (j && j.error) || { message: r.statusText });
+		if (r.status === 401)
+			signOut('The token was refused: ' + err.message);
+		throw err;
+	}
+	return j;
+}
+
+function describe(err) {
+	if (err.status === 403)
+		return 'Not allowed with this token (403): ' + err.message +
+			(err.hint ? '. ' + err.hint : '');
+	return err.message + (err.hint ? ' — ' + err.hint : '');
+}
+
+/* An error stays until dismissed; news (kind 'info') goes after a while. */
+function notice(text, kind) {
+	clearTimeout(state.noticeTimer);
+	$('notice-text').textContent = text;
+	$('notice').className = 'notice' + (kind ? ' ' + kind : '');
+	$('notice').hidden = false;
+	if (kind === 'info')
+		state.noticeTimer = setTimeout(() => { $('notice').hidden = true; }, 10000);
+}
+
+function qs(params) {
+	const p = new URLSearchParams();
+	for (const [k, v] of Object.entries(params))
+		if (v !== '' && v !== null && v !== undefined)
+			p.set(k, v);
+	return '?' + p.toString();
+}
+
+/* ---- signing in and out -------------------------------------------------- */
+
+async function signIn(token) {
+	state.token = token;
+	const me = await api('GET', '/whoami');
+	sessionStorage.setItem(TOKEN_KEY, token);
+	state.role = me.role;
+	$('who-name').textContent = me.user;
+	$('who-role').textContent = me.role;
+	document.body.classList.toggle('readonly', me.role !== 'admin');
+	$('readonly-banner').hidden = me.role === 'admin';
+	$('login').hidden = true;
+	$('app').hidden = false;
+	$('nav').hidden = false;
+	$('who').hidden = false;
+	route();
+}
+
+function signOut(why) {
+	sessionStorage.removeItem(TOKEN_KEY);
+	state.token = null;
+	state.role = null;
+	clearTimeout(state.timer);
+	$('app').hidden = true;
+	$('notice').hidden = true;
+	$('nav').hidden = true;
+	$('who').hidden = true;
+	$('summary').textContent = '';
+	$('login').hidden = false;
+	$('login-error').textContent = why || '';
+	$('token').value = '';
+	$('token').focus();
+}
+
+/* ---- views and polling --------------------------------------------------- */
+
+const views = { hosts: loadHosts, vms: loadVMs, tasks: loadTasks, audit: loadAudit };
+
+function route() {
+	const v = location.hash.replace('#', '') || 'hosts';
+	state.view = views[v] ? v : 'hosts';
+	for (const name of Object.keys(views))
+		$('view-' + name).hidden = name !== state.view;
+	for (const a of document.querySelectorAll('nav a'))
+		a.classList.toggle('current', a.dataset.view === state.view);
+	refresh();
+}
+
+async function refresh() {
+	clearTimeout(state.timer);
+	if (!state.token)
+		return;
+	const view = state.view;
+	try {
+		await Promise.all([views[view](), loadSummary()]);
+	} catch (e) {
+		if (e.status !== 401)
+			notice(describe(e));
+	}
+	if (state.token && view === state.view)
+		state.timer = setTimeout(refresh, POLL_MS[view]);
+}
+
+async function loadSummary() {
+	const c = await api('GET', '/cluster');
+	$('summary').replaceChildren(
+		el('b', {}, c.hosts.toLocaleString()), ' hosts · ',
+		el('b', {}, c.vms.toLocaleString()), ' VMs · ',
+		el('b', {}, String(c.tasks_running)), ' running · ',
+		el('b', {}, String(c.tasks_queued)), ' queued');
+}
+
+function pager(id, page, reload) {
+	const from = page.total ? page.offset + 1 : 0;
+	const to = Math.min(page.offset + PAGE, page.total);
+	const prev = el('button', {
+		class: 'small', disabled: page.offset === 0,
+		onclick: () => { page.offset = Math.max(0, page.offset - PAGE); reload(); },
+	}, '‹ Prev');
+	const next = el('button', {
+		class: 'small', disabled: to >= page.total,
+		onclick: () => { page.offset += PAGE; reload(); },
+	}, 'Next ›');
+	$(id).replaceChildren(el('span', { class: 'range' },
+		`${from.toLocaleString()}–${to.toLocaleString()} of ${page.total.toLocaleString()}`),
+		prev, next);
+}
+
+function searchBox(id, page) {
+	let timer = null;
+	$(id).addEventListener('input', () => {
+		clearTimeout(timer);
+		timer = setTimeout(() => {
+			page.q = $(id).value.trim();
+			page.offset = 0;
+			refresh();
+		}, 250);
+	});
+}
+
+/* ---- hosts --------------------------------------------------------------- */
+
+async function loadHosts() {
+	const p = state.hosts;
+	const r = await api('GET', '/hosts' + qs({ offset: p.offset, limit: PAGE, q: p.q }));
+	p.total = r.total;
+	/* a small cluster shows every host's VMs; a big one on request */
+	if (r.total <= 8)
+		for (const h of r.hosts)
+			p.open.add(h.name);
+	const open = r.hosts.filter((h) => p.open.has(h.name));
+	const vmLists = await Promise.all(open.map((h) =>
+		api('GET', '/vms' + qs({ host: h.name, limit: 24 })).catch(() => null)));
+	const byHost = new Map(open.map((h, i) => [h.name, vmLists[i]]));
+	const rows = [];
+	for (const h of r.hosts) {
+		rows.push(hostRow(h));
+		if (byHost.has(h.name))
+			rows.push(hostVMsRow(h, byHost.get(h.name)));
+	}
+	fill($('hosts-table').tBodies[0], rows, 8, p.q ? 'No host matches.' : 'No hosts yet.');
+	pager('hosts-pager', p, refresh);
+}
+
+function hostRow(h) {
+	const status = !h.alive ? badge('down') : h.maintenance ? badge('maintenance')
+		: badge('alive');
+	const used = h.mem_mib ? Math.round(100 * h.free_mib / h.mem_mib) : 0;
+	const toggle = () => {
+		if (state.hosts.open.has(h.name))
+			state.hosts.open.delete(h.name);
+		else
+			state.hosts.open.add(h.name);
+		refresh();
+	};
+	return el('tr', { dataset: { host: h.name } },
+		el('td', {}, el('a', { href: '#hosts', onclick: (e) => { e.preventDefault(); toggle(); } },
+			el('b', {}, h.name)), el('div', { class: 'muted mono' }, h.address || '')),
+		el('td', {}, status),
+		el('td', { class: 'num' }, h.load === undefined ? '–' : Number(h.load).toFixed(2)),
+		el('td', {}, el('div', { class: 'bar mem' }, el('span', { style: `width:${used}%` })),
+			el('div', { class: 'progress-text' }, `${mib(h.free_mib)} of ${mib(h.mem_mib)}`)),
+		el('td', { class: 'num' }, h.harts ?? '–'),
+		el('td', { class: 'num' }, el('a', {
+			href: '#vms', class: 'host-vms-link',
+			onclick: () => { state.vms.host = h.name; state.vms.offset = 0; },
+		}, String(h.vms ?? 0))),
+		el('td', { class: 'num' }, `${h.migrations_running ?? 0} of ${h.migration_limit ?? '–'}`),
+		el('td', { class: 'muted' }, when(h.last_seen)));
+}
+
+function hostVMsRow(h, list) {
+	let content;
+	if (!list)
+		content = el('span', { class: 'muted' }, 'could not list the VMs');
+	else if (!list.vms.length)
+		content = el('span', { class: 'muted' }, 'no VMs');
+	else
+		content = el('div', { class: 'hostvms' },
+			list.vms.map((v) => el('span', { class: 'vm', dataset: { vm: v.name } },
+				v.name, ' ', badge(v.state))),
+			list.total > list.vms.length ? el('a', {
+				href: '#vms', onclick: () => { state.vms.host = h.name; state.vms.offset = 0; },
+			}, `all ${list.total.toLocaleString()} →`) : null);
+	return el('tr', { class: 'sub', dataset: { hostvms: h.name } }, el('td', {}, ''),
+		el('td', { colspan: 7 }, content));
+}
+
+/* ---- VMs ----------------------------------------------------------------- */
+
+async function loadVMs() {
+	const p = state.vms;
+	const r = await api('GET', '/vms' + qs({ offset: p.offset, limit: PAGE, q: p.q, host: p.host }));
+	p.total = r.total;
+	const chip = $('vms-host-filter');
+	chip.hidden = !p.host;
+	if (p.host)
+		chip.replaceChildren('on host ' + p.host, el('button', {
+			class: 'link', 'aria-label': 'Show every host',
+			onclick: () => { p.host = ''; p.offset = 0; refresh(); },
+		}, '×'));
+	const rows = r.vms.map((v) => el('tr', { dataset: { vm: v.name } },
+		el('td', {}, el('b', {}, v.name)),
+		el('td', { class: 'vm-host' }, v.host || '–'),
+		el('td', {}, badge(v.state), v.state === 'exited' && v.exit_status !== null
+			? el('span', { class: 'muted' }, ' status ' + v.exit_status) : null),
+		el('td', { class: 'num' }, mib(v.mem_mib)),
+		el('td', { class: 'num' }, v.smp ?? '–'),
+		el('td', {}, v.ha || 'off'),
+		el('td', { class: 'actions' }, el('button', {
+			class: 'small admin-only migrate', disabled: v.state !== 'running',
+			title: v.state === 'running' ? 'Choose a destination' : 'Only a running VM migrates',
+			onclick: () => openWizard(v),
+		}, 'Migrate…'))));
+	fill($('vms-table').tBodies[0], rows, 7, p.q || p.host ? 'No VM matches.' : 'No VMs yet.');
+	pager('vms-pager', p, refresh);
+}
+
+/* ---- the migration wizard ------------------------------------------------ */
+
+async function openWizard(vm) {
+	const w = { vm: vm.name, choice: null };
+	state.wizard = w;
+	$('wizard-title').textContent = 'Migrate ' + vm.name;
+	$('wizard-sub').textContent = `Now on ${vm.host}, ${mib(vm.mem_mib)}. Asking the placement wizard…`;
+	$('wizard-candidates').tBodies[0].replaceChildren();
+	$('wizard-refused').replaceChildren();
+	$('wizard-error').textContent = '';
+	$('wizard-priority').value = 'standard';
+	$('wizard-downtime').value = '';
+	$('wizard-at').value = '';
+	$('wizard-go').disabled = true;
+	$('wizard').showModal();
+	let rec;
+	try {
+		rec = await api('GET', `/vms/${encodeURIComponent(vm.name)}/recommend`);
+	} catch (e) {
+		$('wizard-error').textContent = describe(e);
+		return;
+	}
+	if (state.wizard !== w)
+		return;
+	$('wizard-sub').textContent = `Now on ${rec.source}, ${mib(vm.mem_mib)}. ` +
+		(rec.candidates.length ? 'Hosts ranked by free memory, then load.'
+			: 'No host can take this VM now.');
+	const rows = rec.candidates.map((c) => {
+		const radio = el('input', {
+			type: 'radio', name: 'dest', value: c.host, 'aria-label': 'Migrate to ' + c.host,
+		});
+		const row = el('tr', { class: 'candidate', dataset: { host: c.host } },
+			el('td', {}, radio),
+			el('td', { class: 'num' }, String(c.rank)),
+			el('td', {}, el('b', {}, c.host)),
+			el('td', { class: 'num' }, mib(c.free_mib)),
+			el('td', { class: 'num' }, Number(c.load).toFixed(2)),
+			el('td', { class: 'num' }, String(c.migrations_running ?? 0)),
+			el('td', {}, c.estimate ? `~${ms(c.estimate.total_ms)}, downtime ~${ms(c.estimate.downtime_ms)}` : '–',
+				c.estimate && c.estimate.from ? el('div', { class: 'muted' }, c.estimate.from) : null));
+		const choose = () => {
+			w.choice = c.host;
+			radio.checked = true;
+			for (const r of $('wizard-candidates').tBodies[0].rows)
+				r.classList.toggle('chosen', r === row);
+			$('wizard-go').disabled = false;
+			$('wizard-go').textContent = 'Migrate to ' + c.host;
+		};
+		row.addEventListener('click', choose);
+		if (c.rank === 1)
+			setTimeout(choose);
+		return row;
+	});
+	fill($('wizard-candidates').tBodies[0], rows, 7, 'No candidate: see the reasons below.');
+	$('wizard-refused').replaceChildren(...(rec.refused.length ? rec.refused.map((r) =>
+		el('li', { dataset: { host: r.host } }, el('b', {}, r.host), ': ', r.reason))
+		: [el('li', {}, 'none')]));
+}
+
+async function startMigration() {
+	const w = state.wizard;
+	if (!w || !w.choice)
+		return;
+	const body = { to: w.choice, priority: $('wizard-priority').value };
+	const dt = $('wizard-downtime').value.trim();
+	const at = $('wizard-at').value.trim();
+	if (dt)
+		body.downtime_ms = parseInt(dt, 10);
+	if (at && at !== 'now')
+		body.at = at;
+	$('wizard-go').disabled = true;
+	try {
+		const r = await api('POST', `/vms/${encodeURIComponent(w.vm)}/migrate`, body);
+		$('wizard').close();
+		state.wizard = null;
+		notice(`Task ${r.task.id}: migrating ${w.vm} to ${w.choice} (${r.task.state}).`, 'info');
+		location.hash = '#tasks';
+		route();
+	} catch (e) {
+		$('wizard-error').textContent = describe(e);
+		$('wizard-go').disabled = false;
+	}
+}
+
+/* ---- tasks --------------------------------------------------------------- */
+
+function fromTo(t) {
+	return t.destination ? `${t.source || '?'} → ${t.destination}` : (t.source || '–');
+}
+
+function progressCell(t) {
+	const p = t.progress || {};
+	const pct = t.state === 'queued' ? 0 : (p.percent ?? 0);
+	const text = [];
+	if (t.state === 'queued')
+		text.push(t.waiting || 'waiting for its turn');
+	else {
+		text.push(pct + ' %');
+		if (p.phase)
+			text.push(p.phase);
+		if (p.transferred_bytes)
+			text.push(bytes(p.transferred_bytes) + ' sent');
+		if (p.rate_mbps)
+			text.push(Math.round(p.rate_mbps) + ' Mbit/s');
+		if (p.remaining_ms)
+			text.push('~' + ms(p.remaining_ms) + ' left');
+	}
+	return el('td', {}, el('div', { class: 'bar', role: 'progressbar', 'aria-valuenow': pct },
+		el('span', { style: `width:${pct}%` })),
+	el('div', { class: 'progress-text' }, text.join(' · ')));
+}
+
+function cancelButton(t) {
+	return el('button', {
+		class: 'small danger admin-only cancel',
+		onclick: async (e) => {
+			e.target.disabled = true;
+			try {
+				await api('POST', `/tasks/${t.id}/cancel`, {});
+				notice(`Task ${t.id}: cancel asked; the VM stays on ${t.source}.`, 'info');
+			} catch (err) {
+				notice(describe(err));
+			}
+			refresh();
+		},
+	}, 'Cancel');
+}
+
+async function loadTasks() {
+	const p = state.tasks;
+	const [running, queued, all] = await Promise.all([
+		api('GET', '/tasks?state=running&limit=200'),
+		api('GET', '/tasks?state=queued&limit=200'),
+		api('GET', '/tasks' + qs({ offset: p.offset, limit: PAGE })),
+	]);
+	const active = running.tasks.concat(queued.tasks);
+	fill($('active-table').tBodies[0], active.map((t) => el('tr', { dataset: { task: t.id } },
+		el('td', { class: 'num' }, '#' + t.id),
+		el('td', {}, el('b', {}, t.vm || '–')),
+		el('td', {}, fromTo(t)),
+		el('td', {}, badge(t.priority, t.priority === 'high' ? 'high' : '')),
+		el('td', { class: 'task-state' }, badge(t.state, t.state === 'running' ? 'run' : t.state)),
+		progressCell(t),
+		el('td', { class: 'actions' }, t.kind === 'migrate' ? cancelButton(t) : null))),
+	7, 'Nothing running or queued.');
+	p.total = all.total;
+	fill($('tasks-table').tBodies[0], all.tasks.map((t) => el('tr', { dataset: { task: t.id } },
+		el('td', { class: 'num' }, '#' + t.id),
+		el('td', {}, t.kind),
+		el('td', {}, t.vm || '–'),
+		el('td', {}, fromTo(t)),
+		el('td', { class: 'task-state' }, badge(t.state, t.state === 'running' ? 'run' : t.state)),
+		el('td', { class: 'muted' }, when(t.created)),
+		el('td', { class: 'num' }, ms(t.total_ms)),
+		el('td', { class: 'num' }, ms(t.downtime_ms)),
+		el('td', { class: 'num muted' }, t.estimate
+			? `${ms(t.estimate.total_ms)} / ${ms(t.estimate.downtime_ms)}` : '–'),
+		el('td', {}, t.user || '–'),
+		el('td', { class: 'details' }, t.error || t.waiting || ''))),
+	11, 'No tasks yet.');
+	pager('tasks-pager', p, refresh);
+}
+
+/* ---- audit --------------------------------------------------------------- */
+
+function detailsText(r) {
+	const d = r.details || {};
+	if (r.action === 'migration.finished' || (d.destination && d.total_ms !== undefined))
+		return `${d.source} → ${d.destination}, took ${ms(d.total_ms)}, downtime ${ms(d.downtime_ms)}` +
+			(d.task ? `, task #${d.task}` : '');
+	if (r.action === 'vm.create' && d.spec)
+		return `on ${d.host}, ${mib(d.spec.mem_mib)}, ${d.spec.smp || 1} vCPU, kernel ${d.spec.kernel}` +
+			(d.task ? `, task #${d.task}` : '');
+	if (r.action === 'vm.migrate' && d.destination)
+		return `to ${d.destination}, ${d.priority} priority, ${d.at}` + (d.task ? `, task #${d.task}` : '');
+	const s = JSON.stringify(d);
+	return s === '{}' ? '' : s.length > 240 ? s.slice(0, 240) + '…' : s;
+}
+
+async function loadAudit() {
+	const p = state.audit;
+	const r = await api('GET', '/audit' + qs({ offset: p.offset, limit: PAGE, vm: p.q }));
+	p.total = r.total;
+	fill($('audit-table').tBodies[0], r.records.map((a) => el('tr', { dataset: { audit: a.id } },
+		el('td', { class: 'num' }, String(a.id)),
+		el('td', { class: 'muted' }, when(a.time)),
+		el('td', {}, a.user),
+		el('td', { class: 'mono' }, a.from),
+		el('td', { class: 'audit-action' }, el('b', {}, a.action)),
+		el('td', { class: 'audit-target' }, a.target),
+		el('td', {}, a.result === 'ok' ? badge('ok') : a.result === 'cancelled' ? badge('cancelled')
+			: badge(a.result, 'error')),
+		el('td', { class: 'details' }, detailsText(a)))),
+	8, p.q ? 'No record for ' + p.q + '.' : 'The audit trail is empty.');
+	pager('audit-pager', p, refresh);
+}
+
+async function verifyAudit() {
+	const out = $('audit-verify-result');
+	out.textContent = 'checking…';
+	try {
+		const v = await api('GET', '/audit/verify');
+		out.replaceChildren(v.ok ? badge(`chain intact (${v.records} records)`, 'ok')
+			: badge(`broken at #${v.first_bad}: ${v.reason}`, 'failed'));
+	} catch (e) {
+		out.textContent = describe(e);
+	}
+}
+
+/* ---- start --------------------------------------------------------------- */
+
+function start() {
+	$('login-form').addEventListener('submit', async (e) => {
+		e.preventDefault();
+		$('login-error').textContent = '';
+		const token = $('token').value.trim();
+		try {
+			await signIn(token);
+		} catch (err) {
+			state.token = null;
+			if (err.status !== 401)
+				$('login-error').textContent = describe(err);
+		}
+	});
+	$('signout').addEventListener('click', () => signOut(''));
+	$('notice-close').addEventListener('click', () => { $('notice').hidden = true; });
+	$('wizard-cancel').addEventListener('click', () => { state.wizard = null; $('wizard').close(); });
+	$('wizard-go').addEventListener('click', startMigration);
+	$('audit-verify').addEventListener('click', verifyAudit);
+	searchBox('hosts-q', state.hosts);
+	searchBox('vms-q', state.vms);
+	searchBox('audit-vm', state.audit);
+	window.addEventListener('hashchange', route);
+	if (state.token)
+		signIn(state.token).catch((err) => {
+			if (err.status !== 401)
+				signOut(describe(err));
+		});
+	else
+		signOut('');
+}
+
+start();
