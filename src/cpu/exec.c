@@ -8,8 +8,7 @@
  * same page simply picks another slot (block chaining within a page).
  * Leaving the page (a jump elsewhere, falling off its end onto the
  * sentinel, a 32-bit instruction across its end) goes back to code_lookup
- * through the virtual-PC cache. Dispatch is threaded: each operation ends
- * by jumping straight to the next one's code (computed goto).
+ * through the virtual-PC cache.
  *
  * Exactness:
  * - Instructions retired are counted in a local and added to instret at
@@ -25,13 +24,18 @@
  * - The burst ends after any system instruction (a CSR write may enable
  *   an interrupt, WFI sleeps, xRET changes mode), at the budget, checked
  *   on taken branches, and when another thread posts a request (pause,
- *   shootdown), checked between blocks. Interrupts are taken between
- *   bursts by the hart loop, always at an instruction boundary.
+ *   shootdown, a raised interrupt: the one word h->requests), checked
+ *   whenever control leaves a page. Interrupts are taken between bursts by
+ *   the hart loop, always at an instruction boundary.
  */
 #include "cpu/internal.h"
 
-/* Stage 1 dispatch: a switch on the decoded operation. Define
- * FERRY_THREADED_DISPATCH for computed goto. */
+/* Dispatch: a switch on the decoded operation, or, built with
+ * -DFERRY_THREADED_DISPATCH, threaded code (computed goto: every operation
+ * ends in its own indirect jump). On the AMD EPYC this was measured on,
+ * threaded dispatch used 3% more CPU than the switch (bench/README.md):
+ * its indirect-branch predictor does as well on the one shared jump, so
+ * the switch is the default. */
 #if defined(__GNUC__) && defined(FERRY_THREADED_DISPATCH)
 #define THREADED 1
 #endif

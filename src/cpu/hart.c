@@ -61,6 +61,14 @@ void hart_kick(struct hart *h)
 	pthread_mutex_unlock(&h->sleep_lock);
 }
 
+void hart_raise(struct hart *h, uint64_t bit)
+{
+	if (atomic_fetch_or(&h->mip, bit) & bit)
+		return;
+	atomic_fetch_or(&h->requests, REQ_INTERRUPT);
+	hart_kick(h);
+}
+
 void hart_request(struct hart *h, unsigned req)
 {
 	atomic_fetch_or(&h->requests, req);
@@ -86,6 +94,8 @@ static bool handle_requests(struct hart *h)
 	unsigned req = atomic_load(&h->requests);
 	if (req & REQ_EXIT)
 		return true;
+	if (req & REQ_INTERRUPT)     /* the loop looks at mip next anyway */
+		atomic_fetch_and(&h->requests, ~REQ_INTERRUPT);
 	hart_serve_flushes(h);
 	if (req & REQ_PAUSE) {
 		atomic_store(&h->in_guest, false);

@@ -2,9 +2,12 @@
  * hart.h - one RISC-V hardware thread: RV64IMAFDC + Zicsr + Zifencei +
  * Zicntr, M/S/U modes, Sv39/Sv48 paging behind a software TLB.
  *
- * The interpreter (hart.c) runs guest code in short bursts; between bursts
- * it checks for requests from other threads (pause, TLB shootdown), the
- * timer and pending interrupts. Memory accesses go through a per-mode
+ * The hart (hart.c) runs guest code in short bursts (exec.c, decoded once
+ * per code page by decode.c; interp.c is the reference interpreter);
+ * between bursts it checks for requests from other threads (pause, TLB
+ * shootdown, a raised interrupt), the timer and pending interrupts. A
+ * burst ends early, at the end of a block, when a request is posted: one
+ * atomic word (requests) is all a block end looks at. Memory accesses go through a per-mode
  * software TLB that maps a guest virtual page straight to a host pointer:
  * a hit costs a compare. mmu.c fills it from the page tables; csr.c holds
  * the control and status registers, traps and interrupts.
@@ -96,6 +99,7 @@ struct vpc_entry {
 #define REQ_TLB_FLUSH  (1u << 1)   /* sfence.vma from another hart */
 #define REQ_WTLB_FLUSH (1u << 2)   /* dirty log harvested: drop write entries */
 #define REQ_EXIT       (1u << 3)
+#define REQ_INTERRUPT  (1u << 4)   /* an mip bit was raised: end the burst */
 
 /* HSM states (SBI) */
 enum { HSM_STARTED = 0, HSM_STOPPED = 1, HSM_START_PENDING = 2,
@@ -161,6 +165,9 @@ void *hart_thread(void *arg);
 /* From other threads: post a request and wake the hart if it sleeps. */
 void hart_request(struct hart *h, unsigned req);
 void hart_kick(struct hart *h);
+/* Raise interrupt-pending bit `bit` (MIP_*) from any thread: the hart
+ * ends its burst at the next block end and takes it if enabled. */
+void hart_raise(struct hart *h, uint64_t bit);
 /* Run pending TLB shootdowns now (from the hart's own thread). */
 void hart_serve_flushes(struct hart *h);
 

@@ -211,8 +211,7 @@ void machine_hart_irq(struct machine *m, unsigned hart, uint64_t bit, int level)
 		return;
 	struct hart *h = m->harts[hart];
 	if (level) {
-		if (!(atomic_fetch_or(&h->mip, bit) & bit))
-			hart_kick(h);
+		hart_raise(h, bit);
 	} else {
 		atomic_fetch_and(&h->mip, ~bit);
 	}
