@@ -629,12 +629,25 @@ static int save_to_file(struct vmm *v, const char *path, char *err, size_t errle
 	}
 	size_t words = (m->ram_size / PAGE_SIZE + 63) / 64;
 	uint64_t *all = malloc(words * sizeof(uint64_t));
+	if (!all) {
+		snprintf(err, errlen, "save %s: out of memory for the page bitmap", path);
+		close(fd);
+		unlink(tmp);
+		return -1;
+	}
 	memset(all, 0xff, words * sizeof(uint64_t));
 	if ((m->ram_size / PAGE_SIZE) % 64)
 		all[words - 1] = (1ULL << ((m->ram_size / PAGE_SIZE) % 64)) - 1;
 	struct mig_config cfg;
 	vmstate_config(v, &cfg);
 	struct mig_stream *s = mig_stream_new(fd);
+	if (!s) {
+		snprintf(err, errlen, "save %s: out of memory for the stream", path);
+		free(all);
+		close(fd);
+		unlink(tmp);
+		return -1;
+	}
 	struct migration dummy = { .vmm = v };
 	pthread_mutex_init(&dummy.lock, NULL);
 	int r = -1;
