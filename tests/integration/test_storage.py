@@ -11,7 +11,7 @@ What is proved, and how it would fail:
   block already copied (the dirty-block bitmap) or in the last moment
   (the switch) and lost fails it; the host reads the new image and finds
   the same records and the data it put there before the boot, byte for
-  byte; the new image is locked while the guest runs and the old one is
+  byte, and so does a fresh boot of the new image; the new image is locked while the guest runs and the old one is
   not; the new image stays sparse (allocated bytes far below its size);
 - a destination on a file system too small for the data fails the move:
   the guest runs on on the old image and finds every record, the old
@@ -154,6 +154,16 @@ def assert_guest_log_ok(vm, records=RECORDS):
     assert vm.wait_exit(30) == 0, vm.tail()
 
 
+def fresh_boot_checks_log(image, records):
+    """A new guest booted on image finds the whole log."""
+    with VM(append="console=ttyS0 quiet ferry.run=ft,disklog-check,/dev/vda", mem=64,
+            disk=image, name="fresh") as vm:
+        m = vm.wait_for(r"^ft: disklog-check: (.*)$", BOOT)
+        assert m.group(1) == f"{records} records ok", (
+            f"a fresh boot on {image}: {m.group(1)}\n{vm.tail()}")
+        assert vm.wait_exit(30) == 0, vm.tail()
+
+
 @contextmanager
 def scratch():
     d = Path(tempfile.mkdtemp(prefix="ferry-storage-"))
@@ -191,6 +201,7 @@ def test_disk_move_while_the_guest_writes():
             assert_guest_log_ok(vm)
         host_check_log(new, RECORDS)
         host_check_data(new)
+        fresh_boot_checks_log(new, RECORDS)
         assert allocated(new) < 2 * DATA_MIB * MIB, (
             f"the new image is not sparse: {allocated(new)} bytes allocated of "
             f"{DISK_MIB * MIB}")
