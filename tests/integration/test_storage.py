@@ -17,9 +17,10 @@ What is proved, and how it would fail:
   the guest runs on on the old image and finds every record, the old
   image stays locked, the partial destination is gone;
 - a cancelled move does the same, and a migration is refused while a
-  move runs;
+  move runs; a `quit` during a move removes the partial image too;
 - a destination that is a symlink, that exists, or that another process
-  holds locked is refused at once, and nothing is created or changed;
+  holds locked is refused at once, and nothing is created or changed; so
+  is a move of a read-only disk;
 - after a move, a migration names the new image: a destination given the
   old one is refused with the reason (not attached, disk-move, disks:
   copy), the guest runs on at the source; a destination given the new one
@@ -261,6 +262,24 @@ def test_disk_move_cancel_keeps_the_old_image_and_blocks_migration():
         host_check_data(old)
 
 
+def test_quit_during_a_disk_move_removes_the_partial_image():
+    with scratch() as tmp:
+        old, new = tmp / "old.raw", tmp / "new.raw"
+        make_image(old)
+        with VM(append="console=ttyS0 quiet", mem=64, disk=old, name="quit") as vm:
+            vm.wait_ready(BOOT)
+            q = vm.qmp()
+            q.cmd("disk-move", disk=0, path=str(new), bandwidth_mbps=8)     # ~8 s
+            wait_until(lambda: q.cmd("query-disk-move")["copied_bytes"] > 0, 30,
+                       "the copy under way")
+            assert new.exists() and lock_state(new) == "write"
+            q.cmd("quit")
+            assert vm.wait_exit(30) == 0, vm.tail()
+        assert not new.exists(), "quit left the partial destination behind"
+        assert lock_state(old) == "unlocked"
+        host_check_data(old)
+
+
 def test_disk_move_refuses_bad_destinations():
     with scratch() as tmp:
         old = tmp / "old.raw"
@@ -271,7 +290,10 @@ def test_disk_move_refuses_bad_destinations():
         existing.write_bytes(b"keep me")
         held = tmp / "held.raw"
         held.write_bytes(b"another VM's")
-        with VM(append="console=ttyS0 quiet", mem=64, disk=old, name="refuse") as vm:
+        ro = tmp / "ro.raw"
+        ro.write_bytes(bytes(MIB))
+        with VM(append="console=ttyS0 quiet", mem=64, disk=[old, f"{ro},ro"],
+                name="refuse") as vm:
             vm.wait_ready(BOOT)
             q = vm.qmp()
             hfd = os.open(held, os.O_RDWR)      # another VM's image, locked
@@ -286,7 +308,8 @@ def test_disk_move_refuses_bad_destinations():
                         raise AssertionError(f"disk-move to {path} was accepted")
                     except QMPError as e:
                         assert why in str(e) and str(path) in str(e), (path, e)
-                for args, why in (({"disk": 1, "path": str(target)}, "'disk'"),
+                for args, why in (({"disk": 2, "path": str(target)}, "'disk'"),
+                                  ({"disk": 1, "path": str(target)}, "read-only"),
                                   ({"disk": 0}, "'path'"),
                                   ({"disk": 0, "path": str(target),
                                     "bandwidth_mbps": -1}, "'bandwidth_mbps'")):
