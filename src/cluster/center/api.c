@@ -385,12 +385,14 @@ static void vm_migrate(struct call *c, json_t *row, const char *name)
 	const char *to = opt_str(body, "to", &bad), *prio = opt_str(body, "priority", &bad);
 	const char *at_text = opt_str(body, "at", &bad);
 	json_t *dt = json_object_get(body, "downtime_ms");
+	json_t *bw = json_object_get(body, "bandwidth_mbps");
 	time_t at = at_text ? parse_time(at_text) : 0;
-	if (bad || (dt && !json_is_integer(dt)) || at < 0 ||
+	if (bad || (dt && (!json_is_integer(dt) || json_integer_value(dt) <= 0)) || at < 0 ||
+	    (bw && (!json_is_integer(bw) || json_integer_value(bw) <= 0)) ||
 	    (prio && strcmp(prio, "high") && strcmp(prio, "standard"))) {
 		reply_error(c->resp, 400, "migrate takes to (a host), priority (high|standard), at "
-			    "(ISO time such as 2026-12-02T05:00:00Z, or +10m) and downtime_ms "
-			    "(integer)", "see docs/api.md");
+			    "(ISO time such as 2026-12-02T05:00:00Z, or +10m), downtime_ms and "
+			    "bandwidth_mbps (positive integers)", "see docs/api.md");
 		json_decref(body);
 		return;
 	}
@@ -453,6 +455,8 @@ static void vm_migrate(struct call *c, json_t *row, const char *name)
 				  json_object_get(pick, "estimate") ?: json_null());
 	if (dt)
 		json_object_set(extra, "downtime_ms", dt);
+	if (bw)
+		json_object_set(extra, "bandwidth_mbps", bw);
 	long long id = task_insert("migrate", name, json_string_value(json_object_get(row, "host")),
 				   dest, "queued", prio && !strcmp(prio, "high"), at, c->user, extra);
 	json_decref(extra);

@@ -33,7 +33,7 @@ json_t *task_json(json_t *row)
 {
 	json_t *j = json_object();
 	const char *copy[] = { "id", "kind", "vm", "source", "destination", "state", "user",
-			       "waiting", "total_ms", "downtime_ms", "error" };
+			       "waiting", "total_ms", "downtime_ms", "error", "bandwidth_mbps" };
 	for (size_t i = 0; i < sizeof(copy) / sizeof(copy[0]); i++) {
 		json_t *v = json_object_get(row, copy[i]);
 		json_object_set(j, copy[i], v ? v : json_null());
@@ -64,14 +64,17 @@ long long task_insert(const char *kind, const char *vm, const char *source, cons
 	json_t *est = json_object_get(extra, "estimate");
 	char *est_text = est ? json_dumps(est, JSON_COMPACT) : NULL;
 	json_t *dt = json_object_get(extra, "downtime_ms");
+	json_t *bw = json_object_get(extra, "bandwidth_mbps");
 	time_t now = time(NULL);
 	bool running = !strcmp(state, "running");
 	db_exec("INSERT INTO tasks(kind, vm, source, destination, state, priority, at, created,"
-		" started, user, estimate, downtime_target) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-		json_pack("[s, s, s?, s?, s, i, o, I, o, s, s?, o]", kind, vm, source, dest, state,
+		" started, user, estimate, downtime_target, bandwidth_mbps)"
+		" VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		json_pack("[s, s, s?, s?, s, i, o, I, o, s, s?, o, o]", kind, vm, source, dest, state,
 			  priority, at > 0 ? json_integer(at) : json_null(), (json_int_t)now,
 			  running ? json_integer(now) : json_null(), user, est_text,
-			  json_is_integer(dt) ? json_integer(json_integer_value(dt)) : json_null()));
+			  json_is_integer(dt) ? json_integer(json_integer_value(dt)) : json_null(),
+			  json_is_integer(bw) ? json_integer(json_integer_value(bw)) : json_null()));
 	free(est_text);
 	return sqlite3_last_insert_rowid(ctr.db);
 }
@@ -197,7 +200,7 @@ static void follow_one(json_t *task)
 
 /* Starts one migration on its source; false with err set. */
 static bool start_on_source(const char *vm, const char *src, const char *dst, json_t *dt,
-			    char *err, size_t errlen)
+			    json_t *bw, char *err, size_t errlen)
 {
 	pthread_mutex_lock(&db_lock);
 	char src_url[200], dst_url[200], dst_addr[64];
@@ -211,6 +214,8 @@ static bool start_on_source(const char *vm, const char *src, const char *dst, js
 	json_t *body = json_pack("{s:s, s:s}", "dest_url", dst_url, "dest_addr", dst_addr);
 	if (json_is_integer(dt))
 		json_object_set(body, "downtime_ms", dt);
+	if (json_is_integer(bw))
+		json_object_set(body, "bandwidth_mbps", bw);
 	char path[300];
 	long status;
 	snprintf(path, sizeof(path), "/agent/v1/vms/%s/migrate", vm);
@@ -284,11 +289,13 @@ static void start_queued(void)
 		snprintf(dstname, sizeof(dstname), "%s", dst);
 		snprintf(vmname, sizeof(vmname), "%s", vm);
 		json_t *dt = json_incref(json_object_get(t, "downtime_target"));
+		json_t *bw = json_incref(json_object_get(t, "bandwidth_mbps"));
 		json_decref(vrow);
 		pthread_mutex_unlock(&db_lock);
 		char err[600];
-		bool ok = start_on_source(vmname, srcname, dstname, dt, err, sizeof(err));
+		bool ok = start_on_source(vmname, srcname, dstname, dt, bw, err, sizeof(err));
 		json_decref(dt);
+		json_decref(bw);
 		pthread_mutex_lock(&db_lock);
 		logf_("task %lld: migrate %s %s -> %s%s%s", id, vmname, srcname, dstname,
 		      ok ? "" : ": ", ok ? "" : err);

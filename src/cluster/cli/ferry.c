@@ -561,7 +561,8 @@ static int cmd_vm_migrate(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "to", 1, 0, 't' }, { "datastore", 1, 0, 'd' }, { "priority", 1, 0, 'p' },
-		{ "at", 1, 0, 'a' }, { "downtime-ms", 1, 0, 'D' }, { "wait", 0, 0, 'w' }, { 0 } };
+		{ "at", 1, 0, 'a' }, { "downtime-ms", 1, 0, 'D' }, { "wait", 0, 0, 'w' },
+		{ "bandwidth-mbps", 1, 0, 'B' }, { 0 } };
 	json_t *body = json_object();
 	bool wait = false;
 	int c;
@@ -576,14 +577,17 @@ static int cmd_vm_migrate(int argc, char **argv)
 			fprintf(stderr, "ferry: --datastore (storage migration) is not supported yet; "
 					"the VM's files must be on a datastore both hosts see\n");
 			return 1;
-		case 'D': {
+		case 'D':
+		case 'B': {
 			char *end;
 			long v = strtol(optarg, &end, 10);
 			if (*end || v <= 0) {
 				json_decref(body);
-				return usage_error("--downtime-ms wants a number of milliseconds");
+				return usage_error(c == 'D' ? "--downtime-ms wants a number of milliseconds"
+							    : "--bandwidth-mbps wants a number of Mbit/s");
 			}
-			json_object_set_new(body, "downtime_ms", json_integer(v));
+			json_object_set_new(body, c == 'D' ? "downtime_ms" : "bandwidth_mbps",
+					    json_integer(v));
 			break;
 		}
 		default:
@@ -815,7 +819,7 @@ static const struct command commands[] = {
 	{ "vm recommend", "vm recommend NAME   (destinations ranked, refusals with reasons)",
 	  cmd_vm_recommend },
 	{ "vm migrate", "vm migrate NAME [--to HOST] [--datastore DS] [--priority high|standard] "
-			"[--at TIME|+10m] [--downtime-ms N] [--wait]", cmd_vm_migrate },
+			"[--at TIME|+10m] [--downtime-ms N] [--bandwidth-mbps N] [--wait]", cmd_vm_migrate },
 	{ "vm ft", "vm ft enable NAME [--secondary HOST] | vm ft disable NAME", cmd_vm_ft },
 	{ "task list", "task list [--state S] [--vm NAME] [--limit N]", cmd_task_list },
 	{ "task show", "task show ID", cmd_task_show },

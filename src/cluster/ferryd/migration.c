@@ -36,6 +36,7 @@ struct migration {
 	char dest_url[160];
 	char dest_addr[64];
 	int downtime_ms;
+	int bandwidth_mbps;    /* 0: uncapped */
 	char secret[65];
 	json_t *last;          /* the latest query-migrate figures */
 	char status[32];       /* setup, active, ..., completed, failed, cancelled */
@@ -134,8 +135,9 @@ static void follow(struct migration *m, struct qmp *q)
 		snprintf(st, sizeof(st), "%s", json_string_value(json_object_get(r, "status")) ?: "active");
 		const char *e = json_string_value(json_object_get(r, "error"));
 		mig_set(m, st, r, e);
+		bool ended = terminal(st) || !strcmp(st, "postmigrate");
 		json_decref(r);
-		if (terminal(st) || !strcmp(st, "postmigrate"))
+		if (ended)
 			return;
 		usleep(200000);
 	}
@@ -195,6 +197,8 @@ static void *migration_thread(void *arg)
 	char uri[128];
 	snprintf(uri, sizeof(uri), "tcp:%s:%d", m->dest_addr, port);
 	json_t *args = json_pack("{s:s, s:i}", "uri", uri, "downtime_ms", m->downtime_ms);
+	if (m->bandwidth_mbps > 0)
+		json_object_set_new(args, "bandwidth_mbps", json_integer(m->bandwidth_mbps));
 	if (m->secret[0]) {
 		char sp[PATH_MAX + 32];
 		snprintf(sp, sizeof(sp), "%s/vms/%s/migration.secret", fd_cfg.state_dir, m->name);
@@ -259,6 +263,8 @@ int migration_start(const char *name, json_t *req, char *err, size_t errlen)
 	}
 	pthread_mutex_lock(&vms_lock);
 	struct vm *vm = vm_find(name);
+	if (vm && vm->incoming)   /* an incoming VM that has arrived runs now: ask it */
+		json_decref(vm_json(vm, true));
 	bool ok = vm && !vm->exited && !vm->incoming;
 	pthread_mutex_unlock(&vms_lock);
 	if (!ok) {
@@ -298,6 +304,8 @@ int migration_start(const char *name, json_t *req, char *err, size_t errlen)
 	snprintf(m->dest_addr, sizeof(m->dest_addr), "%s", dest_addr);
 	json_t *dt = json_object_get(req, "downtime_ms");
 	m->downtime_ms = json_is_integer(dt) ? (int)json_integer_value(dt) : 300;
+	json_t *bw = json_object_get(req, "bandwidth_mbps");
+	m->bandwidth_mbps = json_is_integer(bw) ? (int)json_integer_value(bw) : 0;
 	snprintf(m->status, sizeof(m->status), "setup");
 	if (fd_cfg.secure_incoming) {
 		unsigned char raw[32];
