@@ -112,6 +112,39 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+/* A hart that can never run again by itself: stopped in HSM (only a
+ * running hart could start it), or waiting in WFI with every interrupt
+ * disabled in mie (WFI wakes only for an interrupt enabled there). Read
+ * from other harts' threads: the fields of a hart in that state no longer
+ * change. */
+static bool hart_hopeless(struct hart *h)
+{
+	int hsm = atomic_load(&h->hsm);
+	if (hsm == HSM_STOPPED)
+		return true;
+	return hsm == HSM_STARTED && __atomic_load_n(&h->wfi, __ATOMIC_RELAXED) &&
+	       __atomic_load_n(&h->mie, __ATOMIC_RELAXED) == 0;
+}
+
+/* When no hart can ever run again the guest is dead (a kernel cut short
+ * parks its harts like that): say so and end, rather than sleep forever.
+ * Every hart that sleeps hopelessly checks, and a WFI sleeper checks again
+ * at each timed wake-up, so the last one to get there sees it. */
+static void check_guest_alive(struct hart *h)
+{
+	struct machine *m = h->m;
+	for (unsigned i = 0; i < m->nharts; i++)
+		if (!hart_hopeless(m->harts[i]))
+			return;
+	if (atomic_load(&m->exit_reason) != EXIT_NONE)
+		return;
+	fprintf(stderr, "ferry-vm: the guest can never run again: every hart is stopped or "
+		"waits for an interrupt with all interrupts disabled (hart %u waits at pc "
+		"%#llx with mie 0); is the kernel complete?\n", h->id,
+		(unsigned long long)h->pc);
+	machine_exit(m, EXIT_ERROR);
+}
+
 /* Sleep until an interrupt is pending (WFI) or the hart is started (HSM),
  * a request arrives, or the timer fires. */
 static void hart_sleep(struct hart *h)
@@ -124,6 +157,8 @@ static void hart_sleep(struct hart *h)
 		int hsm = atomic_load(&h->hsm);
 		if (hsm == HSM_START_PENDING)
 			break;
+		if (hart_hopeless(h))
+			check_guest_alive(h);
 		if (hsm == HSM_STARTED) {
 			if (atomic_load(&h->mip) & h->mie)
 				break;
