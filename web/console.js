@@ -19,6 +19,7 @@ const API = '/api/v1';
 const PAGE = 50;
 const POLL_MS = { hosts: 3000, vms: 3000, tasks: 1000, audit: 4000 };
 const TOKEN_KEY = 'ferry.token';
+const WIZARD_ROWS = 25;   /* candidates and refused hosts shown in the wizard */
 
 const state = {
 	token: sessionStorage.getItem(TOKEN_KEY),
@@ -380,7 +381,7 @@ async function openWizard(vm) {
 	$('wizard').showModal();
 	let rec;
 	try {
-		rec = await api('GET', `/vms/${encodeURIComponent(vm.name)}/recommend`);
+		rec = await api('GET', `/vms/${encodeURIComponent(vm.name)}/recommend?limit=${WIZARD_ROWS}`);
 	} catch (e) {
 		$('wizard-error').textContent = describe(e);
 		return;
@@ -416,10 +417,17 @@ async function openWizard(vm) {
 			setTimeout(choose);
 		return row;
 	});
+	const more = (rec.candidates_total || 0) - rec.candidates.length;
+	if (more > 0)
+		rows.push(el('tr', {}, el('td', { colspan: 7, class: 'muted' },
+			`and ${more.toLocaleString()} more hosts that can take it, ranked lower`)));
 	fill($('wizard-candidates').tBodies[0], rows, 7, 'No candidate: see the reasons below.');
-	$('wizard-refused').replaceChildren(...(rec.refused.length ? rec.refused.map((r) =>
-		el('li', { dataset: { host: r.host } }, el('b', {}, r.host), ': ', r.reason))
-		: [el('li', {}, 'none')]));
+	const items = rec.refused.map((r) =>
+		el('li', { dataset: { host: r.host } }, el('b', {}, r.host), ': ', r.reason));
+	const moreRefused = (rec.refused_total || 0) - rec.refused.length;
+	if (moreRefused > 0)
+		items.push(el('li', {}, `and ${moreRefused.toLocaleString()} more refused hosts`));
+	$('wizard-refused').replaceChildren(...(items.length ? items : [el('li', {}, 'none')]));
 }
 
 async function startMigration() {

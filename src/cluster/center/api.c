@@ -318,14 +318,26 @@ static void vm_list(struct call *c)
 {
 	long long off = query_int(c, "offset", 0, 1LL << 40), lim = query_int(c, "limit", 100, 1000);
 	const char *q = http_query(c->req, "q"), *host = http_query(c->req, "host");
-	char like[200];
+	/* only the filters asked for, so that SQLite can walk an index
+	 * (vms_host_name for a host, the name's for the rest) */
+	char like[200], where[100] = "1", sql[200];
+	json_t *params = json_array();
 	snprintf(like, sizeof(like), "%%%s%%", q ? q : "");
-	json_t *rows = db_query("SELECT * FROM vms WHERE name LIKE ? AND (? IS NULL OR host = ?) "
-				"ORDER BY name LIMIT ? OFFSET ?",
-				json_pack("[s, s?, s?, I, I]", like, host, host, (json_int_t)lim,
-					  (json_int_t)off));
-	json_t *total = db_row("SELECT count(*) AS n FROM vms WHERE name LIKE ? AND "
-			       "(? IS NULL OR host = ?)", json_pack("[s, s?, s?]", like, host, host));
+	if (host && *host) {
+		strcat(where, " AND host = ?");
+		json_array_append_new(params, json_string(host));
+	}
+	if (q && *q) {
+		strcat(where, " AND name LIKE ?");
+		json_array_append_new(params, json_string(like));
+	}
+	snprintf(sql, sizeof(sql), "SELECT count(*) AS n FROM vms WHERE %s", where);
+	json_t *total = db_row(sql, json_deep_copy(params));
+	snprintf(sql, sizeof(sql), "SELECT * FROM vms WHERE %s ORDER BY name LIMIT ? OFFSET ?", where);
+	json_array_append_new(params, json_integer((json_int_t)lim));
+	json_array_append_new(params, json_integer((json_int_t)off));
+	json_t *rows = db_query(sql, params);
+	json_decref(params);
 	json_t *out = json_array();
 	size_t i;
 	json_t *r;
@@ -493,6 +505,24 @@ static void vm_console(struct call *c, json_t *row, const char *name)
 	json_decref(r);
 }
 
+/* The wizard's answer, each list cut to ?limit= (the console shows the
+ * best few of 2,500 hosts), with the full counts beside. */
+static json_t *recommend_page(struct call *c, json_t *row)
+{
+	json_t *rec = wizard_recommend(row);
+	long long lim = query_int(c, "limit", 1LL << 40, 1LL << 40);
+	const char *lists[] = { "candidates", "refused" };
+	for (int i = 0; i < 2; i++) {
+		json_t *list = json_object_get(rec, lists[i]);
+		char key[32];
+		snprintf(key, sizeof(key), "%s_total", lists[i]);
+		json_object_set_new(rec, key, json_integer((json_int_t)json_array_size(list)));
+		while ((long long)json_array_size(list) > lim)
+			json_array_remove(list, json_array_size(list) - 1);
+	}
+	return rec;
+}
+
 static void vm_routes(struct call *c, const char *name, const char *action)
 {
 	json_t *row = vm_row(name);
@@ -509,7 +539,7 @@ static void vm_routes(struct call *c, const char *name, const char *action)
 	else if (action && !strcmp(action, "migrate") && is(c, "POST"))
 		vm_migrate(c, row, name);
 	else if (action && !strcmp(action, "recommend") && is(c, "GET"))
-		reply_json(c->resp, 200, wizard_recommend(row));
+		reply_json(c->resp, 200, recommend_page(c, row));
 	else if (action && !strcmp(action, "console") && is(c, "GET"))
 		vm_console(c, row, name);
 	else

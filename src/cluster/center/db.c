@@ -39,6 +39,8 @@ static const char schema[] =
 	"  SELECT RAISE(ABORT, 'the audit trail is append-only'); END;"
 	"CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit BEGIN"
 	"  SELECT RAISE(ABORT, 'the audit trail is append-only'); END;"
+	"CREATE INDEX IF NOT EXISTS tasks_kind_state ON tasks(kind, state);"
+	"CREATE INDEX IF NOT EXISTS vms_host_name ON vms(host, name);"
 	"CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value TEXT);";
 
 bool db_open(const char *path, char *err, size_t errlen)
