@@ -8,11 +8,14 @@
  * that the framing lets us find recomputed, so the fuzzer also gets past
  * the checksums into the decoders (pages, zstd, records, the JSON
  * configuration). Odd-sized inputs take pages through a sink instead of
- * RAM, as post-copy does.
+ * RAM, as post-copy does. Every section also goes through the section
+ * grammar (grammar.c) as a file or, for inputs with bit 1 of the size
+ * set, as a live stream. fuzz_load.c goes further, into the loaders.
  *
  * Build and run: fuzz/run-short.sh SECONDS (clang -fsanitize=fuzzer).
  * Seeds: the sample streams of tests/unit/stream_sample.h.
  */
+#include "migrate/grammar.h"
 #include "migrate/stream.h"
 
 #include <stdio.h>
@@ -66,7 +69,9 @@ static void feed(const uint8_t *data, size_t size, bool use_sink)
 {
 	struct mig_config local, remote;
 	struct mig_section sec;
+	struct mig_grammar grammar;
 	char why[256];
+	bool in_order = true;
 	if (ftruncate(fd, 0) || pwrite(fd, data, size, 0) != (ssize_t)size ||
 	    lseek(fd, 0, SEEK_SET))
 		abort();
@@ -77,9 +82,20 @@ static void feed(const uint8_t *data, size_t size, bool use_sink)
 	mig_config_add_device(&local, "uart", 1);
 	if (mig_read_config(s, &remote) == 0) {
 		mig_config_check(&remote, &local, why, sizeof(why));
+		/* the section order as a destination checks it, live or not */
+		mig_grammar_init(&grammar, &remote, size & 2);
 		for (int i = 0; i < MAX_SECTIONS; i++) {
 			if (mig_read_section(s, &sec, use_sink ? NULL : ram, RAM_SIZE))
 				break;
+			if (in_order && sec.type != MIG_SEC_ERROR &&
+			    mig_grammar_step(&grammar, &sec, why, sizeof(why))) {
+				in_order = false;
+				if (!why[0])
+					abort();        /* a refusal always says why */
+			}
+			if (in_order && sec.type == MIG_SEC_END &&
+			    grammar.phase != MIG_G_END)
+				abort();        /* END accepted before the state was whole */
 			if (sec.type == MIG_SEC_DIGEST)
 				sink_sum += sec.digest == mig_ram_digest(ram, RAM_SIZE);
 			if (sec.type == MIG_SEC_PAGE_REQUEST)

@@ -11,6 +11,8 @@
 #include "machine/boot.h"
 #include "machine/clint.h"
 #include "machine/devices.h"
+#include "migrate/channel.h"
+#include "migrate/migrate.h"
 #include "vmm.h"
 
 #include <errno.h>
@@ -37,6 +39,7 @@ struct options {
 	const char *control;
 	const char *incoming;
 	const char *console;
+	const char *tls_creds;
 };
 
 static void usage(FILE *f)
@@ -53,8 +56,9 @@ static void usage(FILE *f)
 		"                          virtio-net on an existing TAP interface\n"
 		"                          (create=on: create it if missing)\n"
 		"  --control SOCKET        JSON control socket (QMP-style)\n"
-		"  --incoming tcp:HOST:PORT | file:PATH\n"
+		"  --incoming tcp:HOST:PORT[,secret-file=FILE] | file:PATH\n"
 		"                          wait for a migration instead of booting\n"
+		"  --tls-creds DIR         migrate over TLS 1.3 with DIR's certificates\n"
 		"  --console stdio|none|FILE\n"
 		"                          where the serial console goes (default stdio)\n"
 		"  --help, --version\n", MAX_HARTS);
@@ -120,7 +124,7 @@ static unsigned long parse_number(const char *s, const char *opt)
  */
 enum {
 	OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_MEM, OPT_SMP, OPT_DISK, OPT_NET,
-	OPT_CONTROL, OPT_INCOMING, OPT_CONSOLE, OPT_HELP, OPT_VERSION,
+	OPT_CONTROL, OPT_INCOMING, OPT_CONSOLE, OPT_HELP, OPT_VERSION, OPT_TLS_CREDS,
 };
 
 static void bad_option(char **argv, int c)
@@ -148,6 +152,7 @@ static void parse_options(int argc, char **argv, struct options *o)
 		{ "control", required_argument, NULL, OPT_CONTROL },
 		{ "incoming", required_argument, NULL, OPT_INCOMING },
 		{ "console", required_argument, NULL, OPT_CONSOLE },
+		{ "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ 0, 0, 0, 0 },
@@ -201,6 +206,7 @@ static void parse_options(int argc, char **argv, struct options *o)
 			o->incoming = optarg;
 			break;
 		case OPT_CONSOLE: o->console = optarg; break;
+		case OPT_TLS_CREDS: o->tls_creds = optarg; break;
 		case OPT_HELP: usage(stdout); exit(0);
 		case OPT_VERSION: printf("ferry-vm %s\n", FERRY_VERSION); exit(0);
 		default:
@@ -211,6 +217,24 @@ static void parse_options(int argc, char **argv, struct options *o)
 		bad_arg("unexpected argument '%s'", argv[optind]);
 	if (!o->boot.kernel && !o->incoming)
 		bad_arg("%s", "--kernel IMAGE is required");
+	char err[512];
+	if (o->incoming && mig_incoming_check(o->incoming, o->tls_creds, err, sizeof(err)))
+		bad_arg("%s", err);
+}
+
+/* --tls-creds DIR: the certificates every migration channel uses. */
+static struct mig_tls *load_tls(const struct options *o)
+{
+	char err[512];
+	if (!o->tls_creds)
+		return NULL;
+	struct mig_tls *tls = mig_tls_load(o->tls_creds, err, sizeof(err));
+	if (!tls)
+		bad_arg("--tls-creds: %s", err);
+	if (o->incoming && !strncmp(o->incoming, "tcp:", 4) && !mig_tls_can_serve(tls))
+		bad_arg("--tls-creds %s: a destination needs server-cert.pem and "
+			"server-key.pem", o->tls_creds);
+	return tls;
 }
 
 static int open_console(const char *spec, int *in_fd, int *out_fd)
@@ -293,6 +317,7 @@ int main(int argc, char **argv)
 
 	struct vmm vmm = VMM_INIT;
 	char err[512] = "";
+	vmm.tls = load_tls(&o);
 	if (vmm_handle_signals(&vmm, err, sizeof(err))) {
 		fprintf(stderr, "ferry-vm: %s\n", err);
 		return 1;

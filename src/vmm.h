@@ -11,6 +11,7 @@
 struct machine;
 struct control;
 struct migration;
+struct mig_tls;
 struct virtio_dev;
 struct disk_move;
 
@@ -37,6 +38,7 @@ struct vmm {
 	struct migration *mig;     /* the current or last outgoing migration */
 	struct migration *in;      /* the incoming migration, while it runs */
 	const char *disks[4];      /* disk image paths, for storage checks */
+	struct mig_tls *tls;       /* --tls-creds: every migration channel is TLS */
 	unsigned ndisks;
 	struct virtio_dev *blk[4];         /* their virtio-blk devices */
 	struct disk_move *disk_move;       /* the current or last disk move */

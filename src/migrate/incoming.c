@@ -11,6 +11,8 @@
  * with the reason and never runs a guest with wrong memory.
  * `--incoming file:PATH` reads a saved stream the same way, one-way.
  */
+#include "migrate/channel.h"
+#include "migrate/grammar.h"
 #include "migrate/migrate.h"
 #include "migrate/migration.h"
 #include "migrate/stream.h"
@@ -20,6 +22,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +55,10 @@ static void fault_round(uint64_t pages_received, uint64_t ram_pages)
 		     (!strcmp(want, "later-rounds") && pages_received > ram_pages)))
 		_exit(9);
 }
+
+/* How long a peer that has not yet proven itself (TLS, the secret, a
+ * well-formed configuration) may hold the listener. */
+#define HANDSHAKE_TIMEOUT_MS 5000
 
 static int listen_tcp(const char *uri, char *err, size_t errlen)
 {
@@ -100,14 +108,19 @@ static void page_store(void *opaque, uint64_t pfn, const void *page)
 }
 
 /* Receive sections until END. Returns 0, or -1 with err filled. */
-static int receive_state(struct vmm *v, struct mig_stream *s, uint64_t guest_ram,
-			 bool *postcopy, char *err, size_t errlen)
+static int receive_state(struct vmm *v, struct mig_stream *s,
+			 const struct mig_config *remote, bool live, bool *postcopy, char *err,
+			 size_t errlen)
 {
 	struct machine *m = v->machine;
-	bool have_digest = false;
+	uint64_t guest_ram = remote->ram_size;
+	struct mig_grammar grammar;
 	uint64_t pages = 0, npages = m->ram_size / PAGE_SIZE;
 	static const uint8_t zeros[PAGE_SIZE];
 	struct page_store ps = { m, malloc(npages * sizeof(uint64_t)), mig_page_hash(zeros) };
+	int r = -1;
+	*postcopy = false;
+	mig_grammar_init(&grammar, remote, live);
 	if (!ps.hash) {
 		snprintf(err, errlen, "out of memory for the page hashes");
 		return -1;
@@ -115,14 +128,18 @@ static int receive_state(struct vmm *v, struct mig_stream *s, uint64_t guest_ram
 	for (uint64_t i = 0; i < npages; i++)
 		ps.hash[i] = ps.zero_hash;      /* RAM here starts zeroed */
 	mig_stream_set_sink(s, page_store, &ps);
-	int r = -1;
-	*postcopy = false;
 	for (;;) {
 		struct mig_section sec;
 		if (mig_read_section(s, &sec, m->ram, m->ram_size)) {
 			snprintf(err, errlen, "%s", mig_stream_error(s));
 			goto out;
 		}
+		if (sec.type == MIG_SEC_ERROR) {
+			snprintf(err, errlen, "source gave up: %s", sec.text);
+			goto out;
+		}
+		if (mig_grammar_step(&grammar, &sec, err, errlen))
+			goto out;
 		switch (sec.type) {
 		case MIG_SEC_RAM:       /* pages are already in RAM */
 			pages += sec.pages;
@@ -139,7 +156,6 @@ static int receive_state(struct vmm *v, struct mig_stream *s, uint64_t guest_ram
 					 (unsigned long long)mine);
 				goto out;
 			}
-			have_digest = true;
 			break;
 		}
 		case MIG_SEC_POSTCOPY:
@@ -147,16 +163,8 @@ static int receive_state(struct vmm *v, struct mig_stream *s, uint64_t guest_ram
 			if (postcopy_incoming_begin(v, s, &sec, err, errlen))
 				goto out;
 			break;
-		case MIG_SEC_END:
-			if (!have_digest && !*postcopy) {
-				snprintf(err, errlen, "stream ended without a memory digest");
-				goto out;
-			}
+		case MIG_SEC_END:       /* the grammar saw the digest or post-copy */
 			r = 0;
-			goto out;
-		case MIG_SEC_ERROR:
-			snprintf(err, errlen, "source gave up: %.*s", (int)sec.len,
-				 (const char *)sec.data);
 			goto out;
 		default:
 			if (vmstate_load(m, &sec, err, errlen))
@@ -170,7 +178,19 @@ out:
 }
 
 
-/* The common part of tcp and file: configuration, then state. */
+/* receive()'s answers besides 0 */
+#define RECV_FAILED     (-1)    /* the migration failed: end with the reason */
+#define RECV_REJECTED   (-2)    /* the peer never spoke the protocol: wait on */
+
+static bool quitting(struct vmm *v)
+{
+	return atomic_load(&v->machine->exit_reason) != EXIT_NONE;
+}
+
+/* The common part of tcp and file: configuration, then state. On a
+ * connection the peer has HANDSHAKE_TIMEOUT_MS for the whole exchange of
+ * configurations; one that sends nothing, garbage or too little in that
+ * time is RECV_REJECTED, not a failed migration. */
 static int receive(struct vmm *v, struct mig_stream *s, bool two_way, bool *postcopy,
 		   char *err, size_t errlen)
 {
@@ -181,45 +201,57 @@ static int receive(struct vmm *v, struct mig_stream *s, bool two_way, bool *post
 		return -1;
 	}
 	vmstate_config(v, &local);
-	if (two_way && (mig_write_config(s, &local) || mig_flush(s))) {
+	if (two_way)
+		mig_channel_set_deadline(mig_stream_channel(s), HANDSHAKE_TIMEOUT_MS);
+	if ((two_way && (mig_write_config(s, &local) || mig_flush(s))) ||
+	    mig_read_config(s, &remote)) {
 		snprintf(err, errlen, "handshake: %s", mig_stream_error(s));
-		return -1;
-	}
-	if (mig_read_config(s, &remote)) {
-		snprintf(err, errlen, "%s", mig_stream_error(s));
-		return -1;
+		return two_way && !mig_stream_peer_gave_up(s) && !quitting(v) ? RECV_REJECTED
+									       : RECV_FAILED;
 	}
 	fault_point("handshake");
 	if (mig_config_check(&remote, &local, why, sizeof(why))) {
 		snprintf(err, errlen, "cannot run this guest here: %s", why);
 		if (two_way)
 			mig_send_error(s, why);
-		return -1;
+		return RECV_FAILED;
 	}
 	if (two_way && (mig_write_section(s, MIG_SEC_ACK, NULL, 0) || mig_flush(s))) {
 		snprintf(err, errlen, "handshake: %s", mig_stream_error(s));
-		return -1;
+		return RECV_FAILED;
 	}
-	if (receive_state(v, s, remote.ram_size, postcopy, err, errlen)) {
+	if (two_way)
+		mig_channel_set_deadline(mig_stream_channel(s), 0);
+	if (receive_state(v, s, &remote, two_way, postcopy, err, errlen)) {
 		if (two_way)
-			mig_send_error(s, err);
-		return -1;
+			mig_send_error(s, quitting(v) ? "the destination was told to quit" : err);
+		return RECV_FAILED;
 	}
 	return 0;
 }
 
-/* Confirm, wait for the source to let go of the disks, take them. */
+/* Confirm, wait for the source to let go of the disks, take them, and
+ * tell the source the guest runs here. A quit before that last word
+ * fails the migration, so the source resumes: the guest is never told
+ * gone from there and then dropped here. */
 static int take_over(struct vmm *v, struct mig_stream *s, char *err, size_t errlen)
 {
 	char why[256];
 	const char *reason = NULL;
 	fault_point("switchover");
+	if (quitting(v)) {
+		snprintf(err, errlen, "told to quit before the guest started here");
+		mig_send_error(s, "the destination was told to quit");
+		return -1;
+	}
 	if (mig_write_section(s, MIG_SEC_ACK, NULL, 0) || mig_flush(s)) {
 		snprintf(err, errlen, "confirming: %s", mig_stream_error(s));
 		return -1;
 	}
 	if (mig_expect(s, MIG_SEC_RELEASED, why, sizeof(why))) {
 		snprintf(err, errlen, "source did not hand over: %s", why);
+		if (quitting(v))
+			mig_send_error(s, "the destination was told to quit");
 		return -1;
 	}
 	fault_point("released");
@@ -229,6 +261,12 @@ static int take_over(struct vmm *v, struct mig_stream *s, char *err, size_t errl
 		return -1;
 	}
 	fault_point("acquired");
+	if (quitting(v)) {
+		snprintf(err, errlen, "told to quit before the guest started here");
+		vmstate_release(v->machine, &reason);
+		mig_send_error(s, "the destination was told to quit");
+		return -1;
+	}
 	if (mig_write_section(s, MIG_SEC_STARTED, NULL, 0) || mig_flush(s)) {
 		/* the source may now reclaim the disks: do not run */
 		snprintf(err, errlen, "telling the source we run: %s", mig_stream_error(s));
@@ -249,53 +287,217 @@ static int start_guest(struct vmm *v, char *err, size_t errlen)
 	return 0;
 }
 
-int vmm_incoming(struct vmm *v, const char *uri, char *err, size_t errlen)
+/* ---- --incoming tcp:HOST:PORT[,secret-file=FILE] ----------------------------------- */
+
+struct incoming_spec {
+	char uri[300];                  /* tcp:HOST:PORT or file:PATH */
+	struct mig_secret secret;       /* len 0: none */
+};
+
+static int parse_spec(const char *spec, struct incoming_spec *out, char *err, size_t errlen)
+{
+	memset(out, 0, sizeof(*out));
+	if (!strncmp(spec, "file:", 5)) {
+		snprintf(out->uri, sizeof(out->uri), "%s", spec);
+		return 0;
+	}
+	const char *comma = strchr(spec, ',');
+	size_t n = comma ? (size_t)(comma - spec) : strlen(spec);
+	char host[256], port[32];
+	if (n >= sizeof(out->uri)) {
+		snprintf(err, errlen, "--incoming: address too long");
+		return -1;
+	}
+	memcpy(out->uri, spec, n);
+	out->uri[n] = 0;
+	if (mig_parse_tcp(out->uri, host, sizeof(host), port, sizeof(port))) {
+		snprintf(err, errlen, "--incoming '%s': want tcp:HOST:PORT[,secret-file=FILE] or "
+			 "file:PATH", spec);
+		return -1;
+	}
+	if (!comma)
+		return 0;
+	if (strncmp(comma + 1, "secret-file=", 12) || !comma[13]) {
+		snprintf(err, errlen, "--incoming: unknown option '%s' (want "
+			 "secret-file=FILE)", comma + 1);
+		return -1;
+	}
+	return mig_secret_load(comma + 13, &out->secret, err, errlen);
+}
+
+int mig_incoming_check(const char *spec, bool tls, char *err, size_t errlen)
+{
+	struct incoming_spec *is = malloc(sizeof(*is));
+	if (!is) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	int r = parse_spec(spec, is, err, errlen);
+	if (r == 0 && !strncmp(spec, "file:", 5) && tls) {
+		snprintf(err, errlen, "--tls-creds is for migrations over TCP, not file:");
+		r = -1;
+	}
+	explicit_bzero(is, sizeof(*is));
+	free(is);
+	return r;
+}
+
+/* Wait for a connection, or for `quit`: the socket, or -1 (err says why;
+ * *quit set if that was it). */
+static int accept_or_quit(struct vmm *v, int lfd, bool *quit, char *err, size_t errlen)
+{
+	struct pollfd p[2] = {
+		{ .fd = lfd, .events = POLLIN },
+		{ .fd = v->machine->exit_pipe[0], .events = POLLIN },
+	};
+	*quit = false;
+	for (;;) {
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			snprintf(err, errlen, "poll: %s", strerror(errno));
+			return -1;
+		}
+		if (p[1].revents || quitting(v)) {
+			*quit = true;
+			snprintf(err, errlen, "told to quit while waiting");
+			return -1;
+		}
+		int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0)
+			return fd;
+		if (errno != EINTR && errno != ECONNABORTED && errno != EAGAIN) {
+			snprintf(err, errlen, "accept: %s", strerror(errno));
+			return -1;
+		}
+	}
+}
+
+static void peer_name(int fd, char *buf, size_t len)
+{
+	struct sockaddr_storage sa;
+	socklen_t sl = sizeof(sa);
+	char host[NI_MAXHOST], port[NI_MAXSERV];
+	if (getpeername(fd, (struct sockaddr *)&sa, &sl) ||
+	    getnameinfo((struct sockaddr *)&sa, sl, host, sizeof(host), port, sizeof(port),
+			NI_NUMERICHOST | NI_NUMERICSERV))
+		snprintf(buf, len, "an unknown peer");
+	else
+		snprintf(buf, len, "%.64s port %.16s", host, port);
+}
+
+/* Serve connections until one migration succeeds or fails for real.
+ * Returns 0 with *s the stream of a migration that is ready to start,
+ * 1 if told to quit, -1 on failure. */
+static int serve(struct vmm *v, int lfd, const struct mig_auth *auth, const char *uri,
+		 struct mig_stream **out, bool *postcopy, char *err, size_t errlen)
+{
+	for (;;) {
+		bool quit;
+		char who[300], why[600];
+		int fd = accept_or_quit(v, lfd, &quit, err, errlen);
+		if (fd < 0)
+			return quit ? 1 : -1;
+		mig_socket_tune(fd);
+		peer_name(fd, who, sizeof(who));
+		struct mig_channel *ch = mig_channel_server(fd, auth, HANDSHAKE_TIMEOUT_MS,
+							    v->machine->exit_pipe[0], why,
+							    sizeof(why));
+		if (!ch) {
+			if (quitting(v))
+				return 1;
+			fprintf(stderr, "ferry-vm: %s: refused a connection from %s: %s; still "
+				"waiting\n", uri, who, why);
+			continue;
+		}
+		struct mig_stream *s = mig_stream_new_channel(ch);
+		int r = receive(v, s, true, postcopy, err, errlen);
+		if (r == 0 && take_over(v, s, err, errlen))
+			r = RECV_FAILED;
+		if (r == 0) {
+			*out = s;
+			return 0;
+		}
+		mig_stream_free(s);
+		if (quitting(v))
+			return 1;
+		if (r == RECV_FAILED)
+			return -1;
+		fprintf(stderr, "ferry-vm: %s: dropped a connection from %s: %s; still "
+			"waiting\n", uri, who, err);
+	}
+}
+
+int mig_restore_state(struct vmm *v, struct mig_stream *s, char *err, size_t errlen)
 {
 	bool postcopy = false;
-	struct mig_stream *s;
-	v->in = (struct migration *)v;      /* marks "incoming" for query-status */
+	return receive(v, s, false, &postcopy, err, errlen) ? -1 : 0;
+}
 
-	if (!strncmp(uri, "file:", 5)) {
-		int fd = open(uri + 5, O_RDONLY | O_CLOEXEC);
-		if (fd < 0) {
-			snprintf(err, errlen, "%s: %s", uri + 5, strerror(errno));
-			return -1;
-		}
-		s = mig_stream_new(fd);
-		int r = receive(v, s, false, &postcopy, err, errlen);
-		const char *reason = NULL;
-		if (r == 0 && vmstate_acquire(v->machine, &reason)) {
-			snprintf(err, errlen, "cannot take over devices: %s", reason);
-			r = -1;
-		}
-		mig_stream_free(s);
-		close(fd);
-		if (r)
-			return -1;
-		v->in = NULL;
-		return start_guest(v, err, errlen);
-	}
-
-	int lfd = listen_tcp(uri, err, errlen);
-	if (lfd < 0)
-		return -1;
-	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-	close(lfd);
+static int restore_file(struct vmm *v, const char *path, char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
-		snprintf(err, errlen, "accept on %s: %s", uri, strerror(errno));
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
 		return -1;
 	}
-	mig_socket_tune(fd);
-	s = mig_stream_new(fd);
-	if (receive(v, s, true, &postcopy, err, errlen) || take_over(v, s, err, errlen)) {
-		mig_stream_free(s);
-		close(fd);
-		return -1;
+	struct mig_stream *s = mig_stream_new(fd);
+	int r = mig_restore_state(v, s, err, errlen);
+	const char *reason = NULL;
+	if (r == 0 && vmstate_acquire(v->machine, &reason)) {
+		snprintf(err, errlen, "cannot take over devices: %s", reason);
+		r = -1;
 	}
-	v->in = NULL;
-	if (postcopy)
-		return postcopy_incoming_run(v, s, fd, err, errlen);
 	mig_stream_free(s);
 	close(fd);
+	if (r)
+		return -1;
+	v->in = NULL;
+	return start_guest(v, err, errlen);
+}
+
+int vmm_incoming(struct vmm *v, const char *spec, char *err, size_t errlen)
+{
+	bool postcopy = false;
+	struct mig_stream *s = NULL;
+	struct incoming_spec *is = calloc(1, sizeof(*is));
+	v->in = (struct migration *)v;      /* marks "incoming" for query-status */
+	if (!is) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	if (parse_spec(spec, is, err, errlen)) {
+		free(is);
+		return -1;
+	}
+	if (!strncmp(is->uri, "file:", 5)) {
+		int r = restore_file(v, is->uri + 5, err, errlen);
+		free(is);
+		return r;
+	}
+	struct mig_auth auth = { v->tls, is->secret.len ? &is->secret : NULL };
+	if (!auth.tls && !auth.secret)
+		fprintf(stderr, "ferry-vm: warning: %s accepts a migration from anyone who can "
+			"reach it; give --tls-creds DIR or secret-file=FILE to require proof\n",
+			is->uri);
+	int lfd = listen_tcp(is->uri, err, errlen);
+	int r = lfd < 0 ? -1 : serve(v, lfd, &auth, is->uri, &s, &postcopy, err, errlen);
+	if (lfd >= 0)
+		close(lfd);
+	explicit_bzero(is, sizeof(*is));
+	free(is);
+	if (r == 1) {
+		/* quit: no guest ran here and no source was told one did; the
+		 * main loop sees the quit and ends the process */
+		fprintf(stderr, "ferry-vm: quit while waiting for a migration: no guest ran "
+			"here\n");
+		return 0;
+	}
+	if (r)
+		return -1;
+	v->in = NULL;
+	if (postcopy)
+		return postcopy_incoming_run(v, s, -1, err, errlen);
+	mig_stream_free(s);
 	return start_guest(v, err, errlen);
 }

@@ -24,6 +24,16 @@ void migration_destroy(struct migration *mg);
 /* The guest was handed off: it runs on the destination now. */
 bool migration_is_done(struct migration *mg);
 
+/* Is `--incoming SPEC` usable (tcp:HOST:PORT[,secret-file=FILE] with a
+ * readable secret, or file:PATH)? 0, or -1 with the reason. */
+int mig_incoming_check(const char *spec, bool tls, char *err, size_t errlen);
+
+/* Load a saved stream (configuration, checked; pages, state, digest, in
+ * the order grammar.h gives) into the machine, which must not run yet.
+ * 0, or -1 with the reason. For restore and the loaders' fuzz target. */
+struct mig_stream;
+int mig_restore_state(struct vmm *v, struct mig_stream *s, char *err, size_t errlen);
+
 /* Control socket commands (see DESIGN.md "Control socket"). */
 json_t *migration_cmd_migrate(void *vmm, json_t *args, const char **cls, char *err,
 			      size_t errlen);

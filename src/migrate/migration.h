@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "migrate/channel.h"
+
 struct vmm;
 struct machine;
 struct mig_stream;
@@ -34,6 +36,7 @@ struct migration {
 	char uri[256];
 	uint64_t downtime_ms, bandwidth_mbps, max_total_s;
 	bool postcopy;
+	struct mig_secret secret;       /* proves us to the destination (len 0: none) */
 	atomic_bool cancel;
 
 	/* figures for query-migrate */

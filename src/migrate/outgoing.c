@@ -24,6 +24,7 @@
  * `save` writes the same stream to a file with the guest stopped.
  */
 #include "migrate/deadline.h"
+#include "migrate/channel.h"
 #include "migrate/migrate.h"
 #include "migrate/migration.h"
 #include "migrate/planner.h"
@@ -42,6 +43,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -143,18 +145,22 @@ void mig_socket_tune(int fd)
 	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
 }
 
-static int connect_tcp(const char *uri, char *err, size_t errlen)
+/* Connect to the destination and secure the channel (TLS with the
+ * process's --tls-creds, the migration's secret) before anything of the
+ * guest is sent. NULL with the reason in err. */
+static struct mig_channel *connect_tcp(struct migration *mg, char *err, size_t errlen)
 {
+	const char *uri = mg->uri;
 	char host[256], port[32];
 	if (mig_parse_tcp(uri, host, sizeof(host), port, sizeof(port))) {
 		snprintf(err, errlen, "bad uri '%s': want tcp:HOST:PORT", uri);
-		return -1;
+		return NULL;
 	}
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
 	int r = getaddrinfo(host, port, &hints, &ai);
 	if (r) {
 		snprintf(err, errlen, "%s: %s", uri, gai_strerror(r));
-		return -1;
+		return NULL;
 	}
 	int fd = -1, last = 0;
 	for (struct addrinfo *a = ai; a; a = a->ai_next) {
@@ -169,9 +175,17 @@ static int connect_tcp(const char *uri, char *err, size_t errlen)
 		fd = -1;
 	}
 	freeaddrinfo(ai);
-	if (fd < 0)
+	if (fd < 0) {
 		snprintf(err, errlen, "cannot connect to %s: %s", uri, strerror(last));
-	return fd;
+		return NULL;
+	}
+	struct mig_auth auth = { mg->vmm->tls, &mg->secret };
+	char why[320];
+	struct mig_channel *ch = mig_channel_client(fd, host, &auth, IO_TIMEOUT_S * 1000, why,
+						    sizeof(why));
+	if (!ch)
+		snprintf(err, errlen, "%.200s: %s", uri, why);
+	return ch;
 }
 
 /* ---- sending RAM ------------------------------------------------------------------ */
@@ -509,15 +523,20 @@ static void *outgoing_thread(void *arg)
 		fail(mg, "out of memory for the dirty page bitmap (%zu bytes)", words * 8);
 		goto failed;
 	}
-	int fd = connect_tcp(mg->uri, err, sizeof(err));
-	if (fd < 0) {
+	struct mig_channel *ch = connect_tcp(mg, err, sizeof(err));
+	if (!ch) {
 		fail(mg, "%s", err);
 		goto failed;
 	}
 	pthread_mutex_lock(&mg->lock);
-	mg->fd = fd;
+	mg->fd = mig_channel_fd(ch);
 	pthread_mutex_unlock(&mg->lock);
-	struct mig_watchdog *w = mig_watchdog_start(fd, STALL_S * 1000);
+	s = mig_stream_new_channel(ch);         /* closes the socket when freed */
+	if (!s) {
+		fail(mg, "out of memory for the migration stream");
+		goto failed;
+	}
+	struct mig_watchdog *w = mig_watchdog_start(mig_channel_fd(ch), STALL_S * 1000);
 	if (!w) {
 		fail(mg, "cannot start the migration's watchdog thread");
 		goto failed;
@@ -526,11 +545,6 @@ static void *outgoing_thread(void *arg)
 	mg->watchdog = w;
 	arm_budget(mg);
 	pthread_mutex_unlock(&mg->lock);
-	s = mig_stream_new(fd);
-	if (!s) {
-		fail(mg, "out of memory for the migration stream");
-		goto failed;
-	}
 	/* zstd costs ~30 us a page: it pays only below ~1 Gbit/s
 	 * (docs/stream.md) */
 	mig_stream_set_compress(s, mg->bandwidth_mbps && mg->bandwidth_mbps < 1000);
@@ -604,35 +618,92 @@ failed:
 	finish_failed(mg, paused);
 out:
 	stop_watchdog(mg);
+	pthread_mutex_lock(&mg->lock);
+	mg->fd = -1;            /* no more shutdown() from cancel: it closes now */
+	pthread_mutex_unlock(&mg->lock);
 	if (s)
 		mig_stream_free(s);
-	pthread_mutex_lock(&mg->lock);
-	if (mg->fd >= 0)
-		close(mg->fd);
-	mg->fd = -1;
-	pthread_mutex_unlock(&mg->lock);
 	free(bitmap);
 	return NULL;
 }
 
 /* ---- save to a file ------------------------------------------------------------------ */
 
-static int save_to_file(struct vmm *v, const char *path, char *err, size_t errlen)
+/* Where a save may go: nothing, or a regular file that is not a
+ * symbolic link (rename would replace the link, not what it points to,
+ * and a device node or FIFO is not ours to replace). */
+static int save_target_ok(const char *path, char *err, size_t errlen)
 {
-	struct machine *m = v->machine;
-	char tmp[4096];
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0) {
+	struct stat st;
+	if (lstat(path, &st)) {
+		if (errno == ENOENT)
+			return 0;
 		snprintf(err, errlen, "save %s: %s", path, strerror(errno));
 		return -1;
 	}
+	if (S_ISLNK(st.st_mode)) {
+		snprintf(err, errlen, "save %s: is a symbolic link; give the real path", path);
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(err, errlen, "save %s: exists and is not a regular file (a device, "
+			 "directory or FIFO): refusing to replace it", path);
+		return -1;
+	}
+	return 0;
+}
+
+/* Create a fresh temporary beside path (same directory, so rename is
+ * atomic): O_EXCL|O_NOFOLLOW, never an existing file or link. */
+static int save_temp_open(const char *path, char *tmp, size_t tmplen, char *err,
+			  size_t errlen)
+{
+	const char *slash = strrchr(path, '/');
+	int dirlen = slash ? (int)(slash - path) + 1 : 0;
+	const char *base = slash ? slash + 1 : path;
+	for (int attempt = 0; attempt < 64; attempt++) {
+		unsigned rnd = (unsigned)getpid() * 2654435761u ^ (unsigned)mig_now_ms() ^
+			       (unsigned)attempt * 40503u;
+		if (snprintf(tmp, tmplen, "%.*s.%s.%08x.tmp", dirlen, path, base, rnd) >=
+		    (int)tmplen) {
+			snprintf(err, errlen, "save %s: path too long", path);
+			return -1;
+		}
+		int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd >= 0)
+			return fd;
+		if (errno != EEXIST) {
+			snprintf(err, errlen, "save %s: cannot create %s: %s", path, tmp,
+				 strerror(errno));
+			return -1;
+		}
+	}
+	snprintf(err, errlen, "save %s: cannot find a free temporary name", path);
+	return -1;
+}
+
+/* Make the rename itself durable. */
+static int fsync_parent(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char dir[4096];
+	snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - path) + 1 : 1,
+		 slash ? path : ".");
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int r = fsync(fd);
+	close(fd);
+	return r;
+}
+
+static int write_saved_stream(struct vmm *v, int fd, char *err, size_t errlen)
+{
+	struct machine *m = v->machine;
 	size_t words = (m->ram_size / PAGE_SIZE + 63) / 64;
 	uint64_t *all = malloc(words * sizeof(uint64_t));
 	if (!all) {
-		snprintf(err, errlen, "save %s: out of memory for the page bitmap", path);
-		close(fd);
-		unlink(tmp);
+		snprintf(err, errlen, "out of memory for the page bitmap");
 		return -1;
 	}
 	memset(all, 0xff, words * sizeof(uint64_t));
@@ -642,10 +713,8 @@ static int save_to_file(struct vmm *v, const char *path, char *err, size_t errle
 	vmstate_config(v, &cfg);
 	struct mig_stream *s = mig_stream_new(fd);
 	if (!s) {
-		snprintf(err, errlen, "save %s: out of memory for the stream", path);
+		snprintf(err, errlen, "out of memory for the stream");
 		free(all);
-		close(fd);
-		unlink(tmp);
 		return -1;
 	}
 	struct migration dummy = { .vmm = v };
@@ -657,21 +726,50 @@ static int save_to_file(struct vmm *v, const char *path, char *err, size_t errle
 	    mig_write_end(s) == 0 && mig_flush(s) == 0)
 		r = 0;
 	if (r)
-		snprintf(err, errlen, "save %s: %s", path, mig_stream_error(s));
+		snprintf(err, errlen, "%s", mig_stream_error(s));
 	mig_stream_free(s);
+	pthread_mutex_destroy(&dummy.lock);
 	free(all);
-	if (r == 0 && fsync(fd)) {
-		snprintf(err, errlen, "save %s: %s", path, strerror(errno));
-		r = -1;
-	}
-	close(fd);
-	if (r == 0 && rename(tmp, path)) {
-		snprintf(err, errlen, "save %s: %s", path, strerror(errno));
-		r = -1;
-	}
-	if (r)
-		unlink(tmp);
 	return r;
+}
+
+static int save_to_file(struct vmm *v, const char *path, char *err, size_t errlen)
+{
+	char tmp[4096], why[400];
+	if (save_target_ok(path, err, errlen))
+		return -1;
+	int fd = save_temp_open(path, tmp, sizeof(tmp), err, errlen);
+	if (fd < 0)
+		return -1;
+	int r = write_saved_stream(v, fd, why, sizeof(why));
+	if (r == 0 && fsync(fd)) {
+		snprintf(why, sizeof(why), "%s", strerror(errno));
+		r = -1;
+	}
+	if (close(fd) && r == 0) {
+		snprintf(why, sizeof(why), "%s", strerror(errno));
+		r = -1;
+	}
+	/* the target may have become something else while we wrote */
+	if (r == 0 && save_target_ok(path, err, errlen)) {
+		unlink(tmp);
+		return -1;
+	}
+	if (r == 0 && rename(tmp, path)) {
+		snprintf(why, sizeof(why), "%s", strerror(errno));
+		r = -1;
+	}
+	if (r) {
+		snprintf(err, errlen, "save %s: %s", path, why);
+		unlink(tmp);
+		return -1;
+	}
+	if (fsync_parent(path)) {
+		snprintf(err, errlen, "save %s: written, but syncing its directory failed: %s",
+			 path, strerror(errno));
+		return -1;
+	}
+	return 0;
 }
 
 /* ---- control commands ------------------------------------------------------------------ */
@@ -728,6 +826,22 @@ static bool get_uint(json_t *args, const char *key, uint64_t *out, uint64_t max,
 	return true;
 }
 
+/* `secret_file`: the destination's secret, read now so a bad path fails
+ * the command, not the migration. */
+static bool migration_secret_arg(json_t *args, struct mig_secret *secret, char *err,
+				 size_t errlen)
+{
+	json_t *f = json_object_get(args, "secret_file");
+	if (!f)
+		return true;
+	if (!json_is_string(f) || !json_string_length(f)) {
+		snprintf(err, errlen, "'secret_file' must be the path of the destination's "
+			 "secret file");
+		return false;
+	}
+	return mig_secret_load(json_string_value(f), secret, err, errlen) == 0;
+}
+
 json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *err,
 			      size_t errlen)
 {
@@ -778,6 +892,9 @@ json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *e
 		snprintf(err, errlen, "the guest is stopped; 'cont' it first or use 'save'");
 		return NULL;
 	}
+	struct mig_secret secret = { .len = 0 };
+	if (!migration_secret_arg(args, &secret, err, errlen))
+		return NULL;
 
 	struct migration *mg = calloc(1, sizeof(*mg));
 	if (!mg) {
@@ -793,6 +910,8 @@ json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *e
 	mg->max_total_s = max_total;
 	mg->postcopy = pc && json_is_true(pc);
 	mg->predicted_total_ms = mg->predicted_downtime_ms = UINT64_MAX;
+	mg->secret = secret;
+	explicit_bzero(&secret, sizeof(secret));
 	mg->start_ms = mig_now_ms();
 	mg->status = MIG_SETUP;
 	struct migration *old = v->mig;

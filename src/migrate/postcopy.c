@@ -132,12 +132,10 @@ int postcopy_run(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 	pthread_mutex_unlock(&mg->lock);
 	vmm_event(mg->vmm, "MIGRATION", json_pack("{s:s}", "status", "postcopy"));
 
-	int fd = mg->fd;
 	uint64_t cursor = 0;
 	for (;;) {
-		struct pollfd p = { .fd = fd, .events = POLLIN };
 		bool done = cursor >= words;
-		if (poll(&p, 1, done ? 100 : 0) > 0) {
+		if (mig_stream_wait_readable(s, done ? 100 : 0) > 0) {
 			struct mig_section sec;
 			if (mig_read_section(s, &sec, NULL, 0))
 				goto lost;

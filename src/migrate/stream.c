@@ -23,6 +23,7 @@
  * much, so a page that does not pay fails fast and goes raw.
  */
 #include "migrate/stream.h"
+#include "migrate/channel.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -52,13 +53,13 @@
 #define GROW_STEP       (1u << 20)      /* payload buffer growth while reading */
 
 struct mig_stream {
-	int fd;
-	bool is_socket;
+	struct mig_channel *ch;
 	int timeout_ms;
 	struct mig_rate rate;
 
 	bool failed;
 	bool write_broken;              /* a write failed: sending is pointless */
+	bool peer_gave_up;              /* the failure is an ERROR section the peer sent */
 	char error[320];
 	uint64_t bytes_out, bytes_in;
 
@@ -197,17 +198,33 @@ static const char *type_name(uint32_t type)
 
 /* ---- Life cycle and settings ---------------------------------------------------- */
 
-struct mig_stream *mig_stream_new(int fd)
+struct mig_stream *mig_stream_new_channel(struct mig_channel *ch)
 {
 	struct mig_stream *s = calloc(1, sizeof(*s));
-	struct stat st;
-	if (!s)
+	if (!s) {
+		mig_channel_close(ch);
 		return NULL;    /* the caller fails its migration, not the VM */
-	s->fd = fd;
-	s->is_socket = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+	}
+	s->ch = ch;
 	s->zstd_level = MIG_ZSTD_LEVEL;
 	mig_rate_init(&s->rate, 0);
 	return s;
+}
+
+struct mig_stream *mig_stream_new(int fd)
+{
+	struct mig_channel *ch = mig_channel_wrap(fd);
+	return ch ? mig_stream_new_channel(ch) : NULL;
+}
+
+struct mig_channel *mig_stream_channel(struct mig_stream *s)
+{
+	return s->ch;
+}
+
+int mig_stream_wait_readable(struct mig_stream *s, int timeout_ms)
+{
+	return mig_channel_wait_readable(s->ch, timeout_ms);
 }
 
 void mig_stream_free(struct mig_stream *s)
@@ -219,12 +236,14 @@ void mig_stream_free(struct mig_stream *s)
 	free(s->payload);
 	ZSTD_freeCCtx(s->cctx);
 	ZSTD_freeDCtx(s->dctx);
+	mig_channel_close(s->ch);
 	free(s);
 }
 
 void mig_stream_set_timeout(struct mig_stream *s, int timeout_ms)
 {
 	s->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
+	mig_channel_set_timeout(s->ch, s->timeout_ms);
 }
 
 void mig_stream_set_rate(struct mig_stream *s, uint64_t bytes_per_sec)
@@ -253,6 +272,7 @@ uint64_t mig_stream_bytes(const struct mig_stream *s) { return s->bytes_out + s-
 uint64_t mig_stream_bytes_out(const struct mig_stream *s) { return s->bytes_out; }
 uint64_t mig_stream_bytes_in(const struct mig_stream *s) { return s->bytes_in; }
 bool mig_stream_failed(const struct mig_stream *s) { return s->failed; }
+bool mig_stream_peer_gave_up(const struct mig_stream *s) { return s->peer_gave_up; }
 
 const char *mig_stream_error(const struct mig_stream *s)
 {
@@ -319,34 +339,27 @@ static void rate_pace(struct mig_stream *s, size_t n)
 
 /* ---- Raw I/O -------------------------------------------------------------------- */
 
-/* Wait until fd is ready for `events`; fails the stream after the timeout. */
-static int wait_fd(struct mig_stream *s, short events, bool force)
+/* The channel gave up on a wait: say why, in the stream's words. */
+static int io_failed(struct mig_stream *s, bool reading)
 {
-	if (!s->timeout_ms && !force)
-		return 0;
-	struct pollfd p = { .fd = s->fd, .events = events };
-	for (;;) {
-		int r = poll(&p, 1, s->timeout_ms ? s->timeout_ms : -1);
-		if (r > 0)
-			return 0;
-		if (r == 0)
-			return fail(s, "migration stream: the peer has not %s for %d ms: "
-				    "is it still alive?", events == POLLIN ? "sent anything" :
-				    "read anything", s->timeout_ms);
-		if (errno != EINTR)
-			return fail(s, "migration stream: poll: %s", strerror(errno));
-	}
-}
-
-static bool fd_nonblocking(int fd)
-{
-	int fl = fcntl(fd, F_GETFL);
-	return fl >= 0 && (fl & O_NONBLOCK);
+	int err = errno;
+	if (err == ETIMEDOUT)
+		return fail(s, "migration stream: the peer has not %s for %d ms: is it still "
+			    "alive?", reading ? "sent anything" : "read anything",
+			    s->timeout_ms ? s->timeout_ms : MIG_CHANNEL_IO_TIMEOUT_MS);
+	if (err == ECANCELED)
+		return fail(s, "migration stream: stopped: this process is quitting");
+	if (err == EPROTO)
+		return fail(s, "migration stream: %s", mig_channel_error(s->ch));
+	return -2;      /* not a wait: the caller words it */
 }
 
 static int write_failed(struct mig_stream *s, int err)
 {
 	s->write_broken = true;
+	errno = err;
+	if (io_failed(s, false) == -1)
+		return -1;
 	if (err == EAGAIN || err == EWOULDBLOCK)
 		return fail(s, "migration stream: sending timed out: the peer does not read "
 			    "(is it still alive?)");
@@ -364,25 +377,9 @@ static int write_iov(struct mig_stream *s, struct iovec *iov, int cnt)
 		cnt--;
 	}
 	while (cnt) {
-		if (wait_fd(s, POLLOUT, false))
-			return -1;
-		ssize_t r;
-		if (s->is_socket) {
-			struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)cnt };
-			r = sendmsg(s->fd, &mh, MSG_NOSIGNAL);
-		} else {
-			r = writev(s->fd, iov, cnt);
-		}
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			if ((errno == EAGAIN || errno == EWOULDBLOCK) && fd_nonblocking(s->fd)) {
-				if (wait_fd(s, POLLOUT, true))
-					return -1;
-				continue;
-			}
+		ssize_t r = mig_channel_writev(s->ch, iov, cnt);
+		if (r < 0)
 			return write_failed(s, errno);
-		}
 		if (r == 0)
 			return write_failed(s, EPIPE);
 		rate_pace(s, (size_t)r);
@@ -453,9 +450,7 @@ static int in_get(struct mig_stream *s, void *dst, size_t n, const char *what)
 {
 	uint8_t *d = dst;
 	while (n) {
-		if (wait_fd(s, POLLIN, false))
-			return -1;
-		ssize_t r = read(s->fd, d, n);
+		ssize_t r = mig_channel_read(s->ch, d, n);
 		if (r > 0) {
 			s->bytes_in += (uint64_t)r;
 			d += r;
@@ -466,13 +461,8 @@ static int in_get(struct mig_stream *s, void *dst, size_t n, const char *what)
 			return fail(s, "migration stream: truncated at offset %llu, in %s: the "
 				    "peer closed the connection or the file is incomplete",
 				    (unsigned long long)s->bytes_in, what);
-		if (errno == EINTR)
-			continue;
-		if ((errno == EAGAIN || errno == EWOULDBLOCK) && fd_nonblocking(s->fd)) {
-			if (wait_fd(s, POLLIN, true))
-				return -1;
-			continue;
-		}
+		if (io_failed(s, true) == -1)
+			return -1;
 		if (errno == EAGAIN || errno == EWOULDBLOCK)
 			return fail(s, "migration stream: receiving timed out at offset %llu: "
 				    "the peer sent nothing (is it still alive?)",
@@ -737,17 +727,32 @@ static int read_payload(struct mig_stream *s, uint64_t n, const char *name)
 	return 0;
 }
 
+/* The rest of a framed section whose 16 header bytes were read already
+ * (from stream offset `at`): payload, checksum, verified. */
+static int read_frame_after(struct mig_stream *s, struct mig_section *sec,
+			    const uint8_t *hdr, uint64_t at);
+
 /* Read one framed section and verify its checksum (no decoding). */
 static int read_frame(struct mig_stream *s, struct mig_section *sec)
 {
-	uint8_t hdr[HDR_BYTES], sum[SUM_BYTES];
+	uint8_t hdr[HDR_BYTES];
+	uint64_t at = s->bytes_in;
+	if (s->failed)
+		return -1;
+	if (in_get(s, hdr, sizeof(hdr), "a section header"))
+		return -1;
+	return read_frame_after(s, sec, hdr, at);
+}
+
+static int read_frame_after(struct mig_stream *s, struct mig_section *sec,
+			    const uint8_t *hdr, uint64_t at_offset)
+{
+	uint8_t sum[SUM_BYTES];
 	XXH64_state_t h;
 	memset(sec, 0, sizeof(*sec));
 	if (s->failed)
 		return -1;
-	sec->offset = s->bytes_in;
-	if (in_get(s, hdr, sizeof(hdr), "a section header"))
-		return -1;
+	sec->offset = at_offset;
 	sec->type = get_le32(hdr);
 	sec->flags = get_le32(hdr + 4);
 	sec->len = get_le64(hdr + 8);
@@ -768,7 +773,7 @@ static int read_frame(struct mig_stream *s, struct mig_section *sec)
 	    in_get(s, sum, sizeof(sum), "a section checksum"))
 		return -1;
 	XXH64_reset(&h, 0);
-	XXH64_update(&h, hdr, sizeof(hdr));
+	XXH64_update(&h, hdr, HDR_BYTES);
 	XXH64_update(&h, s->payload, (size_t)sec->len);
 	if (XXH64_digest(&h) != get_le64(sum))
 		return fail(s, "migration stream: section '%s' at offset %llu fails its "
@@ -972,6 +977,7 @@ int mig_expect(struct mig_stream *s, uint32_t type, char *why, size_t len)
 	}
 	if (sec.type == MIG_SEC_ERROR) {
 		snprintf(why, len, "%s", sec.text);
+		s->peer_gave_up = true;
 		return fail(s, "migration stream: the peer gave up: %s", sec.text);
 	}
 	if (sec.type != type) {
@@ -1190,6 +1196,17 @@ int mig_read_config(struct mig_stream *s, struct mig_config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 	if (s->failed || in_get(s, hdr, sizeof(hdr), "the stream header"))
 		return -1;
+	if (get_le32(hdr) == MIG_SEC_ERROR && get_le32(hdr + 4) == 0) {
+		/* a peer that refuses us before its own header says why */
+		if (read_frame_after(s, &sec, hdr, 0))
+			return -1;
+		decode_error(s, &sec);
+		s->peer_gave_up = true;
+		return fail(s, "migration stream: the peer refused: %s", sec.text);
+	}
+	if (!memcmp(hdr, "FERRYKEY", 8))
+		return fail(s, "migration stream: the destination asks for a secret: give "
+			    "'migrate' the secret_file it was started with");
 	if (memcmp(hdr, MIG_MAGIC, 8))
 		return fail(s, "migration stream: not a ferry migration stream (no FERRYMIG "
 			    "header)");
@@ -1204,6 +1221,7 @@ int mig_read_config(struct mig_stream *s, struct mig_config *cfg)
 		return -1;
 	if (sec.type == MIG_SEC_ERROR) {
 		decode_error(s, &sec);
+		s->peer_gave_up = true;
 		return fail(s, "migration stream: the peer refused: %s", sec.text);
 	}
 	if (sec.type != MIG_SEC_CONFIG)

@@ -122,7 +122,16 @@ struct mig_stream;
  * coming. Writes are buffered until mig_flush(). Aborts only when the host
  * is out of memory. */
 struct mig_stream *mig_stream_new(int fd);
+/* A stream over a channel (channel.h: TCP, TLS), which it owns from here
+ * on: mig_stream_free() closes it. */
+struct mig_channel;
+struct mig_stream *mig_stream_new_channel(struct mig_channel *ch);
+struct mig_channel *mig_stream_channel(struct mig_stream *s);
 void mig_stream_free(struct mig_stream *s);
+/* Is a section coming? 1 when a read would not wait, 0 after timeout_ms
+ * (-1: forever), -1 on error. Unlike poll() on the fd, it sees bytes TLS
+ * has already decrypted. */
+int mig_stream_wait_readable(struct mig_stream *s, int timeout_ms);
 
 /* A peer silent for this long fails the stream (0, the default: wait;
  * SO_RCVTIMEO/SO_SNDTIMEO on the socket work too). */
@@ -142,6 +151,9 @@ uint64_t mig_stream_bytes_out(const struct mig_stream *s);
 uint64_t mig_stream_bytes_in(const struct mig_stream *s);
 
 bool mig_stream_failed(const struct mig_stream *s);
+/* Did it fail on an ERROR section from the peer (a peer that speaks the
+ * protocol and said why), rather than on bytes that make no sense? */
+bool mig_stream_peer_gave_up(const struct mig_stream *s);
 /* The first error, or "no error". */
 const char *mig_stream_error(const struct mig_stream *s);
 /* Record an error the caller found (the first one wins); returns -1. */

@@ -1,9 +1,10 @@
-"""A short libFuzzer run over the migration stream reader.
+"""A short libFuzzer run over the migration stream reader and the loaders.
 
-fuzz/run-short.sh builds fuzz/fuzz_stream.c with clang's fuzzer, address
-and undefined-behaviour sanitizers, seeds it with the valid sample streams
-of tests/unit/test_stream.c, and exits non-zero if any input crashes,
-leaks or hangs the reader.
+fuzz/run-short.sh builds fuzz/fuzz_stream.c (the stream library and the
+section grammar) and fuzz/fuzz_load.c (a restore into a real board, through
+every CPU and device loader) with clang's fuzzer, address and
+undefined-behaviour sanitizers, seeds them with valid streams, and exits
+non-zero if any input crashes, leaks or hangs them.
 """
 
 import subprocess
@@ -15,7 +16,7 @@ TIMEOUT = 180
 
 def test_stream_reader_survives_fuzzing():
     need_tool("clang", "clang")
-    r = subprocess.run([str(REPO / "fuzz" / "run-short.sh"), "20"], cwd=REPO,
+    r = subprocess.run([str(REPO / "fuzz" / "run-short.sh"), "15"], cwd=REPO,
                        capture_output=True, text=True, timeout=170)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "no crash" in r.stdout, r.stdout[-2000:]

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "migrate/grammar.h"
 #include "migrate/stream.h"
 #include "stream_sample.h"
 
@@ -929,6 +930,145 @@ static void write_seeds(const char *dir)
 	write_seed(dir, "control", capture(control_writer, false));
 }
 
+/* ---- the section grammar ------------------------------------------------------------ */
+
+/* Write the sections named in `script` (space-separated: ram, cpu0, cpu1,
+ * uart, blk, clock, digest, postcopy, end, ack) after the sample config,
+ * then read them back through the grammar as a file (live false) or a
+ * connection would. Returns the grammar's (or the reader's) error, or ""
+ * when the stream was accepted up to END. */
+static const char *grammar_run(const char *script, bool live, char *err, size_t errlen)
+{
+	static uint8_t ram[SAMPLE_RAM];
+	const uint8_t hart[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+	int fd = memfd_create("grammar", MFD_CLOEXEC);
+	assert_true(fd >= 0);
+	struct mig_stream *w = crafted_stream(fd);
+	char buf[256], *save = NULL;
+	snprintf(buf, sizeof(buf), "%s", script);
+	sample_ram(ram);
+	for (char *t = strtok_r(buf, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+		int r = -1;
+		if (!strcmp(t, "ram"))
+			r = mig_put_page(w, 1, ram + MIG_PAGE_SIZE) || mig_flush_pages(w);
+		else if (!strncmp(t, "cpu", 3))
+			r = mig_write_cpu(w, (uint32_t)atoi(t + 3), 1, hart, sizeof(hart));
+		else if (!strcmp(t, "uart"))
+			r = mig_write_device(w, "uart", 1, "u", 1);
+		else if (!strcmp(t, "blk"))
+			r = mig_write_device(w, "virtio-blk@10001000", 2, NULL, 0);
+		else if (!strcmp(t, "clock"))
+			r = mig_write_clock(w, 42);
+		else if (!strcmp(t, "digest"))
+			r = mig_write_digest(w, 7);
+		else if (!strcmp(t, "postcopy"))
+			r = mig_write_section(w, MIG_SEC_POSTCOPY, "\xff", 1);
+		else if (!strcmp(t, "end"))
+			r = mig_write_end(w);
+		else if (!strcmp(t, "ack"))
+			r = mig_write_section(w, MIG_SEC_ACK, NULL, 0);
+		else
+			fail_msg("unknown token %s", t);
+		assert_int_equal(r, 0);
+	}
+	assert_int_equal(mig_flush(w), 0);
+	mig_stream_free(w);
+	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+
+	struct mig_stream *r = mig_stream_new(fd);
+	struct mig_config cfg;
+	struct mig_grammar g;
+	struct mig_section sec;
+	err[0] = 0;
+	assert_int_equal(mig_read_config(r, &cfg), 0);
+	mig_grammar_init(&g, &cfg, live);
+	for (;;) {
+		if (mig_read_section(r, &sec, ram, SAMPLE_RAM)) {
+			snprintf(err, errlen, "%s", mig_stream_error(r));
+			break;
+		}
+		if (mig_grammar_step(&g, &sec, err, errlen) || sec.type == MIG_SEC_END)
+			break;
+	}
+	mig_stream_free(r);
+	close(fd);
+	return err;
+}
+
+static void grammar_accepts_whole_streams(void **state)
+{
+	(void)state;
+	char err[512];
+	const char *ok = "ram ram cpu0 cpu1 uart blk clock digest end";
+	assert_string_equal(grammar_run(ok, false, err, sizeof(err)), "");
+	assert_string_equal(grammar_run(ok, true, err, sizeof(err)), "");
+	/* no pages at all is a stream too (all of RAM zero) */
+	assert_string_equal(grammar_run("cpu0 cpu1 uart blk clock digest end", false, err,
+					sizeof(err)), "");
+	/* post-copy closes a live stream instead of the digest */
+	assert_string_equal(grammar_run("ram cpu0 cpu1 uart blk clock postcopy end", true,
+					err, sizeof(err)), "");
+}
+
+static void grammar_refuses_missing_state(void **state)
+{
+	(void)state;
+	char err[512];
+	assert_contains(grammar_run("ram cpu0 uart blk clock digest end", false, err,
+				    sizeof(err)), "where the state of hart 1 was due");
+	assert_contains(grammar_run("ram cpu1 cpu0 uart blk clock digest end", false, err,
+				    sizeof(err)), "the state of hart 1 in a 'cpu' section");
+	assert_contains(grammar_run("ram cpu0 cpu1 uart clock digest end", false, err,
+				    sizeof(err)), "device 'virtio-blk@10001000' was due");
+	assert_contains(grammar_run("ram cpu0 cpu1 blk uart clock digest end", false, err,
+				    sizeof(err)), "device 'uart' was due");
+	assert_contains(grammar_run("ram cpu0 cpu1 uart blk digest end", false, err,
+				    sizeof(err)), "where the clock was due");
+	assert_contains(grammar_run("ram cpu0 cpu1 uart blk clock end", false, err,
+				    sizeof(err)), "ended at offset");
+	assert_contains(err, "without the memory digest");
+	assert_contains(grammar_run("ram end", false, err, sizeof(err)),
+			"without the state of hart 0");
+}
+
+static void grammar_refuses_repeats_and_disorder(void **state)
+{
+	(void)state;
+	char err[512];
+	assert_contains(grammar_run("cpu0 cpu0 cpu1 uart blk clock digest end", false, err,
+				    sizeof(err)), "the state of hart 0 in a 'cpu' section");
+	assert_contains(grammar_run("cpu0 cpu1 uart uart blk clock digest end", false, err,
+				    sizeof(err)), "device 'uart' in a 'device' section");
+	assert_contains(grammar_run("cpu0 cpu1 uart blk clock digest ram end", false, err,
+				    sizeof(err)), "pages after the machine state began");
+	assert_contains(grammar_run("cpu0 ram cpu1 uart blk clock digest end", false, err,
+				    sizeof(err)), "pages after the machine state began");
+	assert_contains(grammar_run("cpu0 cpu1 uart blk clock digest digest end", false, err,
+				    sizeof(err)), "'digest' section");
+	assert_contains(grammar_run("cpu0 cpu1 uart blk clock clock digest end", false, err,
+				    sizeof(err)), "'clock' section");
+	assert_contains(grammar_run("cpu0 cpu1 uart blk clock ack digest end", false, err,
+				    sizeof(err)), "control message");
+}
+
+static void grammar_postcopy_only_once_and_only_live(void **state)
+{
+	(void)state;
+	char err[512];
+	/* the reproducer: a saved file with a POSTCOPY section */
+	assert_contains(grammar_run("ram cpu0 cpu1 uart blk clock postcopy end", false, err,
+				    sizeof(err)), "post-copy needs a live source");
+	assert_contains(grammar_run("ram cpu0 cpu1 uart blk clock digest postcopy end", false,
+				    err, sizeof(err)), "post-copy needs a live source");
+	/* repeated (it leaked), or after the digest, or before the state */
+	assert_contains(grammar_run("cpu0 cpu1 uart blk clock postcopy postcopy end", true,
+				    err, sizeof(err)), "'postcopy' section");
+	assert_contains(grammar_run("cpu0 cpu1 uart blk clock digest postcopy end", true, err,
+				    sizeof(err)), "where the end marker was due");
+	assert_contains(grammar_run("ram postcopy cpu0 cpu1 uart blk clock end", true, err,
+				    sizeof(err)), "'postcopy' section");
+}
+
 int main(void)
 {
 	const char *seed_dir = getenv("FERRY_STREAM_SEEDS");
@@ -960,6 +1100,10 @@ int main(void)
 		cmocka_unit_test(page_beyond_ram),
 		cmocka_unit_test(unknown_and_malformed_sections),
 		cmocka_unit_test(hostile_configurations),
+		cmocka_unit_test(grammar_accepts_whole_streams),
+		cmocka_unit_test(grammar_refuses_missing_state),
+		cmocka_unit_test(grammar_refuses_repeats_and_disorder),
+		cmocka_unit_test(grammar_postcopy_only_once_and_only_live),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

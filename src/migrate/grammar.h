@@ -1,0 +1,52 @@
+/*
+ * grammar.h - the order of the sections a destination accepts.
+ *
+ * Checksums say a section arrived as it was written, not that the stream
+ * makes sense: a stream may leave a hart's state out, send pages after
+ * the digest, or ask a file restore for post-copy. The destination runs
+ * every section through this checker before acting on it. After the
+ * CONFIG section (mig_read_config) a stream is:
+ *
+ *   RAM*  CPU(hart 0) .. CPU(hart N-1)  DEVICE(d0) .. DEVICE(dK-1)  CLOCK
+ *         ( DIGEST | POSTCOPY )  END
+ *
+ * with N the configuration's harts and d0..dK-1 its devices, each exactly
+ * once and in the configuration's order. POSTCOPY only on a live stream
+ * (a connection to a source that can still serve pages), never in a file.
+ * Pure bookkeeping: no I/O, no machine, so the fuzzer runs it as is.
+ */
+#ifndef FERRY_GRAMMAR_H
+#define FERRY_GRAMMAR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct mig_config;
+struct mig_section;
+
+enum mig_grammar_phase {
+	MIG_G_RAM,              /* pages; the state has not begun */
+	MIG_G_CPU,              /* hart records */
+	MIG_G_DEVICE,           /* device records */
+	MIG_G_CLOCK,            /* clock seen: DIGEST or POSTCOPY next */
+	MIG_G_CLOSED,           /* DIGEST or POSTCOPY seen: END next */
+	MIG_G_END,              /* END seen: nothing more */
+};
+
+struct mig_grammar {
+	const struct mig_config *cfg;   /* the stream's own configuration */
+	bool live;                      /* a connection, not a file */
+	enum mig_grammar_phase phase;
+	uint32_t next_hart;
+	unsigned next_device;
+	bool postcopy;                  /* closed by POSTCOPY, not DIGEST */
+};
+
+void mig_grammar_init(struct mig_grammar *g, const struct mig_config *cfg, bool live);
+/* May sec come next? 0 and the step taken; -1 with the reason in err.
+ * ERROR sections are the caller's business (the peer gave up). */
+int mig_grammar_step(struct mig_grammar *g, const struct mig_section *sec, char *err,
+		     size_t errlen);
+
+#endif
