@@ -20,7 +20,9 @@ What is proved, and how it would fail:
   verifies, and after a row is edited in SQLite, verification names it;
 - cancel (test_cluster_cancel_and_errors): a slowed migration cancelled
   while running ends "cancelled", the VM still runs on its source and
-  answers, and the destination holds no leftover process; a wrong token
+  migrates fine afterwards, and the destination holds no leftover process;
+  a guest whose ferry.run fails is reported "exited" with status 1 and its
+  console's last lines (naming the missing program); a wrong token
   (401), a read-only token changing something (403), a malformed body
   (400), an unknown VM (404), an unknown destination (404), a bad
   priority (400) each give that status and a JSON error; a VM whose
@@ -260,6 +262,13 @@ def test_cluster_cancel_and_errors():
         t = lab.cli("vm", "migrate", "db1", "--to", "h2", "--wait")
         assert t["state"] == "succeeded", t
 
+        # a VM that dies is reported with its exit status and last console lines
+        lab.create("dies", append="console=ttyS0 ferry.run=nosuchprogram", host="h3")
+        vm = wait_until(lambda: (lambda v: v if v["state"] == "exited" else None)(
+            lab.vm("dies")), 60, "the failing guest to be reported", interval=0.5)
+        assert vm["exit_status"] == 1 and vm["last_console"], vm
+        assert "nosuchprogram" in vm["last_console"], vm["last_console"]
+
         # errors: status and a JSON body with code and message
         def err(status, doc, code):
             assert doc and doc["error"]["status"] == status and doc["error"]["code"] == code, doc
@@ -270,7 +279,7 @@ def test_cluster_cancel_and_errors():
         s, d = lab.http("GET", "/api/v1/vms", token=False)
         assert s == 401, (s, d)
         s, d = lab.http("GET", "/api/v1/vms", token=lab.token_ro)
-        assert s == 200 and d["total"] == 1, (s, d)
+        assert s == 200 and d["total"] == 2, (s, d)
         s, d = lab.http("POST", "/api/v1/vms/db1/migrate", {"to": "h3"}, token=lab.token_ro)
         assert s == 403, (s, d)
         err(403, d, "forbidden")
