@@ -17,6 +17,7 @@
 #include "vmm.h"
 #include "control/control.h"
 #include "machine/vm.h"
+#include "migrate/channel.h"
 #include "migrate/migrate.h"
 #include "storage/diskmove.h"
 #include "migrate/migration.h"
@@ -342,6 +343,8 @@ void vmm_shutdown(struct vmm *v)
 	disk_move_destroy(v);
 	migration_destroy(v->mig);
 	v->mig = NULL;
+	mig_tls_free(v->tls);
+	v->tls = NULL;
 	if (v->control) {
 		control_stop(v->control);
 		v->control = NULL;
