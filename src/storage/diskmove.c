@@ -10,12 +10,13 @@
  *      data extents (copy.c: holes and zero pages are never written);
  *   3. rounds copy the blocks dirtied meanwhile, until what is left is
  *      small (SWITCH_BYTES) or MAX_ROUNDS have run;
- *   4. the switch: fdatasync the destination, quiesce the virtio-blk device
- *      (take its lock: requests are served whole under it, so none is in
- *      flight and the guest's I/O to this disk waits while its vCPUs run
- *      on), copy the last dirty blocks, fdatasync again, swap the backend's
- *      image, unquiesce. The guest-visible I/O pause is that window only
- *      (pause_ms); the rest of the machine never stops;
+ *   4. the switch: fdatasync the destination, copy what the guest wrote
+ *      meanwhile, quiesce the virtio-blk device (take its lock: requests
+ *      are served whole under it, so none is in flight and the guest's I/O
+ *      to this disk waits while its vCPUs run on), copy the last dirty
+ *      blocks, fdatasync again, swap the backend's image, unquiesce. The
+ *      guest-visible I/O pause is that window only (pause_ms); the rest of
+ *      the machine never stops;
  *   5. close the old image, which drops its lock.
  * A cancel, an I/O error or a full destination before the swap removes the
  * hook, deletes the partial destination and leaves the guest on the old
@@ -209,15 +210,20 @@ static int dm_sync_dir(const char *path)
 /* The last dirty blocks and the swap, with the device's I/O held back. */
 static int dm_switch(struct disk_move *dm, char *why, size_t len)
 {
+	uint64_t n = 0;
+	dm->copier.pace = NULL;     /* from here on nothing is paced */
 	if (fdatasync(dm->dst.fd) || dm_sync_dir(dm->dst_path)) {
 		snprintf(why, len, "cannot flush %s: %s", dm->dst_path, strerror(errno));
+		return -1;
+	}
+	/* what the guest wrote during that flush, so the pause finds little */
+	if (copier_round(&dm->copier, &n) != COPY_OK) {
+		snprintf(why, len, "cannot write %s: %s", dm->dst_path, strerror(errno));
 		return -1;
 	}
 	uint64_t t0 = now_ns();
 	virtio_blk_quiesce(dm->blk);
 	struct disk *d = virtio_blk_disk(dm->blk);
-	dm->copier.pace = NULL;     /* the pause is not paced */
-	uint64_t n = 0;
 	int ret = 0;
 	if (copier_round(&dm->copier, &n) != COPY_OK) {
 		snprintf(why, len, "cannot write %s: %s", dm->dst_path, strerror(errno));
