@@ -41,6 +41,8 @@ static const char schema[] =
 	"  SELECT RAISE(ABORT, 'the audit trail is append-only'); END;"
 	"CREATE INDEX IF NOT EXISTS tasks_kind_state ON tasks(kind, state);"
 	"CREATE INDEX IF NOT EXISTS vms_host_name ON vms(host, name);"
+	"CREATE INDEX IF NOT EXISTS tasks_vm ON tasks(vm);"
+	"CREATE INDEX IF NOT EXISTS audit_target ON audit(target);"
 	"CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value TEXT);";
 
 bool db_open(const char *path, char *err, size_t errlen)

@@ -12,10 +12,13 @@
  *
  * At vCenter's scale (2,500 hosts) a query per host is too slow, so the
  * facts about every host are read up front in a few queries: the report's
- * fields through json_extract, the running migrations and the limits
- * grouped by host, and the hosts that see each datastore and network.
+ * fields through json_extract and the datastores and networks it sees in
+ * one statement stepped directly (no JSON row objects), the running
+ * migrations and the limits grouped by host.
  */
 #include "cluster/center/center.h"
+
+#include "cluster/common/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,17 +94,47 @@ static json_t *estimate(long long mem_mib)
 			 measured ? "this cluster's last migrations" : "default (no migration yet)");
 }
 
+/* A host that can take the VM, for ranking. */
+struct candidate {
+	json_t *json;
+	long long free_mib;
+	double load;
+};
+
 static int by_rank(const void *a, const void *b)
 {
-	json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
-	long long fx = json_integer_value(json_object_get(x, "free_mib"));
-	long long fy = json_integer_value(json_object_get(y, "free_mib"));
+	const struct candidate *x = a, *y = b;
 	/* free memory in 256 MiB steps, then load */
-	if (fx / 256 != fy / 256)
-		return fx < fy ? 1 : -1;
-	double lx = json_number_value(json_object_get(x, "load"));
-	double ly = json_number_value(json_object_get(y, "load"));
-	return lx < ly ? -1 : lx > ly;
+	if (x->free_mib / 256 != y->free_mib / 256)
+		return x->free_mib < y->free_mib ? 1 : -1;
+	return x->load < y->load ? -1 : x->load > y->load;
+}
+
+/* One row per host, by name: name, alive, maintenance, free_mib, isa,
+ * load, whether the network is there, then whether each datastore is
+ * (host.c reports a datastore it cannot see with free_mib -1). */
+static sqlite3_stmt *host_facts(char dsnames[][64], int nds, const char *network)
+{
+	char sql[4096];
+	size_t n = (size_t)snprintf(sql, sizeof(sql),
+		"SELECT name, alive, maintenance, json_extract(report, '$.free_mib'),"
+		" json_extract(report, '$.isa'), json_extract(report, '$.load'),"
+		" EXISTS(SELECT 1 FROM networks n WHERE n.host = h.name AND n.name = ?1 AND"
+		" n.present)");
+	for (int d = 0; d < nds; d++)
+		n += (size_t)snprintf(sql + n, sizeof(sql) - n, ", EXISTS(SELECT 1 FROM datastores d"
+				      " WHERE d.host = h.name AND d.name = ?%d AND"
+				      " coalesce(d.free_mib, 0) >= 0)", d + 2);
+	snprintf(sql + n, sizeof(sql) - n, " FROM hosts h ORDER BY name");
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(ctr.db, sql, -1, &st, NULL) != SQLITE_OK) {
+		logf_("sqlite: %s: %s", sqlite3_errmsg(ctr.db), sql);
+		return NULL;
+	}
+	sqlite3_bind_text(st, 1, network, -1, SQLITE_TRANSIENT);
+	for (int d = 0; d < nds; d++)
+		sqlite3_bind_text(st, d + 2, dsnames[d], -1, SQLITE_TRANSIENT);
+	return st;
 }
 
 json_t *wizard_recommend(json_t *vm_row)
@@ -119,9 +152,6 @@ json_t *wizard_recommend(json_t *vm_row)
 	json_t *src_row = db_row("SELECT json_extract(report, '$.isa') AS isa FROM hosts WHERE "
 				 "name = ?", json_pack("[s]", source));
 	const char *src_isa = json_string_value(json_object_get(src_row, "isa"));
-	json_t *hosts = db_query("SELECT name, alive, maintenance, json_extract(report, '$.free_mib')"
-				 " AS free_mib, json_extract(report, '$.isa') AS isa,"
-				 " json_extract(report, '$.load') AS load FROM hosts ORDER BY name", NULL);
 	json_t *running_by = by_host("SELECT h AS k, count(*) AS n FROM (SELECT source AS h FROM "
 				     "tasks WHERE kind = 'migrate' AND state = 'running' UNION ALL "
 				     "SELECT destination FROM tasks WHERE kind = 'migrate' AND "
@@ -130,28 +160,24 @@ json_t *wizard_recommend(json_t *vm_row)
 				   "INTEGER) AS n FROM settings WHERE key LIKE 'host.%.migrations'",
 				   NULL);
 	int default_limit = (int)db_setting_int("migrations_per_host", 4);
-	json_t *ds_seen[16];
-	for (int d = 0; d < nds; d++)   /* present: host.c reports free_mib -1 otherwise */
-		ds_seen[d] = by_host("SELECT host AS k, 1 AS n FROM datastores WHERE name = ? AND "
-				     "coalesce(free_mib, 0) >= 0", json_pack("[s]", dsnames[d]));
-	json_t *net_seen = by_host("SELECT host AS k, 1 AS n FROM networks WHERE name = ? AND "
-				   "present", json_pack("[s]", network));
-	json_t *ok = json_array(), *refused = json_array();
+	json_t *refused = json_array();
 	json_t *est = estimate(mem);
-	size_t i;
-	json_t *h;
-	json_array_foreach(hosts, i, h) {
-		const char *name = json_string_value(json_object_get(h, "name"));
-		char reason[300] = "";
-		long long free_mib = json_integer_value(json_object_get(h, "free_mib"));
-		const char *isa = json_string_value(json_object_get(h, "isa"));
+	struct candidate *cands = NULL;
+	size_t ncands = 0, cap = 0;
+	sqlite3_stmt *st = host_facts(dsnames, nds, network);
+	while (st && sqlite3_step(st) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 0);
+		long long free_mib = sqlite3_column_int64(st, 3);
+		const char *isa = (const char *)sqlite3_column_text(st, 4);
+		double load = sqlite3_column_double(st, 5);
 		int running = int_of(running_by, name, 0);
 		int limit = int_of(limit_by, name, default_limit);
+		char reason[300] = "";
 		if (!strcmp(name, source))
 			snprintf(reason, sizeof(reason), "the VM runs there");
-		else if (!json_integer_value(json_object_get(h, "alive")))
+		else if (!sqlite3_column_int(st, 1))
 			snprintf(reason, sizeof(reason), "not responding (no heartbeat in etcd)");
-		else if (json_integer_value(json_object_get(h, "maintenance")))
+		else if (sqlite3_column_int(st, 2))
 			snprintf(reason, sizeof(reason), "in maintenance");
 		else if (src_isa && (!isa || strcmp(isa, src_isa)))
 			snprintf(reason, sizeof(reason), "ISA %s cannot run a guest from %s",
@@ -160,47 +186,43 @@ json_t *wizard_recommend(json_t *vm_row)
 			snprintf(reason, sizeof(reason), "not enough free memory: %lld MiB free, the "
 				 "VM needs %lld MiB", free_mib, mem);
 		for (int d = 0; d < nds && !reason[0]; d++)
-			if (!json_object_get(ds_seen[d], name))
+			if (!sqlite3_column_int(st, 7 + d))
 				snprintf(reason, sizeof(reason), "datastore %s is not visible there",
 					 dsnames[d]);
-		if (!reason[0] && network[0] && !json_object_get(net_seen, name))
+		if (!reason[0] && network[0] && !sqlite3_column_int(st, 6))
 			snprintf(reason, sizeof(reason), "network %s is not there", network);
 		if (!reason[0] && running >= limit)
 			snprintf(reason, sizeof(reason), "at its limit: %d of %d migrations running",
 				 running, limit);
-		json_t *load = json_object_get(h, "load");
-		load = json_is_number(load) ? json_incref(load) : json_real(0);
-		if (reason[0])
+		if (reason[0]) {
 			json_array_append_new(refused, json_pack("{s:s, s:s}", "host", name, "reason",
 								 reason));
-		else
-			json_array_append_new(ok, json_pack("{s:s, s:I, s:o, s:i, s:O}", "host", name,
-				"free_mib", (json_int_t)free_mib, "load",
-				json_incref(load), "migrations_running", running, "estimate", est));
-		json_decref(load);
+			continue;
+		}
+		if (ncands == cap) {
+			cap = cap ? cap * 2 : 64;
+			cands = realloc(cands, cap * sizeof(*cands));
+			if (!cands)
+				abort();
+		}
+		cands[ncands++] = (struct candidate){
+			json_pack("{s:s, s:I, s:f, s:i, s:O}", "host", name, "free_mib",
+				  (json_int_t)free_mib, "load", load, "migrations_running", running,
+				  "estimate", est), free_mib, load };
 	}
-	for (int d = 0; d < nds; d++)
-		json_decref(ds_seen[d]);
-	json_decref(net_seen);
-	json_decref(running_by);
-	json_decref(limit_by);
-	/* rank */
-	size_t n = json_array_size(ok);
-	json_t **list = calloc(n + 1, sizeof(json_t *));
-	for (size_t k = 0; k < n; k++)
-		list[k] = json_incref(json_array_get(ok, k));
-	qsort(list, n, sizeof(json_t *), by_rank);
+	sqlite3_finalize(st);
+	qsort(cands, ncands, sizeof(*cands), by_rank);
 	json_t *ranked = json_array();
-	for (size_t k = 0; k < n; k++) {
-		json_object_set_new(list[k], "rank", json_integer((json_int_t)k + 1));
-		json_array_append_new(ranked, list[k]);
+	for (size_t k = 0; k < ncands; k++) {
+		json_object_set_new(cands[k].json, "rank", json_integer((json_int_t)k + 1));
+		json_array_append_new(ranked, cands[k].json);
 	}
-	free(list);
+	free(cands);
 	json_t *out = json_pack("{s:O, s:s, s:o, s:o}", "vm", json_object_get(vm_row, "name"),
 				"source", source, "candidates", ranked, "refused", refused);
-	json_decref(ok);
 	json_decref(est);
-	json_decref(hosts);
+	json_decref(running_by);
+	json_decref(limit_by);
 	json_decref(src_row);
 	json_decref(spec);
 	return out;
