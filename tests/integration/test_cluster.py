@@ -250,7 +250,12 @@ def test_cluster_cancel_and_errors():
                    "the guest's console")
         t = lab.cli("vm", "migrate", "db1", "--to", "h2", "--bandwidth-mbps", "4")
         wait_until(lambda: lab.task(t["id"])["state"] == "running", 30, "the task to run")
-        wait_until(lambda: lab.procs("h2", "ferry-vm"), 30, "the incoming ferry-vm on h2")
+        incoming = wait_until(lambda: lab.procs("h2", "ferry-vm"), 30,
+                              "the incoming ferry-vm on h2")
+        help_text = subprocess.run([str(BUILD / "ferry-vm"), "--help"], capture_output=True,
+                                   text=True).stdout
+        if "secret-file" in help_text:   # every migration gets a secret of its own
+            assert "secret-file=" in incoming[0][1], incoming
         lab.cli("task", "cancel", t["id"])
         t = lab.wait_task(t["id"])
         assert t["state"] == "cancelled", t

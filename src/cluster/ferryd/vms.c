@@ -537,9 +537,15 @@ json_t *vm_json(struct vm *vm, bool with_status)
 		const char *s = json_string_value(json_object_get(st, "status"));
 		if (s) {
 			json_object_set_new(j, "vm_status", json_string(s));
-			if (!strcmp(s, "running"))
-				vm->incoming = false, json_object_set_new(j, "state",
-									  json_string("running"));
+			if (!strcmp(s, "running")) {
+				if (vm->incoming) {   /* arrived: its migration secret is spent */
+					char p[PATH_MAX + 32];
+					vm_path(vm, "migration.secret", p, sizeof(p));
+					unlink(p);
+				}
+				vm->incoming = false;
+				json_object_set_new(j, "state", json_string("running"));
+			}
 			else if (!strcmp(s, "paused") || !strcmp(s, "postmigrate"))
 				json_object_set_new(j, "state", json_string("paused"));
 		}
