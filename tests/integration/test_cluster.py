@@ -32,6 +32,12 @@ What is proved, and how it would fail:
   more than 2 in or out of any host (sampled all along), some wait with
   "limit" in `waiting`; with a limit of 1, a high-priority task queued
   last starts before the standard ones queued before it;
+- a host lost mid-migration (test_cluster_host_failure): the destination
+  host of a running migration dies (all its processes killed, its etcd
+  member too, link cut): the task fails with a reason, the VM runs on at
+  its source, the host is seen dead once its lease expires and the wizard
+  refuses it ("not responding"); with one etcd member gone the cluster
+  migrates the VM to the third host;
 - schedule and restarts (test_cluster_schedule_restart): a migration
   --at +8s is queued with "scheduled for", survives a restart of
   ferry-center (killed, started again on the same database) and then
@@ -406,3 +412,33 @@ def test_cluster_schedule_restart():
         t = lab.cli("vm", "migrate", "s1", "--to", "h3", "--wait")
         assert t["state"] == "succeeded", t
         assert lab.vm("s1")["host"] == "h3" and lab.vm("s1")["state"] == "running"
+
+
+def test_cluster_host_failure():
+    with Lab() as lab:
+        lab.create("f1", host="h1")
+        time.sleep(2)
+        t = lab.cli("vm", "migrate", "f1", "--to", "h2", "--bandwidth-mbps", "4")
+        wait_until(lambda: lab.task(t["id"])["state"] == "running", 30, "the task to run")
+        wait_until(lambda: lab.procs("h2", "ferry-vm"), 30, "the incoming ferry-vm on h2")
+        # host h2 fails: every process in it killed (its etcd member too), link cut
+        for pid in lab.ns_pids(lab.name + "-h2"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["ip", "netns", "exec", lab.name + "-h2", "ip", "link", "set", "eth0",
+                        "down"], check=True)
+        t = lab.wait_task(t["id"], timeout=60)
+        assert t["state"] == "failed" and t["error"], t
+        vm = lab.vm("f1")
+        assert vm["host"] == "h1" and vm["state"] == "running", vm
+        assert lab.procs("h1", "ferry-vm"), "the VM's process is gone from h1"
+        wait_until(lambda: [h["alive"] for h in lab.cli("host", "list")["hosts"]] ==
+                   [True, False, True], 30, "h2 to be seen dead (its lease expired)")
+        rec = lab.cli("vm", "recommend", "f1")
+        assert {r["host"]: r["reason"] for r in rec["refused"]}["h2"].startswith(
+            "not responding"), rec
+        # etcd lost a member, the cluster works on
+        t = lab.cli("vm", "migrate", "f1", "--wait")
+        assert t["state"] == "succeeded" and t["destination"] == "h3", t

@@ -95,10 +95,15 @@ static const char *host_url(const char *host)
 }
 
 /* query-migrate's figures as the task's progress */
-static json_t *progress_from(json_t *mig, json_t *old)
+static json_t *progress_from(json_t *mig, json_t *old, double mem_bytes)
 {
 	double sent = (double)json_integer_value(json_object_get(mig, "transferred_bytes"));
 	double left = (double)json_integer_value(json_object_get(mig, "remaining_bytes"));
+	/* ferry-vm counts what is left only at the end of a round: during the
+	 * first full copy, what is left is at most the rest of the guest's RAM */
+	if (json_integer_value(json_object_get(mig, "rounds")) == 0 && left == 0 &&
+	    mem_bytes > sent)
+		left = mem_bytes - sent;
 	double ms = (double)json_integer_value(json_object_get(mig, "total_ms"));
 	const char *status = json_string_value(json_object_get(mig, "status")) ?: "";
 	int pct = sent + left > 0 ? (int)(100.0 * sent / (sent + left)) : 0;
@@ -151,16 +156,35 @@ static void follow_one(json_t *task)
 	json_t *mig = ferryd_call(url, "GET", path, NULL, &status, err, sizeof(err));
 	pthread_mutex_lock(&db_lock);
 	if (!mig || status != 200) {
-		if (mig && status == 404)
+		json_t *h = db_row("SELECT alive FROM hosts WHERE name = ?", json_pack("[s]", src));
+		bool alive = json_integer_value(json_object_get(h, "alive"));
+		json_decref(h);
+		char e[300];
+		if (mig && status == 404) {
 			task_finish(id, "failed", "the source's ferryd has no record of this "
 				    "migration (it restarted?); check `ferry vm show`");
+			db_exec("UPDATE vms SET state = 'running' WHERE name = ? AND state = "
+				"'migrating'", json_pack("[s]", vm));
+		} else if (!alive) {
+			/* its lease is gone: the host is lost, and the VM with it */
+			snprintf(e, sizeof(e), "the source host %s stopped answering (no heartbeat "
+				 "in etcd) during the migration", src);
+			task_finish(id, "failed", e);
+			db_exec("UPDATE vms SET state = 'lost' WHERE name = ? AND state = 'migrating'",
+				json_pack("[s]", vm));
+			logf_("task %lld: %s", id, e);
+		}
 		/* else: the source does not answer now; try again */
 		pthread_mutex_unlock(&db_lock);
 		json_decref(mig);
 		return;
 	}
 	json_t *old = parse_or_null(json_object_get(task, "progress"));
-	json_t *prog = progress_from(mig, old);
+	json_t *mem = db_row("SELECT json_extract(spec, '$.mem_mib') AS m FROM vms WHERE name = ?",
+			     json_pack("[s]", vm));
+	double mem_bytes = (double)json_integer_value(json_object_get(mem, "m")) * 1048576.0;
+	json_decref(mem);
+	json_t *prog = progress_from(mig, old, mem_bytes);
 	json_decref(old);
 	char *text = json_dumps(prog, JSON_COMPACT);
 	db_exec("UPDATE tasks SET progress = ? WHERE id = ?", json_pack("[s, I]", text, (json_int_t)id));
