@@ -17,7 +17,7 @@ FERRY_TEST_FAULT (src/migrate/incoming.c).
 import os
 import subprocess
 
-from ferrylib import (GUEST_IMAGE, GUEST_INITRD, FERRY_VM, VM, QMPError,
+from ferrylib import (GUEST_IMAGE, GUEST_INITRD, FERRY_VM, REPO, VM, QMPError, Skip,
                       wait_until)
 from test_migrate import (PASS_RE, assert_guest_healthy, destination, memload_vm,
                           wait_migration)
@@ -278,3 +278,34 @@ def test_missing_tap_is_not_created():
     assert "no such interface" in res.stderr and "create=on" in res.stderr, res.stderr
     assert "tapp0 exists" not in out, "ferry-vm created a TAP for a mistyped name"
     assert "existing 0" in out and "created 0" in out, (out, res.stderr)
+
+
+def test_error_exits_free_everything_under_asan():
+    """Every early error exit frees what it built: run under the ASan/UBSan
+    build (FERRY_SANITIZED_BUILD, default build-asan), LeakSanitizer finds
+    nothing. Skipped when that build has no ferry-vm."""
+    build = os.environ.get("FERRY_SANITIZED_BUILD") or str(REPO / "build-asan")
+    binary = os.path.join(build, "ferry-vm")
+    if not os.path.exists(binary):
+        raise Skip(f"no sanitized ferry-vm at {binary} (meson setup build-asan "
+                   "-Db_sanitize=address,undefined -Db_lundef=false)")
+    with VM(start=False, name="asan") as scratch:
+        cut = scratch.dir / "Image-cut"
+        cut.write_bytes(GUEST_IMAGE.read_bytes()[:4096])
+        boot = ["--kernel", str(GUEST_IMAGE), "--initrd", str(GUEST_INITRD),
+                "--console", "none"]
+        cases = [
+            (boot + ["--disk", str(scratch.dir / "missing.raw")], 1),
+            (["--kernel", str(cut), "--console", "none"], 2),
+            (boot + ["--control", str(scratch.dir / "no" / "such.sock")], 1),
+            (boot + ["--console", str(scratch.dir / "no" / "such.log")], 1),
+            (boot + ["--mem", "16", "--initrd", str(GUEST_IMAGE)], 1),
+            (["--incoming", f"file:{scratch.dir / 'missing.ferry'}", "--console", "none"], 1),
+        ]
+        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1")
+        for args, want in cases:
+            res = subprocess.run([binary] + args, capture_output=True, text=True,
+                                 timeout=60, env=env)
+            assert res.returncode == want, (args, res.returncode, res.stderr[-2000:])
+            assert "Sanitizer" not in res.stderr and "runtime error" not in res.stderr, (
+                args, res.stderr[-3000:])
