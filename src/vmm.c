@@ -251,6 +251,19 @@ static json_t *cmd_save(void *ctx, json_t *args, const char **cls, char *err, si
 	return r;
 }
 
+static json_t *cmd_migrate(void *ctx, json_t *args, const char **cls, char *err,
+			   size_t errlen)
+{
+	struct vmm *v = ctx;
+	if (hold_get(v, NULL, 0) == VMM_HOLD_HANDOFF_UNKNOWN) {
+		*cls = "GenericError";
+		snprintf(err, errlen, "the last migration's handoff has an unknown outcome: "
+			 "the guest may run on its destination (query-status says more)");
+		return NULL;
+	}
+	return migration_cmd_migrate(ctx, args, cls, err, errlen);
+}
+
 /* Moving a disk whose lock this host gave up could run over the
  * destination's writes. */
 static json_t *cmd_disk_move(void *ctx, json_t *args, const char **cls, char *err,
@@ -271,7 +284,7 @@ static const struct control_cmd vmm_commands[] = {
 	{ "stop", cmd_stop },
 	{ "cont", cmd_cont },
 	{ "quit", cmd_quit },
-	{ "migrate", migration_cmd_migrate },
+	{ "migrate", cmd_migrate },
 	{ "query-migrate", migration_cmd_query },
 	{ "migrate-cancel", migration_cmd_cancel },
 	{ "migrate-set-parameters", migration_cmd_set_parameters },

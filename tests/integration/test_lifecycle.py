@@ -89,6 +89,8 @@ def test_handoff_unknown_needs_a_forced_cont():
         assert "twice" in desc, desc
         expect_refused(q, "cont", "force", force=False)
         expect_refused(q, "cont", "true or false", force="yes")
+        expect_refused(q, "migrate", "unknown outcome", uri=uri)
+        expect_refused(q, "save", "may run", path=str(src.dir / "x"))
         assert q.cmd("query-status")["reason"] == "handoff-unknown"
         q.cmd("stop")                   # changes nothing: still the same hold
         assert q.cmd("query-status")["reason"] == "handoff-unknown"
