@@ -480,6 +480,7 @@ static void vm_migrate(struct call *c, json_t *row, const char *name)
 	c->details = json_pack("{s:I, s:s, s:s, s:s}", "task", (json_int_t)id, "destination", dest,
 			       "priority", prio ? prio : "standard", "at", at_text ? at_text : "now");
 	reply_task(c, 202, id);
+	tasks_wake();
 out:
 	json_decref(rec);
 	json_decref(body);
@@ -605,6 +606,7 @@ static void task_routes(struct call *c, const char *idtext, const char *action)
 			   !strcmp(json_string_value(json_object_get(t, "kind")), "migrate")) {
 			db_exec("UPDATE tasks SET cancel = 1 WHERE id = ? AND cancel = 0",
 				json_pack("[I]", (json_int_t)id));
+			tasks_wake();
 		} else {
 			char msg[200];
 			snprintf(msg, sizeof(msg), "task %lld is %s: nothing to cancel", id, state);

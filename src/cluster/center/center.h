@@ -54,6 +54,7 @@ json_t *ferryd_call(const char *url, const char *method, const char *path, json_
 
 /* tasks.c */
 void *tasks_loop(void *arg);
+void tasks_wake(void);   /* a task was queued or cancelled: look now */
 json_t *task_json(json_t *row);
 long long task_insert(const char *kind, const char *vm, const char *source,
 		      const char *dest, const char *state, int priority, long long at,

@@ -333,6 +333,33 @@ static void start_queued(void)
 	json_decref(queued);
 }
 
+static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake_cond = PTHREAD_COND_INITIALIZER;
+static bool woken;
+
+void tasks_wake(void)
+{
+	pthread_mutex_lock(&wake_lock);
+	woken = true;
+	pthread_cond_signal(&wake_cond);
+	pthread_mutex_unlock(&wake_lock);
+}
+
+/* Sleeps ms, or less when tasks_wake() is called. */
+static void tasks_sleep(long ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += ms * 1000000L;
+	ts.tv_sec += ts.tv_nsec / 1000000000L;
+	ts.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(&wake_lock);
+	while (!woken && pthread_cond_timedwait(&wake_cond, &wake_lock, &ts) == 0)
+		;
+	woken = false;
+	pthread_mutex_unlock(&wake_lock);
+}
+
 void *tasks_loop(void *arg)
 {
 	(void)arg;
@@ -345,9 +372,11 @@ void *tasks_loop(void *arg)
 		json_t *t;
 		json_array_foreach(running, i, t)
 			follow_one(t);
+		bool busy = json_array_size(running) > 0;
 		json_decref(running);
 		start_queued();
-		usleep(250000);
+		/* follow running migrations closely; otherwise wait for news */
+		tasks_sleep(busy ? 100 : 250);
 	}
 	return NULL;
 }

@@ -139,7 +139,7 @@ static void follow(struct migration *m, struct qmp *q)
 		json_decref(r);
 		if (ended)
 			return;
-		usleep(200000);
+		usleep(50000);
 	}
 }
 
