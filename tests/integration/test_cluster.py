@@ -31,7 +31,9 @@ What is proved, and how it would fail:
   migrations_per_host=2, six slowed migrations queued at once never run
   more than 2 in or out of any host (sampled all along), some wait with
   "limit" in `waiting`; with a limit of 1, a high-priority task queued
-  last starts before the standard ones queued before it;
+  last starts before the standard ones queued before it; while a
+  high-priority migration runs, a standard one through the same host is
+  capped to standard_share_mbps and says so in `yielding`;
 - a host lost mid-migration (test_cluster_host_failure): the destination
   host of a running migration dies (all its processes killed, its etcd
   member too, link cut): the task fails with a reason, the VM runs on at
@@ -376,6 +378,19 @@ def test_cluster_limits_priority():
         assert order == [a, c, b], "start order %s, expected high (%d) before standard (%d)" % (
             order, c, b)
         for tid in (a, b, c):
+            assert lab.wait_task(tid)["state"] == "succeeded"
+
+        # a high-priority migration caps the standard ones sharing a host
+        lab.cli("cluster", "set", "migrations_per_host=4", "standard_share_mbps=5")
+        std = lab.cli("vm", "migrate", "q0", "--to", "h1", "--bandwidth-mbps", "16")["id"]
+        wait_until(lambda: lab.task(std)["state"] == "running", 30, "the standard task to run")
+        high = lab.cli("vm", "migrate", "q1", "--to", "h1", "--priority", "high",
+                       "--bandwidth-mbps", "16")["id"]
+        t = wait_until(lambda: (lambda t: t if t["yielding"] or t["state"] != "running"
+                                else None)(lab.task(std)), 30, "the standard task to yield")
+        assert t["yielding"] and "task %d" % high in t["yielding"], t
+        assert lab.task(high)["yielding"] is None
+        for tid in (std, high):
             assert lab.wait_task(tid)["state"] == "succeeded"
 
 

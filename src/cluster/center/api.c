@@ -663,6 +663,8 @@ static json_t *cluster_json(void)
 	json_t *s = json_object();
 	json_object_set_new(s, "migrations_per_host",
 			    json_integer(db_setting_int("migrations_per_host", 4)));
+	json_object_set_new(s, "standard_share_mbps",
+			    json_integer(db_setting_int("standard_share_mbps", 100)));
 	json_t *rows = db_query("SELECT key, value FROM settings WHERE key LIKE 'host.%'", NULL);
 	size_t i;
 	json_t *r;
@@ -692,12 +694,12 @@ static void cluster_set(struct call *c)
 	json_object_foreach(body, key, v) {
 		long long n = json_is_integer(v) ? json_integer_value(v)
 			    : json_is_string(v) ? atoll(json_string_value(v)) : 0;
-		bool known = !strcmp(key, "migrations_per_host") ||
+		bool known = !strcmp(key, "migrations_per_host") || !strcmp(key, "standard_share_mbps") ||
 			     (!strncmp(key, "host.", 5) && strstr(key, ".migrations"));
-		if (!known || n < 1 || n > 64) {
+		if (!known || n < 1 || (n > 64 && strcmp(key, "standard_share_mbps"))) {
 			char msg[300];
 			snprintf(msg, sizeof(msg), "%s: want migrations_per_host or "
-				 "host.NAME.migrations, with a value from 1 to 64", key);
+				 "host.NAME.migrations (1 to 64), or standard_share_mbps", key);
 			reply_error(c->resp, 400, msg, NULL);
 			json_decref(body);
 			return;

@@ -30,7 +30,7 @@ static const char schema[] =
 	"  at INTEGER, created INTEGER, started INTEGER, finished INTEGER, user TEXT,"
 	"  waiting TEXT, progress TEXT, estimate TEXT, total_ms INTEGER,"
 	"  downtime_ms INTEGER, error TEXT, downtime_target INTEGER, cancel INTEGER DEFAULT 0,"
-	"  bandwidth_mbps INTEGER);"
+	"  bandwidth_mbps INTEGER, yielding TEXT);"
 	"CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);"
 	"CREATE TABLE IF NOT EXISTS audit(id INTEGER PRIMARY KEY, time INTEGER, user TEXT,"
 	"  addr TEXT, action TEXT, target TEXT, result TEXT, details TEXT, prev_hash TEXT,"

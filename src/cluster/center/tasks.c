@@ -33,7 +33,8 @@ json_t *task_json(json_t *row)
 {
 	json_t *j = json_object();
 	const char *copy[] = { "id", "kind", "vm", "source", "destination", "state", "user",
-			       "waiting", "total_ms", "downtime_ms", "error", "bandwidth_mbps" };
+			       "waiting", "total_ms", "downtime_ms", "error", "bandwidth_mbps",
+			       "yielding" };
 	for (size_t i = 0; i < sizeof(copy) / sizeof(copy[0]); i++) {
 		json_t *v = json_object_get(row, copy[i]);
 		json_object_set(j, copy[i], v ? v : json_null());
@@ -333,6 +334,78 @@ static void start_queued(void)
 	json_decref(queued);
 }
 
+/*
+ * Priorities share the link: while a high-priority migration runs, the
+ * standard ones through either of its hosts are capped to
+ * standard_share_mbps (cluster setting, default 100 Mbit/s; ferry-vm
+ * applies a new cap from its next round) and get their own cap back when
+ * no high-priority migration shares a host with them.
+ */
+static void set_cap(json_t *t, long long mbps, const char *why)
+{
+	long long id = json_integer_value(json_object_get(t, "id"));
+	const char *vm = json_string_value(json_object_get(t, "vm"));
+	pthread_mutex_lock(&db_lock);
+	char url[200];
+	snprintf(url, sizeof(url), "%s", host_url(json_string_value(json_object_get(t, "source"))));
+	pthread_mutex_unlock(&db_lock);
+	char path[300], err[512];
+	long status;
+	snprintf(path, sizeof(path), "/agent/v1/vms/%s/migrate-parameters", vm);
+	json_t *body = json_pack("{s:I}", "bandwidth_mbps", (json_int_t)mbps);
+	json_t *r = ferryd_call(url, "POST", path, body, &status, err, sizeof(err));
+	json_decref(body);
+	bool ok = r && status == 200;
+	json_decref(r);
+	if (!ok)
+		return;   /* finished meanwhile, or unreachable: next time */
+	pthread_mutex_lock(&db_lock);
+	db_exec("UPDATE tasks SET yielding = ? WHERE id = ?", json_pack("[s?, I]", why,
+							       (json_int_t)id));
+	pthread_mutex_unlock(&db_lock);
+	logf_("task %lld: bandwidth cap %lld Mbit/s%s%s", id, mbps, why ? ": " : " (restored)",
+	      why ? why : "");
+}
+
+static bool shares_host(json_t *a, json_t *b)
+{
+	const char *keys[] = { "source", "destination" };
+	for (int i = 0; i < 2; i++)
+		for (int j = 0; j < 2; j++)
+			if (!strcmp(json_string_value(json_object_get(a, keys[i])) ?: "",
+				    json_string_value(json_object_get(b, keys[j])) ?: "-"))
+				return true;
+	return false;
+}
+
+static void share_bandwidth(json_t *running)
+{
+	pthread_mutex_lock(&db_lock);
+	long long share = db_setting_int("standard_share_mbps", 100);
+	pthread_mutex_unlock(&db_lock);
+	size_t i, j;
+	json_t *s, *h;
+	json_array_foreach(running, i, s) {
+		if (json_integer_value(json_object_get(s, "priority")) > 0)
+			continue;
+		json_t *high = NULL;
+		json_array_foreach(running, j, h)
+			if (json_integer_value(json_object_get(h, "priority")) > 0 && shares_host(s, h))
+				high = h;
+		bool yielding = json_is_string(json_object_get(s, "yielding"));
+		long long own = json_integer_value(json_object_get(s, "bandwidth_mbps"));
+		if (high && !yielding) {
+			long long cap = own && own < share ? own : share;
+			char why[200];
+			snprintf(why, sizeof(why), "bandwidth capped to %lld Mbit/s while high-priority "
+				 "task %lld runs", cap, json_integer_value(json_object_get(high, "id")));
+			set_cap(s, cap, why);
+		} else if (!high && yielding) {
+			set_cap(s, own, NULL);
+		}
+	}
+}
+
 static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake_cond = PTHREAD_COND_INITIALIZER;
 static bool woken;
@@ -372,6 +445,7 @@ void *tasks_loop(void *arg)
 		json_t *t;
 		json_array_foreach(running, i, t)
 			follow_one(t);
+		share_bandwidth(running);
 		bool busy = json_array_size(running) > 0;
 		json_decref(running);
 		start_queued();

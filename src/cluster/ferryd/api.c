@@ -74,6 +74,16 @@ static void vm_routes(const struct http_request *req, struct http_response *resp
 			reply_json(resp, 200, j);
 		else
 			reply_error(resp, 404, "no migration of this VM on this host", NULL);
+	} else if (!strcmp(action, "migrate-parameters") && is(req, "POST")) {
+		json_t *body = parse_body(req, resp);
+		if (!body)
+			return;
+		int rc = migration_set_bandwidth(name, body, err, sizeof(err));
+		json_decref(body);
+		if (rc == 200)
+			reply_json(resp, 200, migration_status(name));
+		else
+			reply_error(resp, rc, err, NULL);
 	} else if (!strcmp(action, "migrate-cancel") && is(req, "POST")) {
 		int rc = migration_cancel(name, err, sizeof(err));
 		if (rc == 200)

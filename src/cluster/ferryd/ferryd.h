@@ -80,6 +80,8 @@ void *vms_watch(void *arg);
 int migration_start(const char *name, json_t *req, char *err, size_t errlen);
 json_t *migration_status(const char *name);
 int migration_cancel(const char *name, char *err, size_t errlen);
+/* Changes a running migration's bandwidth cap ({"bandwidth_mbps": N}, 0: none). */
+int migration_set_bandwidth(const char *name, json_t *req, char *err, size_t errlen);
 int incoming_start(json_t *req, json_t **reply, char *err, size_t errlen);
 
 /* api.c */

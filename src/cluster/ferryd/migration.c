@@ -355,6 +355,42 @@ int migration_cancel(const char *name, char *err, size_t errlen)
 	return rc;
 }
 
+int migration_set_bandwidth(const char *name, json_t *req, char *err, size_t errlen)
+{
+	json_t *bw = json_object_get(req, "bandwidth_mbps");
+	if (!json_is_integer(bw) || json_integer_value(bw) < 0) {
+		snprintf(err, errlen, "want {\"bandwidth_mbps\": N} (0: no cap)");
+		return 400;
+	}
+	pthread_mutex_lock(&mig_lock);
+	struct migration *m = mig_find(name);
+	bool running = m && !m->done;
+	pthread_mutex_unlock(&mig_lock);
+	if (!running) {
+		snprintf(err, errlen, "VM %s has no migration running on host %s", name, fd_cfg.name);
+		return 404;
+	}
+	pthread_mutex_lock(&vms_lock);
+	struct vm *vm = vm_find(name);
+	char *ctl = vm ? vm_control_path(vm) : NULL;
+	pthread_mutex_unlock(&vms_lock);
+	if (!ctl) {
+		snprintf(err, errlen, "VM %s is gone", name);
+		return 404;
+	}
+	json_t *args = json_pack("{s:O}", "bandwidth_mbps", bw);
+	json_t *r = qmp_call(ctl, "migrate-set-parameters", args, err, errlen);
+	json_decref(args);
+	free(ctl);
+	if (!r)
+		return 409;
+	json_decref(r);
+	pthread_mutex_lock(&mig_lock);
+	m->bandwidth_mbps = (int)json_integer_value(bw);
+	pthread_mutex_unlock(&mig_lock);
+	return 200;
+}
+
 /* A TCP port free on our address a moment ago. */
 static int free_port(void)
 {
