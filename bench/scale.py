@@ -387,6 +387,13 @@ def measure_center(args, etcd, fake_port, center, center_port, token):
                 migrated.add(v)
                 return ("POST", f"/vms/{v}/migrate", {}, 202)
     run("task creation (vm migrate, wizard's choice)", min(n, len(names)), migrate)
+
+    def migrate_to():
+        method, path, body, want = migrate()
+        idx = int(path.split("/")[2][3:])
+        src = idx // per_host % args.hosts + 1
+        return method, path, {"to": f"h{src % args.hosts + 1}"}, want
+    run("task creation (vm migrate --to H, the console's)", min(n, len(names)), migrate_to)
     run("host list (page of 50)", n, lambda: (
         "GET", f"/hosts?offset={rnd.randrange(0, args.hosts - PAGE)}&limit={PAGE}", None, 200))
     run("task list (page of 50)", n, lambda: ("GET", f"/tasks?limit={PAGE}", None, 200))
@@ -395,6 +402,11 @@ def measure_center(args, etcd, fake_port, center, center_port, token):
     db = sum(f.stat().st_size for f in Path(center.args[4]).parent.glob("center.db*"))
     print(f"ferry-center memory: VmRSS {rss} MiB, peak (VmHWM) {hwm} MiB; database {db >> 20} MiB",
           flush=True)
+    if args.hold:
+        (Path(center.args[4]).parent / "token").write_text(token)
+        print(f"holding ferry-center at http://127.0.0.1:{center_port}/ for {args.hold} s "
+              f"(token in {Path(center.args[4]).parent / 'token'})", flush=True)
+        time.sleep(args.hold)
     return results, rss, hwm
 
 
@@ -532,6 +544,8 @@ def main():
     ap.add_argument("--vms", type=int, default=40000)
     ap.add_argument("--samples", type=int, default=300, help="requests per measured call")
     ap.add_argument("--no-center", action="store_true", help="skip part 1")
+    ap.add_argument("--hold", type=int, default=0,
+                    help="keep ferry-center up for S seconds after part 1 (to look at the console)")
     ap.add_argument("--no-leases", action="store_true", help="skip part 2")
     ap.add_argument("--lease-start", type=int, default=500)
     ap.add_argument("--lease-max", type=int, default=32000)

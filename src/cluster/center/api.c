@@ -270,7 +270,7 @@ static void vm_create(struct call *c)
 		snprintf(chosen, sizeof(chosen), "%s", host);
 	} else {
 		json_t *fake = json_pack("{s:s, s:s, s:s}", "name", name, "host", "", "spec", spec_text);
-		json_t *rec = wizard_recommend(fake);
+		json_t *rec = wizard_recommend_n(fake, 1, -1, NULL);
 		json_decref(fake);
 		json_t *first = json_array_get(json_object_get(rec, "candidates"), 0);
 		if (!first) {
@@ -429,7 +429,8 @@ static void vm_migrate(struct call *c, json_t *row, const char *name)
 		json_decref(body);
 		return;
 	}
-	json_t *rec = wizard_recommend(row);
+	/* a named destination: that host alone is checked; else the best one */
+	json_t *rec = wizard_recommend_n(row, to ? -1 : 1, -1, to);
 	json_t *pick = NULL;
 	size_t i;
 	json_t *cand;
@@ -515,18 +516,8 @@ static void vm_console(struct call *c, json_t *row, const char *name)
  * best few of 2,500 hosts), with the full counts beside. */
 static json_t *recommend_page(struct call *c, json_t *row)
 {
-	json_t *rec = wizard_recommend(row);
-	long long lim = query_int(c, "limit", 1LL << 40, 1LL << 40);
-	const char *lists[] = { "candidates", "refused" };
-	for (int i = 0; i < 2; i++) {
-		json_t *list = json_object_get(rec, lists[i]);
-		char key[32];
-		snprintf(key, sizeof(key), "%s_total", lists[i]);
-		json_object_set_new(rec, key, json_integer((json_int_t)json_array_size(list)));
-		while ((long long)json_array_size(list) > lim)
-			json_array_remove(list, json_array_size(list) - 1);
-	}
-	return rec;
+	long long lim = http_query(c->req, "limit") ? query_int(c, "limit", 0, 1LL << 40) : -1;
+	return wizard_recommend_n(row, lim, lim, NULL);
 }
 
 static void vm_routes(struct call *c, const char *name, const char *action)

@@ -64,6 +64,10 @@ void task_finish(long long id, const char *state, const char *error);
 
 /* wizard.c: under db_lock */
 json_t *wizard_recommend(json_t *vm_row);
+/* the best max_candidates and first max_refused (< 0: all), with their
+ * totals; only_host: that host alone (NULL: every host) */
+json_t *wizard_recommend_n(json_t *vm_row, long long max_candidates, long long max_refused,
+			   const char *only_host);
 
 /* audit.c: under db_lock */
 void audit_append(const char *user, const char *from, const char *action, const char *target,

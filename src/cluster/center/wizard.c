@@ -96,9 +96,10 @@ static json_t *estimate(long long mem_mib)
 
 /* A host that can take the VM, for ranking. */
 struct candidate {
-	json_t *json;
+	char *host;
 	long long free_mib;
 	double load;
+	int running;
 };
 
 static int by_rank(const void *a, const void *b)
@@ -113,7 +114,8 @@ static int by_rank(const void *a, const void *b)
 /* One row per host, by name: name, alive, maintenance, free_mib, isa,
  * load, whether the network is there, then whether each datastore is
  * (host.c reports a datastore it cannot see with free_mib -1). */
-static sqlite3_stmt *host_facts(char dsnames[][64], int nds, const char *network)
+static sqlite3_stmt *host_facts(char dsnames[][64], int nds, const char *network,
+				const char *only_host)
 {
 	char sql[4096];
 	size_t n = (size_t)snprintf(sql, sizeof(sql),
@@ -125,7 +127,8 @@ static sqlite3_stmt *host_facts(char dsnames[][64], int nds, const char *network
 		n += (size_t)snprintf(sql + n, sizeof(sql) - n, ", EXISTS(SELECT 1 FROM datastores d"
 				      " WHERE d.host = h.name AND d.name = ?%d AND"
 				      " coalesce(d.free_mib, 0) >= 0)", d + 2);
-	snprintf(sql + n, sizeof(sql) - n, " FROM hosts h ORDER BY name");
+	snprintf(sql + n, sizeof(sql) - n, " FROM hosts h WHERE ?%d IS NULL OR name = ?%d ORDER BY"
+		 " name", nds + 2, nds + 2);
 	sqlite3_stmt *st;
 	if (sqlite3_prepare_v2(ctr.db, sql, -1, &st, NULL) != SQLITE_OK) {
 		logf_("sqlite: %s: %s", sqlite3_errmsg(ctr.db), sql);
@@ -134,10 +137,18 @@ static sqlite3_stmt *host_facts(char dsnames[][64], int nds, const char *network
 	sqlite3_bind_text(st, 1, network, -1, SQLITE_TRANSIENT);
 	for (int d = 0; d < nds; d++)
 		sqlite3_bind_text(st, d + 2, dsnames[d], -1, SQLITE_TRANSIENT);
+	if (only_host)
+		sqlite3_bind_text(st, nds + 2, only_host, -1, SQLITE_TRANSIENT);
 	return st;
 }
 
 json_t *wizard_recommend(json_t *vm_row)
+{
+	return wizard_recommend_n(vm_row, -1, -1, NULL);
+}
+
+json_t *wizard_recommend_n(json_t *vm_row, long long max_candidates, long long max_refused,
+			   const char *only_host)
 {
 	const char *source = json_string_value(json_object_get(vm_row, "host")) ?: "";
 	json_t *spec = json_loads(json_string_value(json_object_get(vm_row, "spec")) ?: "{}", 0, NULL);
@@ -164,7 +175,8 @@ json_t *wizard_recommend(json_t *vm_row)
 	json_t *est = estimate(mem);
 	struct candidate *cands = NULL;
 	size_t ncands = 0, cap = 0;
-	sqlite3_stmt *st = host_facts(dsnames, nds, network);
+	size_t nrefused = 0;
+	sqlite3_stmt *st = host_facts(dsnames, nds, network, only_host);
 	while (st && sqlite3_step(st) == SQLITE_ROW) {
 		const char *name = (const char *)sqlite3_column_text(st, 0);
 		long long free_mib = sqlite3_column_int64(st, 3);
@@ -195,8 +207,10 @@ json_t *wizard_recommend(json_t *vm_row)
 			snprintf(reason, sizeof(reason), "at its limit: %d of %d migrations running",
 				 running, limit);
 		if (reason[0]) {
-			json_array_append_new(refused, json_pack("{s:s, s:s}", "host", name, "reason",
-								 reason));
+			if (max_refused < 0 || (long long)nrefused < max_refused)
+				json_array_append_new(refused, json_pack("{s:s, s:s}", "host", name,
+									 "reason", reason));
+			nrefused++;
 			continue;
 		}
 		if (ncands == cap) {
@@ -205,21 +219,24 @@ json_t *wizard_recommend(json_t *vm_row)
 			if (!cands)
 				abort();
 		}
-		cands[ncands++] = (struct candidate){
-			json_pack("{s:s, s:I, s:f, s:i, s:O}", "host", name, "free_mib",
-				  (json_int_t)free_mib, "load", load, "migrations_running", running,
-				  "estimate", est), free_mib, load };
+		cands[ncands++] = (struct candidate){ strdup(name), free_mib, load, running };
 	}
 	sqlite3_finalize(st);
 	qsort(cands, ncands, sizeof(*cands), by_rank);
-	json_t *ranked = json_array();
+	json_t *ranked = json_array();   /* JSON for the ones shown only */
 	for (size_t k = 0; k < ncands; k++) {
-		json_object_set_new(cands[k].json, "rank", json_integer((json_int_t)k + 1));
-		json_array_append_new(ranked, cands[k].json);
+		if (max_candidates < 0 || (long long)k < max_candidates)
+			json_array_append_new(ranked, json_pack(
+				"{s:s, s:I, s:I, s:f, s:i, s:O}", "host", cands[k].host, "rank",
+				(json_int_t)k + 1, "free_mib", (json_int_t)cands[k].free_mib, "load",
+				cands[k].load, "migrations_running", cands[k].running, "estimate", est));
+		free(cands[k].host);
 	}
 	free(cands);
-	json_t *out = json_pack("{s:O, s:s, s:o, s:o}", "vm", json_object_get(vm_row, "name"),
-				"source", source, "candidates", ranked, "refused", refused);
+	json_t *out = json_pack("{s:O, s:s, s:o, s:o, s:I, s:I}", "vm",
+				json_object_get(vm_row, "name"), "source", source, "candidates",
+				ranked, "refused", refused, "candidates_total", (json_int_t)ncands,
+				"refused_total", (json_int_t)nrefused);
 	json_decref(est);
 	json_decref(running_by);
 	json_decref(limit_by);
