@@ -16,7 +16,9 @@ What is proved, and how it would fail:
   reasons; `vm migrate --wait` with no --to goes to the wizard's first
   choice, then --to a named host; each time the task succeeds with its
   figures, the VM is on the new host, and the guest's console there shows
-  memload passes after the migration and no error; the audit trail
+  memload passes after the migration and no error; a guest on network
+  `lan` answers the client's TCP connections (tcpserve) before and after
+  its migration and its TAP leaves the source host; the audit trail
   verifies, and after a row is edited in SQLite, verification names it;
 - cancel (test_cluster_cancel_and_errors): a slowed migration cancelled
   while running ends "cancelled", the VM still runs on its source and
@@ -136,6 +138,16 @@ class Lab:
         text, _, status = out.rpartition("\n")
         return int(status), (json.loads(text) if text.strip() else None)
 
+    def echo(self, ip, port, data):
+        """Sends data to a TCP echo service from LAB-client; returns the answer."""
+        prog = ("import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), "
+                "timeout=10); s.sendall(sys.argv[3].encode()); sys.stdout.write(s.recv(4096)"
+                ".decode())")
+        r = subprocess.run(["ip", "netns", "exec", self.name + "-client", "python3", "-c", prog,
+                            ip, str(port), data.decode()], capture_output=True, text=True,
+                           timeout=30)
+        return r.stdout.encode()
+
     def task(self, tid):
         return self.cli("task", "show", tid)
 
@@ -232,6 +244,20 @@ def test_cluster_migrate():
                    "memload passes on " + other, interval=0.5)
         assert "ERROR" not in lab.console("web1")
         assert lab.vm("web1")["state"] == "running"
+
+        # a guest on the network `lan`: its TCP service answers the client
+        # before and after a migration; its TAP moves with it
+        lab.cli("vm", "create", "net1", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", "console=ttyS0 quiet ferry.ip=10.88.0.200/24 "
+                "ferry.run=tcpserve,--port,7000", "--mem", "128", "--net",
+                "lan,mac=52:54:00:88:00:01", "--host", "h1")
+        wait_until(lambda: "tcpserve: listening" in lab.console("net1"), 60, "tcpserve")
+        assert lab.echo("10.88.0.200", 7000, b"before\n") == b"before\n"
+        t = lab.cli("vm", "migrate", "net1", "--to", "h2", "--wait")
+        assert t["state"] == "succeeded", t
+        assert lab.echo("10.88.0.200", 7000, b"after\n") == b"after\n"
+        assert "fyt" not in subprocess.run(["ip", "netns", "exec", lab.name + "-h1", "ip", "-o",
+                                            "link"], capture_output=True, text=True).stdout
 
         tasks = lab.cli("task", "list", "--vm", "web1")["tasks"]
         assert [t["kind"] for t in tasks] == ["migrate", "migrate", "create"], tasks
