@@ -11,7 +11,7 @@
  * because the PLIC, IPIs and the timer set bits from other threads.
  */
 #include "cpu/hart.h"
-#include "machine/vm.h"
+#include "cpu/bus.h"
 #include "util/sbuf.h"
 
 #include <stdio.h>
@@ -52,7 +52,7 @@ void hart_reset_csrs(struct hart *h)
 
 uint64_t hart_read_time(struct hart *h)
 {
-	return machine_time(h->m);
+	return h->bus->ops->time(h->bus->ctx);
 }
 
 /* Pick the TLB set for the current effective mode. */

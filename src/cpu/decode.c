@@ -207,7 +207,7 @@ void code_cache_free(struct hart *h)
 	vpc_clear(h);
 	if (!h->dpages)
 		return;
-	uint64_t pages = h->m->ram_size >> PAGE_SHIFT;
+	uint64_t pages = h->bus->ram_size >> PAGE_SHIFT;
 	for (uint64_t i = 0; i < pages && h->ndpages; i++) {
 		if (h->dpages[i]) {
 			free(h->dpages[i]);
@@ -246,7 +246,7 @@ static struct dpage *dpage_get(struct hart *h, uint64_t pfn)
 		code_cache_free(h);
 	dp = xmalloc(sizeof(*dp), "decoded code");
 	dp->pfn = pfn;
-	dp->host = h->m->ram + (pfn << PAGE_SHIFT);
+	dp->host = h->bus->ram + (pfn << PAGE_SHIFT);
 	dpage_reset(dp, 0);       /* 0 is never a live word: those are odd */
 	h->dpages[pfn] = dp;
 	h->ndpages++;
@@ -258,14 +258,14 @@ static struct dpage *dpage_get(struct hart *h, uint64_t pfn)
  * page's code-map word. */
 static uint32_t code_mark(struct hart *h, uint64_t pfn)
 {
-	struct machine *m = h->m;
-	uint32_t w = code_word(m, pfn);
+	const struct cpu_bus *b = h->bus;
+	uint32_t w = code_word(b, pfn);
 	while (!(w & 1)) {
-		if (atomic_compare_exchange_weak(&m->code[pfn], &w, w + 1)) {
+		if (atomic_compare_exchange_weak(&b->code[pfn], &w, w + 1)) {
 			w++;
-			tlb_drop_writes_to(h, m->ram + (pfn << PAGE_SHIFT));
-			if (m->nharts > 1)
-				machine_sync_harts(m, REQ_WTLB_FLUSH, h, ~0ULL);
+			tlb_drop_writes_to(h, b->ram + (pfn << PAGE_SHIFT));
+			if (b->nharts > 1)
+				b->ops->sync_harts(b->ctx, REQ_WTLB_FLUSH, h, ~0ULL);
 			break;
 		}
 	}
@@ -274,7 +274,7 @@ static uint32_t code_mark(struct hart *h, uint64_t pfn)
 
 static struct dpage *lookup_slow(struct hart *h, struct vpc_entry *v)
 {
-	struct machine *m = h->m;
+	const struct cpu_bus *b = h->bus;
 	uint64_t pc = h->pc, vpn = pc >> PAGE_SHIFT;
 	const uint8_t *host;
 	struct tlb_entry *e = &h->tlb->x[vpn & (TLB_SIZE - 1)];
@@ -284,15 +284,15 @@ static struct dpage *lookup_slow(struct hart *h, struct vpc_entry *v)
 		uint64_t pa;
 		if (!mmu_translate(h, pc, ACC_EXEC, &pa))
 			return NULL;
-		if (!pa_is_ram(m, pa)) {
+		if (!bus_is_ram(b, pa)) {
 			hart_trap(h, EXC_INSN_ACCESS, pc, false);
 			return NULL;
 		}
-		host = m->ram + ((pa - RAM_BASE) & ~0xfffULL);
+		host = bus_host(b, pa & ~0xfffULL);
 	}
-	uint64_t pfn = (uint64_t)(host - m->ram) >> PAGE_SHIFT;
+	uint64_t pfn = (uint64_t)(host - b->ram) >> PAGE_SHIFT;
 	struct dpage *dp = dpage_get(h, pfn);
-	uint32_t w = code_word(m, pfn);
+	uint32_t w = code_word(b, pfn);
 	if (!(w & 1))
 		w = code_mark(h, pfn);
 	if (dp->word != w)
@@ -308,7 +308,7 @@ struct dpage *code_lookup(struct hart *h)
 	struct vpc_entry *v = &h->vpc[vpn & (VPC_SIZE - 1)];
 	if (likely(v->vpn == vpn)) {
 		struct dpage *dp = v->dp;
-		if (likely(dp->word == code_word(h->m, dp->pfn)))
+		if (likely(dp->word == code_word(h->bus, dp->pfn)))
 			return dp;
 	}
 	return lookup_slow(h, v);
@@ -316,14 +316,14 @@ struct dpage *code_lookup(struct hart *h)
 
 /* ---- writes from outside the CPU --------------------------------------------- */
 
-void cpu_code_written(struct machine *m, uint64_t gpa, uint64_t len)
+void cpu_code_written(const struct cpu_bus *b, uint64_t gpa, uint64_t len)
 {
-	uint64_t off = gpa - RAM_BASE;
-	if (len == 0 || off >= m->ram_size)
+	uint64_t off = gpa - b->ram_base;
+	if (len == 0 || off >= b->ram_size)
 		return;
 	uint64_t last = off + len - 1;
-	if (last >= m->ram_size)
-		last = m->ram_size - 1;
+	if (last >= b->ram_size)
+		last = b->ram_size - 1;
 	for (uint64_t pfn = off >> PAGE_SHIFT; pfn <= last >> PAGE_SHIFT; pfn++)
-		code_page_written(m, pfn);
+		code_page_written(b, pfn);
 }

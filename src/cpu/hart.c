@@ -12,7 +12,6 @@
  */
 #include "cpu/hart.h"
 #include "cpu/internal.h"
-#include "machine/vm.h"
 #include "util/alloc.h"
 
 #include <stdio.h>
@@ -22,7 +21,7 @@
 
 #define BURST 2048
 
-static void run_burst(struct hart *h, uint64_t budget)
+void hart_run_burst(struct hart *h, uint64_t budget)
 {
 	if (unlikely(h->reference))
 		cpu_run_reference(h, budget);
@@ -32,12 +31,12 @@ static void run_burst(struct hart *h, uint64_t budget)
 
 /* ---- the hart thread ---------------------------------------------------- */
 
-void hart_init(struct hart *h, struct machine *m, unsigned id)
+void hart_init(struct hart *h, const struct cpu_bus *bus, unsigned id)
 {
 	memset(h, 0, offsetof(struct hart, tlbs));
-	h->m = m;
+	h->bus = bus;
 	h->id = id;
-	h->dpages = xcalloc(m->ram_size >> PAGE_SHIFT, sizeof(*h->dpages), "decoded code");
+	h->dpages = xcalloc(bus->ram_size >> PAGE_SHIFT, sizeof(*h->dpages), "decoded code");
 	const char *cpu = getenv("FERRY_CPU");
 	h->reference = cpu && !strcmp(cpu, "interp");
 	hart_reset_csrs(h);
@@ -99,7 +98,7 @@ static bool handle_requests(struct hart *h)
 	hart_serve_flushes(h);
 	if (req & REQ_PAUSE) {
 		atomic_store(&h->in_guest, false);
-		machine_park_hart(h->m, h);
+		h->bus->ops->park(h->bus->ctx, h);
 		atomic_store(&h->in_guest, true);
 	}
 	return false;
@@ -132,17 +131,16 @@ static bool hart_hopeless(struct hart *h)
  * at each timed wake-up, so the last one to get there sees it. */
 static void check_guest_alive(struct hart *h)
 {
-	struct machine *m = h->m;
-	for (unsigned i = 0; i < m->nharts; i++)
-		if (!hart_hopeless(m->harts[i]))
+	const struct cpu_bus *b = h->bus;
+	for (unsigned i = 0; i < b->nharts; i++)
+		if (!hart_hopeless(b->harts[i]))
 			return;
-	if (atomic_load(&m->exit_reason) != EXIT_NONE)
-		return;
-	fprintf(stderr, "ferry-vm: the guest can never run again: every hart is stopped or "
-		"waits for an interrupt with all interrupts disabled (hart %u waits at pc "
-		"%#llx with mie 0); is the kernel complete?\n", h->id,
-		(unsigned long long)h->pc);
-	machine_exit(m, EXIT_ERROR);
+	char why[200];
+	snprintf(why, sizeof(why), "the guest can never run again: every hart is stopped "
+		 "or waits for an interrupt with all interrupts disabled (hart %u waits at "
+		 "pc %#llx with mie 0); is the kernel complete?", h->id,
+		 (unsigned long long)h->pc);
+	b->ops->fail(b->ctx, why);
 }
 
 /* Sleep until an interrupt is pending (WFI) or the hart is started (HSM),
@@ -162,12 +160,16 @@ static void hart_sleep(struct hart *h)
 		if (hsm == HSM_STARTED) {
 			if (atomic_load(&h->mip) & h->mie)
 				break;
+			/* a timer whose interrupt is disabled in mie cannot wake
+			 * the hart: a deadline already past would make it spin */
 			uint64_t now = hart_read_time(h);
-			uint64_t next = h->timecmp < h->mtimecmp ? h->timecmp : h->mtimecmp;
+			uint64_t next = (h->mie & MIP_STIP) ? h->timecmp : ~0ULL;
+			if ((h->mie & MIP_MTIP) && h->mtimecmp < next)
+				next = h->mtimecmp;
 			if (now >= next)
 				break;
 			/* sleep until the timer deadline, at most 100 ms at a time */
-			uint64_t wait = (next - now) * (1000000000ULL / TIMEBASE_HZ);
+			uint64_t wait = (next - now) * (1000000000ULL / h->bus->timebase_hz);
 			if (wait > 100000000ULL)
 				wait = 100000000ULL;
 			uint64_t deadline = now_ns() + wait;
@@ -222,8 +224,8 @@ static void update_timer(struct hart *h)
 static void run_throttled(struct hart *h)
 {
 	uint64_t t0 = now_ns();
-	run_burst(h, BURST);
-	int pct = atomic_load(&h->m->throttle_pct);
+	hart_run_burst(h, BURST);
+	int pct = atomic_load(h->bus->throttle_pct);
 	if (pct <= 0)
 		return;
 	if (pct > 99)
@@ -264,10 +266,10 @@ void *hart_thread(void *arg)
 			}
 		}
 		hart_check_interrupts(h);
-		if (atomic_load_explicit(&h->m->throttle_pct, memory_order_relaxed))
+		if (atomic_load_explicit(h->bus->throttle_pct, memory_order_relaxed))
 			run_throttled(h);
 		else
-			run_burst(h, BURST);
+			hart_run_burst(h, BURST);
 	}
 	atomic_store(&h->in_guest, false);
 	return NULL;

@@ -24,7 +24,7 @@
 #include <stdint.h>
 #include <pthread.h>
 
-struct machine;
+struct cpu_bus;
 struct sbuf;
 struct dpage;
 
@@ -138,7 +138,7 @@ struct hart {
 	bool wfi;                   /* sleeping in WFI */
 	uint64_t sleep_debt_ns;     /* migration throttle */
 	unsigned id;
-	struct machine *m;
+	const struct cpu_bus *bus; /* all the hart knows of its board (bus.h) */
 
 	/* cross-thread */
 	_Atomic unsigned requests;
@@ -158,7 +158,10 @@ struct hart {
 	struct tlb_set tlbs[TLBCTX_COUNT];
 };
 
-void hart_init(struct hart *h, struct machine *m, unsigned id);
+void hart_init(struct hart *h, const struct cpu_bus *bus, unsigned id);
+/* Run up to budget instructions now, on the calling thread (the hart
+ * loop's burst; unit tests drive harts with it). */
+void hart_run_burst(struct hart *h, uint64_t budget);
 /* Thread body: runs the hart until the machine exits. */
 void *hart_thread(void *arg);
 
@@ -196,7 +199,7 @@ void tlb_drop_writes_to(struct hart *h, const void *host_page);
 
 /* decode.c: something other than a hart's store (device DMA) wrote
  * [gpa, gpa+len): drop decoded code there. */
-void cpu_code_written(struct machine *m, uint64_t gpa, uint64_t len);
+void cpu_code_written(const struct cpu_bus *bus, uint64_t gpa, uint64_t len);
 /* Forget the hart's decoded code (after its state was loaded). */
 void hart_drop_code(struct hart *h);
 /* Free it all, with the page table it hangs from (machine_destroy). */

@@ -24,7 +24,7 @@
 #define FERRY_CPU_INTERNAL_H
 
 #include "cpu/hart.h"
-#include "machine/vm.h"
+#include "cpu/bus.h"
 
 #include <string.h>
 
@@ -115,18 +115,18 @@ void code_cache_free(struct hart *h);
 
 /* ---- the code map --------------------------------------------------------- */
 
-static inline uint32_t code_word(struct machine *m, uint64_t pfn)
+static inline uint32_t code_word(const struct cpu_bus *b, uint64_t pfn)
 {
-	return atomic_load_explicit(&m->code[pfn], memory_order_acquire);
+	return atomic_load_explicit(&b->code[pfn], memory_order_acquire);
 }
 
 /* A store or DMA is about to change page pfn: drop its decoded code.
  * Returns true when there was some. */
-static inline bool code_page_written(struct machine *m, uint64_t pfn)
+static inline bool code_page_written(const struct cpu_bus *b, uint64_t pfn)
 {
-	uint32_t w = atomic_load_explicit(&m->code[pfn], memory_order_relaxed);
+	uint32_t w = atomic_load_explicit(&b->code[pfn], memory_order_relaxed);
 	while (w & 1) {
-		if (atomic_compare_exchange_weak(&m->code[pfn], &w, w + 1))
+		if (atomic_compare_exchange_weak(&b->code[pfn], &w, w + 1))
 			return true;
 	}
 	return false;

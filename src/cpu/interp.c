@@ -18,8 +18,6 @@
 #include "cpu/hart.h"
 #include "cpu/fpu.h"
 #include "cpu/internal.h"
-#include "machine/vm.h"
-#include "machine/sbi.h"
 
 #include <string.h>
 #include <time.h>
@@ -36,12 +34,13 @@ bool cpu_load_slow(struct hart *h, uint64_t va, void *out, unsigned size)
 		return access_split(h, va, out, size, ACC_READ);
 	if (!mmu_translate(h, va, ACC_READ, &pa))
 		return false;
-	if (pa_is_ram(h->m, pa)) {
-		memcpy(out, h->m->ram + (pa - RAM_BASE), size);
+	const struct cpu_bus *b = h->bus;
+	if (bus_is_ram(b, pa)) {
+		memcpy(out, bus_host(b, pa), size);
 		return true;
 	}
 	uint64_t v;
-	if (!mmio_read(h->m, pa, size, &v)) {
+	if (!b->ops->mmio_read(b->ctx, pa, size, &v)) {
 		hart_trap(h, EXC_LOAD_ACCESS, va, false);
 		return false;
 	}
@@ -56,15 +55,15 @@ bool cpu_store_slow(struct hart *h, uint64_t va, const void *in, unsigned size)
 		return access_split(h, va, (void *)in, size, ACC_WRITE);
 	if (!mmu_translate(h, va, ACC_WRITE, &pa))
 		return false;
-	if (pa_is_ram(h->m, pa)) {
-		if (atomic_load_explicit(&h->m->logging, memory_order_relaxed))
-			dirty_set(h->m, (pa - RAM_BASE) >> PAGE_SHIFT);
-		memcpy(h->m->ram + (pa - RAM_BASE), in, size);
+	const struct cpu_bus *b = h->bus;
+	if (bus_is_ram(b, pa)) {
+		bus_mark_dirty(b, bus_pfn(b, pa));
+		memcpy(bus_host(b, pa), in, size);
 		return true;
 	}
 	uint64_t v = 0;
 	memcpy(&v, in, size);
-	if (!mmio_write(h->m, pa, size, v)) {
+	if (!b->ops->mmio_write(b->ctx, pa, size, v)) {
 		hart_trap(h, EXC_STORE_ACCESS, va, false);
 		return false;
 	}
@@ -108,13 +107,13 @@ static void *amo_ptr(struct hart *h, uint64_t va, unsigned size, enum access acc
 	uint64_t pa;
 	if (!mmu_translate(h, va, acc, &pa))
 		return NULL;
-	if (!pa_is_ram(h->m, pa)) {
+	if (!bus_is_ram(h->bus, pa)) {
 		hart_trap(h, acc == ACC_READ ? EXC_LOAD_ACCESS : EXC_STORE_ACCESS, va, false);
 		return NULL;
 	}
-	if (acc == ACC_WRITE && atomic_load_explicit(&h->m->logging, memory_order_relaxed))
-		dirty_set(h->m, (pa - RAM_BASE) >> PAGE_SHIFT);
-	return h->m->ram + (pa - RAM_BASE);
+	if (acc == ACC_WRITE)
+		bus_mark_dirty(h->bus, bus_pfn(h->bus, pa));
+	return bus_host(h->bus, pa);
 }
 
 /* ---- fetch ------------------------------------------------------------ */
@@ -124,11 +123,11 @@ static bool fetch_slow(struct hart *h, uint32_t *insn)
 	uint64_t pc = h->pc, pa;
 	if (!mmu_translate(h, pc, ACC_EXEC, &pa))
 		return false;
-	if (!pa_is_ram(h->m, pa)) {
+	if (!bus_is_ram(h->bus, pa)) {
 		hart_trap(h, EXC_INSN_ACCESS, pc, false);
 		return false;
 	}
-	uint8_t *host = h->m->ram + (pa - RAM_BASE);
+	uint8_t *host = bus_host(h->bus, pa);
 	h->fetch_vpn = pc >> PAGE_SHIFT;
 	h->fetch_addend = (uintptr_t)host - pc;
 	uint16_t lo;
@@ -145,12 +144,12 @@ static bool fetch_slow(struct hart *h, uint32_t *insn)
 	uint64_t pa2;
 	if (!mmu_translate(h, pc + 2, ACC_EXEC, &pa2))
 		return false;
-	if (!pa_is_ram(h->m, pa2)) {
+	if (!bus_is_ram(h->bus, pa2)) {
 		hart_trap(h, EXC_INSN_ACCESS, pc + 2, false);
 		return false;
 	}
 	uint16_t hi;
-	memcpy(&hi, h->m->ram + (pa2 - RAM_BASE), 2);
+	memcpy(&hi, bus_host(h->bus, pa2), 2);
 	*insn = lo | (uint32_t)hi << 16;
 	h->fetch_vpn = TLB_NONE;
 	return true;
@@ -667,7 +666,7 @@ static bool exec_system(struct hart *h, uint32_t insn, uint64_t *next_pc)
 	switch (insn) {
 	case 0x00000073: /* ecall */
 		if (h->priv == PRV_S) {
-			sbi_call(h);
+			h->bus->ops->ecall(h->bus->ctx, h);
 			return true;
 		}
 		hart_trap(h, h->priv == PRV_U ? EXC_ECALL_U : EXC_ECALL_M, 0, false);

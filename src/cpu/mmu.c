@@ -20,7 +20,6 @@
  */
 #include "cpu/hart.h"
 #include "cpu/internal.h"
-#include "machine/vm.h"
 
 #include <string.h>
 
@@ -81,7 +80,7 @@ static void raise_fault(struct hart *h, uint64_t va, enum access acc, bool page)
  * an access fault. */
 static int page_walk(struct hart *h, uint64_t va, enum access acc, int priv, uint64_t *pa)
 {
-	struct machine *m = h->m;
+	const struct cpu_bus *b = h->bus;
 	unsigned levels = (h->satp >> 60) == 9 ? 4 : 3;
 	unsigned vabits = 12 + 9 * levels;
 	/* the virtual address must be sign-extended from its top bit */
@@ -91,11 +90,10 @@ static int page_walk(struct hart *h, uint64_t va, enum access acc, int priv, uin
 	uint64_t table = (h->satp & ((1ULL << 44) - 1)) << 12;
 	for (int level = (int)levels - 1; level >= 0; level--) {
 		uint64_t pte_pa = table + ((va >> (12 + 9 * level)) & 0x1ff) * 8;
-		if (!pa_is_ram(m, pte_pa))
+		if (!bus_is_ram(b, pte_pa))
 			return 2;
-		uint64_t *ptep = (uint64_t *)(m->ram + (pte_pa - RAM_BASE));
-		if (unlikely(m->missing))
-			mem_fault_in(m, pte_pa, 8);
+		uint64_t *ptep = (uint64_t *)bus_host(b, pte_pa);
+		bus_fault_in(b, bus_pfn(b, pte_pa));
 retry:;
 		uint64_t pte = __atomic_load_n(ptep, __ATOMIC_ACQUIRE);
 		if (!(pte & PTE_V) || (!(pte & PTE_R) && (pte & PTE_W)) || (pte & PTE_RESERVED))
@@ -128,9 +126,8 @@ retry:;
 			if (!__atomic_compare_exchange_n(ptep, &pte, want, false,
 							 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
 				goto retry;
-			code_page_written(m, (pte_pa - RAM_BASE) >> PAGE_SHIFT);
-			if (atomic_load_explicit(&m->logging, memory_order_relaxed))
-				dirty_set(m, (pte_pa - RAM_BASE) >> PAGE_SHIFT);
+			code_page_written(b, bus_pfn(b, pte_pa));
+			bus_mark_dirty(b, bus_pfn(b, pte_pa));
 		}
 		*pa = ((ppn & ~low) << 12) | (va & ((1ULL << (12 + 9 * level)) - 1));
 		return 0;
@@ -157,23 +154,21 @@ bool mmu_translate(struct hart *h, uint64_t va, enum access acc, uint64_t *pa_ou
 		}
 	}
 	*pa_out = pa;
-	struct machine *m = h->m;
-	if (!cacheable || !pa_is_ram(m, pa & ~0xfffULL))
+	const struct cpu_bus *b = h->bus;
+	if (!cacheable || !bus_is_ram(b, pa & ~0xfffULL))
 		return true;
 
-	uint64_t pfn = (pa - RAM_BASE) >> PAGE_SHIFT;
-	if (unlikely(m->missing) && page_missing(m, pfn))
-		postcopy_fetch(m, pfn);
+	uint64_t pfn = bus_pfn(b, pa);
+	bus_fault_in(b, pfn);
 	struct tlb_entry *t = acc == ACC_READ ? h->tlb->r : acc == ACC_WRITE ? h->tlb->w
 									    : h->tlb->x;
 	if (acc == ACC_WRITE) {
-		if (unlikely(code_page_written(m, pfn)))
+		if (unlikely(code_page_written(b, pfn)))
 			h->code_written = true;
-		if (atomic_load_explicit(&m->logging, memory_order_relaxed))
-			dirty_set(m, pfn);
+		bus_mark_dirty(b, pfn);
 	}
 	struct tlb_entry *e = &t[(va >> PAGE_SHIFT) & (TLB_SIZE - 1)];
 	e->vpn = va >> PAGE_SHIFT;
-	e->addend = (uintptr_t)(m->ram + (pfn << PAGE_SHIFT)) - (va & ~0xfffULL);
+	e->addend = (uintptr_t)(b->ram + (pfn << PAGE_SHIFT)) - (va & ~0xfffULL);
 	return true;
 }

@@ -10,6 +10,7 @@
  */
 #include "machine/vm.h"
 #include "machine/devices.h"
+#include "machine/sbi.h"
 #include "util/alloc.h"
 
 #include <errno.h>
@@ -27,6 +28,73 @@ static uint64_t host_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- the harts' view of the machine (cpu/bus.h) ----------------------------- */
+
+static bool bus_mmio_read(void *ctx, uint64_t pa, unsigned size, uint64_t *val)
+{
+	return mmio_read(ctx, pa, size, val);
+}
+
+static bool bus_mmio_write(void *ctx, uint64_t pa, unsigned size, uint64_t val)
+{
+	return mmio_write(ctx, pa, size, val);
+}
+
+static void bus_ecall(void *ctx, struct hart *h)
+{
+	(void)ctx;
+	sbi_call(h);
+}
+
+static void bus_park(void *ctx, struct hart *h)
+{
+	machine_park_hart(ctx, h);
+}
+
+static uint64_t bus_time(void *ctx)
+{
+	return machine_time(ctx);
+}
+
+static void bus_sync_harts(void *ctx, unsigned req, struct hart *self, uint64_t mask)
+{
+	machine_sync_harts(ctx, req, self, mask);
+}
+
+static void bus_fetch_page(void *ctx, uint64_t pfn)
+{
+	struct machine *m = ctx;
+	if (m->fetch_missing)
+		m->fetch_missing(m, pfn);
+}
+
+static void bus_fail(void *ctx, const char *why)
+{
+	struct machine *m = ctx;
+	if (atomic_load(&m->exit_reason) != EXIT_NONE)
+		return;          /* ending anyway: not the guest's fault */
+	fprintf(stderr, "ferry-vm: %s\n", why);
+	machine_exit(m, EXIT_ERROR);
+}
+
+static const struct cpu_bus_ops bus_ops = {
+	.mmio_read = bus_mmio_read, .mmio_write = bus_mmio_write, .ecall = bus_ecall,
+	.park = bus_park, .time = bus_time, .sync_harts = bus_sync_harts,
+	.fetch_page = bus_fetch_page, .fail = bus_fail,
+};
+
+static void bus_init(struct machine *m, unsigned nharts)
+{
+	m->bus = (struct cpu_bus){
+		.ops = &bus_ops, .ctx = m,
+		.ram = m->ram, .ram_base = RAM_BASE, .ram_size = m->ram_size,
+		.timebase_hz = TIMEBASE_HZ,
+		.dirty = m->dirty, .logging = &m->logging, .code = m->code,
+		.missing = &m->missing, .throttle_pct = &m->throttle_pct,
+		.harts = m->harts, .nharts = nharts,
+	};
 }
 
 struct machine *machine_create(uint64_t ram_mib, unsigned nharts, char *err, size_t errlen)
@@ -54,9 +122,10 @@ struct machine *machine_create(uint64_t ram_mib, unsigned nharts, char *err, siz
 		snprintf(err, errlen, "cannot create pipes: %s", strerror(errno));
 		goto fail;
 	}
+	bus_init(m, nharts);
 	for (unsigned i = 0; i < nharts; i++) {
 		m->harts[i] = xaligned_alloc(64, sizeof(struct hart), "a hart");
-		hart_init(m->harts[i], m, i);
+		hart_init(m->harts[i], &m->bus, i);
 		m->nharts = i + 1;
 	}
 	m->plic = plic_create(m, nharts);
@@ -179,13 +248,13 @@ void mem_fault_in(struct machine *m, uint64_t gpa, uint64_t len)
 	if (len == 0)
 		return;
 	for (uint64_t pfn = off >> PAGE_SHIFT; pfn <= (off + len - 1) >> PAGE_SHIFT; pfn++)
-		if (page_missing(m, pfn))
-			postcopy_fetch(m, pfn);
+		if (page_missing(m, pfn) && m->fetch_missing)
+			m->fetch_missing(m, pfn);
 }
 
 void mem_dirty(struct machine *m, uint64_t gpa, uint64_t len)
 {
-	cpu_code_written(m, gpa, len);
+	cpu_code_written(&m->bus, gpa, len);
 	if (!atomic_load_explicit(&m->logging, memory_order_relaxed) || len == 0)
 		return;
 	uint64_t off = gpa - RAM_BASE;

@@ -35,10 +35,16 @@ enum {
 
 struct sbiret { int64_t error; uint64_t value; };
 
+/* The machine a hart's ecall came from: its bus's context (machine.c). */
+static struct machine *hart_machine(struct hart *h)
+{
+	return h->bus->ctx;
+}
+
 /* The harts selected by (mask, base); base = -1 means all. */
 static uint64_t hart_selection(struct hart *h, uint64_t mask, uint64_t base, bool *ok)
 {
-	unsigned n = h->m->nharts;
+	unsigned n = hart_machine(h)->nharts;
 	uint64_t all = n >= 64 ? ~0ULL : (1ULL << n) - 1;
 	*ok = true;
 	if (base == ~0ULL)
@@ -55,16 +61,16 @@ static uint64_t hart_selection(struct hart *h, uint64_t mask, uint64_t base, boo
 
 static void send_ipis(struct hart *h, uint64_t sel)
 {
-	for (unsigned i = 0; i < h->m->nharts; i++)
+	for (unsigned i = 0; i < hart_machine(h)->nharts; i++)
 		if (sel & (1ULL << i))
-			machine_hart_irq(h->m, i, MIP_SSIP, 1);
+			machine_hart_irq(hart_machine(h), i, MIP_SSIP, 1);
 }
 
 static void remote_fence(struct hart *h, uint64_t sel)
 {
 	if (sel & (1ULL << h->id))
 		tlb_flush_all(h);
-	machine_sync_harts(h->m, REQ_TLB_FLUSH, h, sel & ~(1ULL << h->id));
+	machine_sync_harts(hart_machine(h), REQ_TLB_FLUSH, h, sel & ~(1ULL << h->id));
 }
 
 static void set_timer(struct hart *h, uint64_t when)
@@ -75,8 +81,8 @@ static void set_timer(struct hart *h, uint64_t when)
 
 static void console_putchar(struct hart *h, uint8_t c)
 {
-	if (h->m->console_fd >= 0) {
-		ssize_t r = write(h->m->console_fd, &c, 1);
+	if (hart_machine(h)->console_fd >= 0) {
+		ssize_t r = write(hart_machine(h)->console_fd, &c, 1);
 		(void)r;
 	}
 }
@@ -107,7 +113,7 @@ static struct sbiret sbi_base(struct hart *h, uint64_t fid, uint64_t a0)
 static struct sbiret sbi_hsm(struct hart *h, uint64_t fid, uint64_t a0, uint64_t a1,
 			     uint64_t a2)
 {
-	struct machine *m = h->m;
+	struct machine *m = hart_machine(h);
 	switch (fid) {
 	case 0: { /* hart_start(hartid, start_addr, opaque) */
 		if (a0 >= m->nharts)
@@ -145,7 +151,7 @@ static struct sbiret sbi_srst(struct hart *h, uint64_t type, uint64_t reason)
 		return (struct sbiret){ SBI_ERR_INVALID_PARAM, 0 };
 	/* ferry-vm has no reboot: a shutdown ends it cleanly, any reset
 	 * (and a "system failure" reason) ends it with a failure status */
-	machine_exit(h->m, type == 0 && reason == 0 ? EXIT_POWEROFF : EXIT_RESET);
+	machine_exit(hart_machine(h), type == 0 && reason == 0 ? EXIT_POWEROFF : EXIT_RESET);
 	atomic_store(&h->hsm, HSM_STOPPED);
 	return (struct sbiret){ 0, 0 };
 }
@@ -160,7 +166,7 @@ static uint64_t legacy_mask(struct hart *h, uint64_t va)
 	if (!mmu_translate(h, va, ACC_READ, &pa))
 		return 0;    /* the fault was raised against the guest */
 	h->priv = saved;
-	void *p = mem_ptr(h->m, pa, 8);
+	void *p = mem_ptr(hart_machine(h), pa, 8);
 	if (p)
 		memcpy(&mask, p, 8);
 	return mask;

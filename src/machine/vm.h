@@ -19,6 +19,7 @@
 
 #include "machine/machine.h"
 #include "cpu/hart.h"
+#include "cpu/bus.h"
 
 #include <stdatomic.h>
 
@@ -58,9 +59,15 @@ struct machine {
 	/* decoded code: one word a page (cpu/internal.h) */
 	_Atomic uint32_t *code;
 
-	/* post-copy: one bit a page not received yet; NULL when none miss */
+	/* post-copy: one bit a page not received yet; NULL when none miss.
+	 * Whoever sets it (migrate/postcopy.c) installs fetch_missing, which
+	 * brings page pfn and returns once it is here. */
 	_Atomic uint64_t *missing;
+	void (*fetch_missing)(struct machine *m, uint64_t pfn);
 	struct postcopy *postcopy;
+
+	/* what the harts see of this machine (cpu/bus.h) */
+	struct cpu_bus bus;
 
 	/* migration throttle: harts sleep this share of their time (0..99) */
 	atomic_int throttle_pct;
@@ -166,7 +173,6 @@ static inline bool page_missing(struct machine *m, uint64_t pfn)
 	return miss && ((atomic_load_explicit(&miss[pfn / 64], memory_order_acquire)
 			 >> (pfn % 64)) & 1);
 }
-void postcopy_fetch(struct machine *m, uint64_t pfn);
 /* Make [gpa, gpa+len) present (device DMA during post-copy). */
 void mem_fault_in(struct machine *m, uint64_t gpa, uint64_t len);
 

@@ -169,6 +169,8 @@ lost:
 
 /* ---- destination ------------------------------------------------------------------ */
 
+static void postcopy_fetch(struct machine *m, uint64_t pfn);
+
 struct postcopy {
 	pthread_mutex_t lock;           /* the missing bitmap's changes, failed */
 	pthread_mutex_t write_lock;     /* requests to the source */
@@ -213,6 +215,7 @@ int postcopy_incoming_begin(struct vmm *v, struct mig_stream *s,
 	pthread_cond_init(&pc->arrived, NULL);
 	pc->vmm = v;
 	m->postcopy = pc;
+	m->fetch_missing = postcopy_fetch;
 	m->missing = missing;
 	return 0;
 }
@@ -232,7 +235,8 @@ static void page_arrived(void *opaque, uint64_t pfn, const void *page)
 	pthread_mutex_unlock(&pc->lock);
 }
 
-void postcopy_fetch(struct machine *m, uint64_t pfn)
+/* The machine's fetch_missing hook while pages are missing. */
+static void postcopy_fetch(struct machine *m, uint64_t pfn)
 {
 	struct postcopy *pc = m->postcopy;
 	if (!pc)

@@ -15,7 +15,9 @@
   The guests are a few instructions of S-mode code behind a RISC-V Image
   header, made here.
 - The opposite must hold too: a hart waiting in WFI with an interrupt
-  enabled is alive (a device or an IPI may wake it) and runs on.
+  enabled is alive (a device or an IPI may wake it) and runs on, and
+  sleeps even when its timer is due but masked in sie (Linux leaves it
+  so when it goes idle; it spun before, which made the idle test flaky).
 """
 
 import os
@@ -41,6 +43,10 @@ CSRW_SIE_T0 = 0x10429073            # csrw sie, t0
 LI_A7_HSM = (0x004858b7, 0x34d88893)  # li a7, 0x48534d (SBI HSM)
 LI_A6_1 = 0x00100813                # li a6, 1 (hart_stop)
 ECALL = 0x00000073
+LI_T0_SEIE = 0x20000293             # li t0, 0x200 (sie.SEIE)
+LI_A7_TIME = (0x544958b7, 0xd4588893)  # li a7, 0x54494d45 (SBI TIME)
+LI_A6_0 = 0x00000813                # li a6, 0 (set_timer)
+LI_A0_0 = 0x00000513                # li a0, 0: a deadline long past
 
 
 def bare_image(words):
@@ -54,20 +60,24 @@ def bare_image(words):
     return (header + body).ljust(4096, b"\0")
 
 
-def run_bare(words, smp=2, wait=20):
+def run_bare(words, smp=2, wait=20, measure=False):
     """Boots the bare-metal guest; returns (status or None if still running
-    after wait seconds, stderr lines)."""
+    after wait seconds, stderr lines), and with measure the share of a
+    core the process used meanwhile."""
     with tempfile.TemporaryDirectory(prefix="ferry-test-cpu-") as tmp:
         image = Path(tmp) / "Image"
         image.write_bytes(bare_image(words))
         with VM(kernel=image, initrd=None, append="", smp=smp, mem=64, control=False,
                 name="bare") as vm:
+            t0 = time.monotonic()
             try:
                 status = vm.wait_exit(wait)
             except TimeoutError:
                 status = None
-            return status, [line for line in vm.output().splitlines()
-                            if line.startswith("ferry-vm:")]
+            share = cpu_seconds(vm.pid) / (time.monotonic() - t0) if status is None else None
+            lines = [line for line in vm.output().splitlines()
+                     if line.startswith("ferry-vm:")]
+            return (status, lines, share) if measure else (status, lines)
 
 
 # ---- tests ------------------------------------------------------------------------
@@ -106,6 +116,17 @@ def test_guest_whose_only_running_hart_stops_ends_with_an_error():
     status, lines = run_bare([*LI_A7_HSM, LI_A6_1, ECALL, J_SELF])
     assert status == 1, f"status {status} (None: still running), stderr {lines}"
     assert len(lines) == 1 and "can never run again" in lines[0], lines
+
+
+def test_hart_waiting_with_its_timer_due_but_masked_sleeps():
+    # sie.SEIE only, the SBI timer set in the past: STIP is pending but
+    # cannot wake the hart, so the deadline must not keep it awake either
+    status, lines, share = run_bare([LI_T0_SEIE, CSRW_SIE_T0, *LI_A7_TIME, LI_A6_0,
+                                     LI_A0_0, ECALL, WFI, J_BACK_4],
+                                    smp=1, wait=3, measure=True)
+    assert status is None, f"ended with status {status}: {lines}"
+    assert share <= IDLE_SHARE, (f"a hart waiting with a masked timer used {share:.0%} "
+                                 f"of a core (limit {IDLE_SHARE:.0%})")
 
 
 def test_hart_waiting_with_an_interrupt_enabled_runs_on():
