@@ -75,6 +75,8 @@ static void bus_fail(void *ctx, const char *why)
 	struct machine *m = ctx;
 	if (atomic_load(&m->exit_reason) != EXIT_NONE)
 		return;          /* ending anyway: not the guest's fault */
+	if (atomic_exchange(&m->guest_failed, true))
+		return;          /* another hart said it already */
 	fprintf(stderr, "ferry-vm: %s\n", why);
 	machine_exit(m, EXIT_ERROR);
 }

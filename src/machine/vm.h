@@ -68,6 +68,7 @@ struct machine {
 
 	/* what the harts see of this machine (cpu/bus.h) */
 	struct cpu_bus bus;
+	atomic_bool guest_failed;   /* a hart reported the guest dead */
 
 	/* migration throttle: harts sleep this share of their time (0..99) */
 	atomic_int throttle_pct;
