@@ -307,7 +307,7 @@ static void arm_budget(struct migration *mg)
 
 /* A throttled round is nearly a pause for the guest: if it runs well past
  * what the planner predicted (the link slowed down), lift the throttle. */
-static void arm_throttle_deadline(struct migration *mg, const struct plan_decision *d)
+static uint64_t arm_throttle_deadline(struct migration *mg, const struct plan_decision *d)
 {
 	struct machine *m = mg->vmm->machine;
 	uint64_t at = 0;
@@ -318,6 +318,7 @@ static void arm_throttle_deadline(struct migration *mg, const struct plan_decisi
 		at = mig_now_ms() + late;
 	}
 	mig_watchdog_set_throttle(mg->watchdog, at, &m->throttle_pct);
+	return at;
 }
 
 /* The guest's dirty rate over the round just sent: the early sample, or
@@ -355,7 +356,7 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 	struct machine *m = mg->vmm->machine;
 	struct plan_params params = { .postcopy = mg->postcopy, .throttle = true };
 	struct plan_state st = { 0 };
-	uint64_t t_start = mg->start_ms;
+	uint64_t t_start = mg->start_ms, lift_at = 0;
 	dirty_log_start(m);
 	for (;;) {
 		dirty_log_harvest(m, bitmap);
@@ -373,8 +374,11 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 		int round_throttle = st.throttle_pct;
 		bool lifted = mig_watchdog_throttle_lifted(mg->watchdog);
 		mig_watchdog_set_throttle(mg->watchdog, 0, NULL);
-		if (lifted)
+		uint64_t throttled_for = dt;
+		if (lifted) {
 			st.throttle_pct = 0;
+			throttled_for = lift_at > t0 ? lift_at - t0 : 0;
+		}
 		st.round++;
 		st.elapsed_ms = mig_now_ms() - t_start;
 		/* the link's speed, measured on rounds long enough to mean it */
@@ -392,7 +396,7 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 		char why[160];
 		snprintf(why, sizeof(why), "%s%s", lifted ? "the last round ran long: throttle "
 			 "lifted; " : "", d.why);
-		publish_round(mg, s, &st, &d, dt, round_throttle, why);
+		publish_round(mg, s, &st, &d, throttled_for, round_throttle, why);
 
 		if (d.throttle_pct != st.throttle_pct) {
 			st.throttle_pct = d.throttle_pct;
@@ -411,7 +415,7 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 		}
 		if (cancelled(mg))
 			return -1;
-		arm_throttle_deadline(mg, &d);
+		lift_at = arm_throttle_deadline(mg, &d);
 	}
 }
 
@@ -943,9 +947,13 @@ static void add_bounds(struct migration *mg, json_t *r)
 {
 	bool running = mg->status == MIG_SETUP || mg->status == MIG_ACTIVE;
 	uint64_t throttled = mg->throttled_ms;
-	if (running && mg->round_start_ms)
-		throttled += plan_throttled_ms(mig_now_ms() - mg->round_start_ms,
-					       mg->throttle_pct);
+	if (running) {
+		/* the throttle in force: the watchdog may have lifted it */
+		int pct = atomic_load(&mg->vmm->machine->throttle_pct);
+		json_object_set_new(r, "throttle_pct", json_integer(pct));
+		if (mg->round_start_ms)
+			throttled += plan_throttled_ms(mig_now_ms() - mg->round_start_ms, pct);
+	}
 	json_object_set_new(r, "max_total_s", json_integer((json_int_t)mg->max_total_s));
 	json_object_set_new(r, "pause_bound_ms",
 			    json_integer((json_int_t)plan_pause_bound_ms(mg->downtime_ms)));

@@ -97,65 +97,70 @@ def test_frozen_destination_without_a_budget_fails_after_the_stall_time():
             assert_guest_healthy(src, passes=2)
 
 
-class FreezingLink:
-    """A TCP relay between source and destination that reads the source's
-    stream (docs/stream.md: 16-byte header, then sections of a 16-byte
-    header, payload and 8-byte checksum) and stops carrying anything, both
-    ways, once it sees the first CPU section: the switchover has begun and
-    the guest is paused. A link that dies under a switchover."""
+class Relay:
+    """A TCP relay between source and destination, on loopback: the link
+    under test's control. `rate` (bytes/s, None: as fast as it goes) paces
+    what the source sends. With freeze_on_cpu it reads the source's stream
+    (docs/stream.md: a 16-byte header, then sections of a 16-byte header,
+    the payload and an 8-byte checksum) and stops carrying anything, both
+    ways, at the first CPU section: the switchover has begun, the guest is
+    paused, and the link dies under it."""
 
     CPU = 0x003
 
-    def __init__(self, dst_uri):
+    def __init__(self, dst_uri, freeze_on_cpu=False):
         host, port = dst_uri[4:].rsplit(":", 1)
         self.dst = (host, int(port))
+        self.freeze_on_cpu = freeze_on_cpu
+        self.rate = None
         self.lsock = socket.socket()
         self.lsock.bind(("127.0.0.1", 0))
         self.lsock.listen(1)
         self.uri = "tcp:127.0.0.1:%d" % self.lsock.getsockname()[1]
         self.frozen = threading.Event()
         self.stop = threading.Event()
+        self.parsed = bytearray()
+        self.need, self.part = 16, "stream"
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+
+    def _forward(self, data, dst):
+        """Sends what comes before the first CPU section (all of data
+        unless freezing); sets frozen when it finds one."""
+        if self.freeze_on_cpu:
+            self.parsed += data
+            while len(self.parsed) >= self.need:
+                if self.part == "section":
+                    stype, _flags, length = struct.unpack_from("<IIQ", self.parsed)
+                    if stype == self.CPU:
+                        self.frozen.set()
+                        keep = len(self.parsed)
+                        if keep < len(data):
+                            dst.sendall(data[:len(data) - keep])
+                        return
+                    del self.parsed[:16]
+                    self.need, self.part = length + 8, "payload"
+                else:
+                    del self.parsed[:self.need]
+                    self.need, self.part = 16, "section"
+        dst.sendall(data)
+        if self.rate:
+            time.sleep(len(data) / self.rate)
 
     def _run(self):
         self.lsock.settimeout(60)
         src = self.lsock.accept()[0]
         dst = socket.create_connection(self.dst)
-        parsed = bytearray()
-        need, in_header = 16, "stream"     # bytes before the next section header
         while not self.stop.is_set() and not self.frozen.is_set():
-            ready = select.select([src, dst], [], [], 0.1)[0]
-            for s in ready:
-                data = s.recv(65536)
+            for s in select.select([src, dst], [], [], 0.1)[0]:
+                data = s.recv(16384 if self.rate else 65536)
                 if not data:
                     self.stop.set()
                     break
                 if s is dst:
                     src.sendall(data)
-                    continue
-                # find section boundaries in what the source sent
-                parsed += data
-                while len(parsed) >= need:
-                    if in_header == "stream":
-                        del parsed[:need]
-                        need, in_header = 16, "section"
-                    elif in_header == "section":
-                        stype, _flags, length = struct.unpack_from("<IIQ", parsed)
-                        if stype == self.CPU:
-                            self.frozen.set()
-                            break
-                        del parsed[:16]
-                        need, in_header = length + 8, "payload"
-                    else:
-                        del parsed[:need]
-                        need, in_header = 16, "section"
-                if self.frozen.is_set():
-                    # carry nothing from the CPU section on
-                    keep = len(parsed)
-                    dst.sendall(data[:len(data) - keep] if keep < len(data) else b"")
-                    break
-                dst.sendall(data)
+                else:
+                    self._forward(data, dst)
         self.stop.wait(120)
         src.close()
         dst.close()
@@ -173,7 +178,7 @@ def test_switchover_past_its_pause_bound_resumes_the_guest():
         src.wait_for(PASS_RE, timeout=120)
         dst, uri = destination(mem=128, name="dst")
         with dst:
-            link = FreezingLink(uri)
+            link = Relay(uri, freeze_on_cpu=True)
             try:
                 q = src.qmp()
                 q.cmd("migrate", uri=link.uri, downtime_ms=100)
@@ -185,6 +190,36 @@ def test_switchover_past_its_pause_bound_resumes_the_guest():
                 assert r["pause_bound_ms"] <= r["downtime_ms"] < r["pause_bound_ms"] + 1000, r
                 assert q.cmd("query-status")["status"] == "running"
                 assert_guest_healthy(src, passes=3)
+            finally:
+                link.close()
+
+
+def test_a_throttled_round_that_runs_long_gets_its_throttle_lifted():
+    """A round under a heavy throttle is nearly a pause for the guest: when
+    the link slows to a tenth mid-round, the round runs far past its
+    forecast, and the throttle is lifted rather than keep the guest at a
+    crawl for the rest of it."""
+    with memload_vm(mib=64, mem=256, name="src") as src:
+        src.wait_for(PASS_RE, timeout=120)
+        dst, uri = destination(mem=256, name="dst")
+        with dst:
+            link = Relay(uri)
+            try:
+                q = src.qmp()
+                q.cmd("migrate", uri=link.uri, bandwidth_mbps=80, downtime_ms=100,
+                      max_total_s=90)
+                wait_until(lambda: q.cmd("query-migrate")["throttle_pct"] > 0, 60,
+                           "a planned throttle")
+                link.rate = 1000000
+                wait_until(lambda: q.cmd("query-migrate")["throttle_pct"] == 0, 60,
+                           "the throttle lifted")
+                live = q.cmd("query-migrate")
+                assert live["status"] == "active", live
+                link.rate = None
+                q.cmd("migrate-cancel")
+                r = wait_migration(q, timeout=60)
+                assert r["status"] == "cancelled", r
+                assert_guest_healthy(src)
             finally:
                 link.close()
 
