@@ -18,10 +18,17 @@
  * - cross: a compressed instruction in a page's last halfword, a 32-bit
  *   one in its last word, a branch and a jump from a page's end to the next
  *   page, each run many times.
+ * - other hart: one thread rewrites a function and flushes the
+ *   instruction cache of every hart (__builtin___clear_cache, which is
+ *   Linux's riscv_flush_icache: an SBI remote fence.i), another thread,
+ *   on another hart when there are two, runs it after each rewrite and
+ *   must see every new version (test_diff_code_smp2 runs this with two).
  */
 #define _GNU_SOURCE
 #include "diff.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -329,11 +336,63 @@ static void test_page_ends(void)
 	munmap(code, 2 * PAGE);
 }
 
+/* ---- code rewritten by another hart ------------------------------------------- */
+
+#define ROUNDS 300
+static uint8_t *shared_fn;
+static atomic_int published = -1, acked = -1;
+static uint64_t seen[ROUNDS];
+
+static void *runner(void *arg)
+{
+	(void)arg;
+	for (int r = 0; r < ROUNDS; r++) {
+		while (atomic_load_explicit(&published, memory_order_acquire) < r)
+			;
+		asm volatile("fence.i" ::: "memory");
+		seen[r] = ((fn1)(void *)shared_fn)(1000);
+		atomic_store_explicit(&acked, r, memory_order_release);
+	}
+	return NULL;
+}
+
+static void test_other_hart(void)
+{
+	pthread_t t;
+	uint64_t sum = 0;
+	int bad = -1;
+
+	shared_fn = map_code(1);
+	if (!shared_fn) {
+		printf("other hart: mmap rwx failed\n");
+		return;
+	}
+	put32(shared_fn + 4, RET);
+	pthread_create(&t, NULL, runner, NULL);
+	for (int r = 0; r < ROUNDS; r++) {
+		put32(shared_fn, addi(A0, A0, r * 7 - 1000));
+		__builtin___clear_cache((char *)shared_fn, (char *)shared_fn + 8);
+		atomic_store_explicit(&published, r, memory_order_release);
+		while (atomic_load_explicit(&acked, memory_order_acquire) < r)
+			;
+	}
+	pthread_join(t, NULL);
+	for (int r = 0; r < ROUNDS; r++) {
+		sum += seen[r];
+		if (bad < 0 && seen[r] != (uint64_t)(1000 + r * 7 - 1000))
+			bad = r;
+	}
+	printf("other hart: %d rounds, sum %" PRIx64 ", first stale round %d\n",
+	       ROUNDS, sum, bad);
+	munmap(shared_fn, PAGE);
+}
+
 int main(void)
 {
 	diff_begin("code");
 	test_smc();
 	test_traps();
 	test_page_ends();
+	test_other_hart();
 	return diff_end("code");
 }

@@ -213,6 +213,11 @@ def test_diff_code():
     compare_in_guest("code")
 
 
+def test_diff_code_smp2():
+    """The same, with code rewritten on one hart and run on the other."""
+    compare_in_guest("code", smp=2)
+
+
 def test_diff_qemu_is_deterministic():
     """Two runs under QEMU agree and carry both markers: the oracle is sound."""
     bins = build_programs()
