@@ -28,7 +28,8 @@ filling the page cache lengthens writes on both sides; ferry-vm also
 reports its own count of the switch's pause (pause_ms: from asking for
 the device's lock to giving it back). The
 reference for total time is `cp` of the same image plus fdatasync (this
-machine's disk speed, through the same page cache). The page cache is
+machine's disk speed, through the same page cache): the copy that makes
+each run's source image, just before its move, so under the same load. The page cache is
 not dropped between runs (the host is shared).
 """
 
@@ -100,6 +101,7 @@ class Result:
     def __init__(self, side):
         self.side = side
         self.total_s = None
+        self.cp_s = None
         self.pause_ms = None        # ferry's own measure
         self.rounds = None
         self.copied_mib = None
@@ -121,7 +123,7 @@ def one_side(side, work, master, args):
     for p in (src, dst):
         if p.exists():
             p.unlink()
-    copy_image(master, src)
+    res.cp_s = copy_image(master, src)     # this run's reference, under its load
     sock = work / f"{side}.sock"
     append = (f"console=ttyS0 quiet ferry.run=iolat,/dev/vda,--rate,{args.rate}")
     if side == "ferry-vm":
@@ -219,9 +221,13 @@ def report(runs, copy_s, args):
     bl.print_table([f"disk move, {args.size_mib} MiB image, guest writing "
                     f"{args.rate * 64 / 1024:.0f} MiB/s (median of {args.runs})",
                     "ferry-vm", "qemu", "ferry/qemu"], rows)
-    print(f"reference: cp + fdatasync of the image: {copy_s:.2f} s; ferry-vm's move "
-          f"takes {bl.ratio(f_total, copy_s)} of it (aim: 1.3x); QEMU's "
-          f"{bl.ratio(q_total, copy_s)}")
+    def per_run(side):
+        return bl.median([r.total_s / r.cp_s for pair in runs for r in pair
+                          if r.side == side and r.error is None and r.cp_s])
+    f_cp, q_cp = per_run("ferry-vm"), per_run("qemu")
+    print(f"reference: cp + fdatasync of the image: {copy_s:.2f} s before the runs; "
+          f"each move against the cp that made its source just before it (same load), "
+          f"median: ferry-vm {fmt(f_cp, 'x', 2)} (aim: 1.3x), QEMU {fmt(q_cp, 'x', 2)}")
     for pair in runs:
         for r in pair:
             if r.error:

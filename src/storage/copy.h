@@ -6,9 +6,11 @@
  * there). Both passes clear a block's dirty bit just before reading it
  * (see dirty.h), so a guest write the pass may have missed stays marked.
  *
- * The bulk pass moves COPY_CHUNK bytes a system call, and every
- * COPY_WRITEBACK bytes starts the destination's writeback (without
- * waiting), so the flush before the switch finds little left to do.
+ * The bulk pass moves COPY_CHUNK bytes a system call. Writes of whole
+ * pages go around the page cache (O_DIRECT, through a second descriptor)
+ * where the file system allows it; buffered writes start the
+ * destination's writeback every COPY_WRITEBACK bytes (without waiting).
+ * Either way the flush before the switch finds little left to do.
  *
  * Works on plain file descriptors, so the unit tests drive it without a
  * machine.
@@ -39,6 +41,7 @@ struct copier {
 	uint64_t read_bytes;        /* bytes read from src so far */
 	uint64_t written_bytes;     /* bytes written to dst so far */
 	uint64_t unflushed;         /* written since writeback was last started */
+	int direct_fd;              /* dst opened O_DIRECT, or -1 */
 };
 
 enum copy_result { COPY_OK = 0, COPY_ERROR = -1, COPY_STOPPED = 1 };

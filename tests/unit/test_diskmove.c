@@ -1,7 +1,8 @@
 /*
  * test_diskmove.c - the pieces of a storage move that need no machine:
  * the dirty-block bitmap, sparse copying (bulk pass over data extents,
- * rounds over dirty blocks, zero pages punched), a stop from the pacing
+ * rounds over dirty blocks, zero pages punched, an image that ends
+ * inside a page), a stop from the pacing
  * callback, a write error, disk_create's refusals and lock, and the disk
  * backend's write hook.
  */
@@ -175,6 +176,27 @@ static void round_copies_dirty_blocks_and_punches_zeros(void **state)
 	assert_int_equal(hole, 1 * MIB);
 }
 
+/* An image whose end is not a whole page: the tail cannot go O_DIRECT. */
+static void ragged_tail_is_copied(void **state)
+{
+	struct files *f = *state;
+	uint64_t size = 8 * MIB + 1536;
+	assert_int_equal(ftruncate(f->sfd, (off_t)size), 0);
+	assert_int_equal(ftruncate(f->dfd, (off_t)size), 0);
+	put(f->sfd, 8 * MIB - 2048, 3584, 0x55);
+	dirty_map_free(&f->map);
+	copier_free(&f->c);
+	assert_int_equal(dirty_map_init(&f->map, size, 16), 0);
+	assert_int_equal(copier_init(&f->c, f->sfd, f->dfd, size, &f->map), 0);
+	assert_int_equal(copier_bulk(&f->c), COPY_OK);
+	uint8_t a[4096], b[4096];
+	assert_int_equal(pread(f->sfd, a, 3584, 8 * MIB - 2048), 3584);
+	assert_int_equal(pread(f->dfd, b, 3584, 8 * MIB - 2048), 3584);
+	assert_memory_equal(a, b, 3584);
+	f->c.size = 8 * MIB;        /* assert_same compares whole MiBs */
+	assert_same(f);
+}
+
 static bool stop_after_two(void *ctx, uint64_t bytes)
 {
 	int *n = ctx;
@@ -284,6 +306,8 @@ int main(void)
 						teardown_files),
 		cmocka_unit_test_setup_teardown(round_copies_dirty_blocks_and_punches_zeros,
 						setup_files, teardown_files),
+		cmocka_unit_test_setup_teardown(ragged_tail_is_copied, setup_files,
+						teardown_files),
 		cmocka_unit_test_setup_teardown(pace_can_stop_a_pass, setup_files,
 						teardown_files),
 		cmocka_unit_test_setup_teardown(write_error_is_reported, setup_files,
