@@ -24,7 +24,9 @@ What is proved, and how it would fail:
   while running ends "cancelled", the VM still runs on its source and
   migrates fine afterwards, and the destination holds no leftover process;
   a guest whose ferry.run fails is reported "exited" with status 1 and its
-  console's last lines (naming the missing program); a wrong token
+  console's last lines (naming the missing program); a VM placed by the
+  wizard is stopped (its process ends), refused for migration, started
+  and deleted, each a task; a wrong token
   (401), a read-only token changing something (403), a malformed body
   (400), an unknown VM (404), an unknown destination (404), a bad
   priority (400) each give that status and a JSON error; a VM whose
@@ -45,7 +47,8 @@ What is proved, and how it would fail:
 - schedule and restarts (test_cluster_schedule_restart): a migration
   --at +8s is queued with "scheduled for", survives a restart of
   ferry-center (killed, started again on the same database) and then
-  runs and succeeds; a ferryd killed and restarted finds its VM again
+  runs and succeeds; a restart in the middle of a running migration loses
+  nothing (the task ends succeeded, the VM on its destination); a ferryd killed and restarted finds its VM again
   (still running, same pid) and can migrate it.
 """
 
@@ -308,6 +311,25 @@ def test_cluster_cancel_and_errors():
         assert vm["exit_status"] == 1 and vm["last_console"], vm
         assert "nosuchprogram" in vm["last_console"], vm["last_console"]
 
+        # power operations: stop, start, delete (each a task), placement by the wizard
+        vm = lab.create("p1")
+        assert vm["host"] in ("h1", "h2", "h3") and vm["state"] == "running", vm
+        host = vm["host"]
+        wait_until(lambda: lab.procs(host, "ferry-vm"), 10, "p1's process")
+        n = len(lab.procs(host, "ferry-vm"))
+        assert lab.cli("vm", "stop", "p1")["task"]["state"] == "succeeded"
+        assert lab.vm("p1")["state"] == "stopped"
+        assert len(lab.procs(host, "ferry-vm")) == n - 1
+        rc, _, _ = lab.run("vm", "migrate", "p1", check=False)
+        assert rc == 1, "a stopped VM was queued for migration"
+        assert lab.cli("vm", "start", "p1")["task"]["state"] == "succeeded"
+        assert lab.vm("p1")["state"] == "running"
+        assert len(lab.procs(host, "ferry-vm")) == n
+        assert lab.cli("vm", "delete", "p1")["task"]["state"] == "succeeded"
+        assert lab.run("vm", "show", "p1", check=False)[0] == 1
+        kinds = [t["kind"] for t in lab.cli("task", "list", "--vm", "p1")["tasks"]]
+        assert kinds == ["delete", "start", "stop", "create"], kinds
+
         # errors: status and a JSON body with code and message
         def err(status, doc, code):
             assert doc and doc["error"]["status"] == status and doc["error"]["code"] == code, doc
@@ -437,6 +459,20 @@ def test_cluster_schedule_restart():
         t = lab.wait_task(t["id"], timeout=60)
         assert t["state"] == "succeeded", t
         assert lab.vm("s1")["host"] == "h2"
+
+        # restarted in the middle of a running migration: it follows it on
+        t = lab.cli("vm", "migrate", "s1", "--to", "h1", "--bandwidth-mbps", "6")
+        wait_until(lambda: lab.task(t["id"])["state"] == "running", 30, "the task to run")
+        lab.restart("center", "ferry-center", [
+            "--listen", "10.88.0.2:7800", "--db", str(lab.dir / "center.db"), "--etcd", urls,
+            "--token-file", str(lab.dir / "tokens")])
+        wait_until(lambda: lab.run("task", "show", t["id"], check=False)[0] == 0, 20,
+                   "ferry-center to answer again")
+        t = lab.wait_task(t["id"], timeout=60)
+        assert t["state"] == "succeeded", t
+        assert lab.vm("s1")["host"] == "h1"
+        t = lab.cli("vm", "migrate", "s1", "--to", "h2", "--wait")
+        assert t["state"] == "succeeded", t
 
         # ferryd restarts; its VM keeps running and is found again
         before = lab.procs("h2", "ferry-vm")
