@@ -46,13 +46,15 @@ def spread(values):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="boot time, ferry-vm against QEMU")
     ap.add_argument("--runs", type=int, default=5, help="boots of each (default 5)")
+    ap.add_argument("--smp", type=int, default=1, help="harts of each (default 1)")
     args = ap.parse_args(argv)
     bl.need_guest()
 
-    sides = {"ferry-vm": bl.ferry_cmd(APPEND), "qemu": bl.qemu_cmd(APPEND)}
+    sides = {"ferry-vm": bl.ferry_cmd(APPEND, smp=args.smp),
+             "qemu": bl.qemu_cmd(APPEND, smp=args.smp)}
     times = {name: {"marker": [], "exit": []} for name in sides}
     print(f"== boot: {args.runs} runs each, to the BOOTED line and to exit "
-          f"(append \"{APPEND}\", 256 MiB, 1 hart)")
+          f"(append \"{APPEND}\", 256 MiB, {args.smp} hart{'s' if args.smp > 1 else ''})")
     sys.stdout.flush()
     for _ in range(args.runs):
         for name, cmd in sides.items():
