@@ -493,6 +493,17 @@ static void arm_pause_bound(struct migration *mg, uint64_t t_stop)
 	mig_watchdog_set(mg->watchdog, MIG_DEADLINE_STEP, at, why);
 }
 
+/* A post-copy switchover cut by a deadline: say which. */
+static void postcopy_deadline_reason(struct migration *mg)
+{
+	char why[200];
+	if (!mig_watchdog_fired(mg->watchdog, why, sizeof(why)))
+		return;
+	pthread_mutex_lock(&mg->lock);
+	snprintf(mg->error, sizeof(mg->error), "post-copy switchover: %s", why);
+	pthread_mutex_unlock(&mg->lock);
+}
+
 static void stop_watchdog(struct migration *mg)
 {
 	pthread_mutex_lock(&mg->lock);
@@ -564,10 +575,18 @@ static void *outgoing_thread(void *arg)
 		goto failed;
 	}
 	if (r == 1) {
-		/* post-copy bounds its own waits: after its handoff the guest
-		 * runs on the destination, and cutting the socket would lose it */
-		stop_watchdog(mg);
+		/* its switchover has the same pause bound, up to the
+		 * destination's confirmation; postcopy_run disarms the deadlines
+		 * there, since from then on the guest needs this link */
+		uint64_t t_pc = mig_now_ms();
+		arm_pause_bound(mg, t_pc);
 		r = postcopy_run(mg, s, bitmap);
+		postcopy_deadline_reason(mg);
+		if (r == -1) {  /* resumed here: what the attempt cost the guest */
+			pthread_mutex_lock(&mg->lock);
+			mg->downtime_ms_measured = mig_now_ms() - t_pc;
+			pthread_mutex_unlock(&mg->lock);
+		}
 		if (r == 0)
 			goto completed;
 		if (r == -2)

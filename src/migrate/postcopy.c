@@ -21,6 +21,7 @@
  * between two hosts, so losing the source or the link loses the guest.
  * The destination then stops with an error rather than run with holes.
  */
+#include "migrate/deadline.h"
 #include "migrate/migration.h"
 #include "migrate/stream.h"
 #include "machine/vm.h"
@@ -103,6 +104,9 @@ int postcopy_run(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 		machine_resume(m);
 		return -1;
 	}
+	/* the destination holds the state: from here no deadline may cut
+	 * the link the guest will fetch its pages over (deadline.h) */
+	mig_watchdog_disarm(mg->watchdog);
 	const char *reason = NULL;
 	if (vmstate_release(m, &reason)) {
 		snprintf(mg->error, sizeof(mg->error), "post-copy handoff: cannot release "

@@ -194,6 +194,33 @@ def test_switchover_past_its_pause_bound_resumes_the_guest():
                 link.close()
 
 
+def test_postcopy_switchover_past_its_pause_bound_resumes_the_guest():
+    """The same for a post-copy switchover (chosen since no throttle can end
+    64 MiB hot at 80 Mbit/s within 12 s): until the destination confirms it
+    holds the state, the pause bound holds; before, post-copy had no
+    deadline but the socket's."""
+    with memload_vm(mib=64, mem=256, name="src") as src:
+        src.wait_for(PASS_RE, timeout=120)
+        dst, uri = destination(mem=256, name="dst")
+        with dst:
+            link = Relay(uri, freeze_on_cpu=True)
+            try:
+                q = src.qmp()
+                q.cmd("migrate", uri=link.uri, bandwidth_mbps=80, downtime_ms=100,
+                      max_total_s=12, postcopy=True)
+                r = wait_migration(q, timeout=60)
+                assert link.frozen.is_set(), r
+                assert r["status"] == "failed", r
+                assert "post-copy" in r["phase"], r
+                assert "post-copy switchover" in r["error"], r
+                assert "pause bound" in r["error"], r
+                assert r["pause_bound_ms"] <= r["downtime_ms"] < r["pause_bound_ms"] + 1000, r
+                assert q.cmd("query-status")["status"] == "running"
+                assert_guest_healthy(src)
+            finally:
+                link.close()
+
+
 def test_a_throttled_round_that_runs_long_gets_its_throttle_lifted():
     """A round under a heavy throttle is nearly a pause for the guest: when
     the link slows to a tenth mid-round, the round runs far past its
