@@ -558,6 +558,9 @@ def main():
         signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
         run_fake_ferryd(args.fake_ferryd)
         return
+    # SIGTERM (and SIGINT, ignored in background jobs) unwinds, so that
+    # etcd, ferry-center and the fake ferryd are stopped by the finally blocks
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))
     if not shutil.which("etcd"):
         sys.exit("scale: etcd is missing (apt-get install etcd-server)")
     if not args.no_center and not CENTER.exists():

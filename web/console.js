@@ -373,6 +373,7 @@ async function openWizard(vm) {
 	$('wizard-sub').textContent = `Now on ${vm.host}, ${mib(vm.mem_mib)}. Asking the placement wizard…`;
 	$('wizard-candidates').tBodies[0].replaceChildren();
 	$('wizard-refused').replaceChildren();
+	$('wizard-estimate-note').textContent = '';
 	$('wizard-error').textContent = '';
 	$('wizard-priority').value = 'standard';
 	$('wizard-downtime').value = '';
@@ -402,8 +403,7 @@ async function openWizard(vm) {
 			el('td', { class: 'num' }, mib(c.free_mib)),
 			el('td', { class: 'num' }, Number(c.load).toFixed(2)),
 			el('td', { class: 'num' }, String(c.migrations_running ?? 0)),
-			el('td', {}, c.estimate ? `~${ms(c.estimate.total_ms)}, downtime ~${ms(c.estimate.downtime_ms)}` : '–',
-				c.estimate && c.estimate.from ? el('div', { class: 'muted' }, c.estimate.from) : null));
+			el('td', {}, c.estimate ? `~${ms(c.estimate.total_ms)}, downtime ~${ms(c.estimate.downtime_ms)}` : '–'));
 		const choose = () => {
 			w.choice = c.host;
 			radio.checked = true;
@@ -417,6 +417,8 @@ async function openWizard(vm) {
 			setTimeout(choose);
 		return row;
 	});
+	const from = rec.candidates.length && rec.candidates[0].estimate && rec.candidates[0].estimate.from;
+	$('wizard-estimate-note').textContent = from ? 'Estimates from ' + from + '.' : '';
 	const more = (rec.candidates_total || 0) - rec.candidates.length;
 	if (more > 0)
 		rows.push(el('tr', {}, el('td', { colspan: 7, class: 'muted' },
