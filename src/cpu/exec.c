@@ -22,10 +22,10 @@
  *   the block after the store, so the next instruction is fetched afresh:
  *   self-modifying code runs the bytes it wrote.
  * - The burst ends after any system instruction (a CSR write may enable
- *   an interrupt, WFI sleeps, xRET changes mode), at the budget, checked
- *   on taken branches, and when another thread posts a request (pause,
- *   shootdown, a raised interrupt: the one word h->requests), checked
- *   whenever control leaves a page. Interrupts are taken between bursts by
+ *   an interrupt, WFI sleeps, xRET changes mode), at the budget, and when
+ *   another thread posts a request (pause, shootdown, a raised interrupt:
+ *   the one word h->requests); both are checked at every block end (a
+ *   taken branch or jump) and whenever control leaves a page. Interrupts are taken between bursts by
  *   the hart loop, always at an instruction boundary.
  */
 #include "cpu/internal.h"
@@ -76,11 +76,13 @@ void cpu_run_decoded(struct hart *h, uint64_t budget)
 #define PC() (vbase + ((uint64_t)(e - s) << 1))
 #define NEXT() do { n++; e += e->len >> 1; DISPATCH(); } while (0)
 #define COUNT() do { h->instret += n - counted; counted = n; } while (0)
-	/* a taken branch or jump to t: stay on the page if we may */
+	/* a taken branch or jump to t, the end of a block: stay on the page
+	 * unless the budget is spent or another thread posted a request */
 #define JUMP(target) do { \
 		uint64_t t_ = (target); \
 		n++; \
-		if (likely(((t_ ^ vbase) >> PAGE_SHIFT) == 0 && n < budget)) { \
+		if (likely(((t_ ^ vbase) >> PAGE_SHIFT) == 0 && n < budget && \
+			   !atomic_load_explicit(&h->requests, memory_order_relaxed))) { \
 			e = &s[(t_ & (PAGE_SIZE - 1)) >> 1]; \
 			DISPATCH(); \
 		} \
