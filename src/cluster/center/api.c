@@ -253,7 +253,7 @@ static void vm_create(struct call *c)
 	for (int i = 0; i < 4; i++)
 		if (json_is_string(json_object_get(body, keys[i])))
 			json_object_set(spec, keys[i], json_object_get(body, keys[i]));
-	json_object_set(spec, "disks", disks ? disks : json_array());
+	json_object_set_new(spec, "disks", disks ? json_incref(disks) : json_array());
 	char *spec_text = json_dumps(spec, JSON_COMPACT);
 	char chosen[64] = "";
 	if (host) {
