@@ -49,7 +49,10 @@ What is proved, and how it would fail:
   ferry-center (killed, started again on the same database) and then
   runs and succeeds; a restart in the middle of a running migration loses
   nothing (the task ends succeeded, the VM on its destination); a ferryd killed and restarted finds its VM again
-  (still running, same pid) and can migrate it.
+  (still running, same pid) and can migrate it; a source ferryd restarted
+  in the middle of a migration: ferry-vm finishes alone, the task ends
+  succeeded (from the destination's word) and the source's paused
+  leftover is removed.
 """
 
 import json
@@ -193,6 +196,13 @@ class Lab:
         subprocess.Popen(["ip", "netns", "exec", "%s-%s" % (self.name, ns_host), "setsid",
                           str(BUILD / binary)] + args, stdin=subprocess.DEVNULL, stdout=log,
                          stderr=log)
+        port = args[args.index("--listen") + 1].rsplit(":", 1)[1]
+
+        def listening():
+            out = subprocess.run(["ip", "netns", "exec", "%s-%s" % (self.name, ns_host), "ss",
+                                  "-Hltn"], capture_output=True, text=True).stdout
+            return ":%s " % port in out
+        wait_until(listening, 20, "the restarted %s to listen" % binary)
 
     def wait_task(self, tid, timeout=90):
         return wait_until(lambda: (lambda t: t if t["state"] not in ("queued", "running")
@@ -489,6 +499,24 @@ def test_cluster_schedule_restart():
         t = lab.cli("vm", "migrate", "s1", "--to", "h3", "--wait")
         assert t["state"] == "succeeded", t
         assert lab.vm("s1")["host"] == "h3" and lab.vm("s1")["state"] == "running"
+        assert not lab.procs("h2", "ferry-vm")
+
+        # the source's ferryd restarts in the middle of a migration: ferry-vm
+        # finishes it alone, and ferry-center learns the outcome from the
+        # destination (and removes the source's paused leftover)
+        t = lab.cli("vm", "migrate", "s1", "--to", "h1", "--bandwidth-mbps", "6")
+        wait_until(lambda: lab.task(t["id"])["state"] == "running", 30, "the task to run")
+        wait_until(lambda: ((lab.task(t["id"])["progress"] or {}).get("transferred_bytes")
+                            or 0) > 0, 30, "the migration to send its first bytes")
+        lab.restart("h3", "ferryd", [
+            "--name", "h3", "--listen", "10.88.0.13:7700", "--etcd", "http://10.88.0.13:2379",
+            "--state-dir", str(lab.dir / "h3-state"), "--datastore",
+            "shared=%s" % (lab.dir / "shared"), "--datastore", "local=%s" % (lab.dir / "h3-local"),
+            "--network", "lan=br0", "--token-file", str(lab.dir / "tokens")])
+        t = lab.wait_task(t["id"], timeout=90)
+        assert t["state"] == "succeeded", t
+        assert lab.vm("s1")["host"] == "h1" and lab.vm("s1")["state"] == "running"
+        wait_until(lambda: not lab.procs("h3", "ferry-vm"), 20, "the source's leftover to go")
 
 
 def test_cluster_host_failure():

@@ -133,6 +133,66 @@ static json_t *progress_from(json_t *mig, json_t *old, double mem_bytes)
 			 "status", status, "rounds", json_integer_value(json_object_get(mig, "rounds")));
 }
 
+/* A VM's state on a host as its ferryd says ("running", "incoming",
+ * "paused", "exited"), or "" when the host has no such VM or does not answer. */
+static void state_on(const char *url, const char *vm, char *out, size_t len)
+{
+	char path[300], err[256];
+	long status;
+	snprintf(path, sizeof(path), "/agent/v1/vms/%s", vm);
+	json_t *r = ferryd_call(url, "GET", path, NULL, &status, err, sizeof(err));
+	snprintf(out, len, "%s", r && status == 200 ?
+		 json_string_value(json_object_get(r, "state")) ?: "" : "");
+	json_decref(r);
+}
+
+/*
+ * The source's ferryd no longer knows this migration (it restarted while
+ * ferry-vm migrated on alone). The destination decides: the guest runs
+ * there -> succeeded (and the source's leftover, paused in postmigrate, is
+ * removed); still arriving -> ask again later; otherwise -> failed, and
+ * the guest runs on at the source.
+ */
+static void settle_orphan(long long id, const char *vm, const char *src, const char *dst,
+			  const char *src_url)
+{
+	pthread_mutex_lock(&db_lock);
+	char dst_url[200];
+	snprintf(dst_url, sizeof(dst_url), "%s", host_url(dst));
+	pthread_mutex_unlock(&db_lock);
+	char there[32], here[32], path[300], err[256];
+	state_on(dst_url, vm, there, sizeof(there));
+	if (!strcmp(there, "incoming"))
+		return;
+	long status;
+	pthread_mutex_lock(&db_lock);
+	if (!strcmp(there, "running")) {
+		pthread_mutex_unlock(&db_lock);
+		snprintf(path, sizeof(path), "/agent/v1/vms/%s", vm);
+		json_decref(ferryd_call(src_url, "DELETE", path, NULL, &status, err, sizeof(err)));
+		pthread_mutex_lock(&db_lock);
+		task_finish(id, "succeeded", NULL);
+		db_exec("UPDATE vms SET host = ?, state = 'running' WHERE name = ?",
+			json_pack("[s, s]", dst, vm));
+		logf_("task %lld: the source's ferryd forgot it; VM %s runs on %s", id, vm, dst);
+	} else {
+		pthread_mutex_unlock(&db_lock);
+		state_on(src_url, vm, here, sizeof(here));
+		snprintf(path, sizeof(path), "/agent/v1/vms/%s", vm);
+		if (there[0])   /* a destination process that will not run: remove it */
+			json_decref(ferryd_call(dst_url, "DELETE", path, NULL, &status, err,
+						sizeof(err)));
+		pthread_mutex_lock(&db_lock);
+		task_finish(id, "failed", "the source's ferryd restarted during the migration and "
+			    "the guest did not arrive at the destination");
+		db_exec("UPDATE vms SET state = ? WHERE name = ?",
+			json_pack("[s, s]", !strcmp(here, "running") ? "running" : "lost", vm));
+		logf_("task %lld: the ferryd of %s forgot it; VM %s is %s there", id, src, vm,
+		      here[0] ? here : "gone");
+	}
+	pthread_mutex_unlock(&db_lock);
+}
+
 static void follow_one(json_t *task)
 {
 	long long id = json_integer_value(json_object_get(task, "id"));
@@ -162,10 +222,12 @@ static void follow_one(json_t *task)
 		json_decref(h);
 		char e[300];
 		if (mig && status == 404) {
-			task_finish(id, "failed", "the source's ferryd has no record of this "
-				    "migration (it restarted?); check `ferry vm show`");
-			db_exec("UPDATE vms SET state = 'running' WHERE name = ? AND state = "
-				"'migrating'", json_pack("[s]", vm));
+			/* the source's ferryd restarted and forgot the migration, which
+			 * ferry-vm carried on alone: where does the guest run now? */
+			pthread_mutex_unlock(&db_lock);
+			json_decref(mig);
+			settle_orphan(id, vm, src, dst, url);
+			return;
 		} else if (!alive) {
 			/* its lease is gone: the host is lost, and the VM with it */
 			snprintf(e, sizeof(e), "the source host %s stopped answering (no heartbeat "
@@ -206,6 +268,18 @@ static void follow_one(json_t *task)
 				json_pack("[s, s]", dst, vm));
 			audit_append("ferry-center", "-", "migration.finished", vm, "ok", details);
 		} else {
+			/* a destination process left waiting (its source's ferryd restarted
+			 * before it could clean up) goes */
+			char dst_url[200], there[32], path[300], e2[256];
+			long s2;
+			snprintf(dst_url, sizeof(dst_url), "%s", host_url(dst));
+			pthread_mutex_unlock(&db_lock);
+			state_on(dst_url, vm, there, sizeof(there));
+			if (!strcmp(there, "incoming")) {
+				snprintf(path, sizeof(path), "/agent/v1/vms/%s", vm);
+				json_decref(ferryd_call(dst_url, "DELETE", path, NULL, &s2, e2, sizeof(e2)));
+			}
+			pthread_mutex_lock(&db_lock);
 			bool cancelled = !strcmp(st, "cancelled") || cancel;
 			task_finish(id, cancelled ? "cancelled" : "failed",
 				    error ? error : cancelled ? "cancelled; the VM stays on its source"

@@ -163,7 +163,6 @@ struct http_server *http_server_start(const char *listen, http_handler handler, 
 				     MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
 				     MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
 				     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
-				     MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
 				     MHD_OPTION_END);
 	if (!s->daemon) {
 		snprintf(err, errlen, "cannot listen on %s (address in use, or not on this host?)",

@@ -65,7 +65,7 @@ static void vm_routes(const struct http_request *req, struct http_response *resp
 		int rc = migration_start(name, body, err, sizeof(err));
 		json_decref(body);
 		if (rc == 202)
-			reply_json(resp, 202, migration_status(name));
+			reply_json(resp, 202, migration_status(name) ?: json_object());
 		else
 			reply_error(resp, rc, err, NULL);
 	} else if (!strcmp(action, "migration") && is(req, "GET")) {
@@ -81,13 +81,13 @@ static void vm_routes(const struct http_request *req, struct http_response *resp
 		int rc = migration_set_bandwidth(name, body, err, sizeof(err));
 		json_decref(body);
 		if (rc == 200)
-			reply_json(resp, 200, migration_status(name));
+			reply_json(resp, 200, migration_status(name) ?: json_object());
 		else
 			reply_error(resp, rc, err, NULL);
 	} else if (!strcmp(action, "migrate-cancel") && is(req, "POST")) {
 		int rc = migration_cancel(name, err, sizeof(err));
 		if (rc == 200)
-			reply_json(resp, 200, migration_status(name));
+			reply_json(resp, 200, migration_status(name) ?: json_object());
 		else
 			reply_error(resp, rc, err, NULL);
 	} else {

@@ -42,6 +42,11 @@ struct ferryd {
 
 extern struct ferryd fd_cfg;
 
+/* main.c: ferryd's own command line, which a VM's monitor process
+ * overwrites to "ferryd-monitor VM" (what ps and /proc show) */
+extern char *cmdline_area;
+extern size_t cmdline_len;
+
 /* One VM process this host runs (or ran). */
 struct vm {
 	char name[64];

@@ -26,6 +26,8 @@
 #define LEASE_TTL 5
 
 struct ferryd fd_cfg;
+char *cmdline_area;
+size_t cmdline_len;
 static struct etcd etcd;
 
 static void usage(FILE *f)
@@ -139,6 +141,8 @@ int main(int argc, char **argv)
 	};
 	const char *etcd_urls = NULL, *token_file = NULL;
 	log_name = "ferryd";
+	cmdline_area = argv[0];
+	cmdline_len = (size_t)(argv[argc - 1] + strlen(argv[argc - 1]) - argv[0]);
 	int c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {

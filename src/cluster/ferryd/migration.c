@@ -320,10 +320,50 @@ int migration_start(const char *name, json_t *req, char *err, size_t errlen)
 	return 202;
 }
 
+/*
+ * A migration this ferryd did not start (it restarted meanwhile): ask the
+ * VM's ferry-vm. Not started -> done, failed; running -> its figures;
+ * completed -> done, and the source (paused in postmigrate) is let go.
+ */
+static json_t *adopted_status(const char *name)
+{
+	pthread_mutex_lock(&vms_lock);
+	struct vm *vm = vm_find(name);
+	char *ctl = vm && !vm->exited ? vm_control_path(vm) : NULL;
+	pthread_mutex_unlock(&vms_lock);
+	if (!ctl)
+		return NULL;
+	char err[256];
+	json_t *r = qmp_call(ctl, "query-migrate", NULL, err, sizeof(err));
+	free(ctl);
+	if (!r)
+		return NULL;
+	const char *st = json_string_value(json_object_get(r, "status")) ?: "none";
+	if (!strcmp(st, "none")) {
+		json_object_set_new(r, "status", json_string("failed"));
+		json_object_set_new(r, "error", json_string("ferryd restarted before the migration "
+							    "began; the VM stays here"));
+		json_object_set_new(r, "done", json_true());
+	} else if (!strcmp(st, "completed") || !strcmp(st, "postmigrate")) {
+		json_object_set_new(r, "status", json_string("completed"));
+		json_object_set_new(r, "done", json_true());
+		vm_destroy(name, err, sizeof(err));
+		logf_("VM %s migrated away (a migration from before this ferryd started)", name);
+	} else {
+		json_object_set_new(r, "done", json_boolean(terminal(st)));
+	}
+	json_object_set_new(r, "adopted", json_true());
+	return r;
+}
+
 json_t *migration_status(const char *name)
 {
 	pthread_mutex_lock(&mig_lock);
 	struct migration *m = mig_find(name);
+	if (!m) {
+		pthread_mutex_unlock(&mig_lock);
+		return adopted_status(name);
+	}
 	json_t *j = NULL;
 	if (m) {
 		j = m->last ? json_deep_copy(m->last) : json_object();
@@ -344,7 +384,20 @@ int migration_cancel(const char *name, char *err, size_t errlen)
 	pthread_mutex_lock(&mig_lock);
 	struct migration *m = mig_find(name);
 	int rc = 200;
-	if (!m || m->done) {
+	if (!m) {   /* started before this ferryd: tell ferry-vm itself */
+		pthread_mutex_unlock(&mig_lock);
+		pthread_mutex_lock(&vms_lock);
+		struct vm *vm = vm_find(name);
+		char *ctl = vm && !vm->exited ? vm_control_path(vm) : NULL;
+		pthread_mutex_unlock(&vms_lock);
+		json_t *r = ctl ? qmp_call(ctl, "migrate-cancel", NULL, err, errlen) : NULL;
+		free(ctl);
+		if (!r && !ctl)
+			snprintf(err, errlen, "host %s runs no VM named %s", fd_cfg.name, name);
+		json_decref(r);
+		return r ? 200 : 404;
+	}
+	if (m->done) {
 		snprintf(err, errlen, "VM %s has no migration running on host %s", name,
 			 fd_cfg.name);
 		rc = m ? 409 : 404;

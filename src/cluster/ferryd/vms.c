@@ -284,9 +284,17 @@ static void write_small(const char *path, const char *text)
 static void monitor_run(struct vm *vm, char *const argv[], const char *out_path,
 			const char *pid_path, const char *exit_path)
 {
+	/* nothing of ferryd's: above all not its listening socket, which a
+	 * restarted ferryd must own alone */
+	close_range(3, ~0U, 0);
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
+	/* not to be taken for ferryd itself (by ps, pkill or a restart script) */
+	if (cmdline_area && cmdline_len > 1) {
+		memset(cmdline_area, 0, cmdline_len);
+		snprintf(cmdline_area, cmdline_len, "ferryd-monitor %s", vm->name);
+	}
 	pid_t child = fork();
 	if (child == 0) {
 		int in = open("/dev/null", O_RDONLY);
