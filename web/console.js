@@ -377,6 +377,7 @@ async function openWizard(vm) {
 	$('wizard-error').textContent = '';
 	$('wizard-priority').value = 'standard';
 	$('wizard-downtime').value = '';
+	$('wizard-bandwidth').value = '';
 	$('wizard-at').value = '';
 	$('wizard-go').disabled = true;
 	$('wizard').showModal();
@@ -439,8 +440,11 @@ async function startMigration() {
 	const body = { to: w.choice, priority: $('wizard-priority').value };
 	const dt = $('wizard-downtime').value.trim();
 	const at = $('wizard-at').value.trim();
+	const bw = $('wizard-bandwidth').value.trim();
 	if (dt)
 		body.downtime_ms = parseInt(dt, 10);
+	if (bw)
+		body.bandwidth_mbps = parseInt(bw, 10);
 	if (at && at !== 'now')
 		body.at = at;
 	$('wizard-go').disabled = true;
