@@ -14,8 +14,10 @@ aim), and prints once a second the longest write of that second. After 3
 seconds of that the host starts the move:
 - ferry-vm: `disk-move` {disk 0, path}, until the DISK_MOVE event says
   completed (it reports total_ms and pause_ms, its own I/O pause);
-- QEMU 7.2 (virt, TCG, -drive if=none,format=raw + virtio-blk-device):
-  `drive-mirror` {sync full, format raw, mode absolute-paths}, then at
+- QEMU 7.2 (virt, TCG, virtio-blk-device): by default `-blockdev` file +
+  raw nodes and `blockdev-mirror` {sync full} to a `blockdev-add`ed raw
+  node on a new sparse file; with --qemu-api drive, `-drive if=none` and
+  `drive-mirror` {sync full, format raw, mode absolute-paths}; then at
   BLOCK_JOB_READY `block-job-complete`, until BLOCK_JOB_COMPLETED.
 Both run with the host page cache (QEMU's default cache=writeback, ferry's
 pread/pwrite), from the same files. Total time: from the command to the
@@ -131,13 +133,17 @@ def one_side(side, work, master, args):
         cmd += ["--disk", str(src)]
     else:
         cmd = bl.qemu_cmd(append, mem=args.mem, initrd=INITRD, qmp=sock)
-        cmd += ["-drive", f"file={src},format=raw,if=none,id=d0",
-                "-device", "virtio-blk-device,drive=d0"]
+        if args.qemu_api == "drive":
+            cmd += ["-drive", f"file={src},format=raw,if=none,id=d0"]
+        else:
+            cmd += ["-blockdev", f"driver=file,filename={src},node-name=f0",
+                    "-blockdev", "driver=raw,file=f0,node-name=d0"]
+        cmd += ["-device", "virtio-blk-device,drive=d0"]
     m = bl.Machine(side, cmd, work, str(sock))
     try:
         return measure(res, m, src, dst, side, args)
     except (bl.QMPError, TimeoutError, ConnectionError) as e:
-        raise bl.BenchError(f"{e}; last lines:\n{bl.tail(m.console())}") from None
+        raise bl.BenchError(f"{side}: {e}; last lines:\n{bl.tail(m.console())}") from None
     finally:
         m.kill()
         for p in (src, dst):
@@ -164,9 +170,17 @@ def measure(res, m, src, dst, side, args):
         res.rounds = ev["rounds"]
         res.copied_mib = ev["copied_bytes"] / MIB
     else:
-        q.execute("drive-mirror", {"device": "d0", "job-id": "m0", "target": str(dst),
-                                   "sync": "full", "format": "raw",
-                                   "mode": "absolute-paths"})
+        if args.qemu_api == "drive":
+            q.execute("drive-mirror", {"device": "d0", "job-id": "m0", "target": str(dst),
+                                       "sync": "full", "format": "raw",
+                                       "mode": "absolute-paths"})
+        else:
+            with open(dst, "wb") as f:      # what blockdev-create would make: sparse
+                f.truncate(os.path.getsize(src))
+            q.execute("blockdev-add", {"driver": "raw", "node-name": "t0",
+                                       "file": {"driver": "file", "filename": str(dst)}})
+            q.execute("blockdev-mirror", {"job-id": "m0", "device": "d0", "target": "t0",
+                                          "sync": "full"})
         q.wait_event("BLOCK_JOB_READY", timeout=600)
         q.execute("block-job-complete", {"device": "m0"})
         ev = q.wait_event("BLOCK_JOB_COMPLETED", timeout=600)["data"]
@@ -242,6 +256,9 @@ def main(argv=None, describe=False):
                     help="guest 64 KiB writes a second (default 160: 10 MiB/s)")
     ap.add_argument("--runs", type=int, default=1, help="runs of each side (default 1)")
     ap.add_argument("--mem", type=int, default=128, help="guest MiB (default 128)")
+    ap.add_argument("--qemu-api", choices=("blockdev", "drive"), default="blockdev",
+                    help="QEMU: -blockdev + blockdev-mirror (default), or -drive + "
+                         "drive-mirror")
     ap.add_argument("--dir", default=None, help="where the images go (default: a "
                     "temporary directory in /var/tmp)")
     args = ap.parse_args(argv)
