@@ -314,16 +314,16 @@ out:
 	json_decref(body);
 }
 
-/* Adds " AND COND" to a WHERE clause (which starts as "1") and its value to
- * params, only when the filter is given (value not NULL): a clause of just
- * the filters asked for lets SQLite walk an index, or count a whole table
- * fast. */
+/* Adds COND to a WHERE clause (which starts empty) and its value to params,
+ * only when the filter is given (value not NULL): a clause of just the
+ * filters asked for lets SQLite walk an index, and none at all lets it
+ * count a whole table without reading its rows. */
 static void where_add(char *where, size_t len, json_t *params, const char *cond, json_t *value)
 {
 	if (!value)
 		return;
 	size_t n = strlen(where);
-	snprintf(where + n, len - n, " AND %s", cond);
+	snprintf(where + n, len - n, "%s %s", n ? " AND" : "WHERE", cond);
 	json_array_append_new(params, value);
 }
 
@@ -331,14 +331,14 @@ static void vm_list(struct call *c)
 {
 	long long off = query_int(c, "offset", 0, 1LL << 40), lim = query_int(c, "limit", 100, 1000);
 	const char *q = http_query(c->req, "q"), *host = http_query(c->req, "host");
-	char like[200], where[100] = "1", sql[200];
+	char like[200], where[100] = "", sql[200];
 	json_t *params = json_array();
 	snprintf(like, sizeof(like), "%%%s%%", q ? q : "");
 	where_add(where, sizeof(where), params, "host = ?", host && *host ? json_string(host) : NULL);
 	where_add(where, sizeof(where), params, "name LIKE ?", q && *q ? json_string(like) : NULL);
-	snprintf(sql, sizeof(sql), "SELECT count(*) AS n FROM vms WHERE %s", where);
+	snprintf(sql, sizeof(sql), "SELECT count(*) AS n FROM vms %s", where);
 	json_t *total = db_row(sql, json_deep_copy(params));
-	snprintf(sql, sizeof(sql), "SELECT * FROM vms WHERE %s ORDER BY name LIMIT ? OFFSET ?", where);
+	snprintf(sql, sizeof(sql), "SELECT * FROM vms %s ORDER BY name LIMIT ? OFFSET ?", where);
 	json_array_append_new(params, json_integer((json_int_t)lim));
 	json_array_append_new(params, json_integer((json_int_t)off));
 	json_t *rows = db_query(sql, params);
@@ -550,13 +550,13 @@ static void tasks_list(struct call *c)
 {
 	long long off = query_int(c, "offset", 0, 1LL << 40), lim = query_int(c, "limit", 100, 1000);
 	const char *state = http_query(c->req, "state"), *vm = http_query(c->req, "vm");
-	char where[100] = "1", sql[200];
+	char where[100] = "", sql[200];
 	json_t *params = json_array();
 	where_add(where, sizeof(where), params, "state = ?", state ? json_string(state) : NULL);
 	where_add(where, sizeof(where), params, "vm = ?", vm ? json_string(vm) : NULL);
-	snprintf(sql, sizeof(sql), "SELECT count(*) AS n FROM tasks WHERE %s", where);
+	snprintf(sql, sizeof(sql), "SELECT count(*) AS n FROM tasks %s", where);
 	json_t *total = db_row(sql, json_deep_copy(params));
-	snprintf(sql, sizeof(sql), "SELECT * FROM tasks WHERE %s ORDER BY id DESC LIMIT ? OFFSET ?",
+	snprintf(sql, sizeof(sql), "SELECT * FROM tasks %s ORDER BY id DESC LIMIT ? OFFSET ?",
 		 where);
 	json_array_append_new(params, json_integer((json_int_t)lim));
 	json_array_append_new(params, json_integer((json_int_t)off));
@@ -623,13 +623,13 @@ static void audit_list(struct call *c)
 			    NULL);
 		return;
 	}
-	char where[100] = "1", sql[200];
+	char where[100] = "", sql[200];
 	json_t *params = json_array();
 	where_add(where, sizeof(where), params, "target = ?", vm ? json_string(vm) : NULL);
 	where_add(where, sizeof(where), params, "time >= ?", t ? json_integer((json_int_t)t) : NULL);
-	snprintf(sql, sizeof(sql), "SELECT count(*) AS n FROM audit WHERE %s", where);
+	snprintf(sql, sizeof(sql), "SELECT count(*) AS n FROM audit %s", where);
 	json_t *total = db_row(sql, json_deep_copy(params));
-	snprintf(sql, sizeof(sql), "SELECT * FROM audit WHERE %s ORDER BY id DESC LIMIT ? OFFSET ?",
+	snprintf(sql, sizeof(sql), "SELECT * FROM audit %s ORDER BY id DESC LIMIT ? OFFSET ?",
 		 where);
 	json_array_append_new(params, json_integer((json_int_t)lim));
 	json_array_append_new(params, json_integer((json_int_t)off));
