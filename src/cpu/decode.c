@@ -172,10 +172,14 @@ static void decode_insn(struct dinsn *d, uint32_t insn, unsigned len)
 
 void code_decode(struct dpage *dp, unsigned i)
 {
-	struct dinsn *d = &dp->slot[i];
+	code_decode_at(dp->host, i, &dp->slot[i]);
+}
+
+void code_decode_at(const uint8_t *page, unsigned i, struct dinsn *d)
+{
 	unsigned off = i * 2;
 	uint16_t lo;
-	memcpy(&lo, dp->host + off, 2);
+	memcpy(&lo, page + off, 2);
 	if ((lo & 3) != 3) {
 		uint32_t insn = cpu_expand_rvc(lo);
 		if (!insn)
@@ -189,7 +193,7 @@ void code_decode(struct dpage *dp, unsigned i)
 		return;
 	}
 	uint32_t insn;
-	memcpy(&insn, dp->host + off, 4);
+	memcpy(&insn, page + off, 4);
 	decode_insn(d, insn, 4);
 }
 
@@ -205,6 +209,7 @@ static void vpc_clear(struct hart *h)
 void code_cache_free(struct hart *h)
 {
 	vpc_clear(h);
+	jit_reset(h);          /* its code hung from the slots just dropped */
 	if (!h->dpages)
 		return;
 	uint64_t pages = h->bus->ram_size >> PAGE_SHIFT;
@@ -225,6 +230,7 @@ void hart_drop_code(struct hart *h)
 void hart_free_code(struct hart *h)
 {
 	code_cache_free(h);
+	jit_free(h);
 	free(h->dpages);
 	h->dpages = NULL;
 }
@@ -304,6 +310,8 @@ static struct dpage *lookup_slow(struct hart *h, struct vpc_entry *v)
 
 struct dpage *code_lookup(struct hart *h)
 {
+	if (unlikely(h->jit_full))
+		code_cache_free(h);
 	uint64_t vpn = h->pc >> PAGE_SHIFT;
 	struct vpc_entry *v = &h->vpc[vpn & (VPC_SIZE - 1)];
 	if (likely(v->vpn == vpn)) {

@@ -144,6 +144,15 @@ dispatch:
 
 		OP(DECODE) {
 			code_decode(dp, (unsigned)(e - s));
+			if (h->jit)
+				jit_compile(h, dp, (unsigned)(e - s));
+			DISPATCH();
+		}
+		OP(JIT) {
+			/* a run of ALU instructions, compiled (jit.c) */
+			((void (*)(uint64_t *))(void *)(h->jit_arena + e->insn))(x);
+			n += e->rd;
+			e += e->len >> 1;
 			DISPATCH();
 		}
 		OP(PAGE_END) {

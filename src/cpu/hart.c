@@ -39,6 +39,7 @@ void hart_init(struct hart *h, const struct cpu_bus *bus, unsigned id)
 	h->dpages = xcalloc(bus->ram_size >> PAGE_SHIFT, sizeof(*h->dpages), "decoded code");
 	const char *cpu = getenv("FERRY_CPU");
 	h->reference = cpu && !strcmp(cpu, "interp");
+	h->jit = cpu && !strcmp(cpu, "jit");
 	hart_reset_csrs(h);
 	tlb_flush_all(h);
 	atomic_store(&h->hsm, id == 0 ? HSM_STARTED : HSM_STOPPED);

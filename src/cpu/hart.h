@@ -153,6 +153,10 @@ struct hart {
 	struct dpage **dpages;      /* [ram pages], NULL where none */
 	unsigned ndpages;
 	bool reference;             /* run the plain interpreter (FERRY_CPU=interp) */
+	bool jit;                   /* compile ALU runs (FERRY_CPU=jit, jit.c) */
+	bool jit_full;              /* its arena is full: start over */
+	uint8_t *jit_arena;
+	uint32_t jit_used;
 
 	struct vpc_entry vpcs[TLBCTX_COUNT][VPC_SIZE];
 	struct tlb_set tlbs[TLBCTX_COUNT];

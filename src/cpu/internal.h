@@ -73,7 +73,7 @@ void cpu_run_reference(struct hart *h, uint64_t budget);
 /* The decoded operations: the common instructions the executor runs
  * itself; INTERP hands an instruction to cpu_step. */
 #define DOPS(X) \
-	X(DECODE) X(PAGE_END) X(CROSS) X(INTERP) X(ILLEGAL) X(FENCE) \
+	X(DECODE) X(PAGE_END) X(CROSS) X(INTERP) X(ILLEGAL) X(FENCE) X(JIT) \
 	X(ADDI) X(SLTI) X(SLTIU) X(XORI) X(ORI) X(ANDI) X(SLLI) X(SRLI) X(SRAI) \
 	X(ADDIW) X(SLLIW) X(SRLIW) X(SRAIW) X(AUIPC) \
 	X(JAL) X(JALR) X(BEQ) X(BNE) X(BLT) X(BGE) X(BLTU) X(BGEU) \
@@ -109,8 +109,10 @@ struct dpage {
  * (the hart is then at its handler) or the instruction there must go
  * through cpu_fetch_step (a 32-bit instruction across a page end). */
 struct dpage *code_lookup(struct hart *h);
-/* Decode slot i of dp in place. */
+/* Decode slot i of dp in place; or the instruction at halfword i of a
+ * page's bytes into *d. */
 void code_decode(struct dpage *dp, unsigned i);
+void code_decode_at(const uint8_t *page, unsigned i, struct dinsn *d);
 void code_cache_free(struct hart *h);
 
 /* ---- the code map --------------------------------------------------------- */
@@ -131,6 +133,14 @@ static inline bool code_page_written(const struct cpu_bus *b, uint64_t pfn)
 	}
 	return false;
 }
+
+/* ---- the JIT (jit.c), FERRY_CPU=jit ---------------------------------------- */
+
+/* Compile the run of ALU instructions at slot i into one OP_JIT slot,
+ * if there is a run. */
+void jit_compile(struct hart *h, struct dpage *dp, unsigned i);
+void jit_reset(struct hart *h);       /* forget all compiled code */
+void jit_free(struct hart *h);
 
 /* ---- the decoded executor (exec.c) ---------------------------------------- */
 

@@ -1,0 +1,288 @@
+/*
+ * jit.c - the start of an x86-64 template JIT (stage 3 of issue 11),
+ * behind FERRY_CPU=jit; the decoded executor and the reference
+ * interpreter stay the default and the reference.
+ *
+ * What it compiles: a run of integer ALU instructions (no memory, no
+ * branches, nothing that can trap) that starts at a decoded slot. Such a
+ * run becomes one slot, OP_JIT, whose code is a host function
+ * void run(uint64_t *x): each guest register the run touches is loaded
+ * once into a host register (at most JIT_REGS of them), every instruction
+ * is a template of two to four host instructions on those, and the
+ * registers it wrote go back to x[] at the end. Since nothing in the run
+ * can trap, the run retires all or nothing and instret, sepc and the
+ * state saved at a pause stay exact without any bookkeeping: the executor
+ * adds the run's instruction count and steps over its bytes.
+ *
+ * Code lives in one executable arena per hart, bump-allocated. It goes
+ * with the decoded pages: a page whose code map word changes is decoded
+ * (and compiled) afresh, and when the arena is full the hart drops all its
+ * decoded code at the next safe point and starts over.
+ *
+ * What it does not do yet: loads and stores (an inline TLB probe that
+ * exits to the executor on a miss), branches and chaining of runs, and
+ * keeping registers across runs. That is where QEMU's speed comes from.
+ */
+#include "cpu/internal.h"
+
+#include <stdarg.h>
+#include <sys/mman.h>
+
+#define JIT_ARENA (4u << 20)
+#define JIT_MAX_INSNS 48
+#define JIT_REGS 6
+#define JIT_MAX_BYTES (16 + JIT_MAX_INSNS * 24 + JIT_REGS * 8)
+
+/* host registers that may hold guest registers (caller-saved, so the
+ * function needs no prologue); rax and rcx are scratch, rdi holds x */
+static const uint8_t host_reg[JIT_REGS] = { 6 /* rsi */, 2 /* rdx */, 8, 9, 10, 11 };
+enum { RAX = 0, RCX = 1, RDI = 7 };
+
+struct emitter {
+	uint8_t *p;
+	int8_t slot_of[33];          /* guest reg -> index in host_reg, -1 */
+	bool dirty[JIT_REGS];
+	uint8_t guest_of[JIT_REGS];
+	unsigned used;
+};
+
+static void emit(struct emitter *em, unsigned n, ...);
+
+static void byte(struct emitter *em, uint8_t b) { *em->p++ = b; }
+static void u32le(struct emitter *em, uint32_t v)
+{
+	memcpy(em->p, &v, 4);
+	em->p += 4;
+}
+
+/* mov r64, [rdi + 8*g] */
+static void load_guest(struct emitter *em, unsigned hr, unsigned g)
+{
+	byte(em, (uint8_t)(0x48 | (hr >= 8 ? 4 : 0)));
+	byte(em, 0x8b);
+	byte(em, (uint8_t)(0x80 | (hr & 7) << 3 | RDI));
+	u32le(em, g * 8);
+}
+
+/* mov [rdi + 8*g], r64 */
+static void store_guest(struct emitter *em, unsigned hr, unsigned g)
+{
+	byte(em, (uint8_t)(0x48 | (hr >= 8 ? 4 : 0)));
+	byte(em, 0x89);
+	byte(em, (uint8_t)(0x80 | (hr & 7) << 3 | RDI));
+	u32le(em, g * 8);
+}
+
+/* mov dst, src (64-bit registers) */
+static void mov_rr(struct emitter *em, unsigned dst, unsigned src)
+{
+	byte(em, (uint8_t)(0x48 | (src >= 8 ? 4 : 0) | (dst >= 8 ? 1 : 0)));
+	byte(em, 0x89);
+	byte(em, (uint8_t)(0xc0 | (src & 7) << 3 | (dst & 7)));
+}
+
+/* op rax, src with op one of add 01, or 09, and 21, sub 29, xor 31 */
+static void alu_rax(struct emitter *em, uint8_t opcode, unsigned src)
+{
+	byte(em, (uint8_t)(0x48 | (src >= 8 ? 4 : 0)));
+	byte(em, opcode);
+	byte(em, (uint8_t)(0xc0 | (src & 7) << 3 | RAX));
+}
+
+/* op rax, imm32 (sign-extended): add /0, or /1, and /4, xor /6 */
+static void alu_rax_imm(struct emitter *em, unsigned digit, int32_t imm)
+{
+	byte(em, 0x48);
+	byte(em, 0x81);
+	byte(em, (uint8_t)(0xc0 | digit << 3 | RAX));
+	u32le(em, (uint32_t)imm);
+}
+
+/* shift rax by imm8 (wide) : shl /4, shr /5, sar /7 */
+static void shift_rax_imm(struct emitter *em, unsigned digit, unsigned sh)
+{
+	byte(em, 0x48);
+	byte(em, 0xc1);
+	byte(em, (uint8_t)(0xc0 | digit << 3 | RAX));
+	byte(em, (uint8_t)sh);
+}
+
+/* shift rax (wide) or eax by cl */
+static void shift_rax_cl(struct emitter *em, unsigned digit, bool wide)
+{
+	if (wide)
+		byte(em, 0x48);
+	byte(em, 0xd3);
+	byte(em, (uint8_t)(0xc0 | digit << 3 | RAX));
+}
+
+static void sext_eax(struct emitter *em) { emit(em, 3, 0x48, 0x63, 0xc0); }  /* movsxd rax, eax */
+static void zext_eax(struct emitter *em) { emit(em, 2, 0x89, 0xc0); }        /* mov eax, eax */
+
+static void emit(struct emitter *em, unsigned n, ...)
+{
+	va_list ap;
+	va_start(ap, n);
+	for (unsigned i = 0; i < n; i++)
+		byte(em, (uint8_t)va_arg(ap, int));
+	va_end(ap);
+}
+
+/* The host register holding guest register g, loading it on first use
+ * (load false: g is only written). -1 when none is free. */
+static int reg(struct emitter *em, unsigned g, bool load)
+{
+	if (em->slot_of[g] >= 0)
+		return host_reg[em->slot_of[g]];
+	if (em->used == JIT_REGS)
+		return -1;
+	unsigned s = em->used++;
+	em->slot_of[g] = (int8_t)s;
+	em->guest_of[s] = (uint8_t)g;
+	if (load)
+		load_guest(em, host_reg[s], g);
+	return host_reg[s];
+}
+
+static bool jit_op(uint8_t op)
+{
+	switch (op) {
+	case OP_ADDI: case OP_XORI: case OP_ORI: case OP_ANDI:
+	case OP_SLLI: case OP_SRLI: case OP_SRAI:
+	case OP_ADDIW: case OP_SLLIW: case OP_SRLIW: case OP_SRAIW:
+	case OP_ADD: case OP_SUB: case OP_XOR: case OP_OR: case OP_AND:
+	case OP_SLL: case OP_SRL: case OP_SRA:
+	case OP_ADDW: case OP_SUBW: case OP_SLLW: case OP_SRLW: case OP_SRAW:
+	case OP_MUL: case OP_MULW:
+		return true;
+	}
+	return false;
+}
+
+static bool has_rs2(uint8_t op)
+{
+	return op >= OP_ADD;     /* the register-register ones come after the immediates */
+}
+
+/* Emit one instruction; false if it needs more host registers than are
+ * free (nothing emitted then). */
+static bool compile_one(struct emitter *em, const struct dinsn *d)
+{
+	/* make sure every register it names has a home first */
+	unsigned need = 0;
+	unsigned names[3] = { d->rs1, has_rs2(d->op) ? d->rs2 : d->rs1, d->rd };
+	for (unsigned i = 0; i < 3; i++) {
+		bool seen = em->slot_of[names[i]] >= 0;
+		for (unsigned j = 0; j < i; j++)
+			seen |= names[j] == names[i];
+		need += !seen;
+	}
+	if (em->used + need > JIT_REGS)
+		return false;
+	int a = reg(em, d->rs1, true);
+	int b = has_rs2(d->op) ? reg(em, d->rs2, true) : -1;
+	mov_rr(em, RAX, (unsigned)a);
+	switch (d->op) {
+	case OP_ADDI: alu_rax_imm(em, 0, d->imm); break;
+	case OP_ORI: alu_rax_imm(em, 1, d->imm); break;
+	case OP_ANDI: alu_rax_imm(em, 4, d->imm); break;
+	case OP_XORI: alu_rax_imm(em, 6, d->imm); break;
+	case OP_SLLI: shift_rax_imm(em, 4, (unsigned)d->imm); break;
+	case OP_SRLI: shift_rax_imm(em, 5, (unsigned)d->imm); break;
+	case OP_SRAI: shift_rax_imm(em, 7, (unsigned)d->imm); break;
+	case OP_ADDIW: alu_rax_imm(em, 0, d->imm); sext_eax(em); break;
+	case OP_SLLIW: shift_rax_imm(em, 4, (unsigned)d->imm); sext_eax(em); break;
+	case OP_SRLIW: zext_eax(em); shift_rax_imm(em, 5, (unsigned)d->imm); sext_eax(em); break;
+	case OP_SRAIW: sext_eax(em); shift_rax_imm(em, 7, (unsigned)d->imm); break;
+	case OP_ADD: alu_rax(em, 0x01, (unsigned)b); break;
+	case OP_SUB: alu_rax(em, 0x29, (unsigned)b); break;
+	case OP_XOR: alu_rax(em, 0x31, (unsigned)b); break;
+	case OP_OR: alu_rax(em, 0x09, (unsigned)b); break;
+	case OP_AND: alu_rax(em, 0x21, (unsigned)b); break;
+	case OP_ADDW: alu_rax(em, 0x01, (unsigned)b); sext_eax(em); break;
+	case OP_SUBW: alu_rax(em, 0x29, (unsigned)b); sext_eax(em); break;
+	case OP_MUL: case OP_MULW:     /* imul rax, b */
+		emit(em, 4, 0x48 | (b >= 8 ? 1 : 0), 0x0f, 0xaf, 0xc0 | (b & 7));
+		if (d->op == OP_MULW)
+			sext_eax(em);
+		break;
+	case OP_SLL: case OP_SRL: case OP_SRA:
+	case OP_SLLW: case OP_SRLW: case OP_SRAW: {
+		static const uint8_t digit[] = { 4, 5, 7 };
+		bool wide = d->op <= OP_SRA;
+		unsigned k = wide ? (unsigned)(d->op == OP_SLL ? 0 : d->op == OP_SRL ? 1 : 2)
+				  : (unsigned)(d->op == OP_SLLW ? 0 : d->op == OP_SRLW ? 1 : 2);
+		mov_rr(em, RCX, (unsigned)b);
+		shift_rax_cl(em, digit[k], wide);   /* 32-bit shifts mask by 31 */
+		if (!wide)
+			sext_eax(em);
+		break;
+	}
+	}
+	int r = reg(em, d->rd, false);
+	mov_rr(em, (unsigned)r, RAX);
+	em->dirty[em->slot_of[d->rd]] = true;
+	return true;
+}
+
+/* Compile the run of ALU instructions starting at slot i of dp, decoding
+ * the ones after it from the page's bytes; on success turns slot i into
+ * OP_JIT. Runs of one instruction are left to the executor. */
+void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
+{
+	struct dinsn *first = &dp->slot[i];
+	if (!jit_op(first->op))
+		return;
+	if (!h->jit_arena) {
+		void *a = mmap(NULL, JIT_ARENA, PROT_READ | PROT_WRITE | PROT_EXEC,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (a == MAP_FAILED) {
+			h->jit = false;       /* the interpreter will do */
+			return;
+		}
+		h->jit_arena = a;
+	}
+	if (h->jit_used + JIT_MAX_BYTES > JIT_ARENA) {
+		h->jit_full = true;           /* dropped at the next lookup */
+		return;
+	}
+	struct emitter em = { .p = h->jit_arena + h->jit_used };
+	memset(em.slot_of, -1, sizeof(em.slot_of));
+	unsigned count = 0, bytes = 0, at = i;
+	struct dinsn d = *first;
+	while (count < JIT_MAX_INSNS && bytes + d.len <= 240 && jit_op(d.op)) {
+		if (!compile_one(&em, &d))
+			break;
+		count++;
+		bytes += d.len;
+		at += d.len / 2;
+		if (at >= DPAGE_SLOTS)
+			break;
+		/* decode the next one without touching its slot */
+		code_decode_at(dp->host, at, &d);
+	}
+	if (count < 2)
+		return;                       /* not worth a call: emitted code is dropped */
+	for (unsigned s = 0; s < em.used; s++)
+		if (em.dirty[s])
+			store_guest(&em, host_reg[s], em.guest_of[s]);
+	byte(&em, 0xc3);                      /* ret */
+	uint32_t off = h->jit_used;
+	h->jit_used = (uint32_t)(em.p - h->jit_arena + 15) & ~15u;
+	*first = (struct dinsn){ .op = OP_JIT, .rd = (uint8_t)count, .len = (uint8_t)bytes,
+				 .insn = off };
+}
+
+void jit_reset(struct hart *h)
+{
+	h->jit_used = 0;
+	h->jit_full = false;
+}
+
+void jit_free(struct hart *h)
+{
+	if (h->jit_arena)
+		munmap(h->jit_arena, JIT_ARENA);
+	h->jit_arena = NULL;
+	jit_reset(h);
+}
