@@ -169,7 +169,9 @@ def test_tls_checks_certificates_both_ways():
                 memload_vm("src-plain") as plain:
             for vm in (src, foreign, wrongca, plain):
                 vm.wait_for(PASS_RE, timeout=120)
-            dst, uri = destination("dst", args=["--tls-creds", dst_dir])
+            # TLS and a secret together: the secret is proven inside TLS
+            secret = secret_file(tmp, "secret", "a secret inside the TLS session")
+            dst, uri = destination("dst", args=["--tls-creds", dst_dir], secret=secret)
             with dst:
                 assert "accepts a migration from anyone" not in dst.output()
                 # a client certificate from another CA: the destination refuses
@@ -182,7 +184,8 @@ def test_tls_checks_certificates_both_ways():
                 wait_until(lambda: dst.output().count("refused a connection") >= 3, 30,
                            "the destination logs each refused connection")
                 # the destination kept waiting for the right source
-                assert_completes(src, dst, uri)
+                assert_refused(src, uri, "secret")          # right TLS, no secret
+                assert_completes(src, dst, uri, secret_file=str(secret))
 
 
 # ---- the secret ----------------------------------------------------------------
