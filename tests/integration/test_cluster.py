@@ -37,7 +37,9 @@ What is proved, and how it would fail:
   "limit" in `waiting`; with a limit of 1, a high-priority task queued
   last starts before the standard ones queued before it; while a
   high-priority migration runs, a standard one through the same host is
-  capped to standard_share_mbps and says so in `yielding`;
+  capped to standard_share_mbps and says so in `yielding`; with
+  datastore.shared.migrations=1 a second migration waits for the first,
+  saying so;
 - a host lost mid-migration (test_cluster_host_failure): the destination
   host of a running migration dies (all its processes killed, its etcd
   member too, link cut): the task fails with a reason, the VM runs on at
@@ -449,6 +451,17 @@ def test_cluster_limits_priority():
         assert t["yielding"] and "task %d" % high in t["yielding"], t
         assert lab.task(high)["yielding"] is None
         for tid in (std, high):
+            assert lab.wait_task(tid)["state"] == "succeeded"
+
+        # a limit on a datastore: one migration at a time of VMs on `shared`
+        lab.cli("cluster", "set", "datastore.shared.migrations=1")
+        first = lab.cli("vm", "migrate", "q4", "--to", "h2", "--bandwidth-mbps", "8")["id"]
+        wait_until(lambda: lab.task(first)["state"] == "running", 30, "the first to run")
+        second = lab.cli("vm", "migrate", "q5", "--to", "h3")["id"]
+        wait_until(lambda: "datastore shared" in (lab.task(second)["waiting"] or ""), 10,
+                   "the second to wait for the datastore's limit")
+        assert lab.task(first)["state"] == "running"
+        for tid in (first, second):
             assert lab.wait_task(tid)["state"] == "succeeded"
 
 

@@ -656,7 +656,8 @@ static json_t *cluster_json(void)
 			    json_integer(db_setting_int("migrations_per_host", 4)));
 	json_object_set_new(s, "standard_share_mbps",
 			    json_integer(db_setting_int("standard_share_mbps", 100)));
-	json_t *rows = db_query("SELECT key, value FROM settings WHERE key LIKE 'host.%'", NULL);
+	json_t *rows = db_query("SELECT key, value FROM settings WHERE key LIKE 'host.%' OR "
+				 "key LIKE 'datastore.%' OR key LIKE 'network.%'", NULL);
 	size_t i;
 	json_t *r;
 	json_array_foreach(rows, i, r)
@@ -686,11 +687,13 @@ static void cluster_set(struct call *c)
 		long long n = json_is_integer(v) ? json_integer_value(v)
 			    : json_is_string(v) ? atoll(json_string_value(v)) : 0;
 		bool known = !strcmp(key, "migrations_per_host") || !strcmp(key, "standard_share_mbps") ||
-			     (!strncmp(key, "host.", 5) && strstr(key, ".migrations"));
+			     ((!strncmp(key, "host.", 5) || !strncmp(key, "datastore.", 10) ||
+			       !strncmp(key, "network.", 8)) && strstr(key, ".migrations"));
 		if (!known || n < 1 || (n > 64 && strcmp(key, "standard_share_mbps"))) {
 			char msg[300];
 			snprintf(msg, sizeof(msg), "%s: want migrations_per_host or "
-				 "host.NAME.migrations (1 to 64), or standard_share_mbps", key);
+				 "host.NAME.migrations, datastore.NAME.migrations, network.NAME.migrations "
+				 "(1 to 64), or standard_share_mbps", key);
 			reply_error(c->resp, 400, msg, NULL);
 			json_decref(body);
 			return;

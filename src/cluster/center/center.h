@@ -62,6 +62,9 @@ long long task_insert(const char *kind, const char *vm, const char *source,
 json_t *task_get(long long id);   /* under db_lock */
 void task_finish(long long id, const char *state, const char *error);
 
+/* wizard.c: what a VM's spec uses (datastore names, up to 16; network name) */
+void spec_datastores(json_t *spec, char names[][64], int *n);
+void spec_network(json_t *spec, char *out, size_t len);
 /* wizard.c: under db_lock */
 json_t *wizard_recommend(json_t *vm_row);
 /* the best max_candidates and first max_refused (< 0: all), with their

@@ -329,6 +329,65 @@ static bool start_on_source(const char *vm, const char *src, const char *dst, js
 	return ok;
 }
 
+/* Does a VM spec (text) use datastore ds, or network net? */
+static bool spec_uses(const char *spec_text, const char *ds, const char *net)
+{
+	json_t *spec = json_loads(spec_text ? spec_text : "{}", 0, NULL);
+	bool uses = false;
+	if (ds) {
+		char names[16][64];
+		int n;
+		spec_datastores(spec, names, &n);
+		for (int i = 0; i < n; i++)
+			uses = uses || !strcmp(names[i], ds);
+	} else {
+		char mine[64];
+		spec_network(spec, mine, sizeof(mine));
+		uses = mine[0] && !strcmp(mine, net);
+	}
+	json_decref(spec);
+	return uses;
+}
+
+/*
+ * Limits on what migrations share besides hosts: datastore.NAME.migrations
+ * and network.NAME.migrations (cluster settings; none by default) bound
+ * the running migrations of VMs that use that datastore or network.
+ * Says in waiting which one is reached. Under db_lock.
+ */
+static void shared_limits(const char *spec_text, char *waiting, size_t len)
+{
+	json_t *spec = json_loads(spec_text ? spec_text : "{}", 0, NULL);
+	char names[17][64];
+	int n;
+	spec_datastores(spec, names, &n);
+	spec_network(spec, names[n], sizeof(names[n]));
+	json_decref(spec);
+	json_t *rows = db_query("SELECT v.spec FROM tasks t JOIN vms v ON v.name = t.vm WHERE "
+				"t.kind = 'migrate' AND t.state = 'running'", NULL);
+	for (int i = 0; i <= n && !waiting[0]; i++) {
+		bool is_net = i == n;
+		if (!names[i][0])
+			continue;
+		char key[128];
+		snprintf(key, sizeof(key), "%s.%s.migrations", is_net ? "network" : "datastore",
+			 names[i]);
+		long long limit = db_setting_int(key, 0);
+		if (limit <= 0)
+			continue;
+		int running = 0;
+		size_t k;
+		json_t *r;
+		json_array_foreach(rows, k, r)
+			running += spec_uses(json_string_value(json_object_get(r, "spec")),
+					     is_net ? NULL : names[i], is_net ? names[i] : NULL);
+		if (running >= limit)
+			snprintf(waiting, len, "limit: %s %s runs %d of %lld migrations",
+				 is_net ? "network" : "datastore", names[i], running, limit);
+	}
+	json_decref(rows);
+}
+
 static void start_queued(void)
 {
 	pthread_mutex_lock(&db_lock);
@@ -351,7 +410,7 @@ static void start_queued(void)
 		}
 		const char *vm = json_string_value(json_object_get(t, "vm"));
 		const char *dst = json_string_value(json_object_get(t, "destination"));
-		json_t *vrow = db_row("SELECT host, state FROM vms WHERE name = ?",
+		json_t *vrow = db_row("SELECT host, state, spec FROM vms WHERE name = ?",
 				      json_pack("[s]", vm));
 		const char *src = json_string_value(json_object_get(vrow, "host"));
 		const char *vstate = json_string_value(json_object_get(vrow, "state")) ?: "";
@@ -374,6 +433,9 @@ static void start_queued(void)
 					 "limit: host %s runs %d of %d migrations", hosts[h], running,
 					 limit);
 		}
+		if (!waiting[0])
+			shared_limits(json_string_value(json_object_get(vrow, "spec")), waiting,
+				      sizeof(waiting));
 		if (waiting[0]) {
 			db_exec("UPDATE tasks SET waiting = ? WHERE id = ?",
 				json_pack("[s, I]", waiting, (json_int_t)id));

@@ -24,8 +24,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+void spec_network(json_t *spec, char *out, size_t len)
+{
+	const char *net = json_string_value(json_object_get(spec, "net"));
+	snprintf(out, len, "%.*s", net ? (int)strcspn(net, ",") : 0, net ? net : "");
+}
+
 /* The datastore names a VM's spec refers to ("DS:PATH" values). */
-static void spec_datastores(json_t *spec, char names[][64], int *n)
+void spec_datastores(json_t *spec, char names[][64], int *n)
 {
 	const char *single[] = { "kernel", "initrd" };
 	*n = 0;
