@@ -10,11 +10,14 @@
  * configuration). Odd-sized inputs take pages through a sink instead of
  * RAM, as post-copy does. Every section also goes through the section
  * grammar (grammar.c) as a file or, for inputs with bit 1 of the size
- * set, as a live stream. fuzz_load.c goes further, into the loaders.
+ * set, as a live stream, and through the fault-tolerance stream's
+ * grammar (ft_grammar.c: initial copy, then whole epochs) for inputs with
+ * bit 2 set. fuzz_load.c goes further, into the loaders.
  *
  * Build and run: fuzz/run-short.sh SECONDS (clang -fsanitize=fuzzer).
  * Seeds: the sample streams of tests/unit/stream_sample.h.
  */
+#include "migrate/ft_grammar.h"
 #include "migrate/grammar.h"
 #include "migrate/stream.h"
 
@@ -70,8 +73,9 @@ static void feed(const uint8_t *data, size_t size, bool use_sink)
 	struct mig_config local, remote;
 	struct mig_section sec;
 	struct mig_grammar grammar;
+	struct ft_grammar ft;
 	char why[256];
-	bool in_order = true;
+	bool in_order = true, ft_order = true;
 	if (ftruncate(fd, 0) || pwrite(fd, data, size, 0) != (ssize_t)size ||
 	    lseek(fd, 0, SEEK_SET))
 		abort();
@@ -84,6 +88,7 @@ static void feed(const uint8_t *data, size_t size, bool use_sink)
 		mig_config_check(&remote, &local, why, sizeof(why));
 		/* the section order as a destination checks it, live or not */
 		mig_grammar_init(&grammar, &remote, size & 2);
+		ft_grammar_init(&ft, &remote);
 		for (int i = 0; i < MAX_SECTIONS; i++) {
 			if (mig_read_section(s, &sec, use_sink ? NULL : ram, RAM_SIZE))
 				break;
@@ -92,6 +97,12 @@ static void feed(const uint8_t *data, size_t size, bool use_sink)
 				in_order = false;
 				if (!why[0])
 					abort();        /* a refusal always says why */
+			}
+			if ((size & 4) && ft_order && sec.type != MIG_SEC_ERROR &&
+			    ft_grammar_step(&ft, &sec, why, sizeof(why))) {
+				ft_order = false;
+				if (!why[0])
+					abort();
 			}
 			if (in_order && sec.type == MIG_SEC_END &&
 			    grammar.phase != MIG_G_END)
@@ -106,9 +117,10 @@ static void feed(const uint8_t *data, size_t size, bool use_sink)
 			    (strlen(sec.name) == 0 || sec.state + sec.state_len !=
 			     sec.data + sec.len))
 				abort();
-			if (sec.type == MIG_SEC_END)
-				break;
+			if (sec.type == MIG_SEC_END && !((size & 4) && ft_order))
+				break;  /* an FT stream goes on with the next epoch */
 		}
+		ft_grammar_free(&ft);
 		/* what may follow END on a live connection */
 		mig_expect(s, MIG_SEC_ACK, why, sizeof(why));
 	}

@@ -35,8 +35,8 @@ if ! command -v "$CC" >/dev/null; then
 	echo "run-short.sh: $CC not found: install clang and libclang-rt-14-dev" >&2
 	exit 2
 fi
-lib_src="src/migrate/stream.c src/migrate/grammar.c src/migrate/channel.c"
-lib_hdr="src/migrate/stream.h src/migrate/grammar.h src/migrate/channel.h"
+lib_src="src/migrate/stream.c src/migrate/grammar.c src/migrate/ft_grammar.c src/migrate/channel.c"
+lib_hdr="src/migrate/stream.h src/migrate/grammar.h src/migrate/ft_grammar.h src/migrate/channel.h"
 if stale "$target" fuzz/fuzz_stream.c $lib_src $lib_hdr; then
 	echo "building $target"
 	$CC $cflags -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \

@@ -13,6 +13,7 @@
 #include "machine/devices.h"
 #include "migrate/channel.h"
 #include "migrate/migrate.h"
+#include "migrate/ft.h"
 #include "vmm.h"
 
 #include <errno.h>
@@ -40,6 +41,8 @@ struct options {
 	const char *incoming;
 	const char *console;
 	const char *tls_creds;
+	const char *ft_secondary;
+	enum ft_takeover ft_takeover;
 };
 
 static void usage(FILE *f)
@@ -58,6 +61,12 @@ static void usage(FILE *f)
 		"  --control SOCKET        JSON control socket (QMP-style)\n"
 		"  --incoming tcp:HOST:PORT[,secret-file=FILE] | file:PATH\n"
 		"                          wait for a migration instead of booting\n"
+		"  --ft-secondary tcp:HOST:PORT[,secret-file=FILE][,timeout-ms=N]\n"
+		"                          be a fault-tolerance secondary: keep a primary's\n"
+		"                          checkpoints, run the guest when it is lost\n"
+		"  --ft-takeover manual|auto\n"
+		"                          after losing the primary: wait for ft-takeover\n"
+		"                          (default), or take over at once (only with fencing)\n"
 		"  --tls-creds DIR         migrate over TLS 1.3 with DIR's certificates\n"
 		"  --console stdio|none|FILE\n"
 		"                          where the serial console goes (default stdio)\n"
@@ -125,6 +134,7 @@ static unsigned long parse_number(const char *s, const char *opt)
 enum {
 	OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_MEM, OPT_SMP, OPT_DISK, OPT_NET,
 	OPT_CONTROL, OPT_INCOMING, OPT_CONSOLE, OPT_HELP, OPT_VERSION, OPT_TLS_CREDS,
+	OPT_FT_SECONDARY, OPT_FT_TAKEOVER,
 };
 
 static void bad_option(char **argv, int c)
@@ -153,6 +163,8 @@ static void parse_options(int argc, char **argv, struct options *o)
 		{ "incoming", required_argument, NULL, OPT_INCOMING },
 		{ "console", required_argument, NULL, OPT_CONSOLE },
 		{ "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
+		{ "ft-secondary", required_argument, NULL, OPT_FT_SECONDARY },
+		{ "ft-takeover", required_argument, NULL, OPT_FT_TAKEOVER },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ 0, 0, 0, 0 },
@@ -207,6 +219,13 @@ static void parse_options(int argc, char **argv, struct options *o)
 			break;
 		case OPT_CONSOLE: o->console = optarg; break;
 		case OPT_TLS_CREDS: o->tls_creds = optarg; break;
+		case OPT_FT_SECONDARY: o->ft_secondary = optarg; break;
+		case OPT_FT_TAKEOVER:
+			if (strcmp(optarg, "manual") && strcmp(optarg, "auto"))
+				bad_arg("--ft-takeover '%s': want manual or auto", optarg);
+			o->ft_takeover = strcmp(optarg, "auto") ? FT_TAKEOVER_MANUAL
+								: FT_TAKEOVER_AUTO;
+			break;
 		case OPT_HELP: usage(stdout); exit(0);
 		case OPT_VERSION: printf("ferry-vm %s\n", FERRY_VERSION); exit(0);
 		default:
@@ -215,9 +234,13 @@ static void parse_options(int argc, char **argv, struct options *o)
 	}
 	if (optind < argc)
 		bad_arg("unexpected argument '%s'", argv[optind]);
-	if (!o->boot.kernel && !o->incoming)
+	if (o->ft_secondary && o->incoming)
+		bad_arg("%s", "--ft-secondary and --incoming exclude each other");
+	if (!o->boot.kernel && !o->incoming && !o->ft_secondary)
 		bad_arg("%s", "--kernel IMAGE is required");
 	char err[512];
+	if (o->ft_secondary && ft_secondary_check(o->ft_secondary, err, sizeof(err)))
+		bad_arg("%s", err);
 	if (o->incoming && mig_incoming_check(o->incoming, o->tls_creds, err, sizeof(err)))
 		bad_arg("%s", err);
 }
@@ -274,10 +297,10 @@ static struct machine *build_machine(const struct options *o, struct vmm *vmm)
 	unsigned slot = 0;
 	for (unsigned i = 0; i < o->ndisks; i++)
 		if (!(vmm->blk[i] = virtio_blk_create(m, slot++, o->disks[i], o->disk_ro[i],
-				       o->incoming != NULL, err, sizeof(err))))
+				       o->incoming || o->ft_secondary, err, sizeof(err))))
 			goto fail;
-	if (o->tap && !virtio_net_create(m, slot++, o->tap, o->tap_create, o->mac, err,
-					 sizeof(err)))
+	if (o->tap && !(vmm->net = virtio_net_create(m, slot++, o->tap, o->tap_create,
+						     o->mac, err, sizeof(err))))
 		goto fail;
 	if (!virtio_console_create(m, slot++, -1, out_fd) || !virtio_rng_create(m, slot++)) {
 		snprintf(err, sizeof(err), "cannot create the virtio console or rng");
@@ -326,7 +349,7 @@ int main(int argc, char **argv)
 	if (!m)
 		return 1;
 
-	int r = o.incoming ? 0 : boot_load(m, &o.boot, err, sizeof(err));
+	int r = o.incoming || o.ft_secondary ? 0 : boot_load(m, &o.boot, err, sizeof(err));
 	if (r) {
 		fprintf(stderr, "ferry-vm: %s\n", err);
 		return end_early(&vmm, r == BOOT_BAD_IMAGE ? 2 : 1);
@@ -338,6 +361,11 @@ int main(int argc, char **argv)
 	if (o.incoming) {
 		if (vmm_incoming(&vmm, o.incoming, err, sizeof(err))) {
 			fprintf(stderr, "ferry-vm: incoming migration failed: %s\n", err);
+			return end_early(&vmm, 1);
+		}
+	} else if (o.ft_secondary) {
+		if (vmm_ft_secondary(&vmm, o.ft_secondary, o.ft_takeover, err, sizeof(err)) < 0) {
+			fprintf(stderr, "ferry-vm: FT secondary: %s\n", err);
 			return end_early(&vmm, 1);
 		}
 	} else if (machine_start(m)) {

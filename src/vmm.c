@@ -21,6 +21,7 @@
 #include "migrate/migrate.h"
 #include "storage/diskmove.h"
 #include "migrate/migration.h"
+#include "migrate/ft.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -261,6 +262,11 @@ static json_t *cmd_migrate(void *ctx, json_t *args, const char **cls, char *err,
 			 "the guest may run on its destination (query-status says more)");
 		return NULL;
 	}
+	if (ft_is_active(v->ft)) {
+		*cls = "GenericError";
+		snprintf(err, errlen, "fault tolerance is on: ft-stop it first");
+		return NULL;
+	}
 	return migration_cmd_migrate(ctx, args, cls, err, errlen);
 }
 
@@ -292,6 +298,10 @@ static const struct control_cmd vmm_commands[] = {
 	{ "disk-move", cmd_disk_move },
 	{ "query-disk-move", disk_move_cmd_query },
 	{ "disk-move-cancel", disk_move_cmd_cancel },
+	{ "ft-start", ft_cmd_start },
+	{ "ft-stop", ft_cmd_stop },
+	{ "query-ft", ft_cmd_query },
+	{ "ft-takeover", ft_cmd_takeover },
 	{ NULL, NULL },
 };
 
@@ -354,6 +364,8 @@ void vmm_shutdown(struct vmm *v)
 {
 	/* the migration first: its thread still sends events */
 	disk_move_destroy(v);
+	ft_destroy(v->ft);
+	v->ft = NULL;
 	migration_destroy(v->mig);
 	v->mig = NULL;
 	mig_tls_free(v->tls);
@@ -362,4 +374,6 @@ void vmm_shutdown(struct vmm *v)
 		control_stop(v->control);
 		v->control = NULL;
 	}
+	ft_secondary_free(v->ft_sec);
+	v->ft_sec = NULL;
 }

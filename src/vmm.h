@@ -14,6 +14,8 @@ struct migration;
 struct mig_tls;
 struct virtio_dev;
 struct disk_move;
+struct ft;
+struct ft_secondary;
 
 /*
  * Why the guest is held paused, beyond a migration's own pause (which
@@ -42,6 +44,9 @@ struct vmm {
 	unsigned ndisks;
 	struct virtio_dev *blk[4];         /* their virtio-blk devices */
 	struct disk_move *disk_move;       /* the current or last disk move */
+	struct virtio_dev *net;            /* virtio-net, if any (FT holds its output) */
+	struct ft *ft;                     /* FT primary: the current or last run */
+	struct ft_secondary *ft_sec;       /* FT secondary (--ft-secondary) */
 
 	pthread_mutex_t lock;      /* guards the hold and its description */
 	enum vmm_hold hold;

@@ -39,6 +39,14 @@ struct virtio_dev *virtio_blk_create(struct machine *m, unsigned slot,
 struct virtio_dev *virtio_net_create(struct machine *m, unsigned slot,
 				     const char *tap_ifname, bool create_tap,
 				     const uint8_t mac[6], char *err, size_t errlen);
+/* Fault tolerance (migrate/ft.c): hold transmitted frames, tagged with
+ * the epoch they were sent in; release those of epochs <= upto to the TAP
+ * once acknowledged; stop holding (sending or dropping what is held). */
+void virtio_net_hold_start(struct virtio_dev *d, uint64_t epoch);
+void virtio_net_hold_epoch(struct virtio_dev *d, uint64_t epoch);
+void virtio_net_hold_release(struct virtio_dev *d, uint64_t upto);
+void virtio_net_hold_stop(struct virtio_dev *d, bool send);
+void virtio_net_held(struct virtio_dev *d, uint64_t *frames, uint64_t *bytes);
 struct virtio_dev *virtio_console_create(struct machine *m, unsigned slot,
 					 int in_fd, int out_fd);
 struct virtio_dev *virtio_rng_create(struct machine *m, unsigned slot);

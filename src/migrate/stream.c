@@ -174,6 +174,8 @@ static const struct section_kind section_kinds[] = {
 	{ MIG_SEC_POSTCOPY,        "postcopy",        0,  MIG_SECTION_MAX },
 	{ MIG_SEC_PAGE_REQUEST,    "page-request",    8,  64u << 10 },
 	{ MIG_SEC_HANDOFF_CONFIRM, "handoff-confirm", 0,  4096 },
+	{ MIG_SEC_EPOCH,           "epoch",           8,  8 },
+	{ MIG_SEC_EPOCH_ACK,       "epoch-ack",       8,  8 },
 };
 
 static const struct section_kind *section_kind(uint32_t type)

@@ -61,6 +61,8 @@ enum mig_section_type {
 	MIG_SEC_POSTCOPY        = 0x106,        /* source: switching to post-copy (opaque) */
 	MIG_SEC_PAGE_REQUEST    = 0x107,        /* destination: u64 page numbers wanted */
 	MIG_SEC_HANDOFF_CONFIRM = 0x108,        /* destination: holds everything */
+	MIG_SEC_EPOCH           = 0x109,        /* FT primary: u64 epoch, a checkpoint follows */
+	MIG_SEC_EPOCH_ACK       = 0x10a,        /* FT secondary: u64 epoch, applied whole */
 };
 #define MIG_SEC_PAGE_REQ MIG_SEC_PAGE_REQUEST
 

@@ -16,6 +16,12 @@
  * queue and the I/O thread does not spin; the driver's next kick on the
  * receive queue (or DRIVER_OK, or loading state) puts it back.
  *
+ * Fault tolerance (migrate/ft.c) holds transmit output: while a hold is
+ * on, each frame is copied into a queue tagged with the epoch it was sent
+ * in, instead of going to the TAP, and goes out only when that epoch's
+ * checkpoint is acknowledged by the secondary (virtio_net_hold_release),
+ * so no one outside ever sees output of a state the secondary lacks.
+ *
  * After a migration, resumed_elsewhere() announces the guest on the new
  * host: a small thread sends a RARP from the guest's MAC, and a gratuitous
  * ARP for the guest's IPv4 address if transmit traffic taught us one, five
@@ -68,6 +74,19 @@ struct net {
 	pthread_mutex_t ann_lock;
 	pthread_cond_t ann_cond;
 	bool ann_stop;
+
+	/* output held for fault tolerance (under vdev.lock) */
+	bool holding;
+	uint64_t hold_epoch;        /* frames sent now belong to this epoch */
+	struct held_frame *held, **held_tail;
+	uint64_t held_count, held_bytes;
+};
+
+struct held_frame {
+	struct held_frame *next;
+	uint64_t epoch;
+	size_t len;
+	uint8_t data[];
 };
 
 static struct net *to_net(struct virtio_dev *d)
@@ -179,6 +198,23 @@ static void net_learn_ip(struct net *n, const uint8_t *f, size_t len)
 		n->guest_ip = ip;
 }
 
+/* Queue the frame for the epoch under way; false when out of memory (the
+ * frame is then dropped, as a full TAP would). */
+static bool net_hold_frame(struct net *n, const struct vq_req *r, uint64_t len)
+{
+	struct held_frame *f = malloc(sizeof(*f) + len);
+	if (!f)
+		return false;
+	f->next = NULL;
+	f->epoch = n->hold_epoch;
+	f->len = vq_req_read(&n->vdev, r, NET_HDR_LEN, f->data, len);
+	*n->held_tail = f;
+	n->held_tail = &f->next;
+	n->held_count++;
+	n->held_bytes += f->len;
+	return true;
+}
+
 static void net_tx_one(struct net *n, const struct vq_req *r)
 {
 	struct virtio_dev *d = &n->vdev;
@@ -188,6 +224,11 @@ static void net_tx_one(struct net *n, const struct vq_req *r)
 		return;     /* nothing a TAP would take: drop */
 	size_t got = vq_req_read(d, r, NET_HDR_LEN, head, len < sizeof(head) ? len : sizeof(head));
 	net_learn_ip(n, head, got);
+	if (n->holding) {
+		if (!net_hold_frame(n, r, len))
+			net_warn(n, "out of memory holding output; frames are dropped", ENOMEM);
+		return;
+	}
 	int cnt = vq_req_iov(d, r, false, NET_HDR_LEN, len, n->iov, VQ_MAX_SEGS);
 	if (cnt <= 0)
 		return;
@@ -253,6 +294,71 @@ static int net_load(struct virtio_dev *d, struct sbuf *in, const char **why)
 	n->guest_ip = ip;
 	net_watch(n, virtio_live(d));
 	return 0;
+}
+
+/* ---- output held for fault tolerance ------------------------------------------- */
+
+/* Write out (send) or drop the held frames of epochs <= upto. */
+static void net_hold_drain(struct net *n, uint64_t upto, bool send)
+{
+	while (n->held && n->held->epoch <= upto) {
+		struct held_frame *f = n->held;
+		n->held = f->next;
+		if (send && write(n->fd, f->data, f->len) < 0 && errno != EAGAIN &&
+		    errno != ENOBUFS)
+			net_warn(n, "writing to the TAP failed; frames are dropped", errno);
+		n->held_count--;
+		n->held_bytes -= f->len;
+		free(f);
+	}
+	if (!n->held)
+		n->held_tail = &n->held;
+}
+
+void virtio_net_hold_start(struct virtio_dev *d, uint64_t epoch)
+{
+	struct net *n = to_net(d);
+	pthread_mutex_lock(&d->lock);
+	if (!n->holding) {
+		n->held = NULL;
+		n->held_tail = &n->held;
+	}
+	n->holding = true;
+	n->hold_epoch = epoch;
+	pthread_mutex_unlock(&d->lock);
+}
+
+void virtio_net_hold_epoch(struct virtio_dev *d, uint64_t epoch)
+{
+	pthread_mutex_lock(&d->lock);
+	to_net(d)->hold_epoch = epoch;
+	pthread_mutex_unlock(&d->lock);
+}
+
+void virtio_net_hold_release(struct virtio_dev *d, uint64_t upto)
+{
+	pthread_mutex_lock(&d->lock);
+	net_hold_drain(to_net(d), upto, true);
+	pthread_mutex_unlock(&d->lock);
+}
+
+void virtio_net_hold_stop(struct virtio_dev *d, bool send)
+{
+	struct net *n = to_net(d);
+	pthread_mutex_lock(&d->lock);
+	if (n->holding)
+		net_hold_drain(n, UINT64_MAX, send);
+	n->holding = false;
+	pthread_mutex_unlock(&d->lock);
+}
+
+void virtio_net_held(struct virtio_dev *d, uint64_t *frames, uint64_t *bytes)
+{
+	struct net *n = to_net(d);
+	pthread_mutex_lock(&d->lock);
+	*frames = n->held_count;
+	*bytes = n->held_bytes;
+	pthread_mutex_unlock(&d->lock);
 }
 
 /* ---- announce ------------------------------------------------------------------- */
@@ -351,6 +457,8 @@ static void net_destroy(struct virtio_dev *d)
 	struct net *n = to_net(d);
 	net_announce_join(n);
 	pthread_mutex_lock(&d->lock);
+	if (n->holding)
+		net_hold_drain(n, UINT64_MAX, false);
 	net_watch(n, false);
 	pthread_mutex_unlock(&d->lock);
 	close(n->fd);

@@ -1,0 +1,1287 @@
+/*
+ * ft.c - fault tolerance, Remus-style: a secondary ferry-vm kept current by
+ * continuous checkpoints, which takes over when the primary is lost.
+ *
+ * Primary (`ft-start {uri, epoch_ms, secret_file, timeout_ms}`), on a
+ * thread of its own:
+ *   1. connect and secure the channel as a migration does (TLS, secret),
+ *      exchange configurations (the secondary must be able to run us);
+ *   2. the initial copy: start the dirty log, send all of RAM while the
+ *      guest runs (pages it rewrites meanwhile are dirty again);
+ *   3. then every epoch_ms an epoch: pause the guest, take the dirty log,
+ *      copy the dirty pages into a buffer (copy-on-pause) and save the
+ *      harts, devices and clock, resume the guest; then, while it runs,
+ *      flush the disks and send EPOCH(n), the pages, the state, a DIGEST of
+ *      all of RAM as of the pause (from per-page hashes kept here) and END,
+ *      and wait for the secondary's EPOCH_ACK(n).
+ * Output commit: from the start the guest's network output is held in
+ * virtio-net, each frame tagged with the epoch it was sent in; the frames
+ * of epoch n go to the TAP only when EPOCH_ACK(n) arrives, so nobody
+ * outside ever sees output of a state the secondary could not resume
+ * from. Disk writes of epoch n are flushed before its END is sent.
+ * A lost secondary (a failed write, no ACK within timeout_ms) leaves the
+ * guest running unprotected: held output goes out, FT_UNPROTECTED says so.
+ *
+ * Secondary (`ferry-vm --ft-secondary tcp:H:P[,secret-file=F]`): the same
+ * board as the primary, nothing runs. Pages of the initial copy go into
+ * RAM; an epoch's pages and state are staged, its DIGEST checked against
+ * RAM as it would be with the staged pages applied, and only at its END
+ * are the pages written to RAM and the state kept as the committed one,
+ * then EPOCH_ACK(n). A stream that breaks mid-epoch leaves RAM and the
+ * committed state as of the last complete epoch: never half of one. When
+ * the primary is lost (the channel breaks or is silent for timeout-ms),
+ * takeover waits for a decision: `--ft-takeover auto` takes over at once
+ * (only where the primary's host is fenced by someone: otherwise a cut
+ * link runs the guest twice), `manual` (the default) waits for
+ * `ft-takeover` from an arbiter on the control socket. Takeover loads the
+ * committed state, takes the disk locks (a second line against split
+ * brain: a secondary that cannot lock does not run), starts the guest and
+ * announces its MAC.
+ */
+#include "migrate/ft.h"
+#include "migrate/ft_grammar.h"
+#include "migrate/channel.h"
+#include "migrate/grammar.h"
+#include "migrate/migrate.h"
+#include "migrate/migration.h"
+#include "migrate/stream.h"
+#include "backend/disk.h"
+#include "machine/devices.h"
+#include "machine/vm.h"
+#include "util/sbuf.h"
+#include "virtio/blk.h"
+#include "vmm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FT_HANDSHAKE_MS 5000
+
+/* FERRY_TEST_FAULT=ft-mid-epoch:N: the primary dies in epoch N (or the
+ * first later one with pages) after sending its pages, not its state: the
+ * secondary must discard that epoch and run epoch N-1. */
+static void ft_fault_mid_epoch(struct mig_stream *s, uint64_t epoch)
+{
+	const char *want = getenv("FERRY_TEST_FAULT");
+	if (want && !strncmp(want, "ft-mid-epoch:", 13) &&
+	    epoch >= strtoull(want + 13, NULL, 10)) {
+		mig_flush(s);
+		_exit(9);
+	}
+}
+
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* ---- connecting (both sides) ------------------------------------------------------ */
+
+static int ft_connect_fd(const char *uri, char *host, size_t hostlen, char *err,
+			 size_t errlen)
+{
+	char port[32];
+	if (mig_parse_tcp(uri, host, hostlen, port, sizeof(port))) {
+		snprintf(err, errlen, "bad uri '%s': want tcp:HOST:PORT", uri);
+		return -1;
+	}
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
+	int r = getaddrinfo(host, port, &hints, &ai);
+	if (r) {
+		snprintf(err, errlen, "%s: %s", uri, gai_strerror(r));
+		return -1;
+	}
+	int fd = -1, last = 0;
+	for (struct addrinfo *a = ai; a; a = a->ai_next) {
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+		if (fd < 0)
+			continue;
+		mig_socket_tune(fd);
+		if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
+			break;
+		last = errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(ai);
+	if (fd < 0)
+		snprintf(err, errlen, "cannot connect to %s: %s", uri, strerror(last));
+	return fd;
+}
+
+static int ft_listen(const char *uri, char *err, size_t errlen)
+{
+	char host[256], port[32];
+	if (mig_parse_tcp(uri, host, sizeof(host), port, sizeof(port))) {
+		snprintf(err, errlen, "bad uri '%s': want tcp:HOST:PORT", uri);
+		return -1;
+	}
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *ai;
+	int r = getaddrinfo(host[0] ? host : NULL, port, &hints, &ai);
+	if (r) {
+		snprintf(err, errlen, "%s: %s", uri, gai_strerror(r));
+		return -1;
+	}
+	int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+	int one = 1;
+	if (fd >= 0)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 1)) {
+		snprintf(err, errlen, "cannot listen on %s: %s", uri, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(ai);
+	return fd;
+}
+
+/* ======================================================================== */
+/* ---- primary ---------------------------------------------------------------------- */
+
+enum ft_status { FT_SYNCING, FT_PROTECTED, FT_UNPROTECTED, FT_STOPPED };
+
+static const char *const ft_status_names[] = {
+	[FT_SYNCING] = "syncing", [FT_PROTECTED] = "protected",
+	[FT_UNPROTECTED] = "unprotected", [FT_STOPPED] = "stopped",
+};
+
+struct ft {
+	struct vmm *vmm;
+	pthread_t thread;
+	pthread_mutex_t lock;           /* guards status, error and figures */
+	enum ft_status status;
+	char error[320];
+	char uri[256];
+	uint64_t epoch_ms, timeout_ms;
+	struct mig_secret secret;
+	atomic_bool stop;
+	int wake[2];                    /* ft-stop and quit wake the epoch wait */
+
+	/* figures */
+	uint64_t start_ms, sync_ms;     /* initial copy took */
+	uint64_t epoch, acked;
+	uint64_t pause_us_last, pause_us_max, pause_us_total;
+	uint64_t pages_last, pages_total, bytes_last, bytes_total;
+	uint64_t commit_us_last, commit_us_total;  /* pause to ACK */
+	uint64_t initial_bytes;
+
+	/* the epoch thread's own */
+	uint64_t npages;
+	uint64_t *bitmap;
+	uint64_t *hash;                 /* each page as of the last capture */
+	uint8_t *buf;                   /* copy-on-pause pages */
+	uint64_t *pfns;
+	struct sbuf harts[MAX_HARTS];
+	struct sbuf devs[MAX_STATES];
+	uint64_t ticks;
+};
+
+static void ft_set_status(struct ft *ft, enum ft_status st, const char *why)
+{
+	pthread_mutex_lock(&ft->lock);
+	ft->status = st;
+	if (why)
+		snprintf(ft->error, sizeof(ft->error), "%s", why);
+	pthread_mutex_unlock(&ft->lock);
+}
+
+bool ft_is_active(struct ft *ft)
+{
+	if (!ft)
+		return false;
+	pthread_mutex_lock(&ft->lock);
+	bool on = ft->status == FT_SYNCING || ft->status == FT_PROTECTED;
+	pthread_mutex_unlock(&ft->lock);
+	return on;
+}
+
+static struct mig_stream *ft_primary_connect(struct ft *ft, char *err, size_t errlen)
+{
+	char host[256], why[320];
+	int fd = ft_connect_fd(ft->uri, host, sizeof(host), err, errlen);
+	if (fd < 0)
+		return NULL;
+	struct mig_auth auth = { ft->vmm->tls, &ft->secret };
+	struct mig_channel *ch = mig_channel_client(fd, host, &auth, FT_HANDSHAKE_MS, why,
+						    sizeof(why));
+	if (!ch) {
+		snprintf(err, errlen, "%.200s: %.190s", ft->uri, why);
+		return NULL;
+	}
+	struct mig_stream *s = mig_stream_new_channel(ch);
+	if (!s)
+		snprintf(err, errlen, "out of memory for the stream");
+	return s;
+}
+
+static int ft_primary_handshake(struct ft *ft, struct mig_stream *s, char *err,
+				size_t errlen)
+{
+	struct mig_config local, remote;
+	char why[256];
+	vmstate_config(ft->vmm, &local);
+	if (mig_read_config(s, &remote)) {
+		snprintf(err, errlen, "handshake: %s", mig_stream_error(s));
+		return -1;
+	}
+	if (mig_config_check(&local, &remote, why, sizeof(why))) {
+		snprintf(err, errlen, "the secondary cannot run this guest: %s", why);
+		mig_send_error(s, why);
+		return -1;
+	}
+	if (mig_write_config(s, &local) || mig_flush(s)) {
+		snprintf(err, errlen, "handshake: %s", mig_stream_error(s));
+		return -1;
+	}
+	if (mig_expect(s, MIG_SEC_ACK, why, sizeof(why))) {
+		snprintf(err, errlen, "the secondary refused: %s", why);
+		return -1;
+	}
+	return 0;
+}
+
+/* The initial copy: every page, read while the guest runs (the dirty log
+ * is on, so what it rewrites goes again in epoch 1). */
+static int ft_initial_copy(struct ft *ft, struct mig_stream *s)
+{
+	struct machine *m = ft->vmm->machine;
+	uint8_t page[PAGE_SIZE];
+	dirty_log_start(m);
+	dirty_log_harvest(m, ft->bitmap);
+	for (uint64_t pfn = 0; pfn < ft->npages; pfn++) {
+		memcpy(page, m->ram + pfn * PAGE_SIZE, PAGE_SIZE);
+		ft->hash[pfn] = mig_page_hash(page);
+		if (mig_put_page(s, pfn, page))
+			return -1;
+		if ((pfn & 4095) == 0 && atomic_load(&ft->stop))
+			return -1;
+	}
+	return mig_flush_pages(s) || mig_flush(s) ? -1 : 0;
+}
+
+/* Grow the copy-on-pause buffer to n pages (before the pause, where an
+ * allocation may wait). */
+static int ft_reserve(struct ft *ft, uint64_t n, uint64_t *cap)
+{
+	if (n <= *cap)
+		return 0;
+	uint8_t *buf = realloc(ft->buf, n * PAGE_SIZE);
+	if (!buf)
+		return -1;
+	ft->buf = buf;
+	uint64_t *pfns = realloc(ft->pfns, n * sizeof(uint64_t));
+	if (!pfns)
+		return -1;
+	ft->pfns = pfns;
+	*cap = n;
+	return 0;
+}
+
+/* The pause: dirty pages and all state into buffers; returns the number
+ * of pages copied. Everything here is memory copies: the guest waits. */
+static uint64_t ft_capture(struct ft *ft, uint64_t epoch)
+{
+	struct machine *m = ft->vmm->machine;
+	uint64_t n = 0;
+	dirty_log_harvest(m, ft->bitmap);
+	for (uint64_t w = 0; w < (ft->npages + 63) / 64; w++) {
+		uint64_t bits = ft->bitmap[w];
+		while (bits) {
+			uint64_t pfn = w * 64 + (uint64_t)__builtin_ctzll(bits);
+			bits &= bits - 1;
+			memcpy(ft->buf + n * PAGE_SIZE, m->ram + pfn * PAGE_SIZE, PAGE_SIZE);
+			ft->pfns[n++] = pfn;
+		}
+	}
+	for (unsigned i = 0; i < m->nharts; i++) {
+		ft->harts[i].len = 0;
+		hart_save(m->harts[i], &ft->harts[i]);
+	}
+	for (unsigned i = 0; i < m->nstates; i++) {
+		ft->devs[i].len = 0;
+		m->states[i].ops->save(m->states[i].dev, &ft->devs[i]);
+	}
+	ft->ticks = machine_time(m);
+	if (ft->vmm->net)       /* what the guest sends from now on is the next epoch's */
+		virtio_net_hold_epoch(ft->vmm->net, epoch + 1);
+	return n;
+}
+
+static void ft_flush_disks(struct ft *ft)
+{
+	for (unsigned i = 0; i < ft->vmm->ndisks; i++)
+		if (ft->vmm->blk[i])
+			disk_flush(virtio_blk_disk(ft->vmm->blk[i]));
+}
+
+/* Send the captured epoch; the guest runs meanwhile. */
+static int ft_send_epoch(struct ft *ft, struct mig_stream *s, uint64_t epoch, uint64_t n)
+{
+	struct machine *m = ft->vmm->machine;
+	uint8_t num[8];
+	put_le64(num, epoch);
+	if (mig_write_section(s, MIG_SEC_EPOCH, num, 8))
+		return -1;
+	for (uint64_t i = 0; i < n; i++) {
+		const uint8_t *page = ft->buf + i * PAGE_SIZE;
+		ft->hash[ft->pfns[i]] = mig_page_hash(page);
+		if (mig_put_page(s, ft->pfns[i], page))
+			return -1;
+	}
+	if (mig_flush_pages(s))
+		return -1;
+	if (n)
+		ft_fault_mid_epoch(s, epoch);
+	int r = 0;
+	for (unsigned i = 0; i < m->nharts && !r; i++)
+		r = mig_write_cpu(s, i, HART_STATE_VERSION, ft->harts[i].data, ft->harts[i].len);
+	for (unsigned i = 0; i < m->nstates && !r; i++)
+		r = mig_write_device(s, m->states[i].ops->name, m->states[i].ops->version,
+				     ft->devs[i].data, ft->devs[i].len);
+	ft_flush_disks(ft);     /* the epoch's writes are stable before it is acked */
+	if (r || mig_write_clock(s, ft->ticks) ||
+	    mig_write_digest(s, mig_digest_of_hashes(ft->hash, ft->npages, m->ram_size)) ||
+	    mig_write_end(s) || mig_flush(s))
+		return -1;
+	return 0;
+}
+
+static int ft_wait_ack(struct ft *ft, struct mig_stream *s, uint64_t epoch, char *err,
+		       size_t errlen)
+{
+	struct mig_section sec;
+	int ready = mig_stream_wait_readable(s, (int)ft->timeout_ms);
+	if (ready <= 0) {
+		snprintf(err, errlen, "no acknowledgement of epoch %llu within %llu ms",
+			 (unsigned long long)epoch, (unsigned long long)ft->timeout_ms);
+		return -1;
+	}
+	if (mig_read_section(s, &sec, NULL, 0)) {
+		snprintf(err, errlen, "%s", mig_stream_error(s));
+		return -1;
+	}
+	if (sec.type == MIG_SEC_ERROR) {
+		snprintf(err, errlen, "the secondary gave up: %s", sec.text);
+		return -1;
+	}
+	if (sec.type != MIG_SEC_EPOCH_ACK || get_le64(sec.data) != epoch) {
+		snprintf(err, errlen, "the secondary answered epoch %llu with '%s' %llu",
+			 (unsigned long long)epoch, mig_section_name(sec.type),
+			 sec.len == 8 ? (unsigned long long)get_le64(sec.data) : 0ULL);
+		return -1;
+	}
+	return 0;
+}
+
+/* Sleep until deadline_us or a wake; true if told to stop. */
+static bool ft_sleep_until(struct ft *ft, uint64_t deadline_us)
+{
+	for (;;) {
+		if (atomic_load(&ft->stop))
+			return true;
+		uint64_t t = now_us();
+		if (t >= deadline_us)
+			return false;
+		struct pollfd p = { .fd = ft->wake[0], .events = POLLIN };
+		poll(&p, 1, (int)((deadline_us - t + 999) / 1000));
+	}
+}
+
+static void ft_note_epoch(struct ft *ft, uint64_t epoch, uint64_t pages, uint64_t bytes,
+			  uint64_t pause_us, uint64_t commit_us)
+{
+	bool first;
+	pthread_mutex_lock(&ft->lock);
+	first = ft->status == FT_SYNCING;
+	ft->status = FT_PROTECTED;
+	ft->epoch = ft->acked = epoch;
+	ft->pause_us_last = pause_us;
+	ft->pause_us_total += pause_us;
+	if (pause_us > ft->pause_us_max)
+		ft->pause_us_max = pause_us;
+	ft->pages_last = pages;
+	ft->pages_total += pages;
+	ft->bytes_last = bytes;
+	ft->bytes_total += bytes;
+	ft->commit_us_last = commit_us;
+	ft->commit_us_total += commit_us;
+	if (first)
+		ft->sync_ms = mig_now_ms() - ft->start_ms;
+	pthread_mutex_unlock(&ft->lock);
+	if (first)
+		vmm_event(ft->vmm, "FT_PROTECTED", json_pack("{s:s, s:I}", "uri", ft->uri,
+							     "sync_ms", (json_int_t)ft->sync_ms));
+}
+
+/* The run after the handshake; 0 when told to stop, -1 with err. */
+static int ft_run(struct ft *ft, struct mig_stream *s, char *err, size_t errlen)
+{
+	struct machine *m = ft->vmm->machine;
+	uint64_t cap = 0;
+	if (ft_initial_copy(ft, s)) {
+		snprintf(err, errlen, "initial copy: %s", atomic_load(&ft->stop)
+			 ? "stopped" : mig_stream_error(s));
+		return atomic_load(&ft->stop) ? 0 : -1;
+	}
+	pthread_mutex_lock(&ft->lock);
+	ft->initial_bytes = mig_stream_bytes_out(s);
+	pthread_mutex_unlock(&ft->lock);
+	uint64_t next = now_us();
+	for (uint64_t epoch = 1;; epoch++) {
+		if (ft_sleep_until(ft, next))
+			return 0;
+		/* room for every page dirty so far, and some that dirty meanwhile */
+		uint64_t want = dirty_log_count(m);
+		want = want + want / 4 + 64;
+		if (ft_reserve(ft, want < ft->npages ? want : ft->npages, &cap)) {
+			snprintf(err, errlen, "out of memory for the checkpoint buffer");
+			return -1;
+		}
+		uint64_t t0 = now_us();
+		machine_pause(m);
+		if (dirty_log_count(m) > cap && ft_reserve(ft, ft->npages, &cap)) {
+			machine_resume(m);
+			snprintf(err, errlen, "out of memory for the checkpoint buffer");
+			return -1;
+		}
+		uint64_t n = ft_capture(ft, epoch);
+		machine_resume(m);
+		uint64_t pause_us = now_us() - t0;
+		next = t0 + ft->epoch_ms * 1000;
+		uint64_t before = mig_stream_bytes_out(s);
+		if (ft_send_epoch(ft, s, epoch, n)) {
+			snprintf(err, errlen, "sending epoch %llu: %s", (unsigned long long)epoch,
+				 mig_stream_error(s));
+			return -1;
+		}
+		if (ft_wait_ack(ft, s, epoch, err, errlen))
+			return -1;
+		if (ft->vmm->net)
+			virtio_net_hold_release(ft->vmm->net, epoch);
+		ft_note_epoch(ft, epoch, n, mig_stream_bytes_out(s) - before, pause_us,
+			      now_us() - t0);
+	}
+}
+
+static void *ft_thread(void *arg)
+{
+	struct ft *ft = arg;
+	struct machine *m = ft->vmm->machine;
+	char err[400] = "";
+	struct mig_stream *s = ft_primary_connect(ft, err, sizeof(err));
+	int r = -1;
+	if (s) {
+		mig_stream_set_timeout(s, (int)ft->timeout_ms);
+		r = ft_primary_handshake(ft, s, err, sizeof(err));
+		if (r == 0)
+			r = ft_run(ft, s, err, sizeof(err));
+	}
+	dirty_log_stop(m);
+	/* unprotected or stopped, the guest runs alone: its output is its own */
+	if (ft->vmm->net)
+		virtio_net_hold_stop(ft->vmm->net, true);
+	if (r == 0) {
+		mig_send_error(s, "the primary ended fault tolerance");
+		ft_set_status(ft, FT_STOPPED, NULL);
+		vmm_event(ft->vmm, "FT_STOPPED", json_object());
+	} else {
+		ft_set_status(ft, FT_UNPROTECTED, err);
+		if (s && !mig_stream_failed(s))
+			mig_send_error(s, err);
+		fprintf(stderr, "ferry-vm: fault tolerance lost, the guest runs unprotected: "
+			"%s\n", err);
+		vmm_event(ft->vmm, "FT_UNPROTECTED", json_pack("{s:s}", "reason", err));
+	}
+	if (s)
+		mig_stream_free(s);
+	return NULL;
+}
+
+static void ft_free(struct ft *ft)
+{
+	if (!ft)
+		return;
+	for (unsigned i = 0; i < MAX_HARTS; i++)
+		sbuf_free(&ft->harts[i]);
+	for (unsigned i = 0; i < MAX_STATES; i++)
+		sbuf_free(&ft->devs[i]);
+	free(ft->bitmap);
+	free(ft->hash);
+	free(ft->buf);
+	free(ft->pfns);
+	if (ft->wake[0] >= 0) {
+		close(ft->wake[0]);
+		close(ft->wake[1]);
+	}
+	pthread_mutex_destroy(&ft->lock);
+	explicit_bzero(&ft->secret, sizeof(ft->secret));
+	free(ft);
+}
+
+/* Stop the thread (it tells the secondary) and wait for it. */
+static void ft_join(struct ft *ft)
+{
+	atomic_store(&ft->stop, true);
+	ssize_t w = write(ft->wake[1], "x", 1);
+	(void)w;
+	pthread_join(ft->thread, NULL);
+}
+
+void ft_destroy(struct ft *ft)
+{
+	if (!ft)
+		return;
+	ft_join(ft);
+	ft_free(ft);
+}
+
+static bool ft_get_uint(json_t *args, const char *key, uint64_t *out, uint64_t min,
+			uint64_t max, char *err, size_t errlen)
+{
+	json_t *j = json_object_get(args, key);
+	if (!j)
+		return true;
+	if (!json_is_integer(j) || json_integer_value(j) < (json_int_t)min ||
+	    json_integer_value(j) > (json_int_t)max) {
+		snprintf(err, errlen, "'%s' must be an integer from %llu to %llu", key,
+			 (unsigned long long)min, (unsigned long long)max);
+		return false;
+	}
+	*out = (uint64_t)json_integer_value(j);
+	return true;
+}
+
+static struct ft *ft_new(struct vmm *v)
+{
+	struct machine *m = v->machine;
+	struct ft *ft = calloc(1, sizeof(*ft));
+	if (!ft)
+		return NULL;
+	ft->wake[0] = ft->wake[1] = -1;
+	pthread_mutex_init(&ft->lock, NULL);
+	ft->vmm = v;
+	ft->npages = m->ram_size / PAGE_SIZE;
+	ft->bitmap = calloc((ft->npages + 63) / 64, sizeof(uint64_t));
+	ft->hash = calloc(ft->npages, sizeof(uint64_t));
+	for (unsigned i = 0; i < MAX_HARTS; i++)
+		sbuf_init(&ft->harts[i]);
+	for (unsigned i = 0; i < MAX_STATES; i++)
+		sbuf_init(&ft->devs[i]);
+	if (!ft->bitmap || !ft->hash || pipe2(ft->wake, O_CLOEXEC)) {
+		ft_free(ft);
+		return NULL;
+	}
+	return ft;
+}
+
+json_t *ft_cmd_start(void *ctx, json_t *args, const char **cls, char *err, size_t errlen)
+{
+	struct vmm *v = ctx;
+	*cls = "GenericError";
+	if (v->in || v->ft_sec) {
+		snprintf(err, errlen, "this guest is not running here");
+		return NULL;
+	}
+	if (ft_is_active(v->ft)) {
+		snprintf(err, errlen, "fault tolerance is on already (query-ft)");
+		return NULL;
+	}
+	if (migration_is_active(v->mig) || migration_is_done(v->mig)) {
+		snprintf(err, errlen, "a migration is in progress or done");
+		return NULL;
+	}
+	json_t *uri = json_object_get(args, "uri");
+	char host[256], port[32];
+	if (!json_is_string(uri) || mig_parse_tcp(json_string_value(uri), host, sizeof(host),
+						  port, sizeof(port))) {
+		snprintf(err, errlen, "'uri' (tcp:HOST:PORT of the secondary) is required");
+		return NULL;
+	}
+	uint64_t epoch_ms = FT_EPOCH_MS_DEFAULT, timeout_ms = 3000;
+	if (!ft_get_uint(args, "epoch_ms", &epoch_ms, 5, 10000, err, errlen) ||
+	    !ft_get_uint(args, "timeout_ms", &timeout_ms, 100, 600000, err, errlen))
+		return NULL;
+	struct ft *ft = ft_new(v);
+	if (!ft) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	json_t *sf = json_object_get(args, "secret_file");
+	if (sf && (!json_is_string(sf) ||
+		   mig_secret_load(json_string_value(sf), &ft->secret, err, errlen))) {
+		if (!json_is_string(sf))
+			snprintf(err, errlen, "'secret_file' must be a path");
+		ft_free(ft);
+		return NULL;
+	}
+	snprintf(ft->uri, sizeof(ft->uri), "%s", json_string_value(uri));
+	ft->epoch_ms = epoch_ms;
+	ft->timeout_ms = timeout_ms;
+	ft->start_ms = mig_now_ms();
+	ft->status = FT_SYNCING;
+	/* output from here on waits for the secondary's acknowledgement */
+	if (v->net)
+		virtio_net_hold_start(v->net, 1);
+	int e = pthread_create(&ft->thread, NULL, ft_thread, ft);
+	if (e) {
+		if (v->net)
+			virtio_net_hold_stop(v->net, true);
+		snprintf(err, errlen, "cannot start the FT thread: %s", strerror(e));
+		ft_free(ft);
+		return NULL;
+	}
+	if (v->ft) {            /* the last one has ended (not active) */
+		pthread_join(v->ft->thread, NULL);
+		ft_free(v->ft);
+	}
+	v->ft = ft;
+	return json_object();
+}
+
+json_t *ft_cmd_stop(void *ctx, json_t *args, const char **cls, char *err, size_t errlen)
+{
+	struct vmm *v = ctx;
+	(void)args;
+	if (!ft_is_active(v->ft)) {
+		*cls = "GenericError";
+		snprintf(err, errlen, "fault tolerance is not on");
+		return NULL;
+	}
+	atomic_store(&v->ft->stop, true);
+	ssize_t w = write(v->ft->wake[1], "x", 1);
+	(void)w;
+	return json_object();
+}
+
+static json_t *ft_primary_figures(struct ft *ft)
+{
+	uint64_t frames = 0, bytes = 0;
+	if (ft->vmm->net)
+		virtio_net_held(ft->vmm->net, &frames, &bytes);
+	pthread_mutex_lock(&ft->lock);
+	uint64_t n = ft->acked ? ft->acked : 1;
+	json_t *r = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I}",
+			      "role", "primary", "status", ft_status_names[ft->status],
+			      "uri", ft->uri, "epoch_ms", (json_int_t)ft->epoch_ms,
+			      "epoch", (json_int_t)ft->epoch,
+			      "acked_epoch", (json_int_t)ft->acked,
+			      "sync_ms", (json_int_t)ft->sync_ms,
+			      "initial_bytes", (json_int_t)ft->initial_bytes);
+	json_object_set_new(r, "pause_us_last", json_integer((json_int_t)ft->pause_us_last));
+	json_object_set_new(r, "pause_us_avg", json_integer((json_int_t)(ft->pause_us_total / n)));
+	json_object_set_new(r, "pause_us_max", json_integer((json_int_t)ft->pause_us_max));
+	json_object_set_new(r, "pages_last", json_integer((json_int_t)ft->pages_last));
+	json_object_set_new(r, "bytes_per_epoch",
+			    json_integer((json_int_t)(ft->bytes_total / n)));
+	json_object_set_new(r, "commit_us_avg",
+			    json_integer((json_int_t)(ft->commit_us_total / n)));
+	json_object_set_new(r, "held_frames", json_integer((json_int_t)frames));
+	json_object_set_new(r, "held_bytes", json_integer((json_int_t)bytes));
+	if (ft->error[0])
+		json_object_set_new(r, "error", json_string(ft->error));
+	pthread_mutex_unlock(&ft->lock);
+	return r;
+}
+
+/* ======================================================================== */
+/* ---- secondary -------------------------------------------------------------------- */
+
+enum sec_status { SEC_WAITING, SEC_RECEIVING, SEC_PRIMARY_LOST, SEC_TAKING_OVER, SEC_RUNNING };
+
+static const char *const sec_status_names[] = {
+	[SEC_WAITING] = "waiting", [SEC_RECEIVING] = "receiving",
+	[SEC_PRIMARY_LOST] = "primary-lost", [SEC_TAKING_OVER] = "taking-over",
+	[SEC_RUNNING] = "running",
+};
+
+/* A CPU, DEVICE or CLOCK record, kept until takeover. */
+struct ft_record {
+	uint32_t type, hart, version;
+	char name[MIG_NAME_MAX];
+	uint64_t ticks;
+	uint8_t *data;
+	size_t len;
+};
+
+struct ft_state {
+	struct ft_record *rec;
+	unsigned n, cap;
+};
+
+struct ft_secondary {
+	struct vmm *vmm;
+	pthread_mutex_t lock;
+	enum sec_status status;
+	enum ft_takeover policy;
+	char error[400];
+	int decide[2];                  /* ft-takeover writes here */
+	atomic_bool takeover;
+	uint64_t committed, received_bytes, last_epoch_ms;
+	uint64_t discarded;             /* an epoch cut short, never applied */
+
+	/* receiving (main thread only) */
+	uint64_t guest_pages;
+	uint64_t *hash, *scratch;       /* per page: RAM as committed; a trial */
+	uint64_t zero_hash;
+	bool staging;                   /* in an epoch: pages go to the stage */
+	uint8_t *stage;
+	uint64_t *stage_pfn;
+	uint64_t nstage, stage_cap;
+	bool digest_ok;
+	struct ft_state pending, committed_state;
+};
+
+static void ft_state_clear(struct ft_state *st)
+{
+	for (unsigned i = 0; i < st->n; i++)
+		free(st->rec[i].data);
+	st->n = 0;
+}
+
+static int ft_state_add(struct ft_state *st, const struct mig_section *sec)
+{
+	if (st->n == st->cap) {
+		unsigned cap = st->cap ? st->cap * 2 : 16;
+		struct ft_record *r = realloc(st->rec, cap * sizeof(*r));
+		if (!r)
+			return -1;
+		st->rec = r;
+		st->cap = cap;
+	}
+	struct ft_record *r = &st->rec[st->n];
+	memset(r, 0, sizeof(*r));
+	r->type = sec->type;
+	r->hart = sec->hart;
+	r->version = sec->version;
+	r->ticks = sec->ticks;
+	snprintf(r->name, sizeof(r->name), "%s", sec->name);
+	if (sec->type != MIG_SEC_CLOCK) {
+		r->len = sec->state_len;
+		r->data = malloc(r->len ? r->len : 1);
+		if (!r->data)
+			return -1;
+		memcpy(r->data, sec->state, r->len);
+	}
+	st->n++;
+	return 0;
+}
+
+/* Pages arrive here: into RAM during the initial copy, into the stage
+ * during an epoch. */
+static void ft_sink(void *opaque, uint64_t pfn, const void *page)
+{
+	struct ft_secondary *sec = opaque;
+	struct machine *m = sec->vmm->machine;
+	if (!sec->staging) {
+		uint64_t h = mig_page_hash(page);
+		if (h == sec->zero_hash && sec->hash[pfn] == sec->zero_hash &&
+		    mig_page_is_zero(page))
+			return;         /* leave untouched RAM unmapped */
+		memcpy(m->ram + pfn * PAGE_SIZE, page, PAGE_SIZE);
+		sec->hash[pfn] = h;
+		return;
+	}
+	if (sec->nstage == sec->stage_cap) {
+		uint64_t cap = sec->stage_cap ? sec->stage_cap * 2 : 256;
+		uint8_t *st = realloc(sec->stage, cap * PAGE_SIZE);
+		uint64_t *pf = st ? realloc(sec->stage_pfn, cap * sizeof(uint64_t)) : NULL;
+		if (st)
+			sec->stage = st;
+		if (!pf)
+			return;         /* caught: the digest will not match */
+		sec->stage_pfn = pf;
+		sec->stage_cap = cap;
+	}
+	memcpy(sec->stage + sec->nstage * PAGE_SIZE, page, PAGE_SIZE);
+	sec->stage_pfn[sec->nstage++] = pfn;
+}
+
+/* RAM as it would be with the stage applied: does it match the digest? */
+static bool ft_stage_matches(struct ft_secondary *sec, uint64_t digest, uint64_t ram_size)
+{
+	memcpy(sec->scratch, sec->hash, sec->guest_pages * sizeof(uint64_t));
+	for (uint64_t i = 0; i < sec->nstage; i++)
+		sec->scratch[sec->stage_pfn[i]] = mig_page_hash(sec->stage + i * PAGE_SIZE);
+	return mig_digest_of_hashes(sec->scratch, sec->guest_pages, ram_size) == digest;
+}
+
+/* The epoch is whole and verified: apply it. */
+static void ft_commit(struct ft_secondary *sec, uint64_t epoch)
+{
+	struct machine *m = sec->vmm->machine;
+	for (uint64_t i = 0; i < sec->nstage; i++)
+		memcpy(m->ram + sec->stage_pfn[i] * PAGE_SIZE, sec->stage + i * PAGE_SIZE,
+		       PAGE_SIZE);
+	uint64_t *h = sec->hash;
+	sec->hash = sec->scratch;
+	sec->scratch = h;
+	struct ft_state t = sec->committed_state;
+	sec->committed_state = sec->pending;
+	sec->pending = t;
+	ft_state_clear(&sec->pending);
+	sec->nstage = 0;
+	sec->staging = false;
+	pthread_mutex_lock(&sec->lock);
+	sec->committed = epoch;
+	sec->last_epoch_ms = mig_now_ms();
+	pthread_mutex_unlock(&sec->lock);
+}
+
+static void sec_set_status(struct ft_secondary *sec, enum sec_status st, const char *why)
+{
+	pthread_mutex_lock(&sec->lock);
+	sec->status = st;
+	if (why)
+		snprintf(sec->error, sizeof(sec->error), "%s", why);
+	pthread_mutex_unlock(&sec->lock);
+}
+
+/* Receive until the stream ends. 1: the primary ended FT on purpose (its
+ * ERROR said so); -1: the primary is lost (err says how). */
+static int ft_receive(struct ft_secondary *sec, struct mig_stream *s,
+		      const struct mig_config *remote, char *err, size_t errlen)
+{
+	struct machine *m = sec->vmm->machine;
+	struct ft_grammar g;
+	int r = -1;
+	ft_grammar_init(&g, remote);
+	mig_stream_set_sink(s, ft_sink, sec);
+	for (;;) {
+		struct mig_section in;
+		if (mig_read_section(s, &in, m->ram, remote->ram_size)) {
+			snprintf(err, errlen, "%s", mig_stream_error(s));
+			break;
+		}
+		if (in.type == MIG_SEC_ERROR) {
+			snprintf(err, errlen, "the primary: %s", in.text);
+			r = 1;
+			break;
+		}
+		if (ft_grammar_step(&g, &in, err, errlen)) {
+			mig_send_error(s, err);
+			break;
+		}
+		pthread_mutex_lock(&sec->lock);
+		sec->received_bytes = mig_stream_bytes_in(s);
+		pthread_mutex_unlock(&sec->lock);
+		switch (in.type) {
+		case MIG_SEC_RAM:
+			break;
+		case MIG_SEC_EPOCH:
+			sec->staging = true;
+			sec->nstage = 0;
+			sec->digest_ok = false;
+			ft_state_clear(&sec->pending);
+			break;
+		case MIG_SEC_DIGEST:
+			sec->digest_ok = ft_stage_matches(sec, in.digest, remote->ram_size);
+			if (!sec->digest_ok) {
+				snprintf(err, errlen, "epoch %llu fails its memory digest: not "
+					 "applied", (unsigned long long)g.epoch);
+				mig_send_error(s, err);
+				goto out;
+			}
+			break;
+		case MIG_SEC_END: {
+			ft_commit(sec, g.epoch);
+			uint8_t num[8];
+			put_le64(num, g.epoch);
+			if (mig_write_section(s, MIG_SEC_EPOCH_ACK, num, 8) || mig_flush(s)) {
+				snprintf(err, errlen, "acknowledging epoch %llu: %s",
+					 (unsigned long long)g.epoch, mig_stream_error(s));
+				goto out;
+			}
+			break;
+		}
+		default:        /* CPU, DEVICE, CLOCK */
+			if (ft_state_add(&sec->pending, &in)) {
+				snprintf(err, errlen, "out of memory for the epoch's state");
+				mig_send_error(s, err);
+				goto out;
+			}
+		}
+	}
+out:
+	if (sec->staging) {     /* cut short: drop it */
+		pthread_mutex_lock(&sec->lock);
+		sec->discarded = g.epoch;
+		pthread_mutex_unlock(&sec->lock);
+		sec->staging = false;
+		sec->nstage = 0;
+		ft_state_clear(&sec->pending);
+	}
+	mig_stream_set_sink(s, NULL, NULL);
+	ft_grammar_free(&g);
+	return r;
+}
+
+static bool sec_quitting(struct vmm *v)
+{
+	return atomic_load(&v->machine->exit_reason) != EXIT_NONE;
+}
+
+/* Accept and secure one primary, and exchange configurations; NULL when
+ * quitting (*quit) or on error. A peer that fails the handshake is
+ * dropped and the next one awaited. */
+static struct mig_stream *ft_accept(struct ft_secondary *sec, int lfd,
+				    const struct mig_auth *auth, int timeout_ms,
+				    struct mig_config *remote, bool *quit, char *err,
+				    size_t errlen)
+{
+	struct vmm *v = sec->vmm;
+	struct pollfd p[2] = { { .fd = lfd, .events = POLLIN },
+			       { .fd = v->machine->exit_pipe[0], .events = POLLIN } };
+	*quit = false;
+	for (;;) {
+		if (poll(p, 2, -1) < 0 && errno != EINTR) {
+			snprintf(err, errlen, "poll: %s", strerror(errno));
+			return NULL;
+		}
+		if (p[1].revents || sec_quitting(v)) {
+			*quit = true;
+			return NULL;
+		}
+		if (!p[0].revents)
+			continue;
+		int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd < 0)
+			continue;
+		mig_socket_tune(fd);
+		char why[400];
+		struct mig_channel *ch = mig_channel_server(fd, auth, FT_HANDSHAKE_MS,
+							    v->machine->exit_pipe[0], why,
+							    sizeof(why));
+		if (!ch) {
+			fprintf(stderr, "ferry-vm: FT secondary: refused a connection: %s\n", why);
+			continue;
+		}
+		struct mig_stream *s = mig_stream_new_channel(ch);
+		struct mig_config local;
+		vmstate_config(v, &local);
+		mig_channel_set_deadline(mig_stream_channel(s), FT_HANDSHAKE_MS);
+		if (mig_write_config(s, &local) || mig_flush(s) || mig_read_config(s, remote)) {
+			fprintf(stderr, "ferry-vm: FT secondary: dropped a connection: %s\n",
+				mig_stream_error(s));
+			mig_stream_free(s);
+			continue;
+		}
+		if (mig_config_check(remote, &local, why, sizeof(why))) {
+			snprintf(err, errlen, "cannot run the primary's guest here: %s", why);
+			mig_send_error(s, why);
+			mig_stream_free(s);
+			return NULL;
+		}
+		if (mig_write_section(s, MIG_SEC_ACK, NULL, 0) || mig_flush(s)) {
+			snprintf(err, errlen, "handshake: %s", mig_stream_error(s));
+			mig_stream_free(s);
+			return NULL;
+		}
+		mig_channel_set_deadline(mig_stream_channel(s), 0);
+		mig_stream_set_timeout(s, timeout_ms);
+		return s;
+	}
+}
+
+/* Wait for the arbiter's `ft-takeover` (or quit). True to take over. */
+static bool ft_await_decision(struct ft_secondary *sec)
+{
+	struct vmm *v = sec->vmm;
+	if (sec->policy == FT_TAKEOVER_AUTO)
+		return true;
+	struct pollfd p[2] = { { .fd = sec->decide[0], .events = POLLIN },
+			       { .fd = v->machine->exit_pipe[0], .events = POLLIN } };
+	fprintf(stderr, "ferry-vm: FT secondary: the primary is lost; waiting for "
+		"ft-takeover (--ft-takeover manual)\n");
+	while (!atomic_load(&sec->takeover)) {
+		if (sec_quitting(v))
+			return false;
+		poll(p, 2, -1);
+	}
+	return !sec_quitting(v);
+}
+
+/* Run the guest from the committed epoch. */
+static int ft_take_over(struct ft_secondary *sec, char *err, size_t errlen)
+{
+	struct vmm *v = sec->vmm;
+	struct machine *m = v->machine;
+	sec_set_status(sec, SEC_TAKING_OVER, NULL);
+	for (unsigned i = 0; i < sec->committed_state.n; i++) {
+		const struct ft_record *r = &sec->committed_state.rec[i];
+		struct mig_section s = { .type = r->type, .hart = r->hart,
+					 .version = r->version, .ticks = r->ticks,
+					 .state = r->data, .state_len = r->len };
+		snprintf(s.name, sizeof(s.name), "%s", r->name);
+		if (vmstate_load(m, &s, err, errlen))
+			return -1;
+	}
+	const char *why = NULL;
+	if (vmstate_acquire(m, &why)) {
+		snprintf(err, errlen, "cannot take the guest's disks (%s): the primary may "
+			 "still run it, so it does not run here", why ? why : "no reason");
+		return -1;
+	}
+	v->in = NULL;
+	if (machine_start(m)) {
+		snprintf(err, errlen, "cannot start threads");
+		return -1;
+	}
+	vmstate_resumed_elsewhere(m);   /* announce the MAC from this host */
+	sec_set_status(sec, SEC_RUNNING, NULL);
+	fprintf(stderr, "ferry-vm: FT secondary: took over at epoch %llu\n",
+		(unsigned long long)sec->committed);
+	vmm_event(v, "FT_FAILOVER", json_pack("{s:I, s:I}", "epoch", (json_int_t)sec->committed,
+					      "discarded_epoch", (json_int_t)sec->discarded));
+	vmm_event(v, "RESUME", json_object());
+	return 0;
+}
+
+struct ft_spec {
+	char uri[300];
+	struct mig_secret secret;
+	int timeout_ms;
+};
+
+static int ft_parse_spec(const char *spec, struct ft_spec *out, char *err, size_t errlen)
+{
+	char host[256], port[32], buf[1024];
+	memset(out, 0, sizeof(*out));
+	out->timeout_ms = FT_TIMEOUT_MS_DEFAULT;
+	if (strlen(spec) >= sizeof(buf)) {
+		snprintf(err, errlen, "--ft-secondary: too long");
+		return -1;
+	}
+	snprintf(buf, sizeof(buf), "%s", spec);
+	char *save = NULL, *tok = strtok_r(buf, ",", &save);
+	if (!tok || mig_parse_tcp(tok, host, sizeof(host), port, sizeof(port))) {
+		snprintf(err, errlen, "--ft-secondary '%s': want tcp:HOST:PORT[,secret-file="
+			 "FILE][,timeout-ms=N]", spec);
+		return -1;
+	}
+	snprintf(out->uri, sizeof(out->uri), "%s", tok);
+	while ((tok = strtok_r(NULL, ",", &save))) {
+		if (!strncmp(tok, "secret-file=", 12) && tok[12]) {
+			if (mig_secret_load(tok + 12, &out->secret, err, errlen))
+				return -1;
+		} else if (!strncmp(tok, "timeout-ms=", 11)) {
+			char *end;
+			long n = strtol(tok + 11, &end, 10);
+			if (*end || n < 100 || n > 600000) {
+				snprintf(err, errlen, "--ft-secondary: timeout-ms wants 100 to "
+					 "600000");
+				return -1;
+			}
+			out->timeout_ms = (int)n;
+		} else {
+			snprintf(err, errlen, "--ft-secondary: unknown option '%s' (want "
+				 "secret-file=FILE or timeout-ms=N)", tok);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int ft_secondary_check(const char *spec, char *err, size_t errlen)
+{
+	struct ft_spec *fs = malloc(sizeof(*fs));
+	if (!fs) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	int r = ft_parse_spec(spec, fs, err, errlen);
+	explicit_bzero(fs, sizeof(*fs));
+	free(fs);
+	return r;
+}
+
+void ft_secondary_free(struct ft_secondary *sec)
+{
+	if (!sec)
+		return;
+	ft_state_clear(&sec->pending);
+	ft_state_clear(&sec->committed_state);
+	free(sec->pending.rec);
+	free(sec->committed_state.rec);
+	free(sec->hash);
+	free(sec->scratch);
+	free(sec->stage);
+	free(sec->stage_pfn);
+	if (sec->decide[0] >= 0) {
+		close(sec->decide[0]);
+		close(sec->decide[1]);
+	}
+	pthread_mutex_destroy(&sec->lock);
+	free(sec);
+}
+
+static struct ft_secondary *ft_secondary_new(struct vmm *v, enum ft_takeover policy)
+{
+	struct ft_secondary *sec = calloc(1, sizeof(*sec));
+	if (!sec)
+		return NULL;
+	static const uint8_t zeros[PAGE_SIZE];
+	uint64_t npages = v->machine->ram_size / PAGE_SIZE;
+	pthread_mutex_init(&sec->lock, NULL);
+	sec->decide[0] = sec->decide[1] = -1;
+	sec->vmm = v;
+	sec->policy = policy;
+	sec->zero_hash = mig_page_hash(zeros);
+	sec->hash = malloc(npages * sizeof(uint64_t));
+	sec->scratch = malloc(npages * sizeof(uint64_t));
+	if (!sec->hash || !sec->scratch || pipe2(sec->decide, O_CLOEXEC)) {
+		ft_secondary_free(sec);
+		return NULL;
+	}
+	for (uint64_t i = 0; i < npages; i++)
+		sec->hash[i] = sec->zero_hash;
+	return sec;
+}
+
+int vmm_ft_secondary(struct vmm *v, const char *spec, enum ft_takeover policy, char *err,
+		     size_t errlen)
+{
+	struct ft_spec *fs = calloc(1, sizeof(*fs));
+	struct ft_secondary *sec = ft_secondary_new(v, policy);
+	struct mig_config remote;
+	int r = -1;
+	v->in = (struct migration *)v;  /* "inmigrate" for query-status */
+	if (!fs || !sec) {
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	if (ft_parse_spec(spec, fs, err, errlen))
+		goto out;
+	v->ft_sec = sec;
+	struct mig_auth auth = { v->tls, fs->secret.len ? &fs->secret : NULL };
+	if (!auth.tls && !auth.secret)
+		fprintf(stderr, "ferry-vm: warning: %s accepts an FT primary from anyone who "
+			"can reach it; give --tls-creds DIR or secret-file=FILE\n", fs->uri);
+	int lfd = ft_listen(fs->uri, err, errlen);
+	if (lfd < 0)
+		goto out;
+	bool quit;
+	struct mig_stream *s = ft_accept(sec, lfd, &auth, fs->timeout_ms, &remote, &quit,
+					 err, errlen);
+	close(lfd);
+	if (!s) {
+		r = quit ? 1 : -1;
+		goto out;
+	}
+	sec->guest_pages = remote.ram_size / PAGE_SIZE;
+	sec_set_status(sec, SEC_RECEIVING, NULL);
+	char why[400];
+	int got = ft_receive(sec, s, &remote, why, sizeof(why));
+	mig_stream_free(s);
+	if (got == 1 || sec_quitting(v)) {
+		fprintf(stderr, "ferry-vm: FT secondary: %s; ending without running the "
+			"guest\n", sec_quitting(v) ? "told to quit" : why);
+		machine_exit(v->machine, EXIT_QUIT);
+		r = 1;
+		goto out;
+	}
+	if (sec->committed == 0) {
+		snprintf(err, errlen, "lost the primary before its first complete checkpoint "
+			 "(%s): nothing to run", why);
+		goto out;
+	}
+	sec_set_status(sec, SEC_PRIMARY_LOST, why);
+	fprintf(stderr, "ferry-vm: FT secondary: lost the primary (%s); last complete "
+		"epoch %llu\n", why, (unsigned long long)sec->committed);
+	vmm_event(v, "FT_PRIMARY_LOST", json_pack("{s:s, s:I, s:s}", "reason", why, "epoch",
+						  (json_int_t)sec->committed, "takeover",
+						  policy == FT_TAKEOVER_AUTO ? "auto" : "manual"));
+	if (!ft_await_decision(sec)) {
+		fprintf(stderr, "ferry-vm: FT secondary: told to quit before taking over\n");
+		r = 1;
+		goto out;
+	}
+	r = ft_take_over(sec, err, errlen);
+out:
+	if (fs)
+		explicit_bzero(fs, sizeof(*fs));
+	free(fs);
+	return r;
+}
+
+json_t *ft_cmd_takeover(void *ctx, json_t *args, const char **cls, char *err,
+			size_t errlen)
+{
+	struct vmm *v = ctx;
+	struct ft_secondary *sec = v->ft_sec;
+	(void)args;
+	*cls = "GenericError";
+	if (!sec) {
+		snprintf(err, errlen, "this is not an FT secondary");
+		return NULL;
+	}
+	pthread_mutex_lock(&sec->lock);
+	enum sec_status st = sec->status;
+	pthread_mutex_unlock(&sec->lock);
+	if (st == SEC_TAKING_OVER || st == SEC_RUNNING)
+		return json_object();
+	if (st != SEC_PRIMARY_LOST) {
+		snprintf(err, errlen, "the primary is %s: take over only once it is lost and "
+			 "fenced (query-ft)", st == SEC_WAITING ? "not connected yet"
+							      : "connected and checkpointing");
+		return NULL;
+	}
+	atomic_store(&sec->takeover, true);
+	ssize_t w = write(sec->decide[1], "x", 1);
+	(void)w;
+	return json_object();
+}
+
+static json_t *ft_secondary_figures(struct ft_secondary *sec)
+{
+	pthread_mutex_lock(&sec->lock);
+	json_t *r = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I}", "role", "secondary",
+			      "status", sec_status_names[sec->status], "takeover",
+			      sec->policy == FT_TAKEOVER_AUTO ? "auto" : "manual",
+			      "epoch", (json_int_t)sec->committed,
+			      "received_bytes", (json_int_t)sec->received_bytes,
+			      "discarded_epoch", (json_int_t)sec->discarded);
+	if (sec->last_epoch_ms)
+		json_object_set_new(r, "last_epoch_ms_ago",
+				    json_integer((json_int_t)(mig_now_ms() - sec->last_epoch_ms)));
+	if (sec->error[0])
+		json_object_set_new(r, "error", json_string(sec->error));
+	pthread_mutex_unlock(&sec->lock);
+	return r;
+}
+
+json_t *ft_cmd_query(void *ctx, json_t *args, const char **cls, char *err, size_t errlen)
+{
+	struct vmm *v = ctx;
+	(void)args; (void)cls; (void)err; (void)errlen;
+	if (v->ft_sec)
+		return ft_secondary_figures(v->ft_sec);
+	if (v->ft)
+		return ft_primary_figures(v->ft);
+	return json_pack("{s:s}", "status", "off");
+}

@@ -1,0 +1,43 @@
+/*
+ * ft.h - fault tolerance: a secondary ferry-vm kept current by continuous
+ * checkpoints from the primary, Remus-style (see ft.c and docs/ft.md).
+ */
+#ifndef FERRY_FT_H
+#define FERRY_FT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+struct vmm;
+struct ft;
+struct ft_secondary;
+struct mig_config;
+struct mig_section;
+
+#define FT_EPOCH_MS_DEFAULT     50      /* bench/ft.py: see bench/README.md */
+#define FT_TIMEOUT_MS_DEFAULT   1000    /* a silent peer this long is lost */
+
+enum ft_takeover { FT_TAKEOVER_MANUAL, FT_TAKEOVER_AUTO };
+
+/* Is `--ft-secondary tcp:H:P[,secret-file=F][,timeout-ms=N]` usable? */
+int ft_secondary_check(const char *spec, char *err, size_t errlen);
+/* The secondary: wait for a primary, keep its checkpoints, and when it is
+ * lost and takeover is decided (policy or `ft-takeover`) run the guest
+ * from the last complete one. 0: the guest runs here; 1: nothing runs and
+ * the process should end (quit, or the primary ended FT); -1: err. */
+int vmm_ft_secondary(struct vmm *v, const char *spec, enum ft_takeover policy,
+		     char *err, size_t errlen);
+
+bool ft_is_active(struct ft *ft);
+void ft_destroy(struct ft *ft);
+void ft_secondary_free(struct ft_secondary *sec);
+
+json_t *ft_cmd_start(void *vmm, json_t *args, const char **cls, char *err, size_t errlen);
+json_t *ft_cmd_stop(void *vmm, json_t *args, const char **cls, char *err, size_t errlen);
+json_t *ft_cmd_query(void *vmm, json_t *args, const char **cls, char *err, size_t errlen);
+json_t *ft_cmd_takeover(void *vmm, json_t *args, const char **cls, char *err,
+			size_t errlen);
+
+#endif

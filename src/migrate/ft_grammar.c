@@ -1,0 +1,79 @@
+/*
+ * ft_grammar.c - the order of sections in a fault-tolerance stream.
+ *
+ * After CONFIG the primary sends the initial copy (RAM sections only),
+ * then epochs, each EPOCH(n) with n = 1, 2, 3, ... followed by a body in
+ * grammar.h's order (RAM*, every hart, every device, CLOCK, DIGEST, END;
+ * never POSTCOPY: an epoch is whole or it is nothing). Pure bookkeeping,
+ * like grammar.c, so the fuzzer runs it as is (fuzz/fuzz_stream.c).
+ */
+#include "migrate/ft_grammar.h"
+#include "migrate/grammar.h"
+#include "migrate/stream.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t get_le64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+void ft_grammar_init(struct ft_grammar *g, const struct mig_config *cfg)
+{
+	memset(g, 0, sizeof(*g));
+	g->cfg = cfg;
+}
+
+void ft_grammar_free(struct ft_grammar *g)
+{
+	free(g->body);
+	g->body = NULL;
+}
+
+int ft_grammar_step(struct ft_grammar *g, const struct mig_section *sec, char *err,
+		    size_t errlen)
+{
+	if (sec->type == MIG_SEC_EPOCH) {
+		uint64_t n = get_le64(sec->data);
+		if (g->in_epoch || n != g->epoch + 1) {
+			snprintf(err, errlen, "FT stream out of order: epoch %llu at offset "
+				 "%llu, where %s was due", (unsigned long long)n,
+				 (unsigned long long)sec->offset,
+				 g->in_epoch ? "the rest of the epoch under way" : "the next epoch");
+			return -1;
+		}
+		if (!g->body && !(g->body = malloc(sizeof(struct mig_grammar)))) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		mig_grammar_init(g->body, g->cfg, true);
+		g->epoch = n;
+		g->in_epoch = true;
+		return 0;
+	}
+	if (!g->in_epoch) {
+		if (g->epoch == 0 && sec->type == MIG_SEC_RAM)
+			return 0;       /* the initial copy */
+		snprintf(err, errlen, "FT stream out of order: a '%s' section at offset %llu "
+			 "outside an epoch", mig_section_name(sec->type) ?
+			 mig_section_name(sec->type) : "unknown",
+			 (unsigned long long)sec->offset);
+		return -1;
+	}
+	if (sec->type == MIG_SEC_POSTCOPY) {
+		snprintf(err, errlen, "FT stream: post-copy at offset %llu: an epoch must "
+			 "be whole", (unsigned long long)sec->offset);
+		return -1;
+	}
+	if (mig_grammar_step(g->body, sec, err, errlen))
+		return -1;
+	if (sec->type == MIG_SEC_END)
+		g->in_epoch = false;
+	return 0;
+}
+

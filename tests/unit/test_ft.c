@@ -1,0 +1,154 @@
+/*
+ * test_ft.c - the fault-tolerance stream's section order (ft_grammar.c).
+ *
+ * Each case writes sections named in a script after the sample
+ * configuration (2 harts, devices uart and virtio-blk@10001000), reads them
+ * back through the reader and the FT grammar, and checks that whole
+ * epochs in sequence are accepted and that everything else is refused
+ * with a reason: an epoch out of sequence, a new epoch inside one, pages
+ * or state outside an epoch, an epoch missing state, post-copy in an
+ * epoch, pages after an epoch's digest.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "migrate/ft_grammar.h"
+#include "migrate/stream.h"
+#include "stream_sample.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define BODY "cpu0 cpu1 uart blk clock digest end"
+
+static int write_token(struct mig_stream *w, const char *t, const uint8_t *ram)
+{
+	static const uint8_t hart[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+	if (!strcmp(t, "ram"))
+		return mig_put_page(w, 1, ram + MIG_PAGE_SIZE) || mig_flush_pages(w);
+	if (!strncmp(t, "epoch", 5)) {
+		uint8_t num[8];
+		uint64_t n = strtoull(t + 5, NULL, 10);
+		for (int i = 0; i < 8; i++)
+			num[i] = (uint8_t)(n >> (8 * i));
+		return mig_write_section(w, MIG_SEC_EPOCH, num, 8);
+	}
+	if (!strncmp(t, "cpu", 3))
+		return mig_write_cpu(w, (uint32_t)atoi(t + 3), 1, hart, sizeof(hart));
+	if (!strcmp(t, "uart"))
+		return mig_write_device(w, "uart", 1, "u", 1);
+	if (!strcmp(t, "blk"))
+		return mig_write_device(w, "virtio-blk@10001000", 2, NULL, 0);
+	if (!strcmp(t, "clock"))
+		return mig_write_clock(w, 42);
+	if (!strcmp(t, "digest"))
+		return mig_write_digest(w, 7);
+	if (!strcmp(t, "postcopy"))
+		return mig_write_section(w, MIG_SEC_POSTCOPY, "\xff", 1);
+	if (!strcmp(t, "end"))
+		return mig_write_end(w);
+	fail_msg("unknown token %s", t);
+	return -1;
+}
+
+/* "" when every section was accepted, else the refusal. */
+static const char *ft_run(const char *script, char *err, size_t errlen)
+{
+	static uint8_t ram[SAMPLE_RAM];
+	int fd = memfd_create("ft", MFD_CLOEXEC);
+	assert_true(fd >= 0);
+	struct mig_config cfg;
+	struct mig_stream *w = mig_stream_new(fd);
+	sample_config(&cfg);
+	assert_int_equal(mig_write_config(w, &cfg), 0);
+	char buf[1024], *save = NULL;
+	snprintf(buf, sizeof(buf), "%s", script);
+	sample_ram(ram);
+	for (char *t = strtok_r(buf, " ", &save); t; t = strtok_r(NULL, " ", &save))
+		assert_int_equal(write_token(w, t, ram), 0);
+	assert_int_equal(mig_flush(w), 0);
+	mig_stream_free(w);
+	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+
+	struct mig_stream *r = mig_stream_new(fd);
+	struct ft_grammar g;
+	struct mig_section sec;
+	err[0] = 0;
+	assert_int_equal(mig_read_config(r, &cfg), 0);
+	ft_grammar_init(&g, &cfg);
+	while (mig_read_section(r, &sec, ram, SAMPLE_RAM) == 0)
+		if (ft_grammar_step(&g, &sec, err, errlen))
+			break;
+	if (!err[0] && !strstr(mig_stream_error(r), "truncated"))
+		snprintf(err, errlen, "%s", mig_stream_error(r));
+	ft_grammar_free(&g);
+	mig_stream_free(r);
+	close(fd);
+	return err;
+}
+
+static void assert_contains(const char *s, const char *part)
+{
+	if (!strstr(s, part))
+		fail_msg("'%s' does not contain '%s'", s, part);
+}
+
+static void ft_accepts_epochs_in_sequence(void **state)
+{
+	(void)state;
+	char err[512];
+	assert_string_equal(ft_run("ram ram epoch1 ram " BODY " epoch2 " BODY
+				   " epoch3 ram ram " BODY, err, sizeof(err)), "");
+	assert_string_equal(ft_run("epoch1 " BODY, err, sizeof(err)), "");
+	assert_string_equal(ft_run("ram ram", err, sizeof(err)), "");
+}
+
+static void ft_refuses_epochs_out_of_sequence(void **state)
+{
+	(void)state;
+	char err[512];
+	assert_contains(ft_run("epoch2 " BODY, err, sizeof(err)), "epoch 2");
+	assert_contains(ft_run("epoch1 " BODY " epoch1 " BODY, err, sizeof(err)), "epoch 1");
+	assert_contains(ft_run("epoch1 " BODY " epoch3 " BODY, err, sizeof(err)), "epoch 3");
+	assert_contains(ft_run("epoch1 ram epoch2 " BODY, err, sizeof(err)),
+			"the rest of the epoch");
+}
+
+static void ft_refuses_sections_outside_an_epoch(void **state)
+{
+	(void)state;
+	char err[512];
+	assert_contains(ft_run("epoch1 " BODY " ram", err, sizeof(err)), "outside an epoch");
+	assert_contains(ft_run("cpu0 cpu1", err, sizeof(err)), "outside an epoch");
+	assert_contains(ft_run("epoch1 " BODY " end", err, sizeof(err)), "outside an epoch");
+}
+
+static void ft_refuses_partial_or_odd_epochs(void **state)
+{
+	(void)state;
+	char err[512];
+	assert_contains(ft_run("epoch1 cpu0 uart blk clock digest end", err, sizeof(err)),
+			"hart 1");
+	assert_contains(ft_run("epoch1 cpu0 cpu1 uart blk clock postcopy end", err,
+			       sizeof(err)), "post-copy");
+	assert_contains(ft_run("epoch1 cpu0 cpu1 uart blk clock digest ram end", err,
+			       sizeof(err)), "ram");
+	assert_true(ft_run("epoch1 cpu0 cpu1 uart blk clock end", err, sizeof(err))[0]);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(ft_accepts_epochs_in_sequence),
+		cmocka_unit_test(ft_refuses_epochs_out_of_sequence),
+		cmocka_unit_test(ft_refuses_sections_outside_an_epoch),
+		cmocka_unit_test(ft_refuses_partial_or_odd_epochs),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
