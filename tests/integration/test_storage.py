@@ -21,7 +21,7 @@ What is proved, and how it would fail:
 - a destination that is a symlink, that exists, or that another process
   holds locked is refused at once, and nothing is created or changed; so
   is a move of a read-only disk;
-- after a move, a migration names the new image: a destination given the
+- after two moves, a migration names the last image: a destination given the
   old one is refused with the reason (not attached, disk-move, disks:
   copy), the guest runs on at the source; a destination given the new one
   takes the guest over, and its log goes on there intact;
@@ -353,14 +353,16 @@ def migrate(q, uri):
 
 def test_migration_after_a_disk_move_names_the_new_image():
     with scratch() as tmp:
-        old, new = tmp / "old.raw", tmp / "new.raw"
+        old, mid, new = tmp / "old.raw", tmp / "mid.raw", tmp / "new.raw"
         make_image(old)
         records = 2 * RECORDS       # still logging when it migrates
         with logging_guest(old, "src", records) as src:
             wait_logging(src)
             q = src.qmp()
-            q.cmd("disk-move", disk=0, path=str(new))
-            assert wait_move(q)["status"] == "completed"
+            for there in (mid, new):            # two moves: the second one frees
+                q.cmd("disk-move", disk=0, path=str(there))     # the first's image
+                assert wait_move(q)["status"] == "completed"
+            assert lock_state(mid) == "unlocked"
             try:
                 q.cmd("migrate", uri="tcp:127.0.0.1:9", disks="copy")
                 raise AssertionError("migrate with disks: copy was accepted")
