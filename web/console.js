@@ -286,7 +286,7 @@ async function loadHosts() {
 		if (byHost.has(h.name))
 			rows.push(hostVMsRow(h, byHost.get(h.name)));
 	}
-	fill($('hosts-table').tBodies[0], rows, 8, p.q ? 'No host matches.' : 'No hosts yet.');
+	fill($('hosts-table').tBodies[0], rows, 9, p.q ? 'No host matches.' : 'No hosts yet.');
 	pager('hosts-pager', p, refresh);
 }
 
@@ -314,7 +314,24 @@ function hostRow(h) {
 			onclick: () => { state.vms.host = h.name; state.vms.offset = 0; },
 		}, String(h.vms ?? 0))),
 		el('td', { class: 'num' }, `${h.migrations_running ?? 0} of ${h.migration_limit ?? '–'}`),
-		el('td', { class: 'muted' }, when(h.last_seen)));
+		el('td', { class: 'muted' }, when(h.last_seen)),
+		el('td', { class: 'actions' }, el('button', {
+			class: 'small admin-only maintenance',
+			title: h.maintenance ? 'Let the wizard place VMs here again'
+				: 'The wizard and vm create will refuse this host',
+			onclick: (e) => setMaintenance(e.target, h.name, !h.maintenance),
+		}, h.maintenance ? 'Exit maintenance' : 'Enter maintenance')));
+}
+
+async function setMaintenance(button, host, enabled) {
+	button.disabled = true;
+	try {
+		await api('POST', `/hosts/${encodeURIComponent(host)}/maintenance`, { enabled });
+		notice(`Host ${host} ${enabled ? 'is in maintenance' : 'left maintenance'}.`, 'info');
+	} catch (err) {
+		notice(describe(err));
+	}
+	refresh();
 }
 
 function hostVMsRow(h, list) {
@@ -331,7 +348,7 @@ function hostVMsRow(h, list) {
 				href: '#vms', onclick: () => { state.vms.host = h.name; state.vms.offset = 0; },
 			}, `all ${list.total.toLocaleString()} →`) : null);
 	return el('tr', { class: 'sub', dataset: { hostvms: h.name } }, el('td', {}, ''),
-		el('td', { colspan: 7 }, content));
+		el('td', { colspan: 8 }, content));
 }
 
 /* ---- VMs ----------------------------------------------------------------- */

@@ -19,7 +19,9 @@
  * until it reads `succeeded`; the VM
  * then shows on the chosen host; the audit trail holds the request
  * (vm.migrate) and its result (migration.finished) and its chain verifies;
- * a migration scheduled for later is cancelled from the page; a read-only
+ * the source host put in maintenance from the hosts page is refused by the
+ * wizard "in maintenance"; a migration scheduled for later (back to the
+ * source, out of maintenance again) is cancelled from the page; a read-only
  * token sees no action buttons. On success it prints one line of JSON
  * ({"destination", "task", "cancelled_task"}) for the Python side to check
  * against the API.
@@ -189,11 +191,35 @@ async function main() {
 		await page.waitForFunction(() => /chain intact/.test(document.querySelector('#audit-verify-result').textContent));
 		await shot(page, '07-audit');
 
+		step(`maintenance: ${SOURCE} entered from the hosts page, refused by the wizard`);
+		await page.click('nav a[data-view=hosts]');
+		const srcRow = `#hosts-table tr[data-host="${SOURCE}"]`;
+		await page.click(`${srcRow} button.maintenance`);
+		await page.waitForFunction((sel) => {
+			const r = document.querySelector(sel);
+			return r && r.cells[1].textContent.trim() === 'maintenance';
+		}, srcRow);
+		await shot(page, '08-maintenance');
+		await page.click('nav a[data-view=vms]');
+		await page.waitForSelector(vmRow);
+		await page.click(`${vmRow} button.migrate`);
+		await page.waitForSelector(`#wizard[open] #wizard-refused li[data-host="${SOURCE}"]`);
+		const why = await page.textContent(`#wizard-refused li[data-host="${SOURCE}"]`);
+		if (!/in maintenance/.test(why))
+			throw new Error(`wizard: ${SOURCE} in maintenance refused as: ${why}`);
+		await page.click('#wizard-cancel');
+		await page.click('nav a[data-view=hosts]');
+		await page.click(`${srcRow} button.maintenance`);
+		await page.waitForFunction((sel) => {
+			const r = document.querySelector(sel);
+			return r && r.cells[1].textContent.trim() === 'alive';
+		}, srcRow);
+
 		step('a migration scheduled for later, cancelled from the page');
 		await page.click('nav a[data-view=vms]');
 		await page.waitForSelector(vmRow);
 		await page.click(`${vmRow} button.migrate`);
-		await page.waitForSelector('#wizard[open] tr.candidate');
+		await page.waitForSelector(`#wizard[open] tr.candidate[data-host="${SOURCE}"]`);
 		await page.waitForFunction(() => !document.querySelector('#wizard-go').disabled);
 		await page.fill('#wizard-at', '+30m');
 		await page.click('#wizard-go');
@@ -205,13 +231,13 @@ async function main() {
 			const r = document.querySelector(sel);
 			return r && /scheduled for/.test(r.textContent);
 		}, activeRow);
-		await shot(page, '08-scheduled');
+		await shot(page, '09-scheduled');
 		await page.click(`${activeRow} button.cancel`);
 		await page.waitForFunction((sel) => {
 			const td = document.querySelector(sel);
 			return td && td.textContent.trim() === 'cancelled';
 		}, `#tasks-table tr[data-task="${later}"] .task-state`);
-		await shot(page, '09-cancelled');
+		await shot(page, '10-cancelled');
 
 		step('a read-only token: no action buttons');
 		await page.click('#signout');
@@ -221,9 +247,13 @@ async function main() {
 		await page.waitForSelector(vmRow);
 		if (await page.isVisible(`${vmRow} button.migrate`))
 			throw new Error('read-only token: the Migrate button is visible');
+		await page.click('nav a[data-view=hosts]');
+		await page.waitForSelector(`#hosts-table tr[data-host="${SOURCE}"]`);
+		if (await page.isVisible(`#hosts-table tr[data-host="${SOURCE}"] button.maintenance`))
+			throw new Error('read-only token: the maintenance button is visible');
 		await page.click('nav a[data-view=tasks]');
 		await page.waitForSelector(`#tasks-table tr[data-task="${task}"]`);
-		await shot(page, '10-readonly');
+		await shot(page, '11-readonly');
 
 		if (pageErrors.length)
 			throw new Error('errors in the page: ' + pageErrors.join('; '));
