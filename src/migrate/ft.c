@@ -65,6 +65,7 @@
 #include <unistd.h>
 
 #define FT_HANDSHAKE_MS 5000
+#define FT_LOCK_WAIT_MS 2000   /* for a dead primary's disk locks to go */
 
 /* FERRY_TEST_FAULT=ft-mid-epoch:N: the primary dies in epoch N (or the
  * first later one with pages) after sending its pages, not its state: the
@@ -1041,8 +1042,14 @@ static int ft_take_over(struct ft_secondary *sec, char *err, size_t errlen)
 		if (vmstate_load(m, &s, err, errlen))
 			return -1;
 	}
+	/* a primary that just died may still be closing its files: its lock
+	 * goes with its last descriptor, so give it a moment */
 	const char *why = NULL;
-	if (vmstate_acquire(m, &why)) {
+	uint64_t until = mig_now_ms() + FT_LOCK_WAIT_MS;
+	int locked;
+	while ((locked = vmstate_acquire(m, &why)) != 0 && mig_now_ms() < until)
+		usleep(20000);
+	if (locked) {
 		snprintf(err, errlen, "cannot take the guest's disks (%s): the primary may "
 			 "still run it, so it does not run here", why ? why : "no reason");
 		return -1;

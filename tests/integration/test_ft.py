@@ -27,6 +27,10 @@ What is proved, and how it would fail:
   that epoch, takes over at the one before (`--ft-takeover auto`), and
   the stream goes on intact: a half-applied epoch would crash the guest
   or corrupt the stream.
+- the FT link cut with both alive, and the secondary told to take over
+  anyway (a wrong arbiter): it cannot take the disk lock the primary
+  holds, so it ends without running; the primary goes on unprotected and
+  the stream with it: exactly one runs.
 The client-visible gap at failover is printed, not asserted.
 
 Skipped only when network namespaces cannot be created (not root).
@@ -201,3 +205,27 @@ def test_ft_primary_dies_mid_epoch_secondary_runs_last_whole_one():
             stream.wait_flowing(what="after failover from a partial epoch")
             sent = finish_on(sec, stream)
         print(f"stream: {sent} bytes intact; the partial epoch was never applied")
+
+
+def test_ft_link_cut_both_alive_only_one_runs():
+    """The FT link is cut, nobody dies, and a wrong arbiter tells the
+    secondary to take over anyway: the disk lock, which the living primary
+    holds, keeps the secondary from running; the primary goes on
+    unprotected and the stream with it."""
+    need_namespaces()
+    with topology.Topology() as topo, Datastore() as store, ExitStack() as vms:
+        prim, sec, uri = ft_setup(topo, store, vms)
+        qs = sec.qmp()
+        qp = protect(prim, uri)
+        with Stream(topo, topo.guest_ip) as stream:
+            stream.wait_flowing(what="protected")
+            cut_host(topo, "b")
+            qs.wait_event("FT_PRIMARY_LOST", timeout=30)
+            qp.wait_event("FT_UNPROTECTED", timeout=30)
+            qs.cmd("ft-takeover")
+            assert sec.wait_exit(30) == 1, sec.tail()
+            assert "cannot take the guest's disks" in sec.output(), sec.tail()
+            stream.wait_flowing(what="after the link was cut")
+            sent = finish_on(prim, stream)
+        assert qp.cmd("query-ft")["status"] == "unprotected"
+        print(f"stream: {sent} bytes intact on the primary; the secondary refused to run")
