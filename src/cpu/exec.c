@@ -149,10 +149,14 @@ dispatch:
 			DISPATCH();
 		}
 		OP(JIT) {
-			/* a run of ALU instructions, compiled (jit.c) */
-			((void (*)(uint64_t *))(void *)(h->jit_arena + e->insn))(x);
-			n += e->rd;
-			e += e->len >> 1;
+			/* a run compiled by jit.c: it returns how far it got
+			 * (bytes << 8 | instructions); short of the end, at a
+			 * load or store whose TLB probe missed, which its own
+			 * slot then does here */
+			uint32_t r = ((uint32_t (*)(uint64_t *, struct tlb_set *))(void *)
+				      (h->jit_arena + e->insn))(x, tlb);
+			n += r & 0xff;
+			e += (r >> 8) >> 1;
 			DISPATCH();
 		}
 		OP(PAGE_END) {

@@ -3,43 +3,52 @@
  * behind FERRY_CPU=jit; the decoded executor and the reference
  * interpreter stay the default and the reference.
  *
- * What it compiles: a run of integer ALU instructions (no memory, no
- * branches, nothing that can trap) that starts at a decoded slot. Such a
- * run becomes one slot, OP_JIT, whose code is a host function
- * void run(uint64_t *x): each guest register the run touches is loaded
- * once into a host register (at most JIT_REGS of them), every instruction
- * is a template of two to four host instructions on those, and the
- * registers it wrote go back to x[] at the end. Since nothing in the run
- * can trap, the run retires all or nothing and instret, sepc and the
- * state saved at a pause stay exact without any bookkeeping: the executor
- * adds the run's instruction count and steps over its bytes.
+ * What it compiles: a run of integer ALU instructions, loads and stores
+ * (no branches) that starts with an ALU instruction at a decoded slot.
+ * Such a run becomes one slot, OP_JIT, whose code is a host function
+ * uint32_t run(uint64_t *x, struct tlb_set *tlb): each guest register the
+ * run touches is loaded once into a host register (at most JIT_REGS of
+ * them), every instruction is a template on those, and the registers it
+ * wrote go back to x[] at the end. A load or store probes the TLB inline;
+ * on a miss (a page not in the TLB, a write to a clean page while the
+ * dirty log runs or to a page with decoded code, MMIO, a page-crossing
+ * access) the run writes back what it did so far and returns how far it
+ * got, (bytes << 8 | instructions), and the executor carries on from that
+ * instruction's own slot, slow path, trap and all. Nothing else in a run
+ * can trap, so instret, sepc and the state saved at a pause stay exact.
  *
  * Code lives in one executable arena per hart, bump-allocated. It goes
  * with the decoded pages: a page whose code map word changes is decoded
  * (and compiled) afresh, and when the arena is full the hart drops all its
  * decoded code at the next safe point and starts over.
  *
- * What it does not do yet: loads and stores (an inline TLB probe that
- * exits to the executor on a miss), branches and chaining of runs, and
- * keeping registers across runs. That is where QEMU's speed comes from.
+ * What it does not do yet: branches and chaining of runs, keeping
+ * registers across runs, F/D. That is where the rest of QEMU's speed
+ * comes from.
  */
 #include "cpu/internal.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <sys/mman.h>
 
 #define JIT_ARENA (4u << 20)
 #define JIT_MAX_INSNS 48
-#define JIT_REGS 6
-#define JIT_MAX_BYTES (16 + JIT_MAX_INSNS * 24 + JIT_REGS * 8)
+#define JIT_REGS 10
+/* per instruction at most a probe, a load and an exit stub */
+#define JIT_MAX_BYTES (64 + JIT_MAX_INSNS * 160)
 
-/* host registers that may hold guest registers (caller-saved, so the
- * function needs no prologue); rax and rcx are scratch, rdi holds x */
-static const uint8_t host_reg[JIT_REGS] = { 6 /* rsi */, 2 /* rdx */, 8, 9, 10, 11 };
-enum { RAX = 0, RCX = 1, RDI = 7 };
+/* host registers that may hold guest registers; rax, rcx and rdx are
+ * scratch, rdi holds x and rsi the TLB set. The callee-saved ones are
+ * saved by the prologue. */
+static const uint8_t host_reg[JIT_REGS] = { 8, 9, 10, 11, 3 /* rbx */, 5 /* rbp */,
+					    12, 13, 14, 15 };
+enum { RAX = 0, RCX = 1, RDX = 2, RSI = 6, RDI = 7 };
+#define TLB_W_OFFSET ((uint32_t)offsetof(struct tlb_set, w))
 
 struct emitter {
 	uint8_t *p;
+	unsigned count, bytes;       /* instructions and bytes compiled so far */
 	int8_t slot_of[33];          /* guest reg -> index in host_reg, -1 */
 	bool dirty[JIT_REGS];
 	uint8_t guest_of[JIT_REGS];
@@ -144,8 +153,15 @@ static int reg(struct emitter *em, unsigned g, bool load)
 	return host_reg[s];
 }
 
+static bool mem_op(uint8_t op)
+{
+	return op >= OP_LB && op <= OP_SD;
+}
+
 static bool jit_op(uint8_t op)
 {
+	if (mem_op(op))
+		return true;
 	switch (op) {
 	case OP_ADDI: case OP_XORI: case OP_ORI: case OP_ANDI:
 	case OP_SLLI: case OP_SRLI: case OP_SRAI:
@@ -164,13 +180,84 @@ static bool has_rs2(uint8_t op)
 	return op >= OP_ADD;     /* the register-register ones come after the immediates */
 }
 
+static void u32at(uint8_t *at, uint32_t v) { memcpy(at, &v, 4); }
+
+/* Leave the run before the current instruction: write back what the run
+ * wrote so far and return (bytes done << 8 | instructions done). */
+static void exit_stub(struct emitter *em)
+{
+	for (unsigned s = 0; s < em->used; s++)
+		if (em->dirty[s])
+			store_guest(em, host_reg[s], em->guest_of[s]);
+	byte(em, 0xb8);                                   /* mov eax, imm32 */
+	u32le(em, em->bytes << 8 | em->count);
+	emit(em, 10, 0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b);
+	byte(em, 0xc3);
+}
+
+/* A load or store: the TLB probe inline, the slow path by leaving the run
+ * at this instruction (the executor does it, exactly as without JIT). */
+static void compile_mem(struct emitter *em, const struct dinsn *d, int a, int b)
+{
+	static const unsigned size[] = { 1, 2, 4, 8, 1, 2, 4, 1, 2, 4, 8 };
+	unsigned sz = size[d->op - OP_LB];
+	bool st = d->op >= OP_SB;
+	uint32_t set = st ? TLB_W_OFFSET : 0;
+	mov_rr(em, RAX, (unsigned)a);
+	alu_rax_imm(em, 0, d->imm);                       /* rax = va */
+	mov_rr(em, RCX, RAX);
+	emit(em, 4, 0x48, 0xc1, 0xe9, PAGE_SHIFT);        /* shr rcx, 12 */
+	emit(em, 2, 0x89, 0xca);                          /* mov edx, ecx */
+	emit(em, 2, 0x81, 0xe2); u32le(em, TLB_SIZE - 1); /* and edx, TLB_SIZE-1 */
+	emit(em, 3, 0xc1, 0xe2, 4);                       /* shl edx, 4 */
+	emit(em, 4, 0x48, 0x3b, 0x8c, 0x16); u32le(em, set); /* cmp rcx, [rsi+rdx+set] */
+	emit(em, 2, 0x0f, 0x85); uint8_t *j1 = em->p; u32le(em, 0); /* jne stub */
+	uint8_t *j2 = NULL;
+	if (sz > 1) {
+		emit(em, 2, 0x89, 0xc1);                  /* mov ecx, eax */
+		emit(em, 2, 0x81, 0xe1); u32le(em, 0xfff); /* and ecx, 0xfff */
+		emit(em, 2, 0x81, 0xf9); u32le(em, (uint32_t)(PAGE_SIZE - sz)); /* cmp ecx, */
+		emit(em, 2, 0x0f, 0x87); j2 = em->p; u32le(em, 0); /* ja stub */
+	}
+	byte(em, 0xe9); uint8_t *j3 = em->p; u32le(em, 0);   /* jmp hit */
+	uint8_t *stub = em->p;
+	exit_stub(em);
+	uint8_t *hit = em->p;
+	u32at(j1, (uint32_t)(stub - (j1 + 4)));
+	if (j2)
+		u32at(j2, (uint32_t)(stub - (j2 + 4)));
+	u32at(j3, (uint32_t)(hit - (j3 + 4)));
+	emit(em, 4, 0x48, 0x8b, 0x8c, 0x16); u32le(em, set + 8); /* mov rcx, [rsi+rdx+set+8] */
+	if (st) {
+		mov_rr(em, RDX, (unsigned)b);
+		switch (sz) {                              /* mov [rax+rcx], dl/dx/edx/rdx */
+		case 1: emit(em, 3, 0x88, 0x14, 0x08); break;
+		case 2: emit(em, 4, 0x66, 0x89, 0x14, 0x08); break;
+		case 4: emit(em, 3, 0x89, 0x14, 0x08); break;
+		case 8: emit(em, 4, 0x48, 0x89, 0x14, 0x08); break;
+		}
+		return;
+	}
+	switch (d->op) {                                  /* rax = [rax+rcx], extended */
+	case OP_LB: emit(em, 5, 0x48, 0x0f, 0xbe, 0x04, 0x08); break;
+	case OP_LH: emit(em, 5, 0x48, 0x0f, 0xbf, 0x04, 0x08); break;
+	case OP_LW: emit(em, 4, 0x48, 0x63, 0x04, 0x08); break;
+	case OP_LD: emit(em, 4, 0x48, 0x8b, 0x04, 0x08); break;
+	case OP_LBU: emit(em, 4, 0x0f, 0xb6, 0x04, 0x08); break;
+	case OP_LHU: emit(em, 4, 0x0f, 0xb7, 0x04, 0x08); break;
+	case OP_LWU: emit(em, 3, 0x8b, 0x04, 0x08); break;
+	}
+}
+
 /* Emit one instruction; false if it needs more host registers than are
  * free (nothing emitted then). */
 static bool compile_one(struct emitter *em, const struct dinsn *d)
 {
 	/* make sure every register it names has a home first */
 	unsigned need = 0;
-	unsigned names[3] = { d->rs1, has_rs2(d->op) ? d->rs2 : d->rs1, d->rd };
+	bool st = d->op >= OP_SB && d->op <= OP_SD;
+	bool two = has_rs2(d->op) || st;
+	unsigned names[3] = { d->rs1, two ? d->rs2 : d->rs1, st ? d->rs1 : d->rd };
 	for (unsigned i = 0; i < 3; i++) {
 		bool seen = em->slot_of[names[i]] >= 0;
 		for (unsigned j = 0; j < i; j++)
@@ -180,7 +267,13 @@ static bool compile_one(struct emitter *em, const struct dinsn *d)
 	if (em->used + need > JIT_REGS)
 		return false;
 	int a = reg(em, d->rs1, true);
-	int b = has_rs2(d->op) ? reg(em, d->rs2, true) : -1;
+	int b = two ? reg(em, d->rs2, true) : -1;
+	if (mem_op(d->op)) {
+		compile_mem(em, d, a, b);
+		if (st)
+			return true;
+		goto result;
+	}
 	mov_rr(em, RAX, (unsigned)a);
 	switch (d->op) {
 	case OP_ADDI: alu_rax_imm(em, 0, d->imm); break;
@@ -219,6 +312,7 @@ static bool compile_one(struct emitter *em, const struct dinsn *d)
 		break;
 	}
 	}
+result:;
 	int r = reg(em, d->rd, false);
 	mov_rr(em, (unsigned)r, RAX);
 	em->dirty[em->slot_of[d->rd]] = true;
@@ -231,8 +325,9 @@ static bool compile_one(struct emitter *em, const struct dinsn *d)
 void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
 {
 	struct dinsn *first = &dp->slot[i];
-	if (!jit_op(first->op))
-		return;
+	if (!jit_op(first->op) || mem_op(first->op))
+		return;      /* a run starts with ALU work: a memory access that
+			      * left a run is redone by the executor from its slot */
 	if (!h->jit_arena) {
 		void *a = mmap(NULL, JIT_ARENA, PROT_READ | PROT_WRITE | PROT_EXEC,
 			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -248,6 +343,7 @@ void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
 	}
 	struct emitter em = { .p = h->jit_arena + h->jit_used };
 	memset(em.slot_of, -1, sizeof(em.slot_of));
+	emit(&em, 10, 0x53, 0x55, 0x41, 0x54, 0x41, 0x55, 0x41, 0x56, 0x41, 0x57);  /* push */
 	unsigned count = 0, bytes = 0, at = i;
 	struct dinsn d = *first;
 	while (count < JIT_MAX_INSNS && bytes + d.len <= 240 && jit_op(d.op)) {
@@ -255,6 +351,8 @@ void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
 			break;
 		count++;
 		bytes += d.len;
+		em.count = count;
+		em.bytes = bytes;
 		at += d.len / 2;
 		if (at >= DPAGE_SLOTS)
 			break;
@@ -263,10 +361,7 @@ void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
 	}
 	if (count < 2)
 		return;                       /* not worth a call: emitted code is dropped */
-	for (unsigned s = 0; s < em.used; s++)
-		if (em.dirty[s])
-			store_guest(&em, host_reg[s], em.guest_of[s]);
-	byte(&em, 0xc3);                      /* ret */
+	exit_stub(&em);                       /* the end: all of it done */
 	uint32_t off = h->jit_used;
 	h->jit_used = (uint32_t)(em.p - h->jit_arena + 15) & ~15u;
 	*first = (struct dinsn){ .op = OP_JIT, .rd = (uint8_t)count, .len = (uint8_t)bytes,

@@ -132,6 +132,16 @@ static int setup(void **state)
 	return 0;
 }
 
+/* The same, with the JIT on (jit.c): the tests registered with it must
+ * come out the same. */
+static int setup_jit(void **state)
+{
+	setup(state);
+	struct fixture *f = *state;
+	f->h->jit = true;
+	return 0;
+}
+
 static int teardown(void **state)
 {
 	struct fixture *f = *state;
@@ -493,6 +503,13 @@ int main(void)
 		cmocka_unit_test_setup_teardown(instruction_across_a_page_end, setup, teardown),
 		cmocka_unit_test_setup_teardown(sv39_walk_sets_accessed_and_dirty, setup, teardown),
 		cmocka_unit_test_setup_teardown(csrs_keep_their_rules, setup, teardown),
+		/* again under the JIT: runs with loads and stores, exits on TLB misses */
+		cmocka_unit_test_setup_teardown(fault_inside_a_block_is_precise, setup_jit, teardown),
+		cmocka_unit_test_setup_teardown(mmio_goes_to_the_bus, setup_jit, teardown),
+		cmocka_unit_test_setup_teardown(written_code_runs_new_bytes, setup_jit, teardown),
+		cmocka_unit_test_setup_teardown(dirty_log_sees_first_store_after_harvest, setup_jit,
+						teardown),
+		cmocka_unit_test_setup_teardown(missing_page_is_fetched_first, setup_jit, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
