@@ -50,6 +50,7 @@ struct migration {
 	uint64_t predicted_downtime_ms;
 	uint64_t throttled_ms;          /* guest time the throttle took, past rounds */
 	uint64_t round_start_ms;        /* the round under way (0: none) */
+	uint64_t pause_start_ms;        /* the switchover under way (0: none) */
 
 	/* pre-copy's dirty-rate sample, taken early in each round before the
 	 * hot set saturates (only the outgoing thread touches these) */

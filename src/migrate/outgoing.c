@@ -342,6 +342,7 @@ static void publish_round(struct migration *mg, struct mig_stream *s,
 	mg->predicted_total_ms = d->predicted_total_ms;
 	mg->predicted_downtime_ms = d->predicted_downtime_ms;
 	mg->throttled_ms += plan_throttled_ms(round_ms, round_throttle);
+	mg->round_start_ms = 0;         /* counted: no round under way */
 	mg->stalled = d->stalled;
 	snprintf(mg->phase, sizeof(mg->phase), "%s", why);
 	mg->transferred = mig_stream_bytes(s);
@@ -599,8 +600,8 @@ static void *outgoing_thread(void *arg)
 	machine_pause(m);
 	paused = true;
 	pthread_mutex_lock(&mg->lock);
-	mg->throttled_ms += plan_throttled_ms(t_stop - mg->round_start_ms, mg->throttle_pct);
-	mg->round_start_ms = 0;
+	mg->pause_start_ms = t_stop;
+	snprintf(mg->phase, sizeof(mg->phase), "switchover: the guest is paused");
 	pthread_mutex_unlock(&mg->lock);
 	if (send_final_state(mg, s, bitmap)) {
 		fail_stream(mg, s, "switchover", NULL);
@@ -972,6 +973,11 @@ static void add_bounds(struct migration *mg, json_t *r)
 		json_object_set_new(r, "throttle_pct", json_integer(pct));
 		if (mg->round_start_ms)
 			throttled += plan_throttled_ms(mig_now_ms() - mg->round_start_ms, pct);
+		/* a switchover under way: the pause so far */
+		if (mg->pause_start_ms)
+			json_object_set_new(r, "downtime_ms",
+					    json_integer((json_int_t)(mig_now_ms() -
+								      mg->pause_start_ms)));
 	}
 	json_object_set_new(r, "max_total_s", json_integer((json_int_t)mg->max_total_s));
 	json_object_set_new(r, "pause_bound_ms",

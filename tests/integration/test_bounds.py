@@ -182,8 +182,14 @@ def test_switchover_past_its_pause_bound_resumes_the_guest():
             try:
                 q = src.qmp()
                 q.cmd("migrate", uri=link.uri, downtime_ms=100)
+                wait_until(link.frozen.is_set, 60, "the switchover")
+                live = q.cmd("query-migrate")
                 r = wait_migration(q, timeout=60)
                 assert link.frozen.is_set(), r
+                if live["status"] == "active":
+                    # the pause shows while it lasts (it said 0 before)
+                    assert "switchover" in live["phase"], live
+                    assert live["downtime_ms"] > 0, live
                 assert r["status"] == "failed", r
                 assert "pause bound" in r["error"], r
                 # the pause it reports is what the bound allowed
