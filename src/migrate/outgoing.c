@@ -601,7 +601,9 @@ static void *outgoing_thread(void *arg)
 	paused = true;
 	pthread_mutex_lock(&mg->lock);
 	mg->pause_start_ms = t_stop;
-	snprintf(mg->phase, sizeof(mg->phase), "switchover: the guest is paused");
+	char decided[sizeof(mg->phase)];
+	memcpy(decided, mg->phase, sizeof(decided));
+	snprintf(mg->phase, sizeof(mg->phase), "switchover, guest paused: %.130s", decided);
 	pthread_mutex_unlock(&mg->lock);
 	if (send_final_state(mg, s, bitmap)) {
 		fail_stream(mg, s, "switchover", NULL);
