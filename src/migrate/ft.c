@@ -744,6 +744,7 @@ struct ft_secondary {
 	int decide[2];                  /* ft-takeover writes here */
 	atomic_bool takeover;
 	uint64_t committed, received_bytes, last_epoch_ms;
+	uint64_t committed_digest;      /* RAM as of the committed epoch */
 	uint64_t discarded;             /* an epoch cut short, never applied */
 
 	/* receiving (main thread only) */
@@ -833,7 +834,7 @@ static bool ft_stage_matches(struct ft_secondary *sec, uint64_t digest, uint64_t
 }
 
 /* The epoch is whole and verified: apply it. */
-static void ft_commit(struct ft_secondary *sec, uint64_t epoch)
+static void ft_commit(struct ft_secondary *sec, uint64_t epoch, uint64_t digest)
 {
 	struct machine *m = sec->vmm->machine;
 	for (uint64_t i = 0; i < sec->nstage; i++)
@@ -850,6 +851,7 @@ static void ft_commit(struct ft_secondary *sec, uint64_t epoch)
 	sec->staging = false;
 	pthread_mutex_lock(&sec->lock);
 	sec->committed = epoch;
+	sec->committed_digest = digest;
 	sec->last_epoch_ms = mig_now_ms();
 	pthread_mutex_unlock(&sec->lock);
 }
@@ -870,6 +872,7 @@ static int ft_receive(struct ft_secondary *sec, struct mig_stream *s,
 {
 	struct machine *m = sec->vmm->machine;
 	struct ft_grammar g;
+	uint64_t digest = 0;
 	int r = -1;
 	ft_grammar_init(&g, remote);
 	mig_stream_set_sink(s, ft_sink, sec);
@@ -901,6 +904,7 @@ static int ft_receive(struct ft_secondary *sec, struct mig_stream *s,
 			ft_state_clear(&sec->pending);
 			break;
 		case MIG_SEC_DIGEST:
+			digest = in.digest;
 			sec->digest_ok = ft_stage_matches(sec, in.digest, remote->ram_size);
 			if (!sec->digest_ok) {
 				snprintf(err, errlen, "epoch %llu fails its memory digest: not "
@@ -910,7 +914,7 @@ static int ft_receive(struct ft_secondary *sec, struct mig_stream *s,
 			}
 			break;
 		case MIG_SEC_END: {
-			ft_commit(sec, g.epoch);
+			ft_commit(sec, g.epoch, digest);
 			uint8_t num[8];
 			put_le64(num, g.epoch);
 			if (mig_write_section(s, MIG_SEC_EPOCH_ACK, num, 8) || mig_flush(s)) {
@@ -1033,6 +1037,14 @@ static int ft_take_over(struct ft_secondary *sec, char *err, size_t errlen)
 	struct vmm *v = sec->vmm;
 	struct machine *m = v->machine;
 	sec_set_status(sec, SEC_TAKING_OVER, NULL);
+	/* the last word before running: all of RAM is the committed epoch's */
+	uint64_t here = mig_ram_digest(m->ram, sec->guest_pages * PAGE_SIZE);
+	if (here != sec->committed_digest) {
+		snprintf(err, errlen, "RAM does not match epoch %llu's digest (%016llx, here "
+			 "%016llx): refusing to run", (unsigned long long)sec->committed,
+			 (unsigned long long)sec->committed_digest, (unsigned long long)here);
+		return -1;
+	}
 	for (unsigned i = 0; i < sec->committed_state.n; i++) {
 		const struct ft_record *r = &sec->committed_state.rec[i];
 		struct mig_section s = { .type = r->type, .hart = r->hart,
