@@ -188,6 +188,37 @@ def test_tls_checks_certificates_both_ways():
                 assert_completes(src, dst, uri, secret_file=str(secret))
 
 
+def test_postcopy_over_tls():
+    """Post-copy reads and writes one TLS session from two threads on each
+    side (page requests against pushed pages)."""
+    need_tool("certtool", "gnutls-bin")
+    with tempfile.TemporaryDirectory(prefix="ferry-certs-") as tmp:
+        c = Certs(tmp)
+        ca = c.ca("good")
+        both = c.make("both", ca, server_ca=ca, client_ca=ca)
+        with memload_vm("src", args=["--tls-creds", both], mib=48) as src:
+            src.wait_for(PASS_RE, timeout=120)
+            dst, uri = destination("dst", args=["--tls-creds", both])
+            with dst:
+                q = src.qmp()
+                q.events()
+                # a capped link and a budget the hot set cannot meet: post-copy
+                q.cmd("migrate", uri=uri, bandwidth_mbps=40, postcopy=True, max_total_s=20)
+                statuses = []
+                while True:
+                    ev = q.wait_event("MIGRATION", timeout=120)
+                    statuses.append(ev["data"]["status"])
+                    if statuses[-1] in ("completed", "failed", "cancelled"):
+                        break
+                assert statuses[-1] == "completed", ev
+                assert "postcopy" in statuses, statuses
+                assert ev["data"]["postcopy_requests"] > 0, ev
+                assert src.quit() == 0, src.tail()
+                for _ in range(3):
+                    dst.wait_for(PASS_RE, timeout=60)
+                assert "memload: ERROR" not in dst.console(), dst.tail()
+
+
 # ---- the secret ----------------------------------------------------------------
 
 def test_secret_is_proven_both_ways():
