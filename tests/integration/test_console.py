@@ -23,11 +23,17 @@ FERRY_KEEP_TMP=1; FERRY_SHOTS=DIR puts them in DIR.
 Skipped when not root (namespaces) or when chromium or node is missing.
 """
 
+import base64
+import hashlib
+import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from ferrylib import BUILD, GUEST_IMAGE, GUEST_INITRD, REPO, need_root, need_tool, require_file
@@ -114,3 +120,137 @@ def test_console_migration_in_chromium():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"kept {tmp} (screenshots in {shots}, lab logs in {lab_dir / 'logs'})")
+
+
+# ---- the API the console pages with, on an inventory without a lab ----------
+
+def _center_with_report_only_hosts(tmp, procs, hosts, vms_per_host):
+    """etcd (one member), the benchmark's fake ferryd answering for every
+    host, ferry-center (their processes appended to procs); hosts
+    registered in etcd as ferryds do, VMs created through the API. Returns
+    call(method, path, body) -> (status, reply)."""
+    need_tool("etcd", "etcd-server")
+    require_file(BUILD / "ferry-center", "ninja -C build")
+
+    def port():
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        return p
+    etcd_port, peer_port, fake_port, center_port = port(), port(), port(), port()
+    log = open(tmp / "daemons.log", "w")
+    procs.append(subprocess.Popen([
+        "etcd", "--name", "m0", "--data-dir", str(tmp / "etcd"),
+        "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+        "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+        "--initial-cluster", f"m0=http://127.0.0.1:{peer_port}"], stdout=log, stderr=log))
+    procs.append(subprocess.Popen([sys.executable, str(REPO / "bench" / "scale.py"),
+                                   "--fake-ferryd", str(fake_port)], stdout=log, stderr=log))
+    token = "t-" + os.urandom(8).hex()
+    (tmp / "tokens").write_text("admin %s tester\nagent %s agent\npresent agent-x\n" % (
+        hashlib.sha256(token.encode()).hexdigest(), hashlib.sha256(b"agent-x").hexdigest()))
+    procs.append(subprocess.Popen([str(BUILD / "ferry-center"), "--listen",
+                                   f"127.0.0.1:{center_port}", "--db", str(tmp / "c.db"),
+                                   "--etcd", f"http://127.0.0.1:{etcd_port}",
+                                   "--token-file", str(tmp / "tokens")], stdout=log, stderr=log))
+
+    def call(method, path, body=None):
+        c = http.client.HTTPConnection("127.0.0.1", center_port, timeout=30)
+        headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+        c.request(method, "/api/v1" + path, json.dumps(body) if body is not None else None,
+                  headers)
+        r = c.getresponse()
+        return r.status, json.loads(r.read() or b"null")
+
+    def etcd_put(key, value):
+        c = http.client.HTTPConnection("127.0.0.1", etcd_port, timeout=10)
+        c.request("POST", "/v3/kv/put", json.dumps({
+            "key": base64.b64encode(key.encode()).decode(),
+            "value": base64.b64encode(value.encode()).decode()}))
+        assert c.getresponse().status == 200
+
+    deadline = time.time() + 30
+    while True:
+        try:
+            etcd_put("/ferry/probe", "1")
+            if call("GET", "/whoami")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.time() < deadline, f"etcd or ferry-center did not start (see {tmp})"
+        time.sleep(0.2)
+    for i in range(1, hosts + 1):
+        etcd_put(f"/ferry/hosts/h{i}", json.dumps({
+            "name": f"h{i}", "url": f"http://127.0.0.1:{fake_port}/h{i}", "address": "127.0.0.1"}))
+    while call("GET", "/cluster")[1]["hosts"] < hosts:
+        assert time.time() < deadline + 30, "ferry-center did not see every host"
+        time.sleep(0.2)
+    for i in range(1, hosts + 1):
+        for k in range(vms_per_host):
+            st, r = call("POST", "/vms", {"name": f"vm-h{i}-{k}", "kernel": "shared:Image",
+                                          "mem_mib": 256, "net": "lan", "host": f"h{i}"})
+            assert st == 201, r
+    return call
+
+
+def test_center_lists_page_search_and_recommend_limit():
+    """What the console relies on at scale: every list pages (offset,
+    limit) with the total of all matches, searches (q) and filters
+    (host=, vm=, state=); recommend?limit= returns the best N with the full
+    counts beside; migrate --to checks the named host (and refuses the
+    source, 404s an unknown host). 30 report-only hosts, 120 VMs."""
+    tmp = Path(tempfile.mkdtemp(prefix="ferry-console-api-"))
+    procs = []
+    try:
+        call = _center_with_report_only_hosts(tmp, procs, 30, 4)
+        st, r = call("GET", "/hosts?offset=10&limit=10")
+        assert st == 200 and r["total"] == 30 and len(r["hosts"]) == 10, r
+        names = sorted(f"h{i}" for i in range(1, 31))
+        assert [h["name"] for h in r["hosts"]] == names[10:20]
+        st, r = call("GET", "/hosts?q=h2&limit=100")
+        assert r["total"] == 11 and all("h2" in h["name"] for h in r["hosts"]), r
+
+        st, r = call("GET", "/vms?offset=100&limit=50")
+        assert r["total"] == 120 and len(r["vms"]) == 20, (r["total"], len(r["vms"]))
+        st, r = call("GET", "/vms?q=h1&limit=100")       # vm-h1-*, vm-h1N-*
+        assert r["total"] == 44 and all("h1" in v["name"] for v in r["vms"]), r["total"]
+        st, r = call("GET", "/vms?host=h3&limit=100")
+        assert r["total"] == 4 and {v["host"] for v in r["vms"]} == {"h3"}, r
+        st, r = call("GET", "/vms?host=h3&q=-2&limit=100")
+        assert [v["name"] for v in r["vms"]] == ["vm-h3-2"], r
+
+        st, r = call("GET", "/vms/vm-h3-0/recommend?limit=5")
+        assert st == 200 and len(r["candidates"]) == 5 and r["candidates_total"] == 29, r
+        assert r["refused_total"] == 1 and r["refused"][0]["host"] == "h3", r
+        assert [c["rank"] for c in r["candidates"]] == [1, 2, 3, 4, 5], r
+        full = call("GET", "/vms/vm-h3-0/recommend")[1]
+        assert len(full["candidates"]) == 29, len(full["candidates"])
+        assert [c["host"] for c in full["candidates"][:5]] == [c["host"] for c in r["candidates"]]
+
+        st, r = call("POST", "/vms/vm-h3-0/migrate", {"to": "h7"})
+        assert st == 202 and r["task"]["destination"] == "h7", r
+        st, r = call("POST", "/vms/vm-h4-0/migrate", {"to": "h4"})
+        assert st == 409 and "runs there" in r["error"]["message"], r
+        st, r = call("POST", "/vms/vm-h4-0/migrate", {"to": "h99"})
+        assert st == 404, r
+        st, r = call("GET", "/tasks?vm=vm-h3-0")     # newest first: migrate, create
+        assert r["total"] == 2 and r["tasks"][0]["destination"] == "h7", r
+        assert [t["kind"] for t in r["tasks"]] == ["migrate", "create"], r
+        st, r = call("GET", "/tasks?state=succeeded&limit=1")
+        assert r["total"] >= 120 and len(r["tasks"]) == 1, r   # the creations
+        st, r = call("GET", "/audit?limit=10")
+        assert len(r["records"]) == 10 and r["total"] >= 123, r["total"]
+        st, r = call("GET", "/audit?vm=vm-h4-0")
+        assert r["total"] == 3 and len(r["records"]) == 3, r   # create, 2 refused migrates
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
