@@ -254,7 +254,8 @@ static struct mig_tls *load_tls(const struct options *o)
 	struct mig_tls *tls = mig_tls_load(o->tls_creds, err, sizeof(err));
 	if (!tls)
 		bad_arg("--tls-creds: %s", err);
-	if (o->incoming && !strncmp(o->incoming, "tcp:", 4) && !mig_tls_can_serve(tls))
+	if (((o->incoming && !strncmp(o->incoming, "tcp:", 4)) || o->ft_secondary) &&
+	    !mig_tls_can_serve(tls))
 		bad_arg("--tls-creds %s: a destination needs server-cert.pem and "
 			"server-key.pem", o->tls_creds);
 	return tls;
