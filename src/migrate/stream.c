@@ -1196,7 +1196,13 @@ int mig_read_config(struct mig_stream *s, struct mig_config *cfg)
 	uint8_t hdr[HDR_BYTES];
 	struct mig_section sec;
 	memset(cfg, 0, sizeof(*cfg));
-	if (s->failed || in_get(s, hdr, sizeof(hdr), "the stream header"))
+	if (s->failed || in_get(s, hdr, 1, "the stream header"))
+		return -1;
+	/* a TLS record (alert 0x15, handshake 0x16) where 'F' was due */
+	if (hdr[0] == 0x15 || hdr[0] == 0x16)
+		return fail(s, "migration stream: the peer speaks TLS: start this ferry-vm "
+			    "with --tls-creds too");
+	if (in_get(s, hdr + 1, sizeof(hdr) - 1, "the stream header"))
 		return -1;
 	if (get_le32(hdr) == MIG_SEC_ERROR && get_le32(hdr + 4) == 0) {
 		/* a peer that refuses us before its own header says why */

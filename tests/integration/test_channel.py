@@ -179,7 +179,7 @@ def test_tls_checks_certificates_both_ways():
                 # a source that trusts another CA refuses the destination
                 assert_refused(wrongca, uri, "certificate")
                 # no TLS at all: nothing is accepted
-                assert_refused(plain, uri, "")
+                assert_refused(plain, uri, "TLS")
                 assert dst.running(), dst.tail()
                 wait_until(lambda: dst.output().count("refused a connection") >= 3, 30,
                            "the destination logs each refused connection")
