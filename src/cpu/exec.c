@@ -156,7 +156,9 @@ dispatch:
 			uint32_t r = ((uint32_t (*)(uint64_t *, struct tlb_set *))(void *)
 				      (h->jit_arena + e->insn))(x, tlb);
 			n += r & 0xff;
-			e += (r >> 8) >> 1;
+			if (r >> 31)               /* its final branch was taken */
+				JUMP(PC() + (uint64_t)(int64_t)e->imm);
+			e += (r >> 8 & 0xff) >> 1;
 			DISPATCH();
 		}
 		OP(PAGE_END) {

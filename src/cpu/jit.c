@@ -22,8 +22,12 @@
  * (and compiled) afresh, and when the arena is full the hart drops all its
  * decoded code at the next safe point and starts over.
  *
- * What it does not do yet: branches and chaining of runs, keeping
- * registers across runs, F/D. That is where the rest of QEMU's speed
+ * A run may end with a conditional branch: taken, it returns with bit 31
+ * set and the executor jumps (to the target's slot if on the same page,
+ * with the budget and the request word checked as for any block end).
+ *
+ * What it does not do yet: jumps (jal/jalr need the virtual pc), chaining
+ * runs into each other, keeping registers across runs, F/D. That is where the rest of QEMU's speed
  * comes from.
  */
 #include "cpu/internal.h"
@@ -158,9 +162,14 @@ static bool mem_op(uint8_t op)
 	return op >= OP_LB && op <= OP_SD;
 }
 
+static bool branch_op(uint8_t op)
+{
+	return op >= OP_BEQ && op <= OP_BGEU;
+}
+
 static bool jit_op(uint8_t op)
 {
-	if (mem_op(op))
+	if (mem_op(op) || branch_op(op))
 		return true;
 	switch (op) {
 	case OP_ADDI: case OP_XORI: case OP_ORI: case OP_ANDI:
@@ -249,6 +258,33 @@ static void compile_mem(struct emitter *em, const struct dinsn *d, int a, int b)
 	}
 }
 
+/* A conditional branch, the last instruction of a run: taken, the run
+ * returns with bit 31 set and the branch not counted (the executor's
+ * jump counts it and goes to the target); not taken, the run ends after
+ * it as usual. */
+static void compile_branch(struct emitter *em, const struct dinsn *d, int a, int b)
+{
+	static const uint8_t jcc[] = { 0x84, 0x85, 0x8c, 0x8d, 0x82, 0x83 }; /* eq ne l ge b ae */
+	mov_rr(em, RAX, (unsigned)a);
+	emit(em, 3, 0x48 | (b >= 8 ? 4 : 0), 0x39, 0xc0 | (b & 7) << 3);  /* cmp rax, b */
+	emit(em, 2, 0x0f, jcc[d->op - OP_BEQ]);
+	uint8_t *j = em->p;
+	u32le(em, 0);
+	em->count++;                        /* not taken: done, with the branch */
+	em->bytes += d->len;
+	exit_stub(em);
+	em->count--;
+	em->bytes -= d->len;
+	u32at(j, (uint32_t)(em->p - (j + 4)));
+	for (unsigned s = 0; s < em->used; s++)       /* taken */
+		if (em->dirty[s])
+			store_guest(em, host_reg[s], em->guest_of[s]);
+	byte(em, 0xb8);
+	u32le(em, 1u << 31 | em->bytes << 8 | em->count);
+	emit(em, 10, 0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b);
+	byte(em, 0xc3);
+}
+
 /* Emit one instruction; false if it needs more host registers than are
  * free (nothing emitted then). */
 static bool compile_one(struct emitter *em, const struct dinsn *d)
@@ -256,8 +292,9 @@ static bool compile_one(struct emitter *em, const struct dinsn *d)
 	/* make sure every register it names has a home first */
 	unsigned need = 0;
 	bool st = d->op >= OP_SB && d->op <= OP_SD;
-	bool two = has_rs2(d->op) || st;
-	unsigned names[3] = { d->rs1, two ? d->rs2 : d->rs1, st ? d->rs1 : d->rd };
+	bool br = branch_op(d->op);
+	bool two = has_rs2(d->op) || st || br;
+	unsigned names[3] = { d->rs1, two ? d->rs2 : d->rs1, st || br ? d->rs1 : d->rd };
 	for (unsigned i = 0; i < 3; i++) {
 		bool seen = em->slot_of[names[i]] >= 0;
 		for (unsigned j = 0; j < i; j++)
@@ -268,6 +305,10 @@ static bool compile_one(struct emitter *em, const struct dinsn *d)
 		return false;
 	int a = reg(em, d->rs1, true);
 	int b = two ? reg(em, d->rs2, true) : -1;
+	if (br) {
+		compile_branch(em, d, a, b);
+		return true;
+	}
 	if (mem_op(d->op)) {
 		compile_mem(em, d, a, b);
 		if (st)
@@ -325,7 +366,7 @@ result:;
 void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
 {
 	struct dinsn *first = &dp->slot[i];
-	if (!jit_op(first->op) || mem_op(first->op))
+	if (!jit_op(first->op) || mem_op(first->op) || branch_op(first->op))
 		return;      /* a run starts with ALU work: a memory access that
 			      * left a run is redone by the executor from its slot */
 	if (!h->jit_arena) {
@@ -345,10 +386,20 @@ void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
 	memset(em.slot_of, -1, sizeof(em.slot_of));
 	emit(&em, 10, 0x53, 0x55, 0x41, 0x54, 0x41, 0x55, 0x41, 0x56, 0x41, 0x57);  /* push */
 	unsigned count = 0, bytes = 0, at = i;
+	int32_t target = 0;
+	bool ended = false;
 	struct dinsn d = *first;
 	while (count < JIT_MAX_INSNS && bytes + d.len <= 240 && jit_op(d.op)) {
+		if (branch_op(d.op))
+			target = (int32_t)bytes + d.imm;   /* from the run's start */
 		if (!compile_one(&em, &d))
 			break;
+		if (branch_op(d.op)) {
+			count++;
+			bytes += d.len;
+			ended = true;              /* it emitted both exits */
+			break;
+		}
 		count++;
 		bytes += d.len;
 		em.count = count;
@@ -361,11 +412,12 @@ void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
 	}
 	if (count < 2)
 		return;                       /* not worth a call: emitted code is dropped */
-	exit_stub(&em);                       /* the end: all of it done */
+	if (!ended)
+		exit_stub(&em);               /* the end: all of it done */
 	uint32_t off = h->jit_used;
 	h->jit_used = (uint32_t)(em.p - h->jit_arena + 15) & ~15u;
 	*first = (struct dinsn){ .op = OP_JIT, .rd = (uint8_t)count, .len = (uint8_t)bytes,
-				 .insn = off };
+				 .imm = target, .insn = off };
 }
 
 void jit_reset(struct hart *h)
