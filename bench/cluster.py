@@ -59,7 +59,7 @@ def create(name, host, mem):
 def plane_runs(runs):
     create("bench1", "h1", 256)
     time.sleep(4)
-    walls, totals = [], []
+    walls, totals, estimates = [], [], []
     host = "h1"
     for _ in range(runs):
         host = "h2" if host == "h1" else "h1"
@@ -67,8 +67,10 @@ def plane_runs(runs):
         t = ferry("vm", "migrate", "bench1", "--to", host, "--wait")
         walls.append((time.monotonic() - t0) * 1000)
         totals.append(t["total_ms"])
+        estimates.append((t["estimate"]["total_ms"], t["total_ms"], t["estimate"]["downtime_ms"],
+                          t["downtime_ms"]))
     ferry("vm", "delete", "bench1")
-    return walls, totals
+    return walls, totals, estimates
 
 
 def direct_runs(runs, tmp):
@@ -173,7 +175,7 @@ def main():
     try:
         for f in (GUEST_IMAGE, GUEST_INITRD):
             subprocess.run(["cp", str(f), tmp + "/lab/shared/"], check=True)
-        pw, pt = plane_runs(args.runs)
+        pw, pt, est = plane_runs(args.runs)
         dw, dt = direct_runs(args.runs, tmp)
         print("\n1. one migration, idle 256 MiB guest, h1 <-> h2, %d runs (medians, ms)" % args.runs)
         bl.print_table(["path", "wall (start to succeeded)", "ferry-vm total_ms"], [
@@ -181,6 +183,10 @@ def main():
             ["by hand on the control socket", "%.0f" % statistics.median(dw), "%.0f" % statistics.median(dt)],
             ["plane overhead", "%.0f" % (statistics.median(pw) - statistics.median(dw)), ""]])
         print("   all walls, plane: %s; by hand: %s" % ([round(x) for x in pw], [round(x) for x in dw]))
+        print("\n   the wizard's estimate against the actual, each run (total ms, downtime ms):")
+        for i, (et, at, ed, ad) in enumerate(est):
+            print("     run %d: estimate %d / actual %d; downtime estimate %d / actual %d%s" % (
+                i + 1, et, at, ed, ad, "  (no migration measured yet: default)" if i == 0 else ""))
         print("\n2. evacuate %d idle 128 MiB guests from h1 (wizard picks h2/h3)" % args.evacuate_vms)
         rows = []
         for limit in (1, 2, 4):

@@ -151,7 +151,12 @@ static void refresh_host(const char *name, json_t *info)
 					  json_is_true(json_object_get(d, "present"))));
 		update_vms(name, json_object_get(rep, "vm_list"));
 	} else {
-		db_exec("UPDATE hosts SET alive = 0 WHERE name = ?", json_pack("[s]", name));
+		/* its lease says it lives: a ferryd restarting, or busy; the host
+		 * counts as dead only when the lease goes (below) */
+		static __thread time_t last_said;
+		if (time(NULL) - last_said > 10)
+			logf_("host %s: its ferryd does not answer: %s", name, err);
+		last_said = time(NULL);
 	}
 	pthread_mutex_unlock(&db_lock);
 	json_decref(rep);

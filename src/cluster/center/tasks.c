@@ -586,7 +586,7 @@ void *tasks_loop(void *arg)
 		json_decref(running);
 		start_queued();
 		/* follow running migrations closely; otherwise wait for news */
-		tasks_sleep(busy ? 100 : 250);
+		tasks_sleep(busy ? 50 : 250);
 	}
 	return NULL;
 }

@@ -301,7 +301,7 @@ static int watch_task(long long id)
 			draw_bar(t);
 		if (finished(t))
 			break;
-		usleep(100000);
+		usleep(50000);
 	}
 	if (tty)
 		fprintf(stderr, "\n");

@@ -139,7 +139,7 @@ static void follow(struct migration *m, struct qmp *q)
 		json_decref(r);
 		if (ended)
 			return;
-		usleep(50000);
+		usleep(25000);
 	}
 }
 
@@ -226,13 +226,18 @@ static void *migration_thread(void *arg)
 	if (!strcmp(m->status, "postmigrate"))
 		mig_set(m, "completed", NULL, NULL);
 	if (!strcmp(m->status, "completed")) {
-		json_decref(qmp_cmd(&q, "quit", NULL, 2000, err, sizeof(err)));
-		qmp_close(&q);
+		/* the guest runs on the destination: say so now, let go of the
+		 * source (paused in postmigrate) after */
 		pthread_mutex_lock(&vms_lock);
 		vm = vm_find(m->name);
 		if (vm)
 			vm->leaving = true;
 		pthread_mutex_unlock(&vms_lock);
+		pthread_mutex_lock(&mig_lock);
+		m->done = true;
+		pthread_mutex_unlock(&mig_lock);
+		json_decref(qmp_cmd(&q, "quit", NULL, 2000, err, sizeof(err)));
+		qmp_close(&q);
 		vm_destroy(m->name, err, sizeof(err));
 		logf_("VM %s migrated to %s", m->name, m->dest_url);
 	} else {
@@ -497,14 +502,14 @@ int incoming_start(json_t *req, json_t **reply, char *err, size_t errlen)
 			  fd_cfg.secure_incoming ? secret : NULL, err, errlen);
 	if (rc != 201)
 		return rc;
-	for (int i = 0; i < 500 && !listening(port); i++) {   /* 10 s */
+	for (int i = 0; i < 2000 && !listening(port); i++) {   /* 10 s */
 		pthread_mutex_lock(&vms_lock);
 		struct vm *vm = vm_find(name);
 		bool gone = !vm || vm->exited;
 		pthread_mutex_unlock(&vms_lock);
 		if (gone)
 			break;
-		usleep(20000);
+		usleep(5000);
 	}
 	if (!listening(port)) {
 		char *out = NULL;

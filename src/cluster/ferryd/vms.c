@@ -349,14 +349,14 @@ static bool spawn(struct vm *vm, char *const argv[], char *err, size_t errlen)
 		_exit(0);
 	}
 	waitpid(a, NULL, 0);
-	for (int i = 0; i < 200; i++) {   /* the pid file, within 2 s */
+	for (int i = 0; i < 1000; i++) {   /* the pid file, within 2 s */
 		char *pid = read_file(pid_path, NULL);
 		if (pid) {
 			vm->pid = atoi(pid);
 			free(pid);
 			return true;
 		}
-		usleep(10000);
+		usleep(2000);
 	}
 	snprintf(err, errlen, "ferry-vm did not start (no pid file in %s)", vm->dir);
 	return false;
