@@ -90,8 +90,10 @@ static void hosts_list(struct call *c)
 	const char *q = http_query(c->req, "q");
 	char like[200];
 	snprintf(like, sizeof(like), "%%%s%%", q ? q : "");
+	json_t *params = json_pack("[s, I, I]", like, (json_int_t)lim, (json_int_t)off);
 	json_t *rows = db_query("SELECT * FROM hosts WHERE name LIKE ? ORDER BY name LIMIT ? OFFSET ?",
-				json_pack("[s, I, I]", like, (json_int_t)lim, (json_int_t)off));
+				params);
+	json_decref(params);
 	json_t *total = db_row("SELECT count(*) AS n FROM hosts WHERE name LIKE ?",
 			       json_pack("[s]", like));
 	json_t *out = json_array();
