@@ -500,6 +500,8 @@ function progressCell(t) {
 			text.push(Math.round(p.rate_mbps) + ' Mbit/s');
 		if (p.remaining_ms)
 			text.push('~' + ms(p.remaining_ms) + ' left');
+		if (t.yielding)
+			text.push(t.yielding);
 	}
 	return el('td', {}, el('div', { class: 'bar', role: 'progressbar', 'aria-valuenow': pct },
 		el('span', { style: `width:${pct}%` })),
