@@ -44,8 +44,10 @@ What is proved, and how it would fail:
   host of a running migration dies (all its processes killed, its etcd
   member too, link cut): the task fails with a reason, the VM runs on at
   its source, the host is seen dead once its lease expires and the wizard
-  refuses it ("not responding"); with one etcd member gone the cluster
-  migrates the VM to the third host;
+  refuses it ("not responding"); a VM created there with --ha high is
+  started again on another host (an "ha-restart" task, audited; its
+  guest runs memload there), one with HA off is marked lost; with one
+  etcd member gone the cluster migrates the VM to the third host;
 - schedule and restarts (test_cluster_schedule_restart): a migration
   --at +8s is queued with "scheduled for", survives a restart of
   ferry-center (killed, started again on the same database) and then
@@ -540,7 +542,12 @@ def test_cluster_schedule_restart():
 def test_cluster_host_failure():
     with Lab() as lab:
         lab.create("f1", host="h1")
-        time.sleep(2)
+        lab.cli("vm", "create", "ha1", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", MEMLOAD, "--mem", "128", "--host", "h2",
+                "--ha", "high")
+        lab.create("noha", host="h2")
+        wait_until(lambda: memload_passes(lab.console("ha1")), 90, "memload on h2",
+                   interval=0.5)
         t = lab.cli("vm", "migrate", "f1", "--to", "h2", "--bandwidth-mbps", "4")
         wait_until(lambda: lab.task(t["id"])["state"] == "running", 30, "the task to run")
         wait_until(lambda: lab.procs("h2", "ferry-vm"), 30, "the incoming ferry-vm on h2")
@@ -562,6 +569,18 @@ def test_cluster_host_failure():
         rec = lab.cli("vm", "recommend", "f1")
         assert {r["host"]: r["reason"] for r in rec["refused"]}["h2"].startswith(
             "not responding"), rec
+        # HA: the VM that asked for it starts again elsewhere (and boots:
+        # memload runs there); the one with HA off is marked lost
+        vm = wait_until(lambda: (lambda v: v if v["host"] != "h2" and v["state"] == "running"
+                                 else None)(lab.vm("ha1")), 60, "ha1 to restart elsewhere")
+        wait_until(lambda: memload_passes(lab.console("ha1")), 90,
+                   "memload on " + vm["host"], interval=0.5)
+        assert lab.vm("noha")["state"] == "lost"
+        ha = lab.cli("task", "list", "--vm", "ha1")["tasks"][0]
+        assert ha["kind"] == "ha-restart" and ha["state"] == "succeeded", ha
+        assert ha["source"] == "h2" and ha["destination"] == vm["host"], ha
+        assert any(r["action"] == "ha.restart" and r["result"] == "ok"
+                   for r in lab.cli("audit", "--vm", "ha1")["records"])
         # etcd lost a member, the cluster works on
         t = lab.cli("vm", "migrate", "f1", "--wait")
         assert t["state"] == "succeeded" and t["destination"] == "h3", t

@@ -77,6 +77,9 @@ void audit_append(const char *user, const char *from, const char *action, const 
 		  const char *result, json_t *details);
 json_t *audit_verify(void);
 
+/* ha.c: a host's lease is gone; restart its HA VMs elsewhere */
+void ha_host_lost(const char *host);
+
 /* api.c */
 struct http_request;
 struct http_response;

@@ -192,6 +192,7 @@ void *inventory_loop(void *arg)
 		/* hosts whose lease is gone */
 		pthread_mutex_lock(&db_lock);
 		json_t *rows = db_query("SELECT name FROM hosts WHERE alive = 1", NULL);
+		json_t *lost = json_array();
 		size_t i, j;
 		json_t *r, *n;
 		json_array_foreach(rows, i, r) {
@@ -202,9 +203,13 @@ void *inventory_loop(void *arg)
 			if (!found) {
 				logf_("host %s: no heartbeat in etcd", h);
 				db_exec("UPDATE hosts SET alive = 0 WHERE name = ?", json_pack("[s]", h));
+				json_array_append_new(lost, json_string(h));
 			}
 		}
 		pthread_mutex_unlock(&db_lock);
+		json_array_foreach(lost, i, r)
+			ha_host_lost(json_string_value(r));
+		json_decref(lost);
 		json_decref(rows);
 		json_decref(names);
 		json_decref(live);
