@@ -48,6 +48,10 @@ What is proved, and how it would fail:
   started again on another host (an "ha-restart" task, audited; its
   guest runs memload there), one with HA off is marked lost; with one
   etcd member gone the cluster migrates the VM to the third host;
+- a partition (test_cluster_partition_fence): a host cut off from the
+  others with its processes alive loses its lease; its HA VM starts again
+  elsewhere; when the link comes back, the cut-off copy is stopped
+  (audited "ha.fence") and the restarted one runs on;
 - schedule and restarts (test_cluster_schedule_restart): a migration
   --at +8s is queued with "scheduled for", survives a restart of
   ferry-center (killed, started again on the same database) and then
@@ -584,3 +588,24 @@ def test_cluster_host_failure():
         # etcd lost a member, the cluster works on
         t = lab.cli("vm", "migrate", "f1", "--wait")
         assert t["state"] == "succeeded" and t["destination"] == "h3", t
+
+
+def test_cluster_partition_fence():
+    with Lab() as lab:
+        lab.cli("vm", "create", "hp", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h3",
+                "--ha", "high")
+        wait_until(lambda: lab.procs("h3", "ferry-vm"), 10, "hp's process on h3")
+        # h3 is cut off, its processes alive: its lease expires in the majority
+        cut = ["ip", "netns", "exec", lab.name + "-h3", "ip", "link", "set", "eth0"]
+        subprocess.run(cut + ["down"], check=True)
+        vm = wait_until(lambda: (lambda v: v if v["host"] != "h3" and v["state"] == "running"
+                                 else None)(lab.vm("hp")), 60, "hp to restart elsewhere")
+        assert lab.procs("h3", "ferry-vm"), "the cut-off copy should still run until h3 is back"
+        # h3 comes back: its copy is stopped, the restarted one runs on
+        subprocess.run(cut + ["up"], check=True)
+        wait_until(lambda: not lab.procs("h3", "ferry-vm"), 60, "h3's stray copy to be stopped")
+        assert lab.vm("hp")["host"] == vm["host"] and lab.vm("hp")["state"] == "running"
+        assert lab.procs(vm["host"], "ferry-vm")
+        assert any(r["action"] == "ha.fence" for r in lab.cli("audit", "--vm", "hp")["records"])
+        assert lab.cli("audit", "--verify")["ok"] is True

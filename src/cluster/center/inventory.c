@@ -89,7 +89,23 @@ json_t *vm_json(json_t *row)
 
 /* The states a host's report gives its VMs, copied to the vms table
  * (except for VMs in a migration: the task owns those). */
-static void update_vms(const char *host, json_t *vm_list)
+/* A VM this host runs that ferry-center knows to run elsewhere (it was
+ * restarted by HA while this host was cut off) or not at all, and that
+ * no migration involves: a copy to stop. */
+static bool stray(const char *host, const char *name)
+{
+	json_t *row = db_row("SELECT host, state FROM vms WHERE name = ?", json_pack("[s]", name));
+	json_t *mig = db_row("SELECT id FROM tasks WHERE vm = ? AND kind = 'migrate' AND "
+			     "state IN ('queued', 'running')", json_pack("[s]", name));
+	bool elsewhere = row && strcmp(json_string_value(json_object_get(row, "host")) ?: "", host)
+			 && !strcmp(json_string_value(json_object_get(row, "state")) ?: "", "running");
+	bool is_stray = !mig && elsewhere;
+	json_decref(row);
+	json_decref(mig);
+	return is_stray;
+}
+
+static void update_vms(const char *host, json_t *vm_list, json_t *strays)
 {
 	size_t i;
 	json_t *v;
@@ -98,6 +114,10 @@ static void update_vms(const char *host, json_t *vm_list)
 		const char *state = json_string_value(json_object_get(v, "state"));
 		if (!name || !state || !strcmp(state, "incoming"))
 			continue;
+		if (strcmp(state, "exited") && stray(host, name)) {
+			json_array_append_new(strays, json_string(name));
+			continue;
+		}
 		if (!strcmp(state, "exited")) {
 			json_t *row = db_row("SELECT state FROM vms WHERE name = ? AND host = ?",
 					     json_pack("[s, s]", name, host));
@@ -120,6 +140,7 @@ static void update_vms(const char *host, json_t *vm_list)
 
 static void refresh_host(const char *name, json_t *info)
 {
+	json_t *strays = json_array();
 	const char *url = json_string_value(json_object_get(info, "url"));
 	const char *address = json_string_value(json_object_get(info, "address"));
 	if (!url || !address)
@@ -149,7 +170,7 @@ static void refresh_host(const char *name, json_t *info)
 				json_pack("[s, O, O, b]", name, json_object_get(d, "name"),
 					  json_object_get(d, "bridge"),
 					  json_is_true(json_object_get(d, "present"))));
-		update_vms(name, json_object_get(rep, "vm_list"));
+		update_vms(name, json_object_get(rep, "vm_list"), strays);
 	} else {
 		/* its lease says it lives: a ferryd restarting, or busy; the host
 		 * counts as dead only when the lease goes (below) */
@@ -160,6 +181,21 @@ static void refresh_host(const char *name, json_t *info)
 	}
 	pthread_mutex_unlock(&db_lock);
 	json_decref(rep);
+	size_t i;
+	json_t *s;
+	json_array_foreach(strays, i, s) {   /* fence: one copy of a VM runs */
+		char path[300];
+		snprintf(path, sizeof(path), "/agent/v1/vms/%s", json_string_value(s));
+		json_decref(ferryd_call(url, "DELETE", path, NULL, &status, err, sizeof(err)));
+		logf_("host %s ran a copy of VM %s, which runs elsewhere now: stopped it", name,
+		      json_string_value(s));
+		json_t *details = json_pack("{s:s}", "host", name);
+		pthread_mutex_lock(&db_lock);
+		audit_append("ferry-center", "-", "ha.fence", json_string_value(s), "ok", details);
+		pthread_mutex_unlock(&db_lock);
+		json_decref(details);
+	}
+	json_decref(strays);
 }
 
 void *inventory_loop(void *arg)

@@ -567,7 +567,8 @@ json_t *vms_list(void)
 	json_t *a = json_array();
 	pthread_mutex_lock(&vms_lock);
 	for (int i = 0; i < nvms; i++)
-		json_array_append_new(a, vm_json(vms[i], false));
+		if (!vms[i]->leaving)   /* migrated away: going */
+			json_array_append_new(a, vm_json(vms[i], false));
 	pthread_mutex_unlock(&vms_lock);
 	return a;
 }
