@@ -18,7 +18,9 @@ What is proved, and how it would fail:
   figures, the VM is on the new host, and the guest's console there shows
   memload passes after the migration and no error; a guest on network
   `lan` answers the client's TCP connections (tcpserve) before and after
-  its migration and its TAP leaves the source host; the audit trail
+  its migration and its TAP leaves the source host; entering maintenance
+  migrates every VM off the host (the networked one still answers); the
+  audit trail
   verifies, and after a row is edited in SQLite, verification names it;
 - cancel (test_cluster_cancel_and_errors): a slowed migration cancelled
   while running ends "cancelled", the VM still runs on its source and
@@ -289,6 +291,17 @@ def test_cluster_migrate():
         assert "vm.create" in actions and actions.count("vm.migrate") == 2, actions
         assert all(r["user"] in ("admin", "ferry-center") for r in records)
         assert lab.cli("audit", "--verify")["ok"] is True
+        # maintenance empties a host: its running VMs migrate elsewhere
+        on_h2 = [v["name"] for v in lab.cli("vm", "list")["vms"] if v["host"] == "h2"]
+        assert on_h2, "no VM on h2 to evacuate"
+        h = lab.cli("host", "maintenance", "h2", "enter")
+        assert h["maintenance"] is True and len(h["evacuation"]["tasks"]) == len(on_h2), h
+        for tid in h["evacuation"]["tasks"]:
+            assert lab.wait_task(tid)["state"] == "succeeded"
+        assert not [v for v in lab.cli("vm", "list")["vms"] if v["host"] == "h2"]
+        assert lab.echo("10.88.0.200", 7000, b"evacuated\n") == b"evacuated\n"
+        lab.cli("host", "maintenance", "h2", "exit")
+
         db = str(lab.dir / "center.db")
         subprocess.run(["sqlite3", db, "DROP TRIGGER audit_append_only; "
                         "UPDATE audit SET user = 'mallory' WHERE id = 2;"], check=True)

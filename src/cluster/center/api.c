@@ -107,6 +107,56 @@ static void hosts_list(struct call *c)
 	json_decref(total);
 }
 
+/*
+ * Entering maintenance empties the host: every running VM on it gets a
+ * migration task (standard priority) to the wizard's first choice; VMs
+ * that no host can take stay, with the reason.
+ */
+static json_t *evacuate(struct call *c, const char *host)
+{
+	json_t *rows = db_query("SELECT * FROM vms WHERE host = ? AND state = 'running' ORDER BY "
+				"name", json_pack("[s]", host));
+	json_t *tasks = json_array(), *refused = json_array();
+	size_t i;
+	json_t *row;
+	json_array_foreach(rows, i, row) {
+		const char *vm = json_string_value(json_object_get(row, "name"));
+		json_t *busy = db_row("SELECT id FROM tasks WHERE vm = ? AND kind = 'migrate' AND "
+				      "state IN ('queued', 'running')", json_pack("[s]", vm));
+		if (busy) {
+			json_array_append(tasks, json_object_get(busy, "id"));
+			json_decref(busy);
+			continue;
+		}
+		json_t *rec = wizard_recommend(row);
+		json_t *first = json_array_get(json_object_get(rec, "candidates"), 0);
+		if (!first) {   /* a host at its limit is fine: the task waits */
+			size_t k;
+			json_t *r;
+			json_array_foreach(json_object_get(rec, "refused"), k, r)
+				if (!first && !strncmp(json_string_value(json_object_get(r, "reason")) ?: "",
+						       "at its limit", 12))
+					first = r;
+		}
+		if (!first) {
+			json_array_append_new(refused, json_pack("{s:s, s:s}", "vm", vm, "reason",
+				"no other host can take it (ferry vm recommend NAME says why)"));
+		} else {
+			json_t *extra = json_pack("{s:O}", "estimate",
+						  json_object_get(first, "estimate") ?: json_null());
+			long long id = task_insert("migrate", vm, host,
+						   json_string_value(json_object_get(first, "host")),
+						   "queued", 0, 0, c->user, extra);
+			json_decref(extra);
+			json_array_append_new(tasks, json_integer(id));
+		}
+		json_decref(rec);
+	}
+	json_decref(rows);
+	tasks_wake();
+	return json_pack("{s:o, s:o}", "tasks", tasks, "refused", refused);
+}
+
 static void host_routes(struct call *c, const char *name, const char *action)
 {
 	json_t *row = db_row("SELECT * FROM hosts WHERE name = ?", json_pack("[s]", name));
@@ -129,9 +179,17 @@ static void host_routes(struct call *c, const char *name, const char *action)
 				db_exec("UPDATE hosts SET maintenance = ? WHERE name = ?",
 					json_pack("[b, s]", json_is_true(en), name));
 				c->details = json_pack("{s:O}", "enabled", en);
+				json_t *evac = NULL;
+				if (json_is_true(en) && !json_is_false(json_object_get(body, "evacuate")))
+					evac = evacuate(c, name);
 				json_decref(row);
 				row = db_row("SELECT * FROM hosts WHERE name = ?", json_pack("[s]", name));
-				reply_json(c->resp, 200, host_json(row));
+				json_t *out = host_json(row);
+				if (evac) {
+					json_object_set(c->details, "evacuation", evac);
+					json_object_set_new(out, "evacuation", evac);
+				}
+				reply_json(c->resp, 200, out);
 			}
 			json_decref(body);
 		}

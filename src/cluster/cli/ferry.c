@@ -183,9 +183,21 @@ static int cmd_host_maintenance(int argc, char **argv)
 		return 1;
 	if (json_out)
 		print_json(r);
-	else
+	else {
 		printf("host %s: maintenance %s\n", argv[1],
 		       json_is_true(json_object_get(r, "maintenance")) ? "on" : "off");
+		json_t *ev = json_object_get(r, "evacuation");
+		size_t i;
+		json_t *v;
+		if (json_array_size(json_object_get(ev, "tasks"))) {
+			printf("  evacuating its VMs, tasks:");
+			json_array_foreach(json_object_get(ev, "tasks"), i, v)
+				printf(" %lld", json_integer_value(v));
+			printf(" (ferry task list)\n");
+		}
+		json_array_foreach(json_object_get(ev, "refused"), i, v)
+			printf("  VM %s stays: %s\n", str(v, "vm"), str(v, "reason"));
+	}
 	json_decref(r);
 	return 0;
 }
