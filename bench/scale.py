@@ -71,6 +71,7 @@ ISA = "rv64imafdc_zicsr_zifencei"
 
 class FakeFerryd(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    reports = 0   # host reports served: GET /_stats tells, to time the sweeps
 
     def log_message(self, *args):
         pass
@@ -91,7 +92,10 @@ class FakeFerryd(BaseHTTPRequestHandler):
         # /HOST/agent/v1/...
         parts = self.path.split("/")
         host, rest = parts[1], "/".join(parts[4:])
+        if method == "GET" and host == "_stats":
+            return self.reply(200, {"reports": FakeFerryd.reports})
         if method == "GET" and rest == "host":
+            FakeFerryd.reports += 1
             n = int(host[1:]) if host[1:].isdigit() else 0
             return self.reply(200, {
                 "name": host, "harts": 64, "mem_mib": 524288,
@@ -399,6 +403,16 @@ def measure_center(args, etcd, fake_port, center, center_port, token):
         "GET", f"/hosts?offset={rnd.randrange(0, args.hosts - PAGE)}&limit={PAGE}", None, 200))
     run("task list (page of 50)", n, lambda: ("GET", f"/tasks?limit={PAGE}", None, 200))
     run("audit (page of 50)", n, lambda: ("GET", f"/audit?limit={PAGE}", None, 200))
+    # steady inventory sweeps: host reports asked for over 10 s
+    def reports():
+        c = http.client.HTTPConnection("127.0.0.1", fake_port, timeout=10)
+        c.request("GET", "/_stats")
+        return json.loads(c.getresponse().read())["reports"]
+    r0, t0 = reports(), time.time()
+    time.sleep(10)
+    rate = (reports() - r0) / (time.time() - t0)
+    print(f"inventory: {rate:.0f} host reports a second: each of the {args.hosts} hosts is "
+          f"refreshed every {args.hosts / rate:.1f} s (sweep and pause)", flush=True)
     rss, hwm = proc_status(center.pid, "VmRSS"), proc_status(center.pid, "VmHWM")
     db = sum(f.stat().st_size for f in Path(center.args[4]).parent.glob("center.db*"))
     print(f"ferry-center memory: VmRSS {rss} MiB, peak (VmHWM) {hwm} MiB; database {db >> 20} MiB",
