@@ -25,11 +25,21 @@ static unsigned device_count(const struct mig_grammar *g)
 	return g->cfg->ndevices < MIG_MAX_DEVICES ? g->cfg->ndevices : MIG_MAX_DEVICES;
 }
 
+static unsigned disk_count(const struct mig_grammar *g)
+{
+	return g->cfg->ndisks < MIG_MAX_DISKS ? g->cfg->ndisks : MIG_MAX_DISKS;
+}
+
 /* What is due next, for error messages. */
 static void describe_due(const struct mig_grammar *g, char *buf, size_t len)
 {
 	switch (g->phase) {
 	case MIG_G_RAM:
+		if (g->cfg->copy_disks && g->next_disk_digest < disk_count(g)) {
+			snprintf(buf, len, "the digest of disk %u", g->next_disk_digest);
+			return;
+		}
+		/* fall through */
 	case MIG_G_CPU:
 		if (g->next_hart < g->cfg->harts) {
 			snprintf(buf, len, "the state of hart %u", g->next_hart);
@@ -75,12 +85,49 @@ static int step_ram(struct mig_grammar *g, const struct mig_section *sec, char *
 {
 	if (g->phase != MIG_G_RAM)
 		return refuse(g, sec, err, errlen, "pages after the machine state began: a");
+	if (g->next_disk_digest)
+		return refuse(g, sec, err, errlen, "pages after the disk digests: a");
+	return 0;
+}
+
+/* An extent: only with disks: copy, before the disk digests, inside its
+ * image, whole blocks or up to the image's end. */
+static int step_disk(struct mig_grammar *g, const struct mig_section *sec, char *err,
+		     size_t errlen)
+{
+	if (!g->cfg->copy_disks)
+		return refuse(g, sec, err, errlen, "disk data without disks: copy: a");
+	if (g->phase != MIG_G_RAM || g->next_disk_digest)
+		return refuse(g, sec, err, errlen, "disk data after the disk digests: a");
+	uint64_t size = sec->disk < disk_count(g) ? g->cfg->disks[sec->disk].size : 0;
+	uint64_t end = sec->disk_off + sec->disk_len;
+	if (sec->disk >= disk_count(g) || end < sec->disk_off || end > size ||
+	    (sec->disk_len % MIG_DISK_BLOCK && end != size)) {
+		snprintf(err, errlen, "migration stream: 'disk' section at offset %llu: extent "
+			 "%llu+%llu of disk %u is outside the image or not whole blocks",
+			 (unsigned long long)sec->offset, (unsigned long long)sec->disk_off,
+			 (unsigned long long)sec->disk_len, sec->disk);
+		return -1;
+	}
+	return 0;
+}
+
+static int step_disk_digest(struct mig_grammar *g, const struct mig_section *sec, char *err,
+			    size_t errlen)
+{
+	if (!g->cfg->copy_disks || g->phase != MIG_G_RAM ||
+	    g->next_disk_digest >= disk_count(g) || sec->disk != g->next_disk_digest)
+		return refuse(g, sec, err, errlen, NULL);
+	g->next_disk_digest++;
 	return 0;
 }
 
 static int step_cpu(struct mig_grammar *g, const struct mig_section *sec, char *err,
 		    size_t errlen)
 {
+	if (g->cfg->copy_disks && g->next_disk_digest < disk_count(g))
+		return refuse(g, sec, err, errlen, "the machine state before the disks were "
+			      "verified: a");
 	if ((g->phase != MIG_G_RAM && g->phase != MIG_G_CPU) ||
 	    g->next_hart >= g->cfg->harts || sec->hart != g->next_hart) {
 		char what[96];
@@ -161,6 +208,8 @@ int mig_grammar_step(struct mig_grammar *g, const struct mig_section *sec, char 
 	case MIG_SEC_DIGEST:
 	case MIG_SEC_POSTCOPY:  return step_close(g, sec, err, errlen);
 	case MIG_SEC_END:       return step_end(g, sec, err, errlen);
+	case MIG_SEC_DISK:      return step_disk(g, sec, err, errlen);
+	case MIG_SEC_DISK_DIGEST: return step_disk_digest(g, sec, err, errlen);
 	}
 	return refuse(g, sec, err, errlen, "a control message in the machine state: a");
 }

@@ -10,6 +10,9 @@
  *   RAM*  CPU(hart 0) .. CPU(hart N-1)  DEVICE(d0) .. DEVICE(dK-1)  CLOCK
  *         ( DIGEST | POSTCOPY )  END
  *
+ * With disks: copy (the configuration's copy_disks), DISK extents mix with
+ * the pages, and DISK_DIGEST(0) .. DISK_DIGEST(n-1) close them before the
+ * first CPU: no pages or extents after the first disk digest.
  * with N the configuration's harts and d0..dK-1 its devices, each exactly
  * once and in the configuration's order. POSTCOPY only on a live stream
  * (a connection to a source that can still serve pages), never in a file.
@@ -41,6 +44,7 @@ struct mig_grammar {
 	uint32_t next_hart;
 	unsigned next_device;
 	bool postcopy;                  /* closed by POSTCOPY, not DIGEST */
+	unsigned next_disk_digest;      /* disks: copy: disks verified so far */
 };
 
 void mig_grammar_init(struct mig_grammar *g, const struct mig_config *cfg, bool live);

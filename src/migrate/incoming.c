@@ -12,6 +12,7 @@
  * `--incoming file:PATH` reads a saved stream the same way, one-way.
  */
 #include "migrate/channel.h"
+#include "migrate/diskstream.h"
 #include "migrate/grammar.h"
 #include "migrate/migrate.h"
 #include "migrate/migration.h"
@@ -109,8 +110,8 @@ static void page_store(void *opaque, uint64_t pfn, const void *page)
 
 /* Receive sections until END. Returns 0, or -1 with err filled. */
 static int receive_state(struct vmm *v, struct mig_stream *s,
-			 const struct mig_config *remote, bool live, bool *postcopy, char *err,
-			 size_t errlen)
+			 const struct mig_config *remote, struct disk_sink *dk, bool live,
+			 bool *postcopy, char *err, size_t errlen)
 {
 	struct machine *m = v->machine;
 	uint64_t guest_ram = remote->ram_size;
@@ -158,6 +159,15 @@ static int receive_state(struct vmm *v, struct mig_stream *s,
 			}
 			break;
 		}
+		case MIG_SEC_DISK:
+			fault_point("disk");
+			if (disk_sink_extent(dk, &sec, err, errlen))
+				goto out;
+			break;
+		case MIG_SEC_DISK_DIGEST:
+			if (disk_sink_verify(dk, &sec, err, errlen))
+				goto out;
+			break;
 		case MIG_SEC_POSTCOPY:
 			*postcopy = true;
 			if (postcopy_incoming_begin(v, s, &sec, err, errlen))
@@ -192,7 +202,7 @@ static bool quitting(struct vmm *v)
  * configurations; one that sends nothing, garbage or too little in that
  * time is RECV_REJECTED, not a failed migration. */
 static int receive(struct vmm *v, struct mig_stream *s, bool two_way, bool *postcopy,
-		   char *err, size_t errlen)
+		   struct disk_sink **dk, char *err, size_t errlen)
 {
 	struct mig_config local, remote;
 	char why[256];
@@ -216,13 +226,20 @@ static int receive(struct vmm *v, struct mig_stream *s, bool two_way, bool *post
 			mig_send_error(s, why);
 		return RECV_FAILED;
 	}
+	/* disks: copy: our own images, locked from here on, new and empty */
+	if (remote.copy_disks && !(*dk = disk_sink_open(v, &remote, why, sizeof(why)))) {
+		snprintf(err, errlen, "cannot run this guest here: %s", why);
+		if (two_way)
+			mig_send_error(s, why);
+		return RECV_FAILED;
+	}
 	if (two_way && (mig_write_section(s, MIG_SEC_ACK, NULL, 0) || mig_flush(s))) {
 		snprintf(err, errlen, "handshake: %s", mig_stream_error(s));
 		return RECV_FAILED;
 	}
 	if (two_way)
 		mig_channel_set_deadline(mig_stream_channel(s), 0);
-	if (receive_state(v, s, &remote, two_way, postcopy, err, errlen)) {
+	if (receive_state(v, s, &remote, *dk, two_way, postcopy, err, errlen)) {
 		if (two_way)
 			mig_send_error(s, quitting(v) ? "the destination was told to quit" : err);
 		return RECV_FAILED;
@@ -411,13 +428,16 @@ static int serve(struct vmm *v, int lfd, const struct mig_auth *auth, const char
 			continue;
 		}
 		struct mig_stream *s = mig_stream_new_channel(ch);
-		int r = receive(v, s, true, postcopy, err, errlen);
+		struct disk_sink *dk = NULL;
+		int r = receive(v, s, true, postcopy, &dk, err, errlen);
 		if (r == 0 && take_over(v, s, err, errlen))
 			r = RECV_FAILED;
 		if (r == 0) {
+			disk_sink_free(dk);     /* the copies are the guest's disks now */
 			*out = s;
 			return 0;
 		}
+		disk_sink_abandon(dk);          /* a partial copy is no disk */
 		mig_stream_free(s);
 		if (quitting(v))
 			return 1;
@@ -431,7 +451,13 @@ static int serve(struct vmm *v, int lfd, const struct mig_auth *auth, const char
 int mig_restore_state(struct vmm *v, struct mig_stream *s, char *err, size_t errlen)
 {
 	bool postcopy = false;
-	return receive(v, s, false, &postcopy, err, errlen) ? -1 : 0;
+	struct disk_sink *dk = NULL;
+	int r = receive(v, s, false, &postcopy, &dk, err, errlen) ? -1 : 0;
+	if (r)
+		disk_sink_abandon(dk);
+	else
+		disk_sink_free(dk);
+	return r;
 }
 
 static int restore_file(struct vmm *v, const char *path, char *err, size_t errlen)

@@ -36,6 +36,8 @@ struct migration {
 	char uri[256];
 	uint64_t downtime_ms, bandwidth_mbps, max_total_s;
 	bool postcopy;
+	bool copy_disks;                /* disks: copy (diskstream.c) */
+	struct disk_source *disks;      /* its state, outgoing thread only */
 	struct mig_secret secret;       /* proves us to the destination (len 0: none) */
 	atomic_bool cancel;
 

@@ -25,6 +25,7 @@
  */
 #include "migrate/deadline.h"
 #include "migrate/channel.h"
+#include "migrate/diskstream.h"
 #include "migrate/migrate.h"
 #include "migrate/migration.h"
 #include "migrate/planner.h"
@@ -264,6 +265,7 @@ static int handshake(struct migration *mg, struct mig_stream *s)
 	struct mig_config local, remote;
 	char why[256];
 	vmstate_config(mg->vmm, &local);
+	local.copy_disks = mg->copy_disks;
 	if (mig_read_config(s, &remote)) {
 		fail_stream(mg, s, "handshake", NULL);
 		return -1;
@@ -360,6 +362,11 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 	uint64_t t_start = mg->start_ms, lift_at = 0;
 	dirty_log_start(m);
 	for (;;) {
+		/* disks: copy: the dirty blocks first (the bulk copy, the
+		 * first time), then the memory round */
+		int64_t disk_bytes = disk_source_round(mg->disks, s);
+		if (disk_bytes < 0)
+			return -1;
 		dirty_log_harvest(m, bitmap);
 		uint64_t t0 = mig_now_ms();
 		pthread_mutex_lock(&mg->lock);
@@ -371,6 +378,7 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 		mg->sample_dirty = false;
 		if (bytes < 0)
 			return -1;
+		bytes += disk_bytes;
 		uint64_t dt = mig_now_ms() - t0;
 		int round_throttle = st.throttle_pct;
 		bool lifted = mig_watchdog_throttle_lifted(mg->watchdog);
@@ -390,7 +398,7 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 		 * shorter than sending the hot set really takes. */
 		st.prev_remaining = st.remaining_bytes;
 		uint64_t dirtied = dirty_log_count(m);
-		st.remaining_bytes = dirtied * PAGE_SIZE;
+		st.remaining_bytes = dirtied * PAGE_SIZE + disk_source_remaining(mg->disks);
 		st.dirty_bps = round_dirty_bps(mg, dirtied, dt);
 		current_params(mg, &params);
 		struct plan_decision d = plan_next(&params, &st);
@@ -428,6 +436,8 @@ static int send_final_state(struct migration *mg, struct mig_stream *s, uint64_t
 	if (send_pages(mg, s, bitmap) < 0)
 		return -1;
 	dirty_log_stop(m);
+	if (mg->disks && disk_source_finish(mg->disks, s))
+		return -1;
 	if (vmstate_send(m, s))
 		return -1;
 	if (mig_write_digest(s, mig_ram_digest(m->ram, m->ram_size)) ||
@@ -467,8 +477,9 @@ static int handoff(struct migration *mg, struct mig_stream *s)
 	return 0;
 reclaim:
 	/* The destination may or may not hold the disks now. Taking the
-	 * locks back decides it: if we get them, it cannot run. */
-	if (vmstate_acquire(m, &reason) == 0 && vmstate_has_disks(m))
+	 * locks back decides it: if we get them, it cannot run. Not with
+	 * disks: copy: it runs on images of its own, so we cannot know. */
+	if (vmstate_acquire(m, &reason) == 0 && vmstate_has_disks(m) && !mg->copy_disks)
 		return -1;
 	return -2;
 }
@@ -566,6 +577,11 @@ static void *outgoing_thread(void *arg)
 	mig_stream_set_compress(s, mg->bandwidth_mbps && mg->bandwidth_mbps < 1000);
 	if (handshake(mg, s))
 		goto failed;
+	if (mg->copy_disks && !(mg->disks = disk_source_start(mg->vmm, err, sizeof(err)))) {
+		fail(mg, "%s", err);
+		mig_send_error(s, err);
+		goto failed;
+	}
 	mg->setup_ms = mig_now_ms() - mg->start_ms;
 	set_status(mg, MIG_ACTIVE);
 
@@ -643,6 +659,8 @@ failed:
 	pthread_mutex_unlock(&mg->lock);
 	finish_failed(mg, paused);
 out:
+	disk_source_stop(mg->disks);    /* our image was only read: it is intact */
+	mg->disks = NULL;
 	stop_watchdog(mg);
 	pthread_mutex_lock(&mg->lock);
 	mg->fd = -1;            /* no more shutdown() from cancel: it closes now */
@@ -882,12 +900,13 @@ json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *e
 		return NULL;
 	}
 	json_t *disks = json_object_get(args, "disks");
-	if (disks && !(json_is_string(disks) && !strcmp(json_string_value(disks), "shared"))) {
-		snprintf(err, errlen, "'disks': only \"shared\" is built so far (shared-nothing "
-			 "migration, \"copy\", is not): disk-move the image to storage both "
-			 "hosts see first");
+	const char *dmode = json_is_string(disks) ? json_string_value(disks) : "";
+	if (disks && strcmp(dmode, "shared") && strcmp(dmode, "copy")) {
+		snprintf(err, errlen, "'disks' must be \"shared\" (the destination sees the "
+			 "images) or \"copy\" (they travel with the guest)");
 		return NULL;
 	}
+	bool copy_disks = !strcmp(dmode, "copy");
 	if (disk_move_active(v)) {
 		snprintf(err, errlen, "a disk move is in progress: wait for it "
 			 "(query-disk-move) or cancel it (disk-move-cancel)");
@@ -914,6 +933,11 @@ json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *e
 		snprintf(err, errlen, "'postcopy' must be true or false");
 		return NULL;
 	}
+	if (copy_disks && pc && json_is_true(pc)) {
+		snprintf(err, errlen, "'postcopy' with disks: copy is not built: the disks "
+			 "would have to be fetched on demand too");
+		return NULL;
+	}
 	if (!machine_running(v->machine)) {
 		snprintf(err, errlen, "the guest is stopped; 'cont' it first or use 'save'");
 		return NULL;
@@ -935,6 +959,7 @@ json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *e
 	mg->bandwidth_mbps = bw;
 	mg->max_total_s = max_total;
 	mg->postcopy = pc && json_is_true(pc);
+	mg->copy_disks = copy_disks;
 	mg->predicted_total_ms = mg->predicted_downtime_ms = UINT64_MAX;
 	mg->secret = secret;
 	explicit_bzero(&secret, sizeof(secret));

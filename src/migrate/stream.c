@@ -166,6 +166,9 @@ static const struct section_kind section_kinds[] = {
 	{ MIG_SEC_CLOCK,           "clock",           8,  8 },
 	{ MIG_SEC_DIGEST,          "digest",          8,  8 },
 	{ MIG_SEC_END,             "end",             0,  0 },
+	{ MIG_SEC_DISK,            "disk",            MIG_DISK_HDR,
+						      MIG_DISK_HDR + MIG_DISK_EXTENT_MAX },
+	{ MIG_SEC_DISK_DIGEST,     "disk-digest",     16, 16 },
 	{ MIG_SEC_READY,           "ready",           0,  4096 },
 	{ MIG_SEC_ACK,             "ack",             0,  4096 },
 	{ MIG_SEC_ERROR,           "error",           0,  4096 },
@@ -576,6 +579,36 @@ int mig_write_digest(struct mig_stream *s, uint64_t digest)
 	return mig_write_section(s, MIG_SEC_DIGEST, b, sizeof(b));
 }
 
+int mig_write_disk(struct mig_stream *s, uint32_t disk, uint64_t off, const void *data,
+		   uint64_t len)
+{
+	if (!len || len > MIG_DISK_EXTENT_MAX || off % MIG_DISK_BLOCK)
+		return fail(s, "migration stream: a disk extent of %llu bytes at %llu is not "
+			    "one we send", (unsigned long long)len, (unsigned long long)off);
+	size_t n = MIG_DISK_HDR + (data ? (size_t)len : 0);
+	uint8_t *p = stream_alloc(s, n, "a disk extent");
+	if (!p)
+		return -1;
+	put_le32(p, disk);
+	put_le32(p + 4, data ? MIG_DISK_DATA : MIG_DISK_ZERO);
+	put_le64(p + 8, off);
+	put_le64(p + 16, len);
+	if (data)
+		memcpy(p + MIG_DISK_HDR, data, (size_t)len);
+	int r = mig_write_section(s, MIG_SEC_DISK, p, n);
+	free(p);
+	return r;
+}
+
+int mig_write_disk_digest(struct mig_stream *s, uint32_t disk, uint64_t digest)
+{
+	uint8_t b[16];
+	put_le32(b, disk);
+	put_le32(b + 4, 0);
+	put_le64(b + 8, digest);
+	return mig_write_section(s, MIG_SEC_DISK_DIGEST, b, sizeof(b));
+}
+
 int mig_write_end(struct mig_stream *s)
 {
 	return mig_write_section(s, MIG_SEC_END, NULL, 0);
@@ -941,6 +974,30 @@ uint64_t mig_section_pfn(const struct mig_section *sec, uint32_t i)
 	return get_le64(sec->data + 8 * (size_t)i);
 }
 
+/* The extent's shape; its bounds against the image are the grammar's. */
+static int decode_disk(struct mig_stream *s, struct mig_section *sec)
+{
+	uint32_t kind = get_le32(sec->data + 4);
+	sec->disk = get_le32(sec->data);
+	sec->disk_off = get_le64(sec->data + 8);
+	sec->disk_len = get_le64(sec->data + 16);
+	sec->disk_zero = kind == MIG_DISK_ZERO;
+	sec->disk_data = sec->data + MIG_DISK_HDR;
+	const char *bad = NULL;
+	if (kind != MIG_DISK_ZERO && kind != MIG_DISK_DATA)
+		bad = "unknown extent kind";
+	else if (!sec->disk_len || sec->disk_len > MIG_DISK_EXTENT_MAX)
+		bad = "extent length 0 or over 1 MiB";
+	else if (sec->disk_off % MIG_DISK_BLOCK)
+		bad = "extent not on a 64 KiB block";
+	else if (sec->len != MIG_DISK_HDR + (sec->disk_zero ? 0 : sec->disk_len))
+		bad = "payload length does not match the extent";
+	if (bad)
+		return fail(s, "migration stream: 'disk' section at offset %llu: %s",
+			    (unsigned long long)sec->offset, bad);
+	return 0;
+}
+
 int mig_read_section(struct mig_stream *s, struct mig_section *sec, void *ram,
 		     uint64_t ram_size)
 {
@@ -966,6 +1023,15 @@ int mig_read_section(struct mig_stream *s, struct mig_section *sec, void *ram,
 		return decode_error(s, sec);
 	case MIG_SEC_PAGE_REQUEST:
 		return decode_page_request(s, sec, ram_size);
+	case MIG_SEC_DISK:
+		return decode_disk(s, sec);
+	case MIG_SEC_DISK_DIGEST:
+		sec->disk = get_le32(sec->data);
+		sec->digest = get_le64(sec->data + 8);
+		if (get_le32(sec->data + 4))
+			return fail(s, "migration stream: 'disk-digest' at offset %llu: reserved "
+				    "word not 0", (unsigned long long)sec->offset);
+		return 0;
 	}
 	return 0;       /* END and control messages: nothing to decode */
 }
@@ -1034,11 +1100,14 @@ static json_t *config_to_json(const struct mig_config *cfg)
 			"path", cfg->disks[i].path, strnlen(cfg->disks[i].path, MIG_PATH_MAX),
 			"size", (json_int_t)(cfg->disks[i].size & INT64_MAX), "id", id));
 	}
-	return json_pack("{s:I, s:s%, s:I, s:I, s:o, s:o}",
+	json_t *o = json_pack("{s:I, s:s%, s:I, s:I, s:o, s:o}",
 			 "version", (json_int_t)cfg->version,
 			 "isa", cfg->isa, strnlen(cfg->isa, MIG_ISA_MAX),
 			 "ram_size", (json_int_t)(cfg->ram_size & INT64_MAX),
 			 "harts", (json_int_t)cfg->harts, "devices", devs, "disks", disks);
+	if (o && cfg->copy_disks)
+		json_object_set_new(o, "disk_mode", json_string("copy"));
+	return o;
 }
 
 int mig_write_config(struct mig_stream *s, const struct mig_config *cfg)
@@ -1182,6 +1251,15 @@ static int config_from_json(struct mig_stream *s, const struct mig_section *sec,
 		  cfg_array(s, o, "devices", MIG_MAX_DEVICES, &devs) &&
 		  cfg_array(s, o, "disks", MIG_MAX_DISKS, &disks) &&
 		  cfg_devices(s, devs, cfg) && cfg_disks(s, disks, cfg);
+	json_t *mode = json_object_get(o, "disk_mode");
+	if (ok && mode) {
+		if (!json_is_string(mode) || (strcmp(json_string_value(mode), "copy") &&
+					      strcmp(json_string_value(mode), "shared")))
+			ok = !fail(s, "migration stream: configuration: 'disk_mode' must be "
+				   "\"copy\" or \"shared\"");
+		else
+			cfg->copy_disks = !strcmp(json_string_value(mode), "copy");
+	}
 	json_decref(o);
 	if (!ok)
 		return -1;
@@ -1350,21 +1428,54 @@ static int check_devices(const struct mig_config *g, const struct mig_config *h,
 	return 0;
 }
 
+/* disks: copy: the destination has an image of its own for each disk, of
+ * the same size, and not the source's own (the same inode: it would copy
+ * the image onto itself while the guest writes it). */
+static int check_disks_copy(const struct mig_config *g, const struct mig_config *h,
+			    char *why, size_t len)
+{
+	if (g->ndisks != h->ndisks) {
+		snprintf(why, len, "disks: copy: the guest has %u disks, the destination %u: "
+			 "give it one --disk (a new, empty image of the same size) for each",
+			 g->ndisks, h->ndisks);
+		return -1;
+	}
+	for (unsigned i = 0; i < g->ndisks && i < MIG_MAX_DISKS; i++) {
+		const struct mig_disk *d = &g->disks[i], *e = &h->disks[i];
+		if (d->size != e->size) {
+			snprintf(why, len, "disks: copy: disk %u is %llu bytes here, the "
+				 "destination's image %.200s %llu: create it with the same size", i,
+				 (unsigned long long)d->size, e->path, (unsigned long long)e->size);
+			return -1;
+		}
+		if (d->id == e->id) {
+			snprintf(why, len, "disks: copy: the destination's image %.200s is the "
+				 "source's own (same inode): copying would overwrite it "
+				 "with itself; give the destination an image of its own, or use "
+				 "disks: shared", e->path);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 static int check_disks(const struct mig_config *g, const struct mig_config *h, char *why,
 		       size_t len)
 {
+	if (g->copy_disks)
+		return check_disks_copy(g, h, why, len);
 	for (unsigned i = 0; i < g->ndisks && i < MIG_MAX_DISKS; i++) {
 		const struct mig_disk *d = &g->disks[i];
 		if (i >= h->ndisks || strncmp(d->path, h->disks[i].path, MIG_PATH_MAX)) {
 			snprintf(why, len, "disk %.200s is not attached on the destination: give "
 				 "it the same --disk on storage both hosts see (disk-move it there "
-				 "first if needed; disks: copy is not built yet)", d->path);
+				 "first if needed, or migrate with disks: copy)", d->path);
 			return -1;
 		}
 		if (d->size != h->disks[i].size || d->id != h->disks[i].id) {
 			snprintf(why, len, "disk %.200s on the destination is another image "
 				 "(size or inode differ): the hosts do not share this storage; "
-				 "disk-move it to storage both see (disks: copy is not built yet)",
+				 "disk-move it to storage both see, or migrate with disks: copy",
 				 d->path);
 			return -1;
 		}
@@ -1400,6 +1511,11 @@ int mig_config_check(const struct mig_config *stream_cfg, const struct mig_confi
 }
 
 /* ---- Digest --------------------------------------------------------------------- */
+
+uint64_t mig_block_hash(const void *data, size_t len)
+{
+	return XXH3_64bits(data, len);
+}
 
 uint64_t mig_page_hash(const void *page)
 {

@@ -52,6 +52,8 @@ enum mig_section_type {
 	MIG_SEC_CLOCK           = 0x005,        /* u64 guest time in timebase ticks */
 	MIG_SEC_DIGEST          = 0x006,        /* u64 mig_ram_digest() of all of RAM */
 	MIG_SEC_END             = 0x007,        /* no more state */
+	MIG_SEC_DISK            = 0x008,        /* disks: copy: an extent of a disk image */
+	MIG_SEC_DISK_DIGEST     = 0x009,        /* disks: copy: u32 disk, u32 0, u64 digest */
 
 	MIG_SEC_READY           = 0x101,        /* ready to receive */
 	MIG_SEC_ACK             = 0x102,        /* the last step succeeded */
@@ -72,6 +74,15 @@ enum mig_page_encoding {
 	MIG_PAGE_RAW  = 1,      /* 4096 bytes */
 	MIG_PAGE_ZSTD = 2,      /* u32 length, then zstd data of exactly 4096 bytes */
 };
+
+/* Shared-nothing migration (disks: copy): DISK sections carry one extent
+ * each, u32 disk, u32 kind (0 zero, 1 data), u64 offset, u64 length, then
+ * the data (kind 1). Offsets are whole MIG_DISK_BLOCKs; a length is whole
+ * blocks, or ends at the image's end; at most MIG_DISK_EXTENT_MAX. */
+#define MIG_DISK_BLOCK          (64u << 10)
+#define MIG_DISK_EXTENT_MAX     (1u << 20)
+#define MIG_DISK_HDR            24
+enum mig_disk_kind { MIG_DISK_ZERO = 0, MIG_DISK_DATA = 1 };
 
 /* ---- Machine configuration (the CONFIG section) ------------------------------ */
 #define MIG_MAX_DEVICES         32
@@ -100,6 +111,7 @@ struct mig_config {
 	struct mig_device_version devices[MIG_MAX_DEVICES];
 	unsigned ndisks;
 	struct mig_disk disks[MIG_MAX_DISKS];
+	bool copy_disks;                /* source: disks: copy ("disk_mode") */
 };
 
 /* Clear cfg and fill the basics (version = MIG_VERSION). */
@@ -180,6 +192,10 @@ int mig_write_device(struct mig_stream *s, const char *name, uint32_t version,
 int mig_write_clock(struct mig_stream *s, uint64_t ticks);
 int mig_write_digest(struct mig_stream *s, uint64_t digest);
 int mig_write_end(struct mig_stream *s);
+/* A DISK extent of disk `disk` at off; data NULL: a zero extent. */
+int mig_write_disk(struct mig_stream *s, uint32_t disk, uint64_t off, const void *data,
+		   uint64_t len);
+int mig_write_disk_digest(struct mig_stream *s, uint32_t disk, uint64_t digest);
 /* Post-copy: ask the source for these pages. */
 int mig_write_page_request(struct mig_stream *s, const uint64_t *pfns, size_t n);
 /* Tell the peer why we give up (ERROR) and flush. Best effort: it is sent
@@ -215,6 +231,10 @@ struct mig_section {
 	uint32_t version;               /* CPU, DEVICE: state version */
 	const uint8_t *state;           /* CPU, DEVICE: the state blob */
 	size_t state_len;
+	uint32_t disk;                  /* DISK, DISK_DIGEST: which image */
+	bool disk_zero;                 /* DISK: a zero extent (no data) */
+	uint64_t disk_off, disk_len;    /* DISK: the extent */
+	const uint8_t *disk_data;       /* DISK: disk_len bytes unless zero */
 };
 
 /* Read the stream header and the peer's CONFIG section. An ERROR section
@@ -246,6 +266,9 @@ uint64_t mig_ram_digest(const void *ram, size_t len);
 uint64_t mig_page_hash(const void *page);
 uint64_t mig_digest_of_hashes(const uint64_t *hashes, size_t npages, size_t len);
 bool mig_page_is_zero(const void *page);
+/* A disk's digest is mig_digest_of_hashes() over mig_block_hash() of each
+ * MIG_DISK_BLOCK of the image (the last may be shorter) and its size. */
+uint64_t mig_block_hash(const void *data, size_t len);
 
 /* Token bucket: mig_rate_take() spends n bytes at time now_ns and returns
  * how many ns to wait before going on (0: none). Arithmetic only. */

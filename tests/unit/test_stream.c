@@ -95,11 +95,14 @@ static int read_bytes(const uint8_t *data, size_t len, uint8_t *ram, char *err,
 }
 
 /* A stream: header, config, then raw sections written by the caller. */
+static bool crafted_copy_disks;     /* crafted streams say disks: copy */
+
 static struct mig_stream *crafted_stream(int fd)
 {
 	struct mig_config cfg;
 	struct mig_stream *s = mig_stream_new(fd);
 	sample_config(&cfg);
+	cfg.copy_disks = crafted_copy_disks;
 	assert_int_equal(mig_write_config(s, &cfg), 0);
 	return s;
 }
@@ -967,6 +970,17 @@ static const char *grammar_run(const char *script, bool live, char *err, size_t 
 			r = mig_write_end(w);
 		else if (!strcmp(t, "ack"))
 			r = mig_write_section(w, MIG_SEC_ACK, NULL, 0);
+		else if (!strcmp(t, "disk"))       /* a data extent of disk 0 */
+			r = mig_write_disk(w, 0, MIG_DISK_BLOCK, ram, MIG_DISK_BLOCK);
+		else if (!strcmp(t, "diskzero"))
+			r = mig_write_disk(w, 0, 0, NULL, MIG_DISK_EXTENT_MAX);
+		else if (!strcmp(t, "diskpast"))   /* past the 1 GiB image */
+			r = mig_write_disk(w, 0, (1ull << 30) - MIG_DISK_BLOCK, NULL,
+					   2 * MIG_DISK_BLOCK);
+		else if (!strcmp(t, "disk1"))      /* no such disk */
+			r = mig_write_disk(w, 1, 0, NULL, MIG_DISK_BLOCK);
+		else if (!strcmp(t, "ddigest0"))
+			r = mig_write_disk_digest(w, 0, 9);
 		else
 			fail_msg("unknown token %s", t);
 		assert_int_equal(r, 0);
@@ -993,6 +1007,107 @@ static const char *grammar_run(const char *script, bool live, char *err, size_t 
 	mig_stream_free(r);
 	close(fd);
 	return err;
+}
+
+/* disks: copy: extents among the pages, a digest per disk before the
+ * state, nothing of either after it, and extents inside the image. */
+static void grammar_disks_copy(void **state)
+{
+	(void)state;
+	char err[512];
+	const char *tail = " cpu0 cpu1 uart blk clock digest end";
+	char s[256];
+	crafted_copy_disks = true;
+	snprintf(s, sizeof(s), "disk ram diskzero ram ddigest0%s", tail);
+	assert_string_equal(grammar_run(s, false, err, sizeof(err)), "");
+	assert_string_equal(grammar_run(s, true, err, sizeof(err)), "");
+	snprintf(s, sizeof(s), "ddigest0%s", tail);            /* an empty image */
+	assert_string_equal(grammar_run(s, true, err, sizeof(err)), "");
+	snprintf(s, sizeof(s), "disk ram%s", tail);
+	assert_contains(grammar_run(s, true, err, sizeof(err)), "the digest of disk 0 was due");
+	snprintf(s, sizeof(s), "disk ddigest0 disk%s", tail);
+	assert_contains(grammar_run(s, true, err, sizeof(err)), "disk data after the disk digests");
+	snprintf(s, sizeof(s), "ddigest0 ram%s", tail);
+	assert_contains(grammar_run(s, true, err, sizeof(err)), "pages after the disk digests");
+	snprintf(s, sizeof(s), "ddigest0 ddigest0%s", tail);
+	assert_contains(grammar_run(s, true, err, sizeof(err)), "'disk-digest' section");
+	snprintf(s, sizeof(s), "diskpast ddigest0%s", tail);
+	assert_contains(grammar_run(s, true, err, sizeof(err)), "outside the image");
+	snprintf(s, sizeof(s), "disk1 ddigest0%s", tail);
+	assert_contains(grammar_run(s, true, err, sizeof(err)), "outside the image");
+	crafted_copy_disks = false;
+	snprintf(s, sizeof(s), "disk%s", tail);
+	assert_contains(grammar_run(s, true, err, sizeof(err)), "disk data without disks: copy");
+	snprintf(s, sizeof(s), "ddigest0%s", tail);
+	assert_contains(grammar_run(s, true, err, sizeof(err)), "'disk-digest' section");
+}
+
+/* DISK sections whose own shape is wrong, with valid checksums. */
+static void disk_section_shapes(void **state)
+{
+	(void)state;
+	char buf[512];
+	struct { uint32_t kind; uint64_t off, len; size_t data; const char *why; } bad[] = {
+		{ 2, 0, 4096, 0, "unknown extent kind" },
+		{ 0, 4096, 4096, 0, "not on a 64 KiB block" },
+		{ 0, 0, 0, 0, "length 0" },
+		{ 0, 0, 2u << 20, 0, "over 1 MiB" },
+		{ 1, 0, 8192, 4096, "does not match" },
+		{ 0, 0, 4096, 16, "does not match" },
+	};
+	static uint8_t p[MIG_DISK_HDR + 8192];
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		memset(p, 0, sizeof(p));
+		p[4] = (uint8_t)bad[i].kind;
+		memcpy(p + 8, &bad[i].off, 8);          /* little-endian host */
+		memcpy(p + 16, &bad[i].len, 8);
+		int fd = memfd_create("disk", MFD_CLOEXEC);
+		struct mig_stream *w = crafted_stream(fd);
+		assert_int_equal(mig_write_section(w, MIG_SEC_DISK, p,
+						   MIG_DISK_HDR + bad[i].data), 0);
+		assert_int_equal(mig_write_end(w), 0);
+		assert_contains(first_error(fd, w, buf, sizeof(buf)), bad[i].why);
+		close(fd);
+	}
+}
+
+/* disks: copy in the handshake: the flag travels; sizes must match; the
+ * source's own image (same inode) is refused; paths may differ. */
+static void config_check_disks_copy(void **state)
+{
+	(void)state;
+	struct mig_config g, h, in;
+	char why[256];
+	sample_config(&g);
+	g.copy_disks = true;
+	int fd = memfd_create("cfg", MFD_CLOEXEC);
+	struct mig_stream *w = mig_stream_new(fd);
+	assert_int_equal(mig_write_config(w, &g), 0);
+	assert_int_equal(mig_flush(w), 0);
+	mig_stream_free(w);
+	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+	struct mig_stream *r = mig_stream_new(fd);
+	assert_int_equal(mig_read_config(r, &in), 0);
+	assert_true(in.copy_disks);
+	mig_stream_free(r);
+	close(fd);
+
+	sample_config(&h);
+	snprintf(h.disks[0].path, sizeof(h.disks[0].path), "/other/b.img");
+	h.disks[0].id = 1234;
+	assert_int_equal(mig_config_check(&g, &h, why, sizeof(why)), 0);
+	g.copy_disks = false;           /* shared: another image is refused */
+	assert_int_equal(mig_config_check(&g, &h, why, sizeof(why)), -1);
+	g.copy_disks = true;
+	h.disks[0].size /= 2;
+	assert_int_equal(mig_config_check(&g, &h, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "create it with the same size"));
+	sample_config(&h);              /* the very same image */
+	assert_int_equal(mig_config_check(&g, &h, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "source's own"));
+	h.ndisks = 0;
+	assert_int_equal(mig_config_check(&g, &h, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "give it one --disk"));
 }
 
 static void grammar_accepts_whole_streams(void **state)
@@ -1101,6 +1216,9 @@ int main(void)
 		cmocka_unit_test(unknown_and_malformed_sections),
 		cmocka_unit_test(hostile_configurations),
 		cmocka_unit_test(grammar_accepts_whole_streams),
+		cmocka_unit_test(grammar_disks_copy),
+		cmocka_unit_test(disk_section_shapes),
+		cmocka_unit_test(config_check_disks_copy),
 		cmocka_unit_test(grammar_refuses_missing_state),
 		cmocka_unit_test(grammar_refuses_repeats_and_disorder),
 		cmocka_unit_test(grammar_postcopy_only_once_and_only_live),
