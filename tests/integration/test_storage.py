@@ -364,8 +364,8 @@ def test_migration_after_a_disk_move_names_the_new_image():
                 assert wait_move(q)["status"] == "completed"
             assert lock_state(mid) == "unlocked"
             try:
-                q.cmd("migrate", uri="tcp:127.0.0.1:9", disks="copy")
-                raise AssertionError("migrate with disks: copy was accepted")
+                q.cmd("migrate", uri="tcp:127.0.0.1:9", disks="mirror")
+                raise AssertionError("migrate with disks: mirror was accepted")
             except QMPError as e:
                 assert "disks" in str(e) and "copy" in str(e), e
             stale, uri = destination(old, "dst-old")
