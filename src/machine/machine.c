@@ -342,8 +342,19 @@ void machine_pause(struct machine *m)
 			hart_request(m->harts[i], REQ_PAUSE);
 		io_kick(m);
 	}
-	while (m->parked < m->nharts || !m->io_parked)
-		pthread_cond_wait(&m->cond, &m->lock);
+	/* a machine that is ending parks nothing more: its threads leave
+	 * their loops instead, so give up waiting then (checked every 50 ms) */
+	while ((m->parked < m->nharts || !m->io_parked) &&
+	       atomic_load(&m->exit_reason) == EXIT_NONE) {
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += 50000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&m->cond, &m->lock, &until);
+	}
 	if (!m->clock_frozen)
 		clock_freeze(m);
 	pthread_mutex_unlock(&m->lock);

@@ -455,8 +455,8 @@ static int ft_run(struct ft *ft, struct mig_stream *s, char *err, size_t errlen)
 	pthread_mutex_unlock(&ft->lock);
 	uint64_t next = now_us();
 	for (uint64_t epoch = 1;; epoch++) {
-		if (ft_sleep_until(ft, next))
-			return 0;
+		if (ft_sleep_until(ft, next) || atomic_load(&m->exit_reason) != EXIT_NONE)
+			return 0;       /* told to stop, or the guest ended */
 		/* room for every page dirty so far, and some that dirty meanwhile */
 		uint64_t want = dirty_log_count(m);
 		want = want + want / 4 + 64;

@@ -27,6 +27,10 @@ What is proved, and how it would fail:
   that epoch, takes over at the one before (`--ft-takeover auto`), and
   the stream goes on intact: a half-applied epoch would crash the guest
   or corrupt the stream.
+- bad input: a malformed --ft-secondary or --ft-takeover exits 2 with
+  one line; ft-start without a uri, with an epoch out of range or a bad
+  secret_file is refused with the reason; a secondary nobody listens for leaves the
+  guest running, unprotected, with the reason in query-ft;
 - the FT link cut with both alive, and the secondary told to take over
   anyway (a wrong arbiter): it cannot take the disk lock the primary
   holds, so it ends without running; the primary goes on unprotected and
@@ -37,12 +41,13 @@ Skipped only when network namespaces cannot be created (not root).
 """
 
 import os
+import subprocess
 import threading
 import time
 from contextlib import ExitStack
 
 import topology
-from ferrylib import VM
+from ferrylib import FERRY_VM, VM, QMPError, free_tcp_port
 from test_hosts import (BOOT, ECHO_PORT, MAC, MEM, Datastore, Stream,
                         need_namespaces, wait_switch_port)
 
@@ -229,3 +234,40 @@ def test_ft_link_cut_both_alive_only_one_runs():
             sent = finish_on(prim, stream)
         assert qp.cmd("query-ft")["status"] == "unprotected"
         print(f"stream: {sent} bytes intact on the primary; the secondary refused to run")
+
+
+def test_ft_bad_input_is_refused_and_the_guest_runs_on():
+    for args, words in (
+            (["--ft-secondary", "udp:1.2.3.4:5"], "want tcp:HOST:PORT"),
+            (["--ft-secondary", "tcp:127.0.0.1:1,timeout-ms=5"], "timeout-ms"),
+            (["--ft-secondary", "tcp:127.0.0.1:1,bogus=1"], "unknown option"),
+            (["--ft-secondary", "tcp:127.0.0.1:1", "--incoming", "tcp:127.0.0.1:2"],
+             "exclude each other"),
+            (["--ft-takeover", "maybe", "--kernel", "x"], "want manual or auto")):
+        r = subprocess.run([str(FERRY_VM), *args], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 2 and words in r.stderr, (args, r)
+        assert r.stderr.count("\n") == 1, r.stderr
+    with VM(mem=64, name="primary") as vm:
+        q = vm.qmp()
+        for args, words in (({}, "'uri'"), ({"uri": "file:/tmp/x"}, "'uri'"),
+                            ({"uri": "tcp:127.0.0.1:1", "epoch_ms": 1}, "epoch_ms"),
+                            ({"uri": "tcp:127.0.0.1:1", "secret_file": 3},
+                             "secret_file")):
+            try:
+                q.cmd("ft-start", **args)
+                raise AssertionError(f"ft-start {args} was accepted")
+            except QMPError as e:
+                assert words in e.desc, (args, e.desc)
+        port = free_tcp_port()
+        q.cmd("ft-start", uri=f"tcp:127.0.0.1:{port}")
+        ev = q.wait_event("FT_UNPROTECTED", timeout=30)
+        assert "cannot connect" in ev["data"]["reason"], ev
+        st = q.cmd("query-ft")
+        assert st["status"] == "unprotected" and "cannot connect" in st["error"], st
+        assert q.cmd("query-status")["status"] == "running"
+        try:
+            q.cmd("ft-takeover")
+            raise AssertionError("ft-takeover was accepted on a primary")
+        except QMPError as e:
+            assert "not an FT secondary" in e.desc, e.desc
