@@ -601,11 +601,13 @@ static struct ft *ft_new(struct vmm *v)
 	return ft;
 }
 
+static bool ft_secondary_took_over(struct ft_secondary *sec);
+
 json_t *ft_cmd_start(void *ctx, json_t *args, const char **cls, char *err, size_t errlen)
 {
 	struct vmm *v = ctx;
 	*cls = "GenericError";
-	if (v->in || v->ft_sec) {
+	if (v->in || (v->ft_sec && !ft_secondary_took_over(v->ft_sec))) {
 		snprintf(err, errlen, "this guest is not running here");
 		return NULL;
 	}
@@ -1248,6 +1250,14 @@ out:
 	return r;
 }
 
+static bool ft_secondary_took_over(struct ft_secondary *sec)
+{
+	pthread_mutex_lock(&sec->lock);
+	bool running = sec->status == SEC_RUNNING;
+	pthread_mutex_unlock(&sec->lock);
+	return running;
+}
+
 json_t *ft_cmd_takeover(void *ctx, json_t *args, const char **cls, char *err,
 			size_t errlen)
 {
@@ -1298,9 +1308,13 @@ json_t *ft_cmd_query(void *ctx, json_t *args, const char **cls, char *err, size_
 {
 	struct vmm *v = ctx;
 	(void)args; (void)cls; (void)err; (void)errlen;
+	if (v->ft) {            /* also a secondary that took over and protects anew */
+		json_t *r = ft_primary_figures(v->ft);
+		if (v->ft_sec)
+			json_object_set_new(r, "took_over", ft_secondary_figures(v->ft_sec));
+		return r;
+	}
 	if (v->ft_sec)
 		return ft_secondary_figures(v->ft_sec);
-	if (v->ft)
-		return ft_primary_figures(v->ft);
 	return json_pack("{s:s}", "status", "off");
 }

@@ -16,6 +16,8 @@ What is proved, and how it would fail:
   reports the primary lost, the test (the arbiter, as etcd will be) says
   ft-takeover, and the same TCP connection goes on with every byte
   intact; the echo server's own count matches what the client sent.
+  Then FT is restored: a new secondary on host a, the guest on b
+  protected again (ft-start on the former secondary);
   Without output commit the guest's ACKs of the last epoch would have
   reached the client before the secondary had the state that sent them:
   those bytes are lost on failover and the stream stalls or fails;
@@ -83,15 +85,15 @@ class Gap:
         return self.longest
 
 
-def secondary(topo, disk, args=(), env=None, name="secondary"):
-    """An FT secondary on host b listening on its br0 address; returns
+def secondary(topo, disk, args=(), env=None, name="secondary", host="b"):
+    """An FT secondary on host listening on its br0 address; returns
     (vm, uri)."""
-    uri = f"tcp:{topo.host_ip('b')}:{FT_PORT}"
+    uri = f"tcp:{topo.host_ip(host)}:{FT_PORT}"
     vm = VM(mem=MEM, disk=disk, net=f"tap=tap0,mac={MAC}", env=env,
             args=["--ft-secondary", f"{uri},timeout-ms=2000", *args],
-            prefix=topo.exec_prefix(topo.hosts["b"]), name=name)
+            prefix=topo.exec_prefix(topo.hosts[host]), name=name)
     try:
-        topo.wait_listening(topo.hosts["b"], FT_PORT, alive=vm.running)
+        topo.wait_listening(topo.hosts[host], FT_PORT, alive=vm.running)
     except BaseException:
         vm.close(failed=True)
         raise
@@ -163,6 +165,14 @@ def test_ft_failover_keeps_the_tcp_stream():
                   f"epoch {ev['data']['epoch']})")
             wait_switch_port(topo, "b")
             assert sec.qmp().cmd("query-status")["status"] == "running"
+            # FT restored: host a is back, a new secondary there, the
+            # guest on b protected again
+            topology.sh("ip", "link", "set", "uplink", "up", ns=topo.hosts["a"])
+            new_sec, new_uri = secondary(topo, store.dir / "guest.raw", host="a")
+            vms.enter_context(new_sec)
+            protect(sec, new_uri)
+            assert qs.cmd("query-ft")["status"] == "protected"
+            stream.wait_flowing(what="protected again")
             sent = finish_on(sec, stream)
         print(f"stream: {sent} bytes sent and echoed intact across the failover")
 
