@@ -131,12 +131,14 @@ def append_for(prog):
     return f"console=ttyS0 quiet ferry.run=/bin/{prog}"
 
 
-def run_ferry(initrd, prog, smp):
-    """Boots ferry-vm; returns (exit status, console log, command)."""
+def run_ferry(initrd, prog, smp, cpu=None):
+    """Boots ferry-vm (with FERRY_CPU=cpu when given); returns (exit
+    status, console log, command)."""
     require_file(FERRY_VM, "ninja -C build")
     require_file(KERNEL, "make guest")
+    env = dict(os.environ, FERRY_CPU=cpu) if cpu else None
     with VM(kernel=KERNEL, initrd=initrd, append=append_for(prog), smp=smp,
-            control=False, name=f"diff-{prog}") as vm:
+            control=False, name=f"diff-{prog}", env=env) as vm:
         status = vm.wait_exit(GUEST_TIMEOUT)
         return status, vm.console(), " ".join(vm.cmd)
 
@@ -158,21 +160,25 @@ def run_qemu_system(initrd, prog, smp):
     return res.returncode, log, " ".join(cmd)
 
 
-def compare_in_guest(prog, smp=1):
-    """Runs prog under QEMU and in the guest; fails on any difference."""
+def compare_in_guest(prog, smp=1, cpu=None):
+    """Runs prog under QEMU and in the guest (ferry-vm's CPU as FERRY_CPU
+    says, or the default); fails on any difference."""
     binary = build_programs() / prog
     expected = program_lines(run_qemu_user(binary), prog)
     assert expected is not None, f"{prog}: markers missing in QEMU's output"
     with tempfile.TemporaryDirectory(prefix=f"ferry-diff-{prog}-") as work:
         initrd = make_initrd(binary, prog, work)
-        run = run_qemu_system if VMM == "qemu-system" else run_ferry
-        status, log, cmd = run(initrd, prog, smp)
+        if VMM == "qemu-system":
+            status, log, cmd = run_qemu_system(initrd, prog, smp)
+        else:
+            status, log, cmd = run_ferry(initrd, prog, smp, cpu)
     actual = program_lines(log, prog)
     assert actual is not None, (
         f"{prog}: markers not found on the guest console (exit status {status})\n"
         f"command: {cmd}\nlast lines:\n{tail(log)}")
     diff = first_difference(expected, actual)
-    assert diff is None, f"{prog} (--smp {smp}) differs from QEMU\n{diff}"
+    assert diff is None, (f"{prog} (--smp {smp}{', FERRY_CPU=' + cpu if cpu else ''}) "
+                          f"differs from QEMU\n{diff}")
     assert status == 0, (
         f"{prog}: output matched but the VM exited with status {status}\n"
         f"command: {cmd}\nlast lines:\n{tail(log)}")
@@ -216,6 +222,40 @@ def test_diff_code():
 def test_diff_code_smp2():
     """The same, with code rewritten on one hart and run on the other."""
     compare_in_guest("code", smp=2)
+
+
+# ---- the same under the JIT (FERRY_CPU=jit, src/cpu/jit.c) ------------------
+
+def test_diff_int_jit():
+    compare_in_guest("int", cpu="jit")
+
+
+def test_diff_muldiv_jit():
+    compare_in_guest("muldiv", cpu="jit")
+
+
+def test_diff_fp_jit():
+    compare_in_guest("fp", cpu="jit")
+
+
+def test_diff_atomics_smp4_jit():
+    compare_in_guest("atomics", smp=4, cpu="jit")
+
+
+def test_diff_misaligned_jit():
+    compare_in_guest("misaligned", cpu="jit")
+
+
+def test_diff_csr_jit():
+    compare_in_guest("csr", cpu="jit")
+
+
+def test_diff_code_jit():
+    compare_in_guest("code", cpu="jit")
+
+
+def test_diff_code_smp2_jit():
+    compare_in_guest("code", smp=2, cpu="jit")
 
 
 def test_diff_qemu_is_deterministic():
