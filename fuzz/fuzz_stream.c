@@ -12,7 +12,8 @@
  * grammar (grammar.c) as a file or, for inputs with bit 1 of the size
  * set, as a live stream, and through the fault-tolerance stream's
  * grammar (ft_grammar.c: initial copy, then whole epochs) for inputs with
- * bit 2 set. fuzz_load.c goes further, into the loaders.
+ * bit 2 set. DISK extents (disks: copy) must stay inside their payload and,
+ * once the grammar accepts them, inside their image. fuzz_load.c goes further, into the loaders.
  *
  * Build and run: fuzz/run-short.sh SECONDS (clang -fsanitize=fuzzer).
  * Seeds: the sample streams of tests/unit/stream_sample.h.
@@ -113,6 +114,14 @@ static void feed(const uint8_t *data, size_t size, bool use_sink)
 				for (uint32_t k = 0; k < sec.npfns; k++)
 					if (mig_section_pfn(&sec, k) >= RAM_PAGES)
 						abort();
+			if (sec.type == MIG_SEC_DISK &&
+			    (sec.disk_data + (sec.disk_zero ? 0 : sec.disk_len) !=
+			     sec.data + sec.len || sec.disk_off % MIG_DISK_BLOCK))
+				abort();        /* an extent that is not its payload */
+			if (in_order && sec.type == MIG_SEC_DISK &&
+			    (sec.disk >= remote.ndisks ||
+			     sec.disk_off + sec.disk_len > remote.disks[sec.disk].size))
+				abort();        /* the grammar let an extent outside its image */
 			if (sec.type == MIG_SEC_DEVICE &&
 			    (strlen(sec.name) == 0 || sec.state + sec.state_len !=
 			     sec.data + sec.len))

@@ -12,7 +12,8 @@ What is proved, and how it would fail:
   image byte for byte, and the image still sparse: a block written during
   the copy and not sent again (dirty tracking), a lost last round at the
   switchover, or a data extent skipped fails it;
-- a destination killed in the disk phase or in the memory phase leaves
+- a destination killed in the disk phase, in the memory phase or after
+  the final round (all state received, not confirmed) leaves
   the guest running on the source, its image locked and intact; the guest
   later checks its whole log there;
 - a relay that flips a byte in a DISK section: the destination refuses,
@@ -104,13 +105,13 @@ def test_shared_nothing_between_two_hosts():
 
 
 def test_destination_killed_in_disk_or_memory_phase_keeps_the_source():
-    records = 6000
+    records = 8000
     with tempfile.TemporaryDirectory(prefix="ferry-nothing-") as d:
         src_image = Path(d) / "src.raw"
         make_image(src_image)
         with logging_guest(src_image, records) as src:
             src.wait_for(r"^ft: disklog: seq \d+", BOOT)
-            for point in ("disk", "round1"):
+            for point in ("disk", "round1", "switchover"):
                 dst_image = empty_image(Path(d) / f"dst-{point}.raw")
                 dst, uri = local_destination(dst_image, env={"FERRY_TEST_FAULT": point},
                                              name=f"dst-{point}")

@@ -924,10 +924,75 @@ static void write_seed(const char *dir, const char *name, struct blob b)
 	free(b.data);
 }
 
+/* A shared-nothing stream (disks: copy): extents of the sample's 1 GiB
+ * disk among the pages, its digest, then the state. */
+static int disks_copy_writer(int fd, bool arg)
+{
+	(void)arg;
+	static uint8_t ram[SAMPLE_RAM], block[MIG_DISK_BLOCK];
+	const uint8_t hart[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+	struct mig_config cfg;
+	struct mig_stream *s = mig_stream_new(fd);
+	uint64_t hashes[4];
+	sample_config(&cfg);
+	cfg.copy_disks = true;
+	cfg.disks[0].size = 4 * MIG_DISK_BLOCK - 512;   /* a short last block */
+	sample_ram(ram);
+	memcpy(block, ram, sizeof(ram) < sizeof(block) ? sizeof(ram) : sizeof(block));
+	for (unsigned b = 0; b < 4; b++)
+		hashes[b] = mig_block_hash(block, b == 3 ? MIG_DISK_BLOCK - 512 : MIG_DISK_BLOCK);
+	int r = mig_write_config(s, &cfg) ||
+		mig_write_disk(s, 0, 0, block, MIG_DISK_BLOCK) ||
+		mig_put_page(s, 1, ram + MIG_PAGE_SIZE) || mig_flush_pages(s) ||
+		mig_write_disk(s, 0, MIG_DISK_BLOCK, NULL, MIG_DISK_BLOCK) ||
+		mig_write_disk(s, 0, MIG_DISK_BLOCK, block, MIG_DISK_BLOCK) ||
+		mig_write_disk(s, 0, 2 * MIG_DISK_BLOCK, block, 2 * MIG_DISK_BLOCK - 512) ||
+		mig_write_disk_digest(s, 0, mig_digest_of_hashes(hashes, 4, cfg.disks[0].size)) ||
+		mig_write_cpu(s, 0, 1, hart, sizeof(hart)) ||
+		mig_write_cpu(s, 1, 1, hart, sizeof(hart)) ||
+		mig_write_device(s, "uart", 1, "u", 1) ||
+		mig_write_device(s, "virtio-blk@10001000", 2, NULL, 0) ||
+		mig_write_clock(s, 42) || mig_write_digest(s, 7) || mig_write_end(s) ||
+		mig_flush(s);
+	mig_stream_free(s);
+	return r ? -1 : 0;
+}
+
+/* The seed above reads back through the grammar, whole. */
+static void disks_copy_stream_reads_back(void **state)
+{
+	(void)state;
+	static uint8_t ram[SAMPLE_RAM];
+	struct blob b = capture(disks_copy_writer, false);
+	int fd = memfd_with(b.data, b.len);
+	struct mig_stream *r = mig_stream_new(fd);
+	struct mig_config cfg;
+	struct mig_grammar g;
+	struct mig_section sec;
+	char err[256] = "";
+	unsigned extents = 0;
+	assert_int_equal(mig_read_config(r, &cfg), 0);
+	assert_true(cfg.copy_disks);
+	mig_grammar_init(&g, &cfg, true);
+	for (;;) {
+		assert_int_equal(mig_read_section(r, &sec, ram, SAMPLE_RAM), 0);
+		assert_int_equal(mig_grammar_step(&g, &sec, err, sizeof(err)), 0);
+		if (sec.type == MIG_SEC_DISK)
+			extents++;
+		if (sec.type == MIG_SEC_END)
+			break;
+	}
+	assert_int_equal(extents, 4);
+	mig_stream_free(r);
+	close(fd);
+	free(b.data);
+}
+
 /* FERRY_STREAM_SEEDS=DIR: write the fuzzer's seed corpus instead of
  * testing (fuzz/run-short.sh). */
 static void write_seeds(const char *dir)
 {
+	write_seed(dir, "disks-copy", capture(disks_copy_writer, false));
 	write_seed(dir, "sample-raw", capture(sample_write, false));
 	write_seed(dir, "sample-zstd", capture(sample_write, true));
 	write_seed(dir, "control", capture(control_writer, false));
@@ -1217,6 +1282,7 @@ int main(void)
 		cmocka_unit_test(hostile_configurations),
 		cmocka_unit_test(grammar_accepts_whole_streams),
 		cmocka_unit_test(grammar_disks_copy),
+		cmocka_unit_test(disks_copy_stream_reads_back),
 		cmocka_unit_test(disk_section_shapes),
 		cmocka_unit_test(config_check_disks_copy),
 		cmocka_unit_test(grammar_refuses_missing_state),
