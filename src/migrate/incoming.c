@@ -237,8 +237,10 @@ static int receive(struct vmm *v, struct mig_stream *s, bool two_way, bool *post
 		snprintf(err, errlen, "handshake: %s", mig_stream_error(s));
 		return RECV_FAILED;
 	}
-	if (two_way)
+	if (two_way) {
 		mig_channel_set_deadline(mig_stream_channel(s), 0);
+		mig_window_receiver(mig_channel_fd(mig_stream_channel(s)));
+	}
 	if (receive_state(v, s, &remote, *dk, two_way, postcopy, err, errlen)) {
 		if (two_way)
 			mig_send_error(s, quitting(v) ? "the destination was told to quit" : err);

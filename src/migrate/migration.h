@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "migrate/channel.h"
+#include "migrate/window.h"
 
 struct vmm;
 struct machine;
@@ -59,6 +60,8 @@ struct migration {
 	bool sample_dirty;
 	uint64_t sample_ms, sample_pages;
 	struct mig_watchdog *watchdog;  /* deadline.h */
+	struct mig_window link;         /* window.h (outgoing thread only) */
+	struct mig_window link_shown;   /* its copy for query-migrate, under lock */
 };
 
 uint64_t mig_now_ms(void);

@@ -207,6 +207,18 @@ static void sample_dirty_rate(struct migration *mg)
 	mg->sample_ms = since;
 }
 
+/* zstd costs ~30 us a page: it pays only below ~1 Gbit/s (docs/stream.md),
+ * so on when the user's cap or the link's measured rate (window.c) is
+ * below that. */
+static void choose_compression(struct migration *mg, struct mig_stream *s)
+{
+	pthread_mutex_lock(&mg->lock);
+	uint64_t mbps = mg->bandwidth_mbps;
+	mg->link_shown = mg->link;
+	pthread_mutex_unlock(&mg->lock);
+	mig_stream_set_compress(s, (mbps && mbps < 1000) || mg->link.compress);
+}
+
 /* Send the pages set in bitmap; returns bytes written, or -1. */
 static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint64_t *bitmap)
 {
@@ -232,6 +244,8 @@ static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint
 		uint64_t bits = bitmap[w];
 		if (bits && mg->sample_dirty)
 			sample_dirty_rate(mg);
+		if (bits && mig_window_tune(&mg->link))
+			choose_compression(mg, s);
 		while (bits) {
 			uint64_t pfn = w * 64 + (uint64_t)__builtin_ctzll(bits);
 			bits &= bits - 1;
@@ -349,6 +363,7 @@ static void publish_round(struct migration *mg, struct mig_stream *s,
 	snprintf(mg->phase, sizeof(mg->phase), "%s", why);
 	mg->transferred = mig_stream_bytes(s);
 	mg->throttle_pct = d->throttle_pct;
+	mg->link_shown = mg->link;
 	pthread_mutex_unlock(&mg->lock);
 }
 
@@ -364,6 +379,7 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 	for (;;) {
 		/* disks: copy: the dirty blocks first (the bulk copy, the
 		 * first time), then the memory round */
+		uint64_t delivered0 = mig_window_delivered(&mg->link, mig_stream_bytes(s));
 		int64_t disk_bytes = disk_source_round(mg->disks, s);
 		if (disk_bytes < 0)
 			return -1;
@@ -378,7 +394,12 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 		mg->sample_dirty = false;
 		if (bytes < 0)
 			return -1;
-		bytes += disk_bytes;
+		/* what the destination acknowledged, not what the buffers took */
+		if (mg->link.open)
+			bytes = (int64_t)(mig_window_delivered(&mg->link, mig_stream_bytes(s)) -
+					  delivered0);
+		else
+			bytes += disk_bytes;
 		uint64_t dt = mig_now_ms() - t0;
 		int round_throttle = st.throttle_pct;
 		bool lifted = mig_watchdog_throttle_lifted(mg->watchdog);
@@ -398,7 +419,8 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 		 * shorter than sending the hot set really takes. */
 		st.prev_remaining = st.remaining_bytes;
 		uint64_t dirtied = dirty_log_count(m);
-		st.remaining_bytes = dirtied * PAGE_SIZE + disk_source_remaining(mg->disks);
+		st.remaining_bytes = dirtied * PAGE_SIZE + disk_source_remaining(mg->disks) +
+				     mig_window_backlog(&mg->link, st.bandwidth_bps);
 		st.dirty_bps = round_dirty_bps(mg, dirtied, dt);
 		current_params(mg, &params);
 		struct plan_decision d = plan_next(&params, &st);
@@ -572,9 +594,7 @@ static void *outgoing_thread(void *arg)
 	mg->watchdog = w;
 	arm_budget(mg);
 	pthread_mutex_unlock(&mg->lock);
-	/* zstd costs ~30 us a page: it pays only below ~1 Gbit/s
-	 * (docs/stream.md) */
-	mig_stream_set_compress(s, mg->bandwidth_mbps && mg->bandwidth_mbps < 1000);
+	choose_compression(mg, s);
 	if (handshake(mg, s))
 		goto failed;
 	if (mg->copy_disks && !(mg->disks = disk_source_start(mg->vmm, err, sizeof(err)))) {
@@ -582,6 +602,8 @@ static void *outgoing_thread(void *arg)
 		mig_send_error(s, err);
 		goto failed;
 	}
+	mig_window_open(&mg->link, mig_channel_fd(ch));
+	choose_compression(mg, s);
 	mg->setup_ms = mig_now_ms() - mg->start_ms;
 	set_status(mg, MIG_ACTIVE);
 
@@ -1043,6 +1065,15 @@ static json_t *migration_figures(struct migration *mg)
 		"downtime_target_ms", (json_int_t)mg->downtime_ms);
 	if (mg->error[0])
 		json_object_set_new(r, "error", json_string(mg->error));
+	if (mg->link_shown.open) {
+		const struct mig_window *w = &mg->link_shown;
+		json_object_set_new(r, "rtt_ms", json_real((double)(w->rtt_us / 10) / 100));
+		json_object_set_new(r, "window_bytes", json_integer((json_int_t)w->window_bytes));
+		json_object_set_new(r, "peer_window_bytes",
+				    json_integer((json_int_t)w->peer_window_bytes));
+		json_object_set_new(r, "link_rate_bps", json_integer((json_int_t)w->rate_bps));
+		json_object_set_new(r, "compress", json_boolean(w->compress));
+	}
 	if (mg->postcopy_requests)
 		json_object_set_new(r, "postcopy_requests", json_integer((json_int_t)mg->postcopy_requests));
 	add_bounds(mg, r);

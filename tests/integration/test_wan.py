@@ -1,0 +1,142 @@
+"""Live migration over a long fat link: 100 ms RTT, 200 Mbit/s.
+
+Two network namespaces, src and dst, joined by a delay line: a TUN device
+in each, and delayline.py carrying packets between them 50 ms late each
+way, so the round trip is 100 ms (this kernel has no sch_netem, and a TCP
+proxy would hide the RTT). src's end also shapes to 200 Mbit/s (tbf, a
+queue of 50 ms): the link's bandwidth-delay product is 2.5 MB. ferry-vm runs in each namespace with
+`ip netns exec`; the migration goes over the veth, never loopback.
+
+What is proved, and how it would fail:
+- a 256 MiB guest running memload on a small hot set (16 MiB rewritten at
+  4 MiB/s, every page checked against its generation) migrates, completes,
+  and memload keeps verifying on dst: a lost or stale page fails it;
+- query-migrate reports the pause (downtime_ms), within the pause bound
+  ferry enforces, and the link figures of window.c: the RTT it measured
+  (the netem delay must show), the send buffer the kernel granted, the
+  largest window dst offered, and the link's measured rate. The buffer
+  and dst's window must each cover both the bandwidth-delay product the
+  source measured and the 2.5 MB this link holds: with the old fixed
+  256 KiB buffers (or a receive window clamped at its connect-time size)
+  they do not, and the test fails;
+- compression is on: the link measured below 1 Gbit/s (window.c's rule).
+Timings (total against the link's transfer time, the pause) are in
+bench/wan.py, not asserted here.
+
+Skipped only when network namespaces or tc are unavailable.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import topology
+from ferrylib import VM, Skip, need_tool, wait_until
+from test_migrate import PASS_RE, assert_guest_healthy, memload_vm, wait_migration
+
+TIMEOUT = 90
+RTT_MS = 100
+RATE_MBIT = 200
+LINK_BDP = RATE_MBIT * 1000000 // 8 * RTT_MS // 1000      # bytes in flight: 2.5 MB
+PORT = 47100
+
+
+class Link:
+    """Namespaces src and dst joined by a delay line (delayline.py: this
+    kernel has no netem) with a tbf rate on src's side. Use as a context
+    manager."""
+
+    def __init__(self, rtt_ms=RTT_MS, rate_mbit=RATE_MBIT):
+        tag = "wan%d" % (os.getpid() % 100000)
+        self.src, self.dst = tag + "-src", tag + "-dst"
+        self.src_ip, self.dst_ip = "10.99.0.1", "10.99.0.2"
+        self.rtt_ms, self.rate_mbit = rtt_ms, rate_mbit
+        self.line = None
+
+    def up(self):
+        sh = topology.sh
+        for ns in (self.src, self.dst):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "link", "set", "lo", "up", ns=ns)
+        self.line = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("delayline.py")),
+             self.src, self.dst, str(self.rtt_ms / 2)],
+            stdout=subprocess.PIPE, text=True)
+        if self.line.stdout.readline().strip() != "ready":
+            raise RuntimeError("delayline.py did not start")
+        for ns, ip, peer in ((self.src, self.src_ip, self.dst_ip),
+                             (self.dst, self.dst_ip, self.src_ip)):
+            sh("ip", "link", "set", "wan0", "mtu", "64000", "up", ns=ns)
+            sh("ip", "addr", "add", ip, "peer", peer, "dev", "wan0", ns=ns)
+        # the bottleneck: 200 Mbit/s with a queue of 50 ms, before the delay
+        sh("tc", "qdisc", "add", "dev", "wan0", "root", "tbf", "rate",
+           "%dmbit" % self.rate_mbit, "burst", "256kb", "latency", "50ms", ns=self.src)
+        return self
+
+    def down(self):
+        if self.line:
+            self.line.terminate()
+            self.line.wait()
+            self.line = None
+        for ns in (self.src, self.dst):
+            topology.sh("ip", "netns", "del", ns, check=False)
+
+    def prefix(self, ns):
+        return ["ip", "netns", "exec", ns]
+
+    def __enter__(self):
+        try:
+            return self.up()
+        except BaseException:
+            self.down()
+            raise
+
+    def __exit__(self, *exc):
+        self.down()
+
+
+def need_link():
+    if not topology.available():
+        raise Skip("cannot create network namespaces (needs root and iproute2)")
+    need_tool("tc", "iproute2")
+    probe = Link()
+    try:
+        probe.up()
+    except (RuntimeError, OSError) as e:
+        raise Skip("cannot build the delayed, shaped link (TUN, sch_tbf): %s" % e)
+    finally:
+        probe.down()
+
+
+def listening(ns, port):
+    out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Htln", "sport = :%d" % port],
+                         capture_output=True, text=True).stdout
+    return bool(out.strip())
+
+
+def test_256mib_guest_over_100ms_200mbit_link():
+    need_link()
+    with Link() as link:
+        with memload_vm(mib=16, rate=4, mem=256, name="src",
+                        prefix=link.prefix(link.src)) as src:
+            src.wait_for(PASS_RE, timeout=60)
+            uri = "tcp:%s:%d" % (link.dst_ip, PORT)
+            with VM(incoming=uri, mem=256, name="dst", prefix=link.prefix(link.dst)) as dst:
+                wait_until(lambda: listening(link.dst, PORT), 30, "destination listening")
+                q = src.qmp()
+                q.cmd("migrate", uri=uri, downtime_ms=500)
+                r = wait_migration(q, timeout=60)
+                assert r["status"] == "completed", r
+                assert_guest_healthy(dst)
+                assert 0 < r["downtime_ms"] <= r["pause_bound_ms"], r
+
+                # the link as window.c measured it
+                assert r["rtt_ms"] >= RTT_MS * 0.9, r
+                measured_bdp = r["bandwidth_bps"] * r["rtt_ms"] / 1000
+                for key in ("window_bytes", "peer_window_bytes"):
+                    assert r[key] >= measured_bdp, (key, measured_bdp, r)
+                    assert r[key] >= LINK_BDP, (key, LINK_BDP, r)
+                assert 0 < r["link_rate_bps"] < 125000000, r
+                assert r["compress"] is True, r
+                assert src.quit() == 0, src.tail()
