@@ -365,10 +365,11 @@ int main(int argc, char **argv)
 			return end_early(&vmm, 1);
 		}
 	} else if (o.ft_secondary) {
-		if (vmm_ft_secondary(&vmm, o.ft_secondary, o.ft_takeover, err, sizeof(err)) < 0) {
+		int r = vmm_ft_secondary(&vmm, o.ft_secondary, o.ft_takeover, err, sizeof(err));
+		if (r < 0)
 			fprintf(stderr, "ferry-vm: FT secondary: %s\n", err);
-			return end_early(&vmm, 1);
-		}
+		if (r)          /* no guest ran here: free what was built */
+			return end_early(&vmm, r < 0 ? 1 : 0);
 	} else if (machine_start(m)) {
 		return end_early(&vmm, 1);
 	}

@@ -811,6 +811,8 @@ static void ft_sink(void *opaque, uint64_t pfn, const void *page)
 		sec->hash[pfn] = h;
 		return;
 	}
+	if (sec->nstage == sec->guest_pages)
+		return;         /* more pages than RAM: the digest will not match */
 	if (sec->nstage == sec->stage_cap) {
 		uint64_t cap = sec->stage_cap ? sec->stage_cap * 2 : 256;
 		uint8_t *st = realloc(sec->stage, cap * PAGE_SIZE);
@@ -998,7 +1000,10 @@ static struct mig_stream *ft_accept(struct ft_secondary *sec, int lfd,
 			mig_stream_free(s);
 			continue;
 		}
-		if (mig_config_check(remote, &local, why, sizeof(why))) {
+		if (remote->copy_disks)
+			snprintf(why, sizeof(why), "fault tolerance runs on a shared datastore "
+				 "only (disks: copy is not built for it)");
+		if (remote->copy_disks || mig_config_check(remote, &local, why, sizeof(why))) {
 			snprintf(err, errlen, "cannot run the primary's guest here: %s", why);
 			mig_send_error(s, why);
 			mig_stream_free(s);

@@ -38,6 +38,11 @@ void ft_grammar_free(struct ft_grammar *g)
 int ft_grammar_step(struct ft_grammar *g, const struct mig_section *sec, char *err,
 		    size_t errlen)
 {
+	if (sec->type == MIG_SEC_DISK || sec->type == MIG_SEC_DISK_DIGEST) {
+		snprintf(err, errlen, "FT stream: disk data at offset %llu: fault tolerance "
+			 "runs on a shared datastore only", (unsigned long long)sec->offset);
+		return -1;
+	}
 	if (sec->type == MIG_SEC_EPOCH) {
 		uint64_t n = get_le64(sec->data);
 		if (g->in_epoch || n != g->epoch + 1) {
