@@ -37,19 +37,26 @@ What is proved, and how it would fail:
   anyway (a wrong arbiter): it cannot take the disk lock the primary
   holds, so it ends without running; the primary goes on unprotected and
   the stream with it: exactly one runs.
+- a guest counter sent as UDP datagrams (tests/guest/udpcount.c: one
+  datagram a number), primary killed mid-stream: the receiver never sees
+  a number repeat or go backwards. UDP hides nothing, so output released
+  before the secondary held its epoch would show up as repeats when the
+  secondary replays that epoch.
 The client-visible gap at failover is printed, not asserted.
 
 Skipped only when network namespaces cannot be created (not root).
 """
 
 import os
+import re
 import subprocess
+import sys
 import threading
 import time
 from contextlib import ExitStack
 
 import topology
-from ferrylib import FERRY_VM, VM, QMPError, free_tcp_port
+from ferrylib import BUILD, FERRY_VM, REPO, VM, QMPError, Skip, free_tcp_port
 from test_hosts import (BOOT, ECHO_PORT, MAC, MEM, Datastore, Stream,
                         need_namespaces, wait_switch_port)
 
@@ -281,3 +288,130 @@ def test_ft_bad_input_is_refused_and_the_guest_runs_on():
             raise AssertionError("ft-takeover was accepted on a primary")
         except QMPError as e:
             assert "not an FT secondary" in e.desc, e.desc
+
+
+# ---- a guest counter over UDP ------------------------------------------------
+
+UDP_PORT = 7100
+UDPCOUNT_SRC = REPO / "tests" / "guest" / "udpcount.c"
+
+# python3 -c UDP_RECEIVER PORT: receives "udpcount K" datagrams, prints
+# "progress LAST" now and then, and on a line on stdin "done last L count
+# N repeats R gaps G first_repeat X" (repeats: numbers not above the last
+# one seen).
+UDP_RECEIVER = r'''
+import select, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+last = count = repeats = gaps = 0
+first_repeat = None
+t = 0
+while True:
+    r, _, _ = select.select([s, sys.stdin], [], [], 0.05)
+    if sys.stdin in r:
+        break
+    if s in r:
+        k = int(s.recv(100).split()[1])
+        count += 1
+        if k <= last:
+            repeats += 1
+            first_repeat = first_repeat or "%d-after-%d" % (k, last)
+        else:
+            gaps += k > last + 1
+            last = k
+    if time.monotonic() - t > 0.05:
+        print("progress %d" % last, flush=True)
+        t = time.monotonic()
+print("done last %d count %d repeats %d gaps %d first_repeat %s"
+      % (last, count, repeats, gaps, first_repeat), flush=True)
+'''
+
+
+def udpcount_initrd():
+    """The guest image's initramfs plus udpcount (built when stale)."""
+    out = BUILD / "tests"
+    out.mkdir(parents=True, exist_ok=True)
+    prog, img = out / "udpcount", out / "udpcount.img"
+    if not prog.exists() or prog.stat().st_mtime < UDPCOUNT_SRC.stat().st_mtime:
+        cc = "riscv64-linux-gnu-gcc"
+        r = subprocess.run([cc, "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
+                            str(prog), str(UDPCOUNT_SRC)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise Skip(f"cannot build udpcount with {cc}: {r.stderr.strip()[-300:]}")
+    if not img.exists() or img.stat().st_mtime < prog.stat().st_mtime:
+        subprocess.run([str(REPO / "guest" / "mkinitrd.sh"), str(img), str(prog)],
+                       check=True, capture_output=True)
+    return img
+
+
+class Counter:
+    """UDP_RECEIVER in the client namespace."""
+
+    def __init__(self, topo):
+        self.proc = subprocess.Popen(
+            topo.exec_prefix(topo.client) + [sys.executable, "-u", "-c", UDP_RECEIVER,
+                                             str(UDP_PORT)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.last = 0
+        self.done = None
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            m = re.match(r"progress (\d+)", line)
+            if m:
+                self.last = int(m.group(1))
+            elif line.startswith("done"):
+                self.done = line.strip()
+
+    def wait_past(self, n, timeout=60, what=""):
+        deadline = time.monotonic() + timeout
+        while self.last < n:
+            assert time.monotonic() < deadline, f"{what}: the counter stands at {self.last}"
+            time.sleep(0.02)
+
+    def finish(self):
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+        self.proc.wait(30)
+        self.reader.join(5)
+        return self.done
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def test_ft_guest_counter_never_repeats_across_failover():
+    need_namespaces()
+    initrd = udpcount_initrd()
+    with topology.Topology() as topo, Datastore() as store, ExitStack() as vms:
+        image = store.image("guest.raw", 8)
+        counter = Counter(topo)
+        vms.callback(counter.close)
+        append = (f"console=ttyS0 quiet ferry.ip={topo.guest_ip}/24 "
+                  f"ferry.run=udpcount,{topo.client_ip},{UDP_PORT},1000")
+        prim = vms.enter_context(VM(append=append, mem=MEM, disk=image, initrd=initrd,
+                                    net=f"tap=tap0,mac={MAC}", name="primary",
+                                    prefix=topo.exec_prefix(topo.hosts["a"])))
+        sec, uri = secondary(topo, image)
+        vms.enter_context(sec)
+        qs = sec.qmp()
+        prim.wait_for(r"^udpcount: sending", BOOT)
+        protect(prim, uri)
+        counter.wait_past(counter.last + 500, what="protected")
+        before = counter.last
+        prim.kill()
+        cut_host(topo, "a")
+        qs.wait_event("FT_PRIMARY_LOST", timeout=30)
+        qs.cmd("ft-takeover")
+        ev = qs.wait_event("FT_FAILOVER", timeout=30)
+        counter.wait_past(before + 1000, what="after failover")
+        done = counter.finish()
+        m = re.match(r"done last (\d+) count (\d+) repeats (\d+) gaps (\d+)", done or "")
+        assert m, done
+        print(f"counter: {done}; the secondary resumed at epoch {ev['data']['epoch']}, "
+              f"the receiver had {before} before the kill")
+        assert int(m.group(3)) == 0, f"the receiver saw numbers repeat: {done}"
