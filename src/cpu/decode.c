@@ -261,7 +261,15 @@ static struct dpage *dpage_get(struct hart *h, uint64_t pfn)
 
 /* Make page pfn a code page: from now on no hart holds a write TLB entry
  * for it, so every store to it comes through the slow path. Returns the
- * page's code-map word. */
+ * page's code-map word.
+ *
+ * Only the hart that flips the bit shoots the others' write entries down;
+ * a second hart that finds the bit already set goes on without waiting
+ * for that shootdown to finish. In that window a third hart's store
+ * through a write entry not yet dropped would not drop the second hart's
+ * decoded copy. Only a guest that rewrites code on one hart while another
+ * starts running it, without the fence.i the ISA asks for in between,
+ * could see it; test_diff_code_smp2 (with the fence) does not. */
 static uint32_t code_mark(struct hart *h, uint64_t pfn)
 {
 	const struct cpu_bus *b = h->bus;
