@@ -86,7 +86,7 @@ IDLE = "console=ttyS0 quiet"
 class Lab:
     """One `ferry lab` for one test."""
 
-    def __init__(self, hosts=3):
+    def __init__(self, hosts=3, isolation=None):
         need_root("network namespaces for the lab")
         if not shutil.which("etcd"):
             raise Skip("etcd is not installed (apt-get install etcd-server)")
@@ -95,12 +95,15 @@ class Lab:
         self.name = "fc%d" % (os.getpid() % 100000)
         self.hosts = hosts
         self.dir = Path(tempfile.mkdtemp(prefix="ferry-lab-"))
+        self.env = dict(os.environ)
+        if isolation:   # ferryd's --isolation-response
+            self.env["FERRY_LAB_ISOLATION"] = isolation
 
     def __enter__(self):
         try:
             r = subprocess.run([str(FERRY), "lab", "up", "--hosts", str(self.hosts), "--name",
                                 self.name, "--dir", str(self.dir)], capture_output=True,
-                               text=True, timeout=120)
+                               text=True, timeout=120, env=self.env)
             if r.returncode != 0:
                 raise RuntimeError("ferry lab up failed: %s%s" % (r.stdout, r.stderr))
             shutil.copy(GUEST_IMAGE, self.dir / "shared" / "Image")
@@ -604,7 +607,9 @@ def test_cluster_host_failure():
 
 
 def test_cluster_partition_fence():
-    with Lab() as lab:
+    # leave-running: the cut-off copy runs on until ferry-center stops it
+    # (the default, power-off, is tested in test_ha.py)
+    with Lab(isolation="leave-running") as lab:
         lab.cli("vm", "create", "hp", "--kernel", "shared:Image", "--initrd",
                 "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h3",
                 "--ha", "high")

@@ -64,7 +64,8 @@ static json_t *etcd_call(struct etcd *e, const char *path, json_t *req, char *er
 		char url[512];
 		snprintf(url, sizeof(url), "%s%s", e->urls[m], path);
 		long status;
-		json_t *reply = http_json("POST", url, NULL, req, ETCD_TIMEOUT_MS, &status, err,
+		json_t *reply = http_json("POST", url, NULL, req,
+					  e->timeout_ms ? e->timeout_ms : ETCD_TIMEOUT_MS, &status, err,
 					  errlen);
 		if (reply && status == 200) {
 			e->current = m;

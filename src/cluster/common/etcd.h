@@ -17,6 +17,7 @@ struct etcd {
 	char **urls;
 	int n;
 	int current;   /* the member that answered last */
+	int timeout_ms; /* per member and call; 0: 2000 */
 };
 
 /* "http://a:2379,http://b:2379"; false when empty. */

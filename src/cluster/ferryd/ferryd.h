@@ -15,6 +15,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "cluster/common/auth.h"
@@ -38,6 +39,7 @@ struct ferryd {
 	int nnetworks;
 	struct auth auth;
 	bool secure_incoming;  /* ferry-vm takes --incoming ...,secret-file= */
+	char isolation_response[32];   /* "power-off" (default) or "leave-running" */
 };
 
 extern struct ferryd fd_cfg;
@@ -58,6 +60,7 @@ struct vm {
 	char exit_desc[64];    /* "exited 1", "signal 9" */
 	int exit_status;       /* -1 when killed by a signal */
 	bool leaving;          /* migrated away: being removed */
+	bool fenced;           /* killed (or left running) by the self-fence */
 };
 
 /* host.c */
@@ -68,6 +71,7 @@ const char *host_isa(void);
 extern pthread_mutex_t vms_lock;
 bool vms_init(char *err, size_t errlen);
 struct vm *vm_find(const char *name);   /* under vms_lock */
+int vms_snapshot(struct vm ***list);    /* the table itself; under vms_lock */
 json_t *vm_json(struct vm *vm, bool with_status);
 json_t *vms_list(void);
 int vms_count(void);
@@ -80,6 +84,16 @@ int vm_destroy(const char *name, char *err, size_t errlen);
 char *vm_control_path(const struct vm *vm);
 char *vm_console(const char *name, bool *found);
 void *vms_watch(void *arg);
+
+/* fence.c: self-fencing (see there). The deadline is the sent time of the
+ * last good lease renewal + TTL - FENCE_MARGIN_MS (monotonic ms). */
+#define FENCE_MARGIN_MS 1500
+int64_t mono_ms(void);
+void fence_init(int lease_ttl_s);
+void fence_renewed(int64_t sent_ms);
+int64_t fence_deadline_ms(void);
+bool fence_isolated(void);      /* past the deadline: start nothing */
+void *fence_watch(void *arg);
 
 /* migration.c */
 int migration_start(const char *name, json_t *req, char *err, size_t errlen);

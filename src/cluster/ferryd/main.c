@@ -7,7 +7,11 @@
  * The heartbeat: a lease of LEASE_TTL seconds granted by etcd, renewed
  * every second, holding /ferry/hosts/NAME = {"name", "url", "address"}.
  * If etcd forgets the lease (we were cut off too long), a new one is
- * granted and the key put again.
+ * granted and the key put again. Each renewal's sent time goes to the
+ * self-fence (fence.c), which kills this host's VMs when renewals stop
+ * for LEASE_TTL - FENCE_MARGIN_MS (3.5 s). The heartbeat's etcd calls time
+ * out after HEARTBEAT_TIMEOUT_MS per member, so that a hung member costs
+ * less than the margin before the next one is tried.
  */
 #include "cluster/ferryd/ferryd.h"
 
@@ -24,11 +28,13 @@
 #include <unistd.h>
 
 #define LEASE_TTL 5
+#define HEARTBEAT_TIMEOUT_MS 700
 
 struct ferryd fd_cfg;
 char *cmdline_area;
 size_t cmdline_len;
 static struct etcd etcd;
+static struct etcd etcd_beat;   /* the heartbeat's own client: shorter timeouts */
 
 static void usage(FILE *f)
 {
@@ -36,7 +42,7 @@ static void usage(FILE *f)
 		   "--state-dir DIR\n"
 		   "              [--datastore NAME=DIR]... [--network NAME=BRIDGE]... "
 		   "[--token-file FILE]\n"
-		   "              [--ferry-vm PATH]\n"
+		   "              [--ferry-vm PATH] [--isolation-response power-off|leave-running]\n"
 		   "The host agent: heartbeat in etcd, host report, VM processes, migrations.\n");
 }
 
@@ -70,13 +76,18 @@ static void *heartbeat(void *arg)
 	int64_t lease = 0;
 	bool complained = false;
 	for (;;) {
-		if (lease && !etcd_lease_keepalive(&etcd, lease, err, sizeof(err)))
+		int64_t sent = mono_ms();
+		if (lease && etcd_lease_keepalive(&etcd_beat, lease, err, sizeof(err)))
+			fence_renewed(sent);
+		else
 			lease = 0;
 		if (!lease) {
-			lease = etcd_lease_grant(&etcd, LEASE_TTL, err, sizeof(err));
-			if (lease && !etcd_put(&etcd, key, value, lease, err, sizeof(err)))
+			sent = mono_ms();
+			lease = etcd_lease_grant(&etcd_beat, LEASE_TTL, err, sizeof(err));
+			if (lease && !etcd_put(&etcd_beat, key, value, lease, err, sizeof(err)))
 				lease = 0;
 			if (lease) {
+				fence_renewed(sent);
 				logf_("heartbeat: %s held by lease %lld", key, (long long)lease);
 				complained = false;
 			} else if (!complained) {
@@ -136,6 +147,7 @@ int main(int argc, char **argv)
 		{ "network", required_argument, NULL, 'w' },
 		{ "token-file", required_argument, NULL, 't' },
 		{ "ferry-vm", required_argument, NULL, 'v' },
+		{ "isolation-response", required_argument, NULL, 'i' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -156,6 +168,12 @@ int main(int argc, char **argv)
 				    "--network %s: want NAME=BRIDGE"); break;
 		case 't': token_file = optarg; break;
 		case 'v': snprintf(fd_cfg.ferry_vm, sizeof(fd_cfg.ferry_vm), "%s", optarg); break;
+		case 'i':
+			if (strcmp(optarg, "power-off") && strcmp(optarg, "leave-running"))
+				die("--isolation-response %s: want power-off or leave-running", optarg);
+			snprintf(fd_cfg.isolation_response, sizeof(fd_cfg.isolation_response), "%s",
+				 optarg);
+			break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -174,8 +192,12 @@ int main(int argc, char **argv)
 	snprintf(fd_cfg.address, sizeof(fd_cfg.address), "%.*s",
 		 colon ? (int)(colon - fd_cfg.listen) : 0, fd_cfg.listen);
 	snprintf(fd_cfg.url, sizeof(fd_cfg.url), "http://%s", fd_cfg.listen);
-	if (!etcd_init(&etcd, etcd_urls))
+	if (!etcd_init(&etcd, etcd_urls) || !etcd_init(&etcd_beat, etcd_urls))
 		die("--etcd %s: want URL[,URL...]", etcd_urls);
+	etcd_beat.timeout_ms = HEARTBEAT_TIMEOUT_MS;
+	if (!fd_cfg.isolation_response[0])
+		snprintf(fd_cfg.isolation_response, sizeof(fd_cfg.isolation_response), "power-off");
+	fence_init(LEASE_TTL);
 	find_ferry_vm();
 	vmm_version();
 	signal(SIGPIPE, SIG_IGN);
@@ -196,6 +218,7 @@ int main(int argc, char **argv)
 	pthread_t t;
 	pthread_create(&t, NULL, vms_watch, NULL);
 	pthread_create(&t, NULL, heartbeat, NULL);
+	pthread_create(&t, NULL, fence_watch, NULL);
 	int sig;
 	sigwait(&set, &sig);
 	logf_("signal %d: stopping (VMs keep running)", sig);

@@ -42,6 +42,12 @@ struct vm *vm_find(const char *name)
 	return NULL;
 }
 
+int vms_snapshot(struct vm ***list)
+{
+	*list = vms;
+	return nvms;
+}
+
 int vms_count(void)
 {
 	pthread_mutex_lock(&vms_lock);
@@ -400,6 +406,12 @@ int vm_start(const char *name, json_t *spec, const char *incoming_uri, const cha
 		json_decref(spec);
 		snprintf(err, errlen, "bad VM name (letters, digits, - _ . up to 48)");
 		return 400;
+	}
+	if (fence_isolated() && strcmp(fd_cfg.isolation_response, "leave-running")) {
+		json_decref(spec);
+		snprintf(err, errlen, "host %s cannot renew its etcd lease (self-fenced): it "
+			 "starts no VM", fd_cfg.name);
+		return 503;
 	}
 	pthread_mutex_lock(&vms_lock);
 	struct vm *old = vm_find(name);
