@@ -47,11 +47,11 @@ class Link:
     kernel has no netem) with a tbf rate on src's side. Use as a context
     manager."""
 
-    def __init__(self, rtt_ms=RTT_MS, rate_mbit=RATE_MBIT):
+    def __init__(self, rtt_ms=RTT_MS, rate_mbit=RATE_MBIT, mtu=64000):
         tag = "wan%d" % (os.getpid() % 100000)
         self.src, self.dst = tag + "-src", tag + "-dst"
         self.src_ip, self.dst_ip = "10.99.0.1", "10.99.0.2"
-        self.rtt_ms, self.rate_mbit = rtt_ms, rate_mbit
+        self.rtt_ms, self.rate_mbit, self.mtu = rtt_ms, rate_mbit, mtu
         self.line = None
 
     def up(self):
@@ -67,7 +67,7 @@ class Link:
             raise RuntimeError("delayline.py did not start")
         for ns, ip, peer in ((self.src, self.src_ip, self.dst_ip),
                              (self.dst, self.dst_ip, self.src_ip)):
-            sh("ip", "link", "set", "wan0", "mtu", "64000", "up", ns=ns)
+            sh("ip", "link", "set", "wan0", "mtu", str(self.mtu), "up", ns=ns)
             sh("ip", "addr", "add", ip, "peer", peer, "dev", "wan0", ns=ns)
         # the bottleneck: 200 Mbit/s with a queue of 50 ms, before the delay
         sh("tc", "qdisc", "add", "dev", "wan0", "root", "tbf", "rate",
