@@ -62,8 +62,10 @@ struct cpu_bus {
 	/* dirty log: one bit a RAM page, set on stores while *logging */
 	_Atomic uint64_t *dirty;
 	atomic_bool *logging;
-	/* one word a RAM page for decoded code (cpu/internal.h) */
+	/* one word a RAM page for decoded code (cpu/internal.h), and the
+	 * number of harts making a page a code page right now */
 	_Atomic uint32_t *code;
+	atomic_uint *code_marking;
 	/* post-copy: *missing is a bitmap of pages not here yet, or NULL */
 	_Atomic uint64_t **missing;
 	/* migration throttle: harts sleep this share (0..99) of their time */

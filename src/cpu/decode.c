@@ -18,6 +18,7 @@
 
 #include "util/alloc.h"
 
+#include <sched.h>
 #include <stdlib.h>
 
 #define MAX_DPAGES 1024
@@ -263,16 +264,17 @@ static struct dpage *dpage_get(struct hart *h, uint64_t pfn)
  * for it, so every store to it comes through the slow path. Returns the
  * page's code-map word.
  *
- * Only the hart that flips the bit shoots the others' write entries down;
- * a second hart that finds the bit already set goes on without waiting
- * for that shootdown to finish. In that window a third hart's store
- * through a write entry not yet dropped would not drop the second hart's
- * decoded copy. Only a guest that rewrites code on one hart while another
- * starts running it, without the fence.i the ISA asks for in between,
- * could see it; test_diff_code_smp2 (with the fence) does not. */
+ * The hart that flips the bit shoots the others' write entries down. A
+ * hart that finds the bit set by another must not decode before that
+ * shootdown is over, or a third hart's store through a write entry not
+ * yet dropped could miss its decoded copy: *code_marking counts the
+ * shootdowns under way (raised before the bit is flipped), and such a
+ * hart waits until none is, serving its own flushes meanwhile so that two
+ * harts never wait for each other. */
 static uint32_t code_mark(struct hart *h, uint64_t pfn)
 {
 	const struct cpu_bus *b = h->bus;
+	atomic_fetch_add(b->code_marking, 1);
 	uint32_t w = code_word(b, pfn);
 	while (!(w & 1)) {
 		if (atomic_compare_exchange_weak(&b->code[pfn], &w, w + 1)) {
@@ -283,7 +285,17 @@ static uint32_t code_mark(struct hart *h, uint64_t pfn)
 			break;
 		}
 	}
+	atomic_fetch_sub(b->code_marking, 1);
 	return w;
+}
+
+/* Wait until no hart is in the middle of marking a page (see code_mark). */
+static void code_wait_marking(struct hart *h)
+{
+	while (atomic_load(h->bus->code_marking)) {
+		hart_serve_flushes(h);
+		sched_yield();
+	}
 }
 
 static struct dpage *lookup_slow(struct hart *h, struct vpc_entry *v)
@@ -309,8 +321,11 @@ static struct dpage *lookup_slow(struct hart *h, struct vpc_entry *v)
 	uint32_t w = code_word(b, pfn);
 	if (!(w & 1))
 		w = code_mark(h, pfn);
-	if (dp->word != w)
+	if (dp->word != w) {
+		if (b->nharts > 1)
+			code_wait_marking(h);
 		dpage_reset(dp, w);
+	}
 	v->vpn = vpn;
 	v->dp = dp;
 	return dp;

@@ -94,6 +94,7 @@ static void bus_init(struct machine *m, unsigned nharts)
 		.ram = m->ram, .ram_base = RAM_BASE, .ram_size = m->ram_size,
 		.timebase_hz = TIMEBASE_HZ,
 		.dirty = m->dirty, .logging = &m->logging, .code = m->code,
+		.code_marking = &m->code_marking,
 		.missing = &m->missing, .throttle_pct = &m->throttle_pct,
 		.harts = m->harts, .nharts = nharts,
 	};

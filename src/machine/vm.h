@@ -58,6 +58,7 @@ struct machine {
 
 	/* decoded code: one word a page (cpu/internal.h) */
 	_Atomic uint32_t *code;
+	atomic_uint code_marking;
 
 	/* post-copy: one bit a page not received yet; NULL when none miss.
 	 * Whoever sets it (migrate/postcopy.c) installs fetch_missing, which

@@ -32,6 +32,7 @@ struct tbus {
 	_Atomic uint64_t dirty[PAGES / 64];
 	atomic_bool logging;
 	_Atomic uint32_t code[PAGES];
+	atomic_uint marking;
 	_Atomic uint64_t missing_bits[PAGES / 64];
 	_Atomic uint64_t *missing;
 	atomic_int throttle;
@@ -116,7 +117,8 @@ static int setup(void **state)
 	t->bus = (struct cpu_bus){
 		.ops = &t_ops, .ctx = t, .ram = t->ram, .ram_base = RAM_BASE,
 		.ram_size = RAM_SIZE, .timebase_hz = 10000000, .dirty = t->dirty,
-		.logging = &t->logging, .code = t->code, .missing = &t->missing,
+		.logging = &t->logging, .code = t->code, .code_marking = &t->marking,
+		.missing = &t->missing,
 		.throttle_pct = &t->throttle, .harts = t->harts, .nharts = 1,
 	};
 	f->h = aligned_alloc(64, (sizeof(struct hart) + 63) & ~(size_t)63);
