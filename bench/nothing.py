@@ -139,8 +139,9 @@ def qemu_run(work, master, args):
             time.sleep(0.05)
         ok = info.get("status") == "completed"
         silent = ok and not logs_on(dst)
-        moved = (info.get("ram", {}).get("transferred", 0) +
-                 info.get("disk", {}).get("transferred", 0))
+        # QEMU 7.2's query-migrate has no disk figures after the end
+        moved = ((info.get("ram", {}).get("transferred", 0) +
+                  info["disk"].get("transferred", 0)) if "disk" in info else 0)
         return {"status": ("completed, but the guest went silent" if silent else
                            "completed") if ok else
                 f"{info.get('status')}: {info.get('error-desc', '')}",
