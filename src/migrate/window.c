@@ -18,8 +18,8 @@
  *    behind a backlog of stale pages.
  * Honest figures: the bytes a round counts are those the destination
  * acknowledged (written minus SIOCOUTQ), and the switchover's pause
- * estimate adds what is still queued plus the handoff's two round trips
- * (mig_window_backlog).
+ * estimate adds the queue beyond one BDP (what is not yet in the pipe)
+ * plus the handoff's two round trips (mig_window_backlog).
  * Compression follows the measured link (docs/stream.md: zstd level 1
  * pays below about 1 Gbit/s, ~130 MB/s a core): after WARMUP_MS and
  * 5 RTTs of sending, on when the fastest delivery rate the kernel saw
@@ -168,7 +168,12 @@ uint64_t mig_window_backlog(const struct mig_window *w, uint64_t bandwidth_bps)
 {
 	if (!w->open)
 		return 0;
-	/* the last pages reach the destination, its confirmation comes
-	 * back, then released goes and started returns: two round trips */
-	return mig_window_queued(w) + 2 * w->rtt_us * bandwidth_bps / 1000000;
+	/* The last pages reach the destination, its confirmation comes
+	 * back, then released goes and started returns: two round trips.
+	 * Up to one BDP of the queue is already in the pipe (sent, or
+	 * arrived with its acknowledgement on the way back): it lands
+	 * within those round trips; only what lies beyond it adds time. */
+	uint64_t bdp = w->rtt_us * bandwidth_bps / 1000000;
+	uint64_t queued = mig_window_queued(w);
+	return (queued > bdp ? queued - bdp : 0) + 2 * bdp;
 }

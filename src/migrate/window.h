@@ -43,7 +43,8 @@ uint64_t mig_window_queued(const struct mig_window *w);
 uint64_t mig_window_delivered(const struct mig_window *w, uint64_t written);
 
 /* What a switchover must still get through besides the dirty pages, in
- * bytes: the queue, plus the handoff's two round trips at bandwidth_bps. */
+ * bytes: the queue beyond one BDP, plus the handoff's two round trips at
+ * bandwidth_bps. */
 uint64_t mig_window_backlog(const struct mig_window *w, uint64_t bandwidth_bps);
 
 #endif
