@@ -5,8 +5,9 @@
  * has written is then close to what the destination has applied. On a
  * long fat pipe that is a cap: 100 ms x 200 Mbit/s holds 2.5 MB in flight
  * and a 256 KiB window carries ~20 Mbit/s. So once the handshake has given
- * TCP its first RTT samples, a connection whose RTT is at least
- * MIG_WAN_RTT_US gets buffers sized to its bandwidth-delay product:
+ * TCP its first RTT samples, a connection whose smallest RTT is at least
+ * MIG_WAN_RTT_US gets buffers sized to its bandwidth-delay product (from
+ * the smoothed RTT, which includes the bottleneck's queue):
  *  - the destination does not know the bandwidth: it opens its receive
  *    buffer to 2 x RTT x GUESS_BPS (bounded); that memory only fills if it
  *    falls behind, and it applies pages far faster than such a link
@@ -51,6 +52,14 @@ static bool tcp_info_of(int fd, struct tcp_info *ti)
 	return getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &len) == 0;
 }
 
+/* Long or short link: the smallest RTT seen, which a loaded host's
+ * scheduling delays inflate less than the smoothed one (a loopback
+ * handshake on a busy machine can show an srtt of 2 ms). */
+static uint32_t base_rtt_us(const struct tcp_info *ti)
+{
+	return ti->tcpi_min_rtt ? ti->tcpi_min_rtt : ti->tcpi_rtt;
+}
+
 static uint64_t clamp_window(uint64_t bytes)
 {
 	return bytes < WINDOW_MIN ? WINDOW_MIN : bytes > WINDOW_MAX ? WINDOW_MAX : bytes;
@@ -73,7 +82,7 @@ static void set_buffer(int fd, int force_opt, int opt, uint64_t bytes)
 void mig_window_receiver(int fd)
 {
 	struct tcp_info ti;
-	if (!tcp_info_of(fd, &ti) || ti.tcpi_rtt < MIG_WAN_RTT_US)
+	if (!tcp_info_of(fd, &ti) || base_rtt_us(&ti) < MIG_WAN_RTT_US)
 		return;
 	uint64_t bytes = window_for(ti.tcpi_rtt, GUESS_BPS);
 	set_buffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, bytes);
@@ -104,7 +113,7 @@ void mig_window_open(struct mig_window *w, int fd)
 	if (!tcp_info_of(fd, &ti))
 		return;
 	w->rtt_us = ti.tcpi_rtt;
-	if (w->rtt_us < MIG_WAN_RTT_US)
+	if (base_rtt_us(&ti) < MIG_WAN_RTT_US)
 		return;
 	w->wan = true;
 	int lowat = NOTSENT_LOWAT;

@@ -20,6 +20,8 @@ What is proved, and how it would fail:
   256 KiB buffers (or a receive window clamped at its connect-time size)
   they do not, and the test fails;
 - compression is on: the link measured below 1 Gbit/s (window.c's rule).
+- on loopback the send buffer stays 256 KiB and compression off (the
+  LAN behaviour the switchover's honest bandwidth relies on).
 Timings (total against the link's transfer time, the pause) are in
 bench/wan.py, not asserted here.
 
@@ -140,3 +142,23 @@ def test_256mib_guest_over_100ms_200mbit_link():
                 assert 0 < r["link_rate_bps"] < 125000000, r
                 assert r["compress"] is True, r
                 assert src.quit() == 0, src.tail()
+
+
+def test_short_link_keeps_small_buffers_and_no_compression():
+    """On loopback (RTT well under 1 ms) window.c leaves mig_socket_tune's
+    256 KiB send buffer, so the source's bandwidth stays the destination's
+    and the switchover waits for no backlog, and zstd stays off: the link
+    is far faster than 1 Gbit/s."""
+    from test_migrate import destination
+    with memload_vm(mib=16, name="src") as src:
+        src.wait_for(PASS_RE, timeout=60)
+        dst, uri = destination(name="dst")
+        with dst:
+            q = src.qmp()
+            q.cmd("migrate", uri=uri)
+            r = wait_migration(q, timeout=60)
+            assert r["status"] == "completed", r
+            assert_guest_healthy(dst)
+            assert r["window_bytes"] == 256 << 10, r
+            assert r["compress"] is False, r
+            assert src.quit() == 0, src.tail()
