@@ -929,7 +929,7 @@ static void write_seed(const char *dir, const char *name, struct blob b)
 static int disks_copy_writer(int fd, bool arg)
 {
 	(void)arg;
-	static uint8_t ram[SAMPLE_RAM], block[MIG_DISK_BLOCK];
+	static uint8_t ram[SAMPLE_RAM], block[2 * MIG_DISK_BLOCK];     /* two alike */
 	const uint8_t hart[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
 	struct mig_config cfg;
 	struct mig_stream *s = mig_stream_new(fd);
@@ -938,7 +938,8 @@ static int disks_copy_writer(int fd, bool arg)
 	cfg.copy_disks = true;
 	cfg.disks[0].size = 4 * MIG_DISK_BLOCK - 512;   /* a short last block */
 	sample_ram(ram);
-	memcpy(block, ram, sizeof(ram) < sizeof(block) ? sizeof(ram) : sizeof(block));
+	memcpy(block, ram, SAMPLE_RAM < MIG_DISK_BLOCK ? SAMPLE_RAM : MIG_DISK_BLOCK);
+	memcpy(block + MIG_DISK_BLOCK, block, MIG_DISK_BLOCK);
 	for (unsigned b = 0; b < 4; b++)
 		hashes[b] = mig_block_hash(block, b == 3 ? MIG_DISK_BLOCK - 512 : MIG_DISK_BLOCK);
 	int r = mig_write_config(s, &cfg) ||
