@@ -153,11 +153,13 @@ dispatch:
 			 * (bytes << 8 | instructions); short of the end, at a
 			 * load or store whose TLB probe missed, which its own
 			 * slot then does here */
-			uint32_t r = ((uint32_t (*)(uint64_t *, struct tlb_set *))(void *)
-				      (h->jit_arena + e->insn))(x, tlb);
+			uint32_t r = ((uint32_t (*)(uint64_t *, struct tlb_set *, uint64_t))
+				      (void *)(h->jit_arena + e->insn))(x, tlb, PC());
 			n += r & 0xff;
-			if (r >> 31)               /* its final branch was taken */
+			if (r >> 31)               /* its final branch or jal was taken */
 				JUMP(PC() + (uint64_t)(int64_t)e->imm);
+			if (r >> 30 & 1)           /* its jalr, the target in the sink */
+				JUMP(x[32]);
 			e += (r >> 8 & 0xff) >> 1;
 			DISPATCH();
 		}

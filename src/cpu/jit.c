@@ -26,9 +26,15 @@
  * set and the executor jumps (to the target's slot if on the same page,
  * with the budget and the request word checked as for any block end).
  *
- * What it does not do yet: jumps (jal/jalr need the virtual pc), chaining
- * runs into each other, keeping registers across runs, F/D. That is where the rest of QEMU's speed
- * comes from.
+ * A run may also end with jal or jalr: the run is called with its own
+ * virtual pc (kept on the stack), so it writes the link itself; jal
+ * returns like a taken branch, jalr with bit 30 set and its target in
+ * the sink x[32], and the executor jumps there (JUMP: the budget and the
+ * request word are checked as at any block end).
+ *
+ * What it does not do yet: chaining runs into each other, a target cache
+ * for jalr, keeping registers across runs, F/D. That is where the rest
+ * of QEMU's speed comes from.
  */
 #include "cpu/internal.h"
 
@@ -167,9 +173,20 @@ static bool branch_op(uint8_t op)
 	return op >= OP_BEQ && op <= OP_BGEU;
 }
 
+static bool jump_op(uint8_t op)
+{
+	return op == OP_JAL || op == OP_JALR;
+}
+
+/* instructions that end a run */
+static bool final_op(uint8_t op)
+{
+	return branch_op(op) || jump_op(op);
+}
+
 static bool jit_op(uint8_t op)
 {
-	if (mem_op(op) || branch_op(op))
+	if (mem_op(op) || final_op(op))
 		return true;
 	switch (op) {
 	case OP_ADDI: case OP_XORI: case OP_ORI: case OP_ANDI:
@@ -191,6 +208,23 @@ static bool has_rs2(uint8_t op)
 
 static void u32at(uint8_t *at, uint32_t v) { memcpy(at, &v, 4); }
 
+/* Drop the run's pc from the stack, restore the callee-saved registers
+ * and return (eax holds the result). */
+static void epilogue(struct emitter *em)
+{
+	emit(em, 4, 0x48, 0x83, 0xc4, 0x08);              /* add rsp, 8 */
+	emit(em, 10, 0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b);
+	byte(em, 0xc3);
+}
+
+/* Write back the guest registers the run wrote so far. */
+static void write_back(struct emitter *em)
+{
+	for (unsigned s = 0; s < em->used; s++)
+		if (em->dirty[s])
+			store_guest(em, host_reg[s], em->guest_of[s]);
+}
+
 /* Leave the run before the current instruction: write back what the run
  * wrote so far and return (bytes done << 8 | instructions done). */
 static void exit_stub(struct emitter *em)
@@ -200,8 +234,7 @@ static void exit_stub(struct emitter *em)
 			store_guest(em, host_reg[s], em->guest_of[s]);
 	byte(em, 0xb8);                                   /* mov eax, imm32 */
 	u32le(em, em->bytes << 8 | em->count);
-	emit(em, 10, 0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b);
-	byte(em, 0xc3);
+	epilogue(em);
 }
 
 /* A load or store: the TLB probe inline, the slow path by leaving the run
@@ -281,8 +314,37 @@ static void compile_branch(struct emitter *em, const struct dinsn *d, int a, int
 			store_guest(em, host_reg[s], em->guest_of[s]);
 	byte(em, 0xb8);
 	u32le(em, 1u << 31 | em->bytes << 8 | em->count);
-	emit(em, 10, 0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b);
-	byte(em, 0xc3);
+	epilogue(em);
+}
+
+/* jal or jalr, the last instruction of a run. The link is the run's pc
+ * (on the stack since the prologue) plus the bytes before it and its
+ * length. It returns with bit 31 set (jal: the executor jumps to the
+ * run's imm from its start) or bit 30 (jalr: to the target the run left
+ * in the sink x[32]); the jump itself is not counted, the executor's
+ * JUMP counts it, as for a taken branch. */
+static void compile_jump(struct emitter *em, const struct dinsn *d, int a)
+{
+	bool indirect = d->op == OP_JALR;
+	if (indirect) {                                   /* rax = (rs1 + imm) & ~1 */
+		mov_rr(em, RAX, (unsigned)a);
+		alu_rax_imm(em, 0, d->imm);
+		emit(em, 4, 0x48, 0x83, 0xe0, 0xfe);      /* and rax, -2 */
+	}
+	if (d->rd != 32) {
+		int r = reg(em, d->rd, false);
+		emit(em, 4, 0x48, 0x8b, 0x0c, 0x24);      /* mov rcx, [rsp] */
+		emit(em, 3, 0x48, 0x81, 0xc1);            /* add rcx, imm32 */
+		u32le(em, em->bytes + d->len);
+		mov_rr(em, (unsigned)r, RCX);
+		em->dirty[em->slot_of[d->rd]] = true;
+	}
+	write_back(em);
+	if (indirect)
+		store_guest(em, RAX, 32);
+	byte(em, 0xb8);
+	u32le(em, (indirect ? 1u << 30 : 1u << 31) | em->bytes << 8 | em->count);
+	epilogue(em);
 }
 
 /* Emit one instruction; false if it needs more host registers than are
@@ -294,7 +356,10 @@ static bool compile_one(struct emitter *em, const struct dinsn *d)
 	bool st = d->op >= OP_SB && d->op <= OP_SD;
 	bool br = branch_op(d->op);
 	bool two = has_rs2(d->op) || st || br;
-	unsigned names[3] = { d->rs1, two ? d->rs2 : d->rs1, st || br ? d->rs1 : d->rd };
+	bool jump = jump_op(d->op);
+	unsigned first = d->op == OP_JAL ? d->rd : d->rs1;   /* jal reads no register */
+	unsigned names[3] = { first, two ? d->rs2 : first,
+			      st || br ? first : d->rd };
 	for (unsigned i = 0; i < 3; i++) {
 		bool seen = em->slot_of[names[i]] >= 0;
 		for (unsigned j = 0; j < i; j++)
@@ -303,6 +368,10 @@ static bool compile_one(struct emitter *em, const struct dinsn *d)
 	}
 	if (em->used + need > JIT_REGS)
 		return false;
+	if (jump) {
+		compile_jump(em, d, d->op == OP_JALR ? reg(em, d->rs1, true) : -1);
+		return true;
+	}
 	int a = reg(em, d->rs1, true);
 	int b = two ? reg(em, d->rs2, true) : -1;
 	if (br) {
@@ -366,7 +435,7 @@ result:;
 void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
 {
 	struct dinsn *first = &dp->slot[i];
-	if (!jit_op(first->op) || mem_op(first->op) || branch_op(first->op))
+	if (!jit_op(first->op) || mem_op(first->op) || final_op(first->op))
 		return;      /* a run starts with ALU work: a memory access that
 			      * left a run is redone by the executor from its slot */
 	if (!h->jit_arena) {
@@ -385,16 +454,17 @@ void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
 	struct emitter em = { .p = h->jit_arena + h->jit_used };
 	memset(em.slot_of, -1, sizeof(em.slot_of));
 	emit(&em, 10, 0x53, 0x55, 0x41, 0x54, 0x41, 0x55, 0x41, 0x56, 0x41, 0x57);  /* push */
+	byte(&em, 0x52);                  /* push rdx: the run's pc, [rsp] */
 	unsigned count = 0, bytes = 0, at = i;
 	int32_t target = 0;
 	bool ended = false;
 	struct dinsn d = *first;
 	while (count < JIT_MAX_INSNS && bytes + d.len <= 240 && jit_op(d.op)) {
-		if (branch_op(d.op))
+		if (branch_op(d.op) || d.op == OP_JAL)
 			target = (int32_t)bytes + d.imm;   /* from the run's start */
 		if (!compile_one(&em, &d))
 			break;
-		if (branch_op(d.op)) {
+		if (final_op(d.op)) {
 			count++;
 			bytes += d.len;
 			ended = true;              /* it emitted both exits */
