@@ -17,7 +17,9 @@ What is proved, and how it would fail:
   the guest running on the source, its image locked and intact; the guest
   later checks its whole log there;
 - a relay that flips a byte in a DISK section: the destination refuses,
-  the source runs on, and the destination's partial image is emptied;
+  the source runs on, and the destination's partial image is emptied; a
+  relay that cuts the link in the disk phase (under a migration secret)
+  does the same;
 - refused before anything moves: a destination image that holds data, or
   one of another size, or the source's own image.
 """
@@ -60,9 +62,10 @@ def wait_check_passes(vm, records):
         f"{vm.name}: disklog-check (status {status}):\n{vm.tail()}")
 
 
-def local_destination(image, env=None, name="dst"):
+def local_destination(image, env=None, name="dst", secret=None):
     port = free_tcp_port()
-    vm = VM(incoming=f"tcp:127.0.0.1:{port}", mem=MEM, disk=image, env=env, name=name)
+    spec = f"tcp:127.0.0.1:{port}" + (f",secret-file={secret}" if secret else "")
+    vm = VM(incoming=spec, mem=MEM, disk=image, env=env, name=name)
     wait_until(lambda: _listening(port) or not vm.running(), 30, "destination listening")
     return vm, f"tcp:127.0.0.1:{port}"
 
@@ -153,8 +156,10 @@ class FlipRelay:
 
     DISK = 0x008
 
-    def __init__(self, dst_uri):
+    def __init__(self, dst_uri, cut=False, skip=0):
         host, port = dst_uri[4:].rsplit(":", 1)
+        self.cut = cut          # close both ways there instead of flipping
+        self.skip = skip        # bytes before the stream (the secret's proof)
         self.dst = (host, int(port))
         self.lsock = socket.socket()
         self.lsock.bind(("127.0.0.1", 0))
@@ -167,7 +172,8 @@ class FlipRelay:
 
     def _forward(self, data):
         data = bytearray(data)
-        pos = 0
+        pos = min(self.skip, len(data))
+        self.skip -= pos
         while pos < len(data) and not self.flipped:
             take = min(self.need - len(self.buf), len(data) - pos)
             self.buf += data[pos:pos + take]
@@ -178,6 +184,10 @@ class FlipRelay:
                 stype, _f, length = struct.unpack_from("<IIQ", self.buf)
                 if stype == self.DISK and length > 24 + 100:
                     self.seen += 1
+                    if self.seen == 20 and self.cut:
+                        self.flipped = True
+                        self.stop.set()
+                        return bytes(data[:max(pos - 16, 0)])
                     if self.seen == 20:
                         data[pos + 24 + 50 if pos + 74 < len(data) else pos - 1] ^= 0x40
                         self.flipped = True
@@ -223,5 +233,31 @@ def test_flipped_disk_stream_is_refused_and_the_partial_copy_emptied():
             relay.close()
             assert src.qmp().cmd("query-status")["status"] == "running", src.tail()
         assert allocated(dst_image) == 0 and os.path.getsize(dst_image) == DISK_MIB * MIB, (
+            f"the partial copy was left: {allocated(dst_image)} bytes allocated")
+        host_check_data(src_image)
+
+
+def test_cut_disk_stream_under_a_secret_fails_cleanly():
+    """The disk extents run in the secured channel like everything else
+    (a secret here); a link cut in the disk phase fails the migration, the
+    source runs on, and the destination empties its partial image."""
+    with tempfile.TemporaryDirectory(prefix="ferry-nothing-") as d:
+        src_image = Path(d) / "src.raw"
+        make_image(src_image)
+        dst_image = empty_image(Path(d) / "dst.raw")
+        secret = Path(d) / "secret"
+        secret.write_text("a secret both hosts were given\n")
+        with VM(append="console=ttyS0 quiet", mem=MEM, disk=src_image, name="src") as src:
+            dst, uri = local_destination(dst_image, name="dst", secret=secret)
+            relay = FlipRelay(uri, cut=True, skip=64)     # nonce, HMAC (docs/stream.md)
+            with dst:
+                r = migrate_copy(src, relay.uri, secret_file=str(secret))
+                assert r["status"] == "failed", r
+                assert relay.flipped, "the relay found no disk data to cut in"
+                assert dst.wait_exit(30) != 0, dst.tail()
+            relay.close()
+            assert src.qmp().cmd("query-status")["status"] == "running", src.tail()
+            assert lock_state(src_image) == "write", "the source let go of its image"
+        assert allocated(dst_image) == 0, (
             f"the partial copy was left: {allocated(dst_image)} bytes allocated")
         host_check_data(src_image)
