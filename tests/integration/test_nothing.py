@@ -20,6 +20,9 @@ What is proved, and how it would fail:
   the source runs on, and the destination's partial image is emptied; a
   relay that cuts the link in the disk phase (under a migration secret)
   does the same;
+- a destination lost after the source let go leaves the source paused
+  in handoff-unknown (its own lock cannot tell whether the guest runs
+  there);
 - refused before anything moves: a destination image that holds data, or
   one of another size, or the source's own image.
 """
@@ -261,3 +264,23 @@ def test_cut_disk_stream_under_a_secret_fails_cleanly():
         assert allocated(dst_image) == 0, (
             f"the partial copy was left: {allocated(dst_image)} bytes allocated")
         host_check_data(src_image)
+
+
+def test_destination_lost_after_the_release_holds_the_source():
+    """With disks: copy the destination runs on images of its own, so the
+    source taking its own lock back proves nothing: a destination lost
+    after the source let go (it may have started the guest) leaves the
+    source paused in handoff-unknown, never resumed on its own."""
+    with tempfile.TemporaryDirectory(prefix="ferry-nothing-") as d:
+        src_image = Path(d) / "src.raw"
+        make_image(src_image)
+        dst_image = empty_image(Path(d) / "dst.raw")
+        with VM(append="console=ttyS0 quiet", mem=MEM, disk=src_image, name="src") as src:
+            dst, uri = local_destination(dst_image, name="dst",
+                                         env={"FERRY_TEST_FAULT": "released"})
+            with dst:
+                r = migrate_copy(src, uri)
+                assert r["status"] == "failed", r
+                dst.wait_exit(30)
+            st = src.qmp().cmd("query-status")
+            assert st["status"] == "paused" and st.get("reason") == "handoff-unknown", st
