@@ -153,8 +153,13 @@ dispatch:
 			 * (bytes << 8 | instructions); short of the end, at a
 			 * load or store whose TLB probe missed, which its own
 			 * slot then does here */
-			uint32_t r = ((uint32_t (*)(uint64_t *, struct tlb_set *, uint64_t))
-				      (void *)(h->jit_arena + e->insn))(x, tlb, PC());
+			struct jit_io io = { .left = n < budget ? (int64_t)(budget - n) : 0,
+					     .pc = PC() };
+			uint32_t r = ((uint32_t (*)(uint64_t *, struct tlb_set *, uint64_t,
+						    struct jit_io *))
+				      (void *)(h->jit_arena + e->insn))(x, tlb, PC(), &io);
+			n += io.chained;           /* runs it went on into */
+			e = &s[(io.pc & (PAGE_SIZE - 1)) >> 1];
 			n += r & 0xff;
 			if (r >> 31)               /* its final branch or jal was taken */
 				JUMP(PC() + (uint64_t)(int64_t)e->imm);

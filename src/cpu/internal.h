@@ -139,6 +139,14 @@ static inline bool code_page_written(const struct cpu_bus *b, uint64_t pfn)
 /* Compile the run of ALU instructions at slot i into one OP_JIT slot,
  * if there is a run. */
 void jit_compile(struct hart *h, struct dpage *dp, unsigned i);
+/* A run's view of the burst, when it chains into other runs on its page:
+ * instructions the burst may still run, the pc of the run it is in, and
+ * the instructions retired by the runs it left. */
+struct jit_io {
+	int64_t left;
+	uint64_t pc;
+	uint64_t chained;
+};
 void jit_reset(struct hart *h);       /* forget all compiled code */
 void jit_free(struct hart *h);
 

@@ -32,8 +32,18 @@
  * the sink x[32], and the executor jumps there (JUMP: the budget and the
  * request word are checked as at any block end).
  *
- * What it does not do yet: chaining runs into each other, a target cache
- * for jalr, keeping registers across runs, F/D. That is where the rest
+ * Chaining: a taken branch or jal whose target is this run's start or
+ * another run already compiled on the same page jumps straight into that
+ * run's code (chain()), after writing back its registers, if the budget
+ * left covers it and no request is posted, the checks the executor's
+ * JUMP makes. The run gets a struct jit_io for that: the budget left, the
+ * pc of the run it is in, the instructions the runs it left retired; the
+ * executor carries on from that run's slot. A page's runs are dropped
+ * together (its code word changed, or the arena reset), so a chain never
+ * leads into code that is gone.
+ *
+ * What it does not do yet: a target cache for jalr, chaining a run to
+ * one compiled after it (no patching), keeping registers across runs, F/D. That is where the rest
  * of QEMU's speed comes from.
  */
 #include "cpu/internal.h"
@@ -63,7 +73,17 @@ struct emitter {
 	bool dirty[JIT_REGS];
 	uint8_t guest_of[JIT_REGS];
 	unsigned used;
+	/* for chaining: the page, the run's first slot, its own body */
+	struct hart *h;
+	const struct dpage *dp;
+	unsigned start;
+	const uint8_t *body;
 };
+
+/* the prologue: six pushes of callee-saved registers, the run's pc, the
+ * jit_io pointer */
+#define JIT_PROLOGUE 12
+#define REQUESTS_OFFSET ((int32_t)(offsetof(struct hart, requests) - offsetof(struct hart, x)))
 
 static void emit(struct emitter *em, unsigned n, ...);
 
@@ -212,7 +232,7 @@ static void u32at(uint8_t *at, uint32_t v) { memcpy(at, &v, 4); }
  * and return (eax holds the result). */
 static void epilogue(struct emitter *em)
 {
-	emit(em, 4, 0x48, 0x83, 0xc4, 0x08);              /* add rsp, 8 */
+	emit(em, 4, 0x48, 0x83, 0xc4, 0x10);              /* add rsp, 16 */
 	emit(em, 10, 0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b);
 	byte(em, 0xc3);
 }
@@ -291,6 +311,41 @@ static void compile_mem(struct emitter *em, const struct dinsn *d, int a, int b)
 	}
 }
 
+/* A taken branch or jal to target (bytes from the run's start), after the
+ * write-back: when the target is this run or another compiled run on the
+ * same page, go straight into its code, provided the budget left (in the
+ * jit_io) covers this run and no request is posted (as the executor's
+ * JUMP checks); the jit_io then counts this run's instructions and holds
+ * the new run's pc. Otherwise, or when a check fails, nothing happens
+ * here and the run returns. */
+static void chain(struct emitter *em, int32_t target)
+{
+	int64_t at = (int64_t)em->start * 2 + target;
+	if (at < 0 || at >= (int64_t)PAGE_SIZE)
+		return;
+	const uint8_t *to = NULL;
+	if (at == (int64_t)em->start * 2)
+		to = em->body;
+	else if (em->dp->slot[at / 2].op == OP_JIT)
+		to = em->h->jit_arena + em->dp->slot[at / 2].insn + JIT_PROLOGUE;
+	if (!to)
+		return;
+	uint32_t k = em->count + 1;                       /* with the jump */
+	emit(em, 4, 0x48, 0x8b, 0x0c, 0x24);              /* mov rcx, [rsp] */
+	emit(em, 3, 0x48, 0x81, 0x39); u32le(em, k);      /* cmp qword [rcx], k */
+	emit(em, 2, 0x0f, 0x8e); uint8_t *j1 = em->p; u32le(em, 0);  /* jle out */
+	emit(em, 2, 0x81, 0xbf); u32le(em, (uint32_t)REQUESTS_OFFSET); u32le(em, 0); /* cmp dword [rdi+req], 0 */
+	emit(em, 2, 0x0f, 0x85); uint8_t *j2 = em->p; u32le(em, 0);  /* jne out */
+	emit(em, 3, 0x48, 0x81, 0x29); u32le(em, k);      /* sub qword [rcx], k */
+	emit(em, 4, 0x48, 0x81, 0x41, 0x10); u32le(em, k); /* add qword [rcx+16], k */
+	emit(em, 5, 0x48, 0x81, 0x44, 0x24, 0x08); u32le(em, (uint32_t)target); /* add [rsp+8], t */
+	emit(em, 5, 0x48, 0x8b, 0x44, 0x24, 0x08);        /* mov rax, [rsp+8] */
+	emit(em, 4, 0x48, 0x89, 0x41, 0x08);              /* mov [rcx+8], rax */
+	byte(em, 0xe9); u32le(em, (uint32_t)(to - (em->p + 4)));  /* jmp to */
+	u32at(j1, (uint32_t)(em->p - (j1 + 4)));
+	u32at(j2, (uint32_t)(em->p - (j2 + 4)));
+}
+
 /* A conditional branch, the last instruction of a run: taken, the run
  * returns with bit 31 set and the branch not counted (the executor's
  * jump counts it and goes to the target); not taken, the run ends after
@@ -309,9 +364,8 @@ static void compile_branch(struct emitter *em, const struct dinsn *d, int a, int
 	em->count--;
 	em->bytes -= d->len;
 	u32at(j, (uint32_t)(em->p - (j + 4)));
-	for (unsigned s = 0; s < em->used; s++)       /* taken */
-		if (em->dirty[s])
-			store_guest(em, host_reg[s], em->guest_of[s]);
+	write_back(em);                               /* taken */
+	chain(em, (int32_t)em->bytes + d->imm);
 	byte(em, 0xb8);
 	u32le(em, 1u << 31 | em->bytes << 8 | em->count);
 	epilogue(em);
@@ -333,7 +387,7 @@ static void compile_jump(struct emitter *em, const struct dinsn *d, int a)
 	}
 	if (d->rd != 32) {
 		int r = reg(em, d->rd, false);
-		emit(em, 4, 0x48, 0x8b, 0x0c, 0x24);      /* mov rcx, [rsp] */
+		emit(em, 5, 0x48, 0x8b, 0x4c, 0x24, 0x08); /* mov rcx, [rsp+8] */
 		emit(em, 3, 0x48, 0x81, 0xc1);            /* add rcx, imm32 */
 		u32le(em, em->bytes + d->len);
 		mov_rr(em, (unsigned)r, RCX);
@@ -342,6 +396,8 @@ static void compile_jump(struct emitter *em, const struct dinsn *d, int a)
 	write_back(em);
 	if (indirect)
 		store_guest(em, RAX, 32);
+	else
+		chain(em, (int32_t)em->bytes + d->imm);
 	byte(em, 0xb8);
 	u32le(em, (indirect ? 1u << 30 : 1u << 31) | em->bytes << 8 | em->count);
 	epilogue(em);
@@ -451,10 +507,12 @@ void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
 		h->jit_full = true;           /* dropped at the next lookup */
 		return;
 	}
-	struct emitter em = { .p = h->jit_arena + h->jit_used };
+	struct emitter em = { .p = h->jit_arena + h->jit_used, .h = h, .dp = dp, .start = i,
+			      .body = h->jit_arena + h->jit_used + JIT_PROLOGUE };
 	memset(em.slot_of, -1, sizeof(em.slot_of));
 	emit(&em, 10, 0x53, 0x55, 0x41, 0x54, 0x41, 0x55, 0x41, 0x56, 0x41, 0x57);  /* push */
-	byte(&em, 0x52);                  /* push rdx: the run's pc, [rsp] */
+	byte(&em, 0x52);                  /* push rdx: the run's pc, [rsp+8] */
+	byte(&em, 0x51);                  /* push rcx: the jit_io, [rsp] */
 	unsigned count = 0, bytes = 0, at = i;
 	int32_t target = 0;
 	bool ended = false;
