@@ -20,6 +20,9 @@ What is proved, and how it would fail:
   the source runs on, and the destination's partial image is emptied; a
   relay that cuts the link in the disk phase (under a migration secret)
   does the same;
+- a block changed after the source hashed it (FERRY_TEST_FAULT=disk-
+  corrupt on the source): the destination's disk digest refuses it, the
+  source runs on, the partial copy is emptied;
 - a destination lost after the source let go leaves the source paused
   in handoff-unknown (its own lock cannot tell whether the guest runs
   there);
@@ -119,7 +122,7 @@ def test_destination_killed_in_disk_or_memory_phase_keeps_the_source():
             src.wait_for(r"^ft: disklog: seq \d+", BOOT)
             for point in ("disk", "round1", "switchover"):
                 dst_image = empty_image(Path(d) / f"dst-{point}.raw")
-                dst, uri = local_destination(dst_image, env={"FERRY_TEST_FAULT": point},
+                dst, uri = local_destination(dst_image, env=dict(os.environ, FERRY_TEST_FAULT=point),
                                              name=f"dst-{point}")
                 with dst:
                     r = migrate_copy(src, uri)
@@ -277,10 +280,33 @@ def test_destination_lost_after_the_release_holds_the_source():
         dst_image = empty_image(Path(d) / "dst.raw")
         with VM(append="console=ttyS0 quiet", mem=MEM, disk=src_image, name="src") as src:
             dst, uri = local_destination(dst_image, name="dst",
-                                         env={"FERRY_TEST_FAULT": "released"})
+                                         env=dict(os.environ, FERRY_TEST_FAULT="released"))
             with dst:
                 r = migrate_copy(src, uri)
                 assert r["status"] == "failed", r
                 dst.wait_exit(30)
             st = src.qmp().cmd("query-status")
             assert st["status"] == "paused" and st.get("reason") == "handoff-unknown", st
+
+
+def test_disk_digest_mismatch_is_refused():
+    """A block that differs from what the source hashed (a bug between its
+    read and the wire) reaches the destination with a valid checksum; the
+    disk digest before the switchover catches it."""
+    with tempfile.TemporaryDirectory(prefix="ferry-nothing-") as d:
+        src_image = Path(d) / "src.raw"
+        make_image(src_image)
+        dst_image = empty_image(Path(d) / "dst.raw")
+        with VM(append="console=ttyS0 quiet", mem=MEM, disk=src_image, name="src",
+                env=dict(os.environ, FERRY_TEST_FAULT="disk-corrupt")) as src:
+            dst, uri = local_destination(dst_image, name="dst")
+            with dst:
+                r = migrate_copy(src, uri)
+                assert r["status"] == "failed", r
+                assert dst.wait_exit(30) != 0
+                assert "disk 0 digest mismatch" in dst.console() + r.get("error", ""), (
+                    f"{r}\n{dst.tail()}")
+            assert src.qmp().cmd("query-status")["status"] == "running", src.tail()
+        assert allocated(dst_image) == 0, (
+            f"the refused copy was left: {allocated(dst_image)} bytes allocated")
+        host_check_data(src_image)
