@@ -58,6 +58,14 @@ bool db_open(const char *path, char *err, size_t errlen)
 		sqlite3_free(msg);
 		return false;
 	}
+	/* the facts the wizard ranks by, as columns (inventory.c writes them
+	 * from each report); a database from before them gains them here */
+	const char *host_columns[] = { "free_mib INTEGER", "isa TEXT", "load REAL" };
+	for (size_t i = 0; i < sizeof(host_columns) / sizeof(host_columns[0]); i++) {
+		char sql[128];
+		snprintf(sql, sizeof(sql), "ALTER TABLE hosts ADD COLUMN %s", host_columns[i]);
+		sqlite3_exec(ctr.db, sql, NULL, NULL, NULL);   /* fails when it exists */
+	}
 	return true;
 }
 

@@ -151,11 +151,17 @@ static void refresh_host(const char *name, json_t *info)
 	pthread_mutex_lock(&db_lock);
 	if (rep && status == 200) {
 		char *text = json_dumps(rep, JSON_COMPACT);
-		db_exec("INSERT INTO hosts(name, url, address, alive, last_seen, report) "
-			"VALUES(?, ?, ?, 1, ?, ?) ON CONFLICT(name) DO UPDATE SET url = excluded.url,"
-			" address = excluded.address, alive = 1, last_seen = excluded.last_seen,"
-			" report = excluded.report",
-			json_pack("[s, s, s, I, s]", name, url, address, (json_int_t)time(NULL), text));
+		/* free memory, ISA and load also as columns: the wizard reads
+		 * them for every host on every call */
+		db_exec("INSERT INTO hosts(name, url, address, alive, last_seen, report, free_mib,"
+			" isa, load) VALUES(?, ?, ?, 1, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE"
+			" SET url = excluded.url, address = excluded.address, alive = 1,"
+			" last_seen = excluded.last_seen, report = excluded.report,"
+			" free_mib = excluded.free_mib, isa = excluded.isa, load = excluded.load",
+			json_pack("[s, s, s, I, s, O, O, O]", name, url, address,
+				  (json_int_t)time(NULL), text, json_object_get(rep, "free_mib") ?: json_null(),
+				  json_object_get(rep, "isa") ?: json_null(),
+				  json_object_get(rep, "load") ?: json_null()));
 		free(text);
 		db_exec("DELETE FROM datastores WHERE host = ?", json_pack("[s]", name));
 		db_exec("DELETE FROM networks WHERE host = ?", json_pack("[s]", name));

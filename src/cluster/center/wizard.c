@@ -11,9 +11,10 @@
  * none yet.
  *
  * At vCenter's scale (2,500 hosts) a query per host is too slow, so the
- * facts about every host are read up front in a few queries: the report's
- * fields through json_extract and the datastores and networks it sees in
- * one statement stepped directly (no JSON row objects), the running
+ * facts about every host are read up front in a few queries: free memory,
+ * ISA and load from the columns the inventory sweep writes (no report
+ * parsed), the datastores and networks it sees through their primary keys,
+ * in one statement stepped directly (no JSON row objects), the running
  * migrations and the limits grouped by host.
  */
 #include "cluster/center/center.h"
@@ -125,8 +126,7 @@ static sqlite3_stmt *host_facts(char dsnames[][64], int nds, const char *network
 {
 	char sql[4096];
 	size_t n = (size_t)snprintf(sql, sizeof(sql),
-		"SELECT name, alive, maintenance, json_extract(report, '$.free_mib'),"
-		" json_extract(report, '$.isa'), json_extract(report, '$.load'),"
+		"SELECT name, alive, maintenance, free_mib, isa, load,"
 		" EXISTS(SELECT 1 FROM networks n WHERE n.host = h.name AND n.name = ?1 AND"
 		" n.present)");
 	for (int d = 0; d < nds; d++)
@@ -166,8 +166,7 @@ json_t *wizard_recommend_n(json_t *vm_row, long long max_candidates, long long m
 	const char *net = json_string_value(json_object_get(spec, "net"));
 	if (net)
 		snprintf(network, sizeof(network), "%.*s", (int)strcspn(net, ","), net);
-	json_t *src_row = db_row("SELECT json_extract(report, '$.isa') AS isa FROM hosts WHERE "
-				 "name = ?", json_pack("[s]", source));
+	json_t *src_row = db_row("SELECT isa FROM hosts WHERE name = ?", json_pack("[s]", source));
 	const char *src_isa = json_string_value(json_object_get(src_row, "isa"));
 	json_t *running_by = by_host("SELECT h AS k, count(*) AS n FROM (SELECT source AS h FROM "
 				     "tasks WHERE kind = 'migrate' AND state = 'running' UNION ALL "
