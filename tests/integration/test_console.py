@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -245,6 +246,21 @@ def test_center_lists_page_search_and_recommend_limit():
         assert len(r["records"]) == 10 and r["total"] >= 123, r["total"]
         st, r = call("GET", "/audit?vm=vm-h4-0")
         assert r["total"] == 3 and len(r["records"]) == 3, r   # create, 2 refused migrates
+
+        # ?wait= holds a task's GET until it ends: a migration scheduled an
+        # hour ahead stays queued, so the held GET can only answer with the
+        # end if the cancel below wakes it (without ?wait it says "queued")
+        st, r = call("POST", "/vms/vm-h5-0/migrate", {"to": "h8", "at": "+1h"})
+        assert st == 202 and r["task"]["state"] == "queued", r
+        tid = r["task"]["id"]
+        held = {}
+        waiter = threading.Thread(target=lambda: held.update(
+            r=call("GET", f"/tasks/{tid}?wait=20000")))
+        waiter.start()
+        time.sleep(0.5)
+        assert call("POST", f"/tasks/{tid}/cancel")[0] == 200
+        waiter.join(25)
+        assert held["r"][0] == 200 and held["r"][1]["state"] == "cancelled", held
     finally:
         for p in reversed(procs):
             p.terminate()

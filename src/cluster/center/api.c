@@ -633,6 +633,31 @@ static void tasks_list(struct call *c)
 	json_decref(total);
 }
 
+/* ?wait=MS: hold the reply until the task has ended or MS have passed
+ * (at most 30 s), so that a waiting client hears of the end at once. */
+static json_t *task_wait_end(struct call *c, long long id, json_t *t)
+{
+	if (!http_query(c->req, "wait"))
+		return t;
+	long long ms = query_int(c, "wait", 0, 30000);
+	long long deadline = now_ms() + ms;
+	for (;;) {
+		const char *state = json_string_value(json_object_get(t, "state")) ?: "";
+		long long left = deadline - now_ms();
+		if ((strcmp(state, "queued") && strcmp(state, "running")) || left <= 0)
+			return t;
+		unsigned long long gen = tasks_ended_gen();
+		pthread_mutex_unlock(&db_lock);
+		tasks_wait_ended(gen, left);
+		pthread_mutex_lock(&db_lock);
+		json_t *again = task_get(id);
+		if (!again)
+			return t;
+		json_decref(t);
+		t = again;
+	}
+}
+
 static void task_routes(struct call *c, const char *idtext, const char *action)
 {
 	char *end;
@@ -645,6 +670,7 @@ static void task_routes(struct call *c, const char *idtext, const char *action)
 		return;
 	}
 	if (!action && is(c, "GET")) {
+		t = task_wait_end(c, id, t);
 		reply_json(c->resp, 200, t);
 		return;
 	}

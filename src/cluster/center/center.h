@@ -55,6 +55,8 @@ json_t *ferryd_call(const char *url, const char *method, const char *path, json_
 /* tasks.c */
 void *tasks_loop(void *arg);
 void tasks_wake(void);   /* a task was queued or cancelled: look now */
+unsigned long long tasks_ended_gen(void);   /* bumped when any task ends */
+void tasks_wait_ended(unsigned long long seen, long ms);   /* until the gen moves, or ms */
 json_t *task_json(json_t *row);
 long long task_insert(const char *kind, const char *vm, const char *source,
 		      const char *dest, const char *state, int priority, long long at,

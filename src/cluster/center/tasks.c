@@ -80,10 +80,42 @@ long long task_insert(const char *kind, const char *vm, const char *source, cons
 	return sqlite3_last_insert_rowid(ctr.db);
 }
 
+/* A generation counter bumped whenever a task ends, for the callers of
+ * GET /api/v1/tasks/ID?wait=MS (the CLI's --wait) to sleep on instead of
+ * polling. */
+static pthread_mutex_t ended_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ended_cond = PTHREAD_COND_INITIALIZER;
+static unsigned long long ended_gen;
+
+unsigned long long tasks_ended_gen(void)
+{
+	pthread_mutex_lock(&ended_lock);
+	unsigned long long g = ended_gen;
+	pthread_mutex_unlock(&ended_lock);
+	return g;
+}
+
+void tasks_wait_ended(unsigned long long seen, long ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += ms * 1000000L;
+	ts.tv_sec += ts.tv_nsec / 1000000000L;
+	ts.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(&ended_lock);
+	while (ended_gen == seen && pthread_cond_timedwait(&ended_cond, &ended_lock, &ts) == 0)
+		;
+	pthread_mutex_unlock(&ended_lock);
+}
+
 void task_finish(long long id, const char *state, const char *error)
 {
 	db_exec("UPDATE tasks SET state = ?, finished = ?, error = ?, waiting = NULL WHERE id = ?",
 		json_pack("[s, I, s?, I]", state, (json_int_t)time(NULL), error, (json_int_t)id));
+	pthread_mutex_lock(&ended_lock);
+	ended_gen++;
+	pthread_cond_broadcast(&ended_cond);
+	pthread_mutex_unlock(&ended_lock);
 }
 
 static const char *host_url(const char *host)

@@ -301,8 +301,10 @@ static void draw_bar(json_t *t)
 static int watch_task(long long id)
 {
 	bool tty = isatty(2) && !json_out;
+	/* ferry-center holds each GET until the task ends (or, to redraw the
+	 * bar, 200 ms): the end is heard at once, not at the next poll */
 	char path[64];
-	snprintf(path, sizeof(path), "tasks/%lld", id);
+	snprintf(path, sizeof(path), "tasks/%lld?wait=%d", id, tty ? 200 : 5000);
 	json_t *t = NULL;
 	for (;;) {
 		json_decref(t);
@@ -313,7 +315,7 @@ static int watch_task(long long id)
 			draw_bar(t);
 		if (finished(t))
 			break;
-		usleep(50000);
+		usleep(10000);   /* a ferry-center without ?wait answers at once */
 	}
 	if (tty)
 		fprintf(stderr, "\n");
