@@ -10,11 +10,19 @@ HA on the cluster plane: what keeps a VM from running on two hosts.
   comes before the restarted ferry-vm's start time (/proc/PID/stat, on the
   same clock) and the ha.restart audit record. After the link is back the
   host lives again and the VM stays where HA put it, one copy.
+- HA without ferry-center (test_ha_center_down): the ferryd holding the
+  etcd election restarts a dead host's HA VM while ferry-center is down;
+  ferry-center, started again, adopts it (ha-restart task, audit record
+  naming the decider).
+- admission control (test_ha_admission_control): starts and a migration
+  refused with the reason when N host failures would leave too little
+  memory for the HA VMs.
 """
 
 import calendar
 import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -82,3 +90,86 @@ def test_ha_self_fence():
         assert lab.vm("hp")["host"] == vm["host"] and lab.vm("hp")["state"] == "running"
         assert len([p for h in others for p in lab.procs(h, "ferry-vm")]) == 1
         assert lab.cli("audit", "--verify")["ok"] is True
+
+
+def test_ha_center_down():
+    """HA decided by the ferryd holding the etcd election: ferry-center is
+    down when a host dies; its HA VM runs again elsewhere all the same, and
+    ferry-center, once back, adopts it (task and audit record)."""
+    with Lab() as lab:
+        lab.cli("vm", "create", "hb", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h2",
+                "--ha", "high")
+        log_h2 = lab.dir / "logs" / "ferryd-h2.log"
+        wait_until(lambda: "VM hb runs here: its HA record" in log_h2.read_text(), 20,
+                   "hb's HA record in etcd")
+        for pid, _ in lab.procs("center", "ferry-center"):
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not lab.procs("center", "ferry-center"), 10, "ferry-center to die")
+        # h2 dies: every process killed, link cut
+        for pid in lab.ns_pids(lab.name + "-h2"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["ip", "netns", "exec", lab.name + "-h2", "ip", "link", "set", "eth0",
+                        "down"], check=True)
+        found = wait_until(lambda: [h for h in ("h1", "h3") if lab.procs(h, "ferry-vm")], 60,
+                           "hb to run again on h1 or h3 (ferry-center down)")
+        assert len(found) == 1, found
+        new_host = found[0]
+        decider = [h for h in ("h1", "h3") if "HA: VM hb restarted on %s" % new_host in
+                   (lab.dir / "logs" / ("ferryd-%s.log" % h)).read_text()]
+        assert len(decider) == 1, "one decider, which logged the restart"
+        assert not lab.procs("center", "ferry-center")
+        # ferry-center comes back and adopts the VM where it runs
+        urls = ",".join("http://10.88.0.%d:2379" % (10 + i) for i in (1, 2, 3))
+        lab.restart("center", "ferry-center", [
+            "--listen", "10.88.0.2:7800", "--db", str(lab.dir / "center.db"), "--etcd", urls,
+            "--token-file", str(lab.dir / "tokens")])
+        vm = wait_until(lambda: (lambda v: v if v["host"] == new_host and v["state"] ==
+                                 "running" else None)(lab.run("vm", "show", "hb",
+                                                              check=False)[1]), 30,
+                        "ferry-center to adopt hb on " + new_host)
+        assert vm["state"] == "running"
+        recs = [r for r in lab.cli("audit", "--vm", "hb")["records"]
+                if r["action"] == "ha.restart"]
+        assert len(recs) == 1 and recs[0]["result"] == "ok", recs
+        assert recs[0]["user"] == "ferryd-" + decider[0], recs
+        ha = lab.cli("task", "list", "--vm", "hb")["tasks"][0]
+        assert ha["kind"] == "ha-restart" and ha["state"] == "succeeded", ha
+        assert ha["source"] == "h2" and ha["destination"] == new_host, ha
+        assert lab.cli("audit", "--verify")["ok"] is True
+
+
+def test_ha_admission_control():
+    """cluster set ha.host_failures_tolerated=N: a start or a migration that
+    would leave too little memory to restart every HA VM after N host
+    failures is refused (409) with the reason. Hosts offer 512 MiB each."""
+    with Lab(vm_memory_mib=512) as lab:
+        assert lab.http("POST", "/api/v1/cluster", {"ha.host_failures_tolerated": -1})[0] == 400
+        s = lab.cli("cluster", "set", "ha.host_failures_tolerated=2")
+        assert s["settings"]["ha.host_failures_tolerated"] == 2, s
+
+        def create(name, host, mem, ha):
+            body = {"name": name, "kernel": "shared:Image", "initrd": "shared:initrd.img",
+                    "append": IDLE, "mem_mib": mem, "host": host, "ha": ha}
+            return lab.http("POST", "/api/v1/vms", body)
+        assert create("a", "h1", 200, "high")[0] == 201
+        assert create("b", "h2", 200, "medium")[0] == 201
+        # two hosts down: 400 MiB of HA VMs on the last one, which has 512
+        status, doc = create("c", "h3", 200, "high")
+        assert status == 409, (status, doc)
+        msg = doc["error"]["message"]
+        assert "ha.host_failures_tolerated=2" in msg and "MiB" in msg, msg
+        assert lab.run("vm", "show", "c", check=False)[0] != 0, "a refused VM is not created"
+        # small VMs without HA fit: 400 <= 512 - 64 on every host
+        assert create("d", "h3", 64, "off")[0] == 201
+        assert create("e", "h1", 64, "off")[0] == 201
+        # e joining d on h3 would leave h3 only 384 MiB for the 400 of HA VMs
+        status, doc = lab.http("POST", "/api/v1/vms/e/migrate", {"to": "h3"})
+        assert status == 409 and "admission control" in doc["error"]["message"], (status, doc)
+        assert lab.vm("e")["host"] == "h1" and lab.vm("e")["state"] == "running"
+        # off again: the same start is admitted
+        lab.cli("cluster", "set", "ha.host_failures_tolerated=0")
+        assert create("c", "h3", 200, "high")[0] == 201

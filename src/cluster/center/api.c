@@ -11,6 +11,7 @@
 #include "cluster/common/http_server.h"
 #include "cluster/common/util.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -346,6 +347,12 @@ static void vm_create(struct call *c)
 		json_decref(rec);
 	}
 	bool start = !json_is_false(json_object_get(body, "start"));
+	char why[600];
+	if (start && !admission_check(name, spec, chosen, why, sizeof(why))) {
+		reply_error(c->resp, 409, why, "add hosts or memory, create it with --ha off or "
+			    "--no-start, or lower ha.host_failures_tolerated");
+		goto out;
+	}
 	db_exec("INSERT INTO vms(name, host, state, spec, created) VALUES(?, ?, ?, ?, ?)",
 		json_pack("[s, s, s, s, I]", name, chosen, start ? "starting" : "stopped", spec_text,
 			  (json_int_t)time(NULL)));
@@ -429,6 +436,17 @@ static void vm_power(struct call *c, json_t *row, const char *name, const char *
 	if (!strcmp(action, "start") && running) {
 		reply_error(c->resp, 409, "the VM runs already", NULL);
 		return;
+	}
+	if (!strcmp(action, "start")) {
+		json_t *spec = json_loads(json_string_value(json_object_get(row, "spec")) ?: "{}", 0,
+					  NULL);
+		bool admitted = admission_check(name, spec, host, err, sizeof(err));
+		json_decref(spec);
+		if (!admitted) {
+			reply_error(c->resp, 409, err, "add hosts or memory, or lower "
+				    "ha.host_failures_tolerated");
+			return;
+		}
 	}
 	long long task = task_insert(action, name, host, NULL, "running", 0, 0, c->user, NULL);
 	bool ok = true;
@@ -529,6 +547,19 @@ static void vm_migrate(struct call *c, json_t *row, const char *name)
 		}
 	}
 	const char *dest = json_string_value(json_object_get(pick, "host"));
+	const char *vstate = json_string_value(json_object_get(row, "state")) ?: "";
+	if (!strcmp(vstate, "running") || !strcmp(vstate, "starting")) {
+		char why[600];
+		json_t *spec = json_loads(json_string_value(json_object_get(row, "spec")) ?: "{}", 0,
+					  NULL);
+		bool admitted = admission_check(name, spec, dest, why, sizeof(why));
+		json_decref(spec);
+		if (!admitted) {
+			reply_error(c->resp, 409, why, "pick another host (--to), or lower "
+				    "ha.host_failures_tolerated");
+			goto out;
+		}
+	}
 	json_t *extra = json_pack("{s:O}", "estimate",
 				  json_object_get(pick, "estimate") ?: json_null());
 	if (dt)
@@ -742,6 +773,8 @@ static json_t *cluster_json(void)
 			    json_integer(db_setting_int("migrations_per_host", 4)));
 	json_object_set_new(s, "standard_share_mbps",
 			    json_integer(db_setting_int("standard_share_mbps", 100)));
+	json_object_set_new(s, "ha.host_failures_tolerated",
+			    json_integer(db_setting_int("ha.host_failures_tolerated", 0)));
 	json_t *rows = db_query("SELECT key, value FROM settings WHERE key LIKE 'host.%' OR "
 				 "key LIKE 'datastore.%' OR key LIKE 'network.%'", NULL);
 	size_t i;
@@ -772,6 +805,16 @@ static void cluster_set(struct call *c)
 	json_object_foreach(body, key, v) {
 		long long n = json_is_integer(v) ? json_integer_value(v)
 			    : json_is_string(v) ? atoll(json_string_value(v)) : 0;
+		bool ha_key = !strcmp(key, "ha.host_failures_tolerated");
+		if (ha_key && (n < 0 || n > 64 || (json_is_string(v) && !isdigit((unsigned char)
+				*json_string_value(v))))) {
+			reply_error(c->resp, 400, "ha.host_failures_tolerated: want 0 (off) to 64",
+				    NULL);
+			json_decref(body);
+			return;
+		}
+		if (ha_key)
+			continue;
 		bool known = !strcmp(key, "migrations_per_host") || !strcmp(key, "standard_share_mbps") ||
 			     ((!strncmp(key, "host.", 5) || !strncmp(key, "datastore.", 10) ||
 			       !strncmp(key, "network.", 8)) && strstr(key, ".migrations"));
@@ -779,7 +822,7 @@ static void cluster_set(struct call *c)
 			char msg[300];
 			snprintf(msg, sizeof(msg), "%s: want migrations_per_host or "
 				 "host.NAME.migrations, datastore.NAME.migrations, network.NAME.migrations "
-				 "(1 to 64), or standard_share_mbps", key);
+				 "(1 to 64), standard_share_mbps or ha.host_failures_tolerated", key);
 			reply_error(c->resp, 400, msg, NULL);
 			json_decref(body);
 			return;

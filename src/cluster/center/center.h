@@ -81,6 +81,13 @@ json_t *audit_verify(void);
 
 /* ha.c: a host's lease is gone; restart its HA VMs elsewhere */
 void ha_host_lost(const char *host);
+/* a VM runs on host, restarted there by the HA decider (under db_lock) */
+void ha_adopt(const char *name, const char *host, const char *dead);
+
+/* admission.c: would the layout with VM (spec) on host still restart
+ * every HA VM after ha.host_failures_tolerated failures? false with the
+ * reason. Under db_lock. */
+bool admission_check(const char *vm, json_t *spec, const char *host, char *why, size_t len);
 
 /* api.c */
 struct http_request;

@@ -97,9 +97,28 @@ static bool stray(const char *host, const char *name)
 	json_t *row = db_row("SELECT host, state FROM vms WHERE name = ?", json_pack("[s]", name));
 	json_t *mig = db_row("SELECT id FROM tasks WHERE vm = ? AND kind = 'migrate' AND "
 			     "state IN ('queued', 'running')", json_pack("[s]", name));
-	bool elsewhere = row && strcmp(json_string_value(json_object_get(row, "host")) ?: "", host)
-			 && !strcmp(json_string_value(json_object_get(row, "state")) ?: "", "running");
+	const char *at = json_string_value(json_object_get(row, "host")) ?: "";
+	const char *state = json_string_value(json_object_get(row, "state")) ?: "";
+	bool elsewhere = row && strcmp(at, host) &&
+			 (!strcmp(state, "running") || !strcmp(state, "restarting"));
 	bool is_stray = !mig && elsewhere;
+	if (is_stray) {
+		/* the host it was on: if its lease is gone (asked now, after this
+		 * report), the HA decider restarted the VM here */
+		char key[128], err[256];
+		bool ok;
+		snprintf(key, sizeof(key), "/ferry/hosts/%s", at);
+		char *v = etcd_get(&ctr.etcd, key, &ok, err, sizeof(err));
+		if (ok && !v) {
+			char dead[64];
+			snprintf(dead, sizeof(dead), "%s", at);
+			ha_adopt(name, host, dead);
+			is_stray = false;
+		} else if (!ok) {
+			is_stray = false;   /* no word from etcd: decide nothing */
+		}
+		free(v);
+	}
 	json_decref(row);
 	json_decref(mig);
 	return is_stray;

@@ -841,7 +841,8 @@ static const struct command commands[] = {
 	{ "task cancel", "task cancel ID", cmd_task_cancel },
 	{ "audit", "audit [--vm NAME] [--since TIME] [--verify]", cmd_audit },
 	{ "cluster show", "cluster show", cmd_cluster_show },
-	{ "cluster set", "cluster set KEY=VALUE...   (migrations_per_host=N, host.H.migrations=N)",
+	{ "cluster set", "cluster set KEY=VALUE...   (migrations_per_host=N, host.H.migrations=N, "
+	  "ha.host_failures_tolerated=N)",
 	  cmd_cluster_set },
 	{ "lab up", "lab up [--hosts N] [--name LAB] [--dir DIR]", cmd_lab_up },
 	{ "lab down", "lab down [--name LAB]", cmd_lab_down },

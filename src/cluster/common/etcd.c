@@ -170,3 +170,52 @@ json_t *etcd_get_prefix(struct etcd *e, const char *prefix, char *err, size_t er
 	json_decref(r);
 	return out;
 }
+
+char *etcd_get(struct etcd *e, const char *key, bool *ok, char *err, size_t errlen)
+{
+	char *k = b64_encode(key);
+	json_t *req = json_pack("{s:s}", "key", k);
+	free(k);
+	json_t *r = etcd_call(e, "/v3/kv/range", req, err, errlen);
+	json_decref(req);
+	*ok = r != NULL;
+	json_t *kv = json_array_get(json_object_get(r, "kvs"), 0);
+	const char *v = json_string_value(json_object_get(kv, "value"));
+	char *value = kv ? b64_decode(v ? v : "") : NULL;
+	json_decref(r);
+	return value;
+}
+
+bool etcd_delete(struct etcd *e, const char *key, char *err, size_t errlen)
+{
+	char *k = b64_encode(key);
+	json_t *req = json_pack("{s:s}", "key", k);
+	free(k);
+	json_t *r = etcd_call(e, "/v3/kv/deleterange", req, err, errlen);
+	json_decref(req);
+	json_decref(r);
+	return r != NULL;
+}
+
+bool etcd_create(struct etcd *e, const char *key, const char *value, int64_t lease,
+		 bool *created, char *err, size_t errlen)
+{
+	char *k = b64_encode(key), *v = b64_encode(value);
+	json_t *put = json_pack("{s:s, s:s}", "key", k, "value", v);
+	if (lease) {
+		char id[32];
+		snprintf(id, sizeof(id), "%" PRId64, lease);
+		json_object_set_new(put, "lease", json_string(id));
+	}
+	/* the key's create_revision is 0 only while it does not exist */
+	json_t *req = json_pack("{s:[{s:s, s:s, s:s, s:s}], s:[{s:o}]}", "compare", "key", k,
+				"target", "CREATE", "result", "EQUAL", "create_revision", "0",
+				"success", "request_put", put);
+	free(k);
+	free(v);
+	json_t *r = etcd_call(e, "/v3/kv/txn", req, err, errlen);
+	json_decref(req);
+	*created = r && json_is_true(json_object_get(r, "succeeded"));
+	json_decref(r);
+	return r != NULL;
+}

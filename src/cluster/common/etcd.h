@@ -1,6 +1,7 @@
 /*
  * etcd.h - an etcd v3 client over its JSON gateway (etcd 3.4: /v3/kv/put,
- * /v3/kv/range, /v3/lease/grant, /v3/lease/keepalive). Keys and values
+ * /v3/kv/range, /v3/lease/grant, /v3/lease/keepalive, /v3/kv/txn,
+ * /v3/kv/deleterange). Keys and values
  * travel base64-encoded; lease IDs as decimal strings. Each call tries the
  * cluster's URLs in turn until one answers, so losing a member is
  * invisible to the caller.
@@ -29,6 +30,15 @@ int64_t etcd_lease_grant(struct etcd *e, int ttl, char *err, size_t errlen);
 bool etcd_lease_keepalive(struct etcd *e, int64_t lease, char *err, size_t errlen);
 bool etcd_put(struct etcd *e, const char *key, const char *value, int64_t lease,
 	      char *err, size_t errlen);
+/* One key's value (malloc'd); NULL with *ok true when it is absent, NULL
+ * with *ok false when etcd did not answer. */
+char *etcd_get(struct etcd *e, const char *key, bool *ok, char *err, size_t errlen);
+bool etcd_delete(struct etcd *e, const char *key, char *err, size_t errlen);
+/* Creates key = value (held by lease, 0: none) only if the key is absent,
+ * in one transaction (/v3/kv/txn); *created says whether it was. False
+ * when etcd did not answer. */
+bool etcd_create(struct etcd *e, const char *key, const char *value, int64_t lease,
+		 bool *created, char *err, size_t errlen);
 /* Every key under prefix: a JSON object key -> value (strings); NULL on failure. */
 json_t *etcd_get_prefix(struct etcd *e, const char *prefix, char *err, size_t errlen);
 

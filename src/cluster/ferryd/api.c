@@ -127,6 +127,7 @@ void api_handle(void *ctx, const struct http_request *req, struct http_response 
 		} else {
 			int rc = vm_start(name, json_incref(spec), NULL, NULL, err, sizeof(err));
 			if (rc == 201) {
+				ha_publish();
 				pthread_mutex_lock(&vms_lock);
 				struct vm *vm = vm_find(name);
 				json_t *j = vm ? vm_json(vm, false) : json_object();

@@ -39,6 +39,7 @@ struct ferryd {
 	int nnetworks;
 	struct auth auth;
 	bool secure_incoming;  /* ferry-vm takes --incoming ...,secret-file= */
+	long vm_memory_mib;    /* what this host offers to VMs (--vm-memory-mib; 0: its RAM) */
 	char isolation_response[32];   /* "power-off" (default) or "leave-running" */
 };
 
@@ -61,6 +62,7 @@ struct vm {
 	int exit_status;       /* -1 when killed by a signal */
 	bool leaving;          /* migrated away: being removed */
 	bool fenced;           /* killed (or left running) by the self-fence */
+	bool published;        /* its HA record is in etcd (ha_agent.c) */
 };
 
 /* host.c */
@@ -94,6 +96,13 @@ void fence_renewed(int64_t sent_ms);
 int64_t fence_deadline_ms(void);
 bool fence_isolated(void);      /* past the deadline: start nothing */
 void *fence_watch(void *arg);
+
+/* main.c: the heartbeat's lease (0 while it has none) */
+int64_t heartbeat_lease(void);
+
+/* ha_agent.c: HA records in etcd, the election, the holder's HA pass */
+void ha_agent_start(const char *etcd_urls);
+void ha_publish(void);   /* this host's running HA VMs' records, now */
 
 /* migration.c */
 int migration_start(const char *name, json_t *req, char *err, size_t errlen);

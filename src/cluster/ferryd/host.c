@@ -67,12 +67,14 @@ json_t *host_report(void)
 {
 	double load[1] = { 0 };
 	getloadavg(load, 1);
-	return json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:f, s:s, s:s, s:o, s:o, s:i}",
+	long total = meminfo_mib("MemTotal");
+	return json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:f, s:s, s:s, s:o, s:o, s:i, s:I}",
 		"name", fd_cfg.name, "address", fd_cfg.address, "url", fd_cfg.url,
 		"harts", (int)sysconf(_SC_NPROCESSORS_ONLN),
-		"mem_mib", (json_int_t)meminfo_mib("MemTotal"),
+		"mem_mib", (json_int_t)total,
 		"free_mib", (json_int_t)meminfo_mib("MemAvailable"),
 		"load", load[0], "isa", host_isa(), "vmm_version", fd_cfg.vmm_version,
 		"datastores", datastores_json(), "networks", networks_json(),
-		"vms", vms_count());
+		"vms", vms_count(), "vm_memory_mib",
+		(json_int_t)(fd_cfg.vm_memory_mib > 0 ? fd_cfg.vm_memory_mib : total));
 }

@@ -21,6 +21,7 @@
 #include "cluster/common/util.h"
 
 #include <getopt.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +35,14 @@ struct ferryd fd_cfg;
 char *cmdline_area;
 size_t cmdline_len;
 static struct etcd etcd;
-static struct etcd etcd_beat;   /* the heartbeat's own client: shorter timeouts */
+static struct etcd etcd_beat;
+static _Atomic int64_t current_lease;
+
+int64_t heartbeat_lease(void)
+{
+	return current_lease;
+}
+   /* the heartbeat's own client: shorter timeouts */
 
 static void usage(FILE *f)
 {
@@ -43,6 +51,7 @@ static void usage(FILE *f)
 		   "              [--datastore NAME=DIR]... [--network NAME=BRIDGE]... "
 		   "[--token-file FILE]\n"
 		   "              [--ferry-vm PATH] [--isolation-response power-off|leave-running]\n"
+		   "              [--vm-memory-mib N]   (memory offered to VMs; default: the RAM)\n"
 		   "The host agent: heartbeat in etcd, host report, VM processes, migrations.\n");
 }
 
@@ -95,6 +104,7 @@ static void *heartbeat(void *arg)
 				complained = true;
 			}
 		}
+		current_lease = lease;
 		sleep(1);
 	}
 	return NULL;
@@ -148,6 +158,7 @@ int main(int argc, char **argv)
 		{ "token-file", required_argument, NULL, 't' },
 		{ "ferry-vm", required_argument, NULL, 'v' },
 		{ "isolation-response", required_argument, NULL, 'i' },
+		{ "vm-memory-mib", required_argument, NULL, 'm' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -173,6 +184,11 @@ int main(int argc, char **argv)
 				die("--isolation-response %s: want power-off or leave-running", optarg);
 			snprintf(fd_cfg.isolation_response, sizeof(fd_cfg.isolation_response), "%s",
 				 optarg);
+			break;
+		case 'm':
+			fd_cfg.vm_memory_mib = atol(optarg);
+			if (fd_cfg.vm_memory_mib < 1)
+				die("--vm-memory-mib %s: want a number of MiB", optarg);
 			break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -219,6 +235,7 @@ int main(int argc, char **argv)
 	pthread_create(&t, NULL, vms_watch, NULL);
 	pthread_create(&t, NULL, heartbeat, NULL);
 	pthread_create(&t, NULL, fence_watch, NULL);
+	ha_agent_start(etcd_urls);
 	int sig;
 	sigwait(&set, &sig);
 	logf_("signal %d: stopping (VMs keep running)", sig);

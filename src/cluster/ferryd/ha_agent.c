@@ -1,0 +1,332 @@
+/*
+ * ha_agent.c - HA without ferry-center: the ferryds elect one of them to
+ * restart the VMs of hosts whose lease has expired.
+ *
+ * What the decider needs lives in etcd, not in ferry-center's database:
+ * each ferryd publishes its running HA VMs (spec `ha` high, medium or low)
+ * as /ferry/ha/NAME = {"host", "spec"} (no lease: the record must outlive
+ * the host) and removes the record when such a VM ends on its own or is
+ * stopped. A migration's destination takes the record over once the VM
+ * runs there.
+ *
+ * The election: /ferry/ha-leader = NAME, created by a transaction "only if
+ * absent" and held by the ferryd's heartbeat lease, so it is renewed with
+ * the heartbeat and goes when the holder's lease does (a holder cut off
+ * has also fenced itself). Every ferryd campaigns each second; the holder
+ * runs the HA pass: a record whose host has no key under /ferry/hosts/
+ * (its lease has expired, so that host's ferryd has killed its VMs, see
+ * fence.c) is started on a live host, high before medium before low, the
+ * host with the most free memory first (less what this pass already
+ * placed there, so restarts spread), the next host if one refuses (its
+ * own checks: memory, datastores, networks), up to HA_MAX_ATTEMPTS passes.
+ * The record then names the new host and says who restarted it, from
+ * where and when; ferry-center adopts the VM when it sees it run there
+ * and writes the task and the audit record (inventory.c).
+ */
+#include "cluster/ferryd/ferryd.h"
+
+#include "cluster/common/etcd.h"
+#include "cluster/common/http_client.h"
+#include "cluster/common/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define HA_PREFIX "/ferry/ha/"
+#define LEADER_KEY "/ferry/ha-leader"
+#define HA_MAX_ATTEMPTS 5
+#define VM_OVERHEAD_MIB 32
+
+static struct etcd etcd_ha;
+
+static bool ha_wanted(json_t *spec)
+{
+	const char *ha = json_string_value(json_object_get(spec, "ha"));
+	return ha && (!strcmp(ha, "high") || !strcmp(ha, "medium") || !strcmp(ha, "low"));
+}
+
+static int ha_rank(json_t *spec)
+{
+	const char *ha = json_string_value(json_object_get(spec, "ha")) ?: "";
+	return !strcmp(ha, "high") ? 0 : !strcmp(ha, "medium") ? 1 : 2;
+}
+
+static char *record_host(const char *key, bool *ok)
+{
+	char err[256];
+	char *text = etcd_get(&etcd_ha, key, ok, err, sizeof(err));
+	json_t *rec = text ? json_loads(text, 0, NULL) : NULL;
+	free(text);
+	const char *h = json_string_value(json_object_get(rec, "host"));
+	char *host = h ? strdup(h) : NULL;
+	json_decref(rec);
+	return host;
+}
+
+/* Puts the records of this host's running HA VMs, once per VM, unless the
+ * record already names this host (it may say who restarted the VM).
+ * Called by the loop and, so that a VM is protected as soon as its start
+ * is answered, before ferryd answers a start. */
+void ha_publish(void)
+{
+	json_t *todo = json_object();
+	pthread_mutex_lock(&vms_lock);
+	struct vm **list;
+	int n = vms_snapshot(&list);
+	for (int i = 0; i < n; i++)
+		if (!list[i]->published && !list[i]->exited && !list[i]->leaving &&
+		    !list[i]->incoming && list[i]->pid > 0 && ha_wanted(list[i]->spec))
+			json_object_set(todo, list[i]->name, list[i]->spec);
+	pthread_mutex_unlock(&vms_lock);
+	const char *name;
+	json_t *spec;
+	json_object_foreach(todo, name, spec) {
+		char key[128], err[256];
+		snprintf(key, sizeof(key), HA_PREFIX "%s", name);
+		bool ok;
+		char *host = record_host(key, &ok);
+		bool mine = host && !strcmp(host, fd_cfg.name);
+		free(host);
+		if (!ok)
+			continue;
+		if (!mine) {
+			json_t *rec = json_pack("{s:s, s:O}", "host", fd_cfg.name, "spec", spec);
+			char *text = json_dumps(rec, JSON_COMPACT);
+			json_decref(rec);
+			ok = etcd_put(&etcd_ha, key, text, 0, err, sizeof(err));
+			free(text);
+			if (ok)
+				logf_("HA: VM %s runs here: its HA record is in etcd", name);
+		}
+		pthread_mutex_lock(&vms_lock);
+		struct vm *vm = vm_find(name);
+		if (vm && ok)
+			vm->published = true;
+		pthread_mutex_unlock(&vms_lock);
+	}
+	json_decref(todo);
+}
+
+/* Removes the records naming this host whose VM no longer runs here (ended
+ * or stopped), except those the self-fence killed: HA restarts those. */
+static void unpublish(json_t *records)
+{
+	const char *key;
+	json_t *value;
+	json_object_foreach(records, key, value) {
+		json_t *rec = json_loads(json_string_value(value), 0, NULL);
+		const char *host = json_string_value(json_object_get(rec, "host"));
+		const char *name = key + strlen(HA_PREFIX);
+		if (host && !strcmp(host, fd_cfg.name)) {
+			pthread_mutex_lock(&vms_lock);
+			struct vm *vm = vm_find(name);
+			bool gone = !vm || (vm->exited && !vm->fenced);
+			pthread_mutex_unlock(&vms_lock);
+			char err[256];
+			if (gone && etcd_delete(&etcd_ha, key, err, sizeof(err)))
+				logf_("HA: VM %s no longer runs here: its HA record is removed", name);
+		}
+		json_decref(rec);
+	}
+}
+
+static bool campaign(void)
+{
+	static bool was_leader;
+	int64_t lease = heartbeat_lease();
+	if (!lease || fence_isolated())
+		return was_leader = false;
+	char err[256];
+	bool created, ok;
+	etcd_create(&etcd_ha, LEADER_KEY, fd_cfg.name, lease, &created, err, sizeof(err));
+	char *holder = etcd_get(&etcd_ha, LEADER_KEY, &ok, err, sizeof(err));
+	bool leader = holder && !strcmp(holder, fd_cfg.name);
+	if (leader != was_leader)
+		logf_("HA: %s the HA decider (%s holds %s)", leader ? "now" : "no longer",
+		      holder ? holder : "nobody", LEADER_KEY);
+	free(holder);
+	return was_leader = leader;
+}
+
+/* The live hosts' reports, with "planned_mib" for this pass. */
+static json_t *live_reports(json_t *live)
+{
+	json_t *out = json_array();
+	const char *key;
+	json_t *value;
+	json_object_foreach(live, key, value) {
+		json_t *info = json_loads(json_string_value(value), 0, NULL);
+		const char *url = json_string_value(json_object_get(info, "url"));
+		char full[300], err[256];
+		long status;
+		snprintf(full, sizeof(full), "%s/agent/v1/host", url ? url : "");
+		json_t *rep = url ? http_json("GET", full, fd_cfg.auth.present, NULL, 3000, &status,
+					      err, sizeof(err)) : NULL;
+		if (rep && status == 200) {
+			json_object_set(rep, "url", json_object_get(info, "url"));
+			json_object_set_new(rep, "planned_mib", json_integer(0));
+			json_array_append(out, rep);
+		}
+		json_decref(rep);
+		json_decref(info);
+	}
+	return out;
+}
+
+static json_int_t room_mib(json_t *rep)
+{
+	return json_integer_value(json_object_get(rep, "free_mib")) -
+	       json_integer_value(json_object_get(rep, "planned_mib"));
+}
+
+static int by_room(const void *a, const void *b)
+{
+	json_int_t ra = room_mib(*(json_t *const *)a), rb = room_mib(*(json_t *const *)b);
+	return ra < rb ? 1 : ra > rb ? -1 : 0;
+}
+
+/* Starts one VM on the roomiest live host that accepts it; the host or NULL. */
+static const char *restart_on_some_host(const char *name, json_t *spec, json_t *reports,
+					char *why, size_t whylen)
+{
+	size_t n = json_array_size(reports);
+	json_t **order = calloc(n ? n : 1, sizeof(json_t *));
+	for (size_t i = 0; i < n; i++)
+		order[i] = json_array_get(reports, i);
+	qsort(order, n, sizeof(json_t *), by_room);
+	json_int_t need = json_integer_value(json_object_get(spec, "mem_mib")) + VM_OVERHEAD_MIB;
+	const char *chosen = NULL;
+	snprintf(why, whylen, "no live host");
+	for (size_t i = 0; i < n && !chosen; i++) {
+		const char *host = json_string_value(json_object_get(order[i], "name"));
+		if (room_mib(order[i]) < need) {
+			snprintf(why, whylen, "host %s: not enough free memory", host);
+			continue;
+		}
+		char url[300], err[512];
+		long status;
+		snprintf(url, sizeof(url), "%s/agent/v1/vms",
+			 json_string_value(json_object_get(order[i], "url")));
+		json_t *body = json_pack("{s:s, s:O}", "name", name, "spec", spec);
+		json_t *r = http_json("POST", url, fd_cfg.auth.present, body, 20000, &status, err,
+				      sizeof(err));
+		json_decref(body);
+		if (r && (status == 201 || status == 409)) {   /* 409: it runs there already */
+			chosen = host;
+			json_object_set_new(order[i], "planned_mib",
+				json_integer(json_integer_value(json_object_get(order[i],
+					"planned_mib")) + need));
+		} else {
+			snprintf(why, whylen, "host %s: %s", host, r ? json_string_value(
+				json_object_get(json_object_get(r, "error"), "message")) ?: "refused"
+				: err);
+		}
+		json_decref(r);
+	}
+	free(order);
+	return chosen;
+}
+
+static int by_rank(const void *a, const void *b)
+{
+	json_t *ra = *(json_t *const *)a, *rb = *(json_t *const *)b;
+	int d = ha_rank(json_object_get(ra, "spec")) - ha_rank(json_object_get(rb, "spec"));
+	return d ? d : strcmp(json_string_value(json_object_get(ra, "name")),
+			      json_string_value(json_object_get(rb, "name")));
+}
+
+/* The holder's pass: restart the HA VMs of hosts whose lease has gone. */
+static void ha_pass(json_t *records)
+{
+	char err[512];
+	json_t *live = etcd_get_prefix(&etcd_ha, "/ferry/hosts/", err, sizeof(err));
+	if (!live)
+		return;   /* no quorum, no decision */
+	json_t *orphans = json_array();
+	const char *key;
+	json_t *value;
+	json_object_foreach(records, key, value) {
+		json_t *rec = json_loads(json_string_value(value), 0, NULL);
+		const char *host = json_string_value(json_object_get(rec, "host"));
+		char hkey[128];
+		snprintf(hkey, sizeof(hkey), "/ferry/hosts/%s", host ? host : "");
+		json_int_t attempts = json_integer_value(json_object_get(rec, "attempts"));
+		if (host && !json_object_get(live, hkey) && attempts < HA_MAX_ATTEMPTS) {
+			json_object_set_new(rec, "name", json_string(key + strlen(HA_PREFIX)));
+			json_array_append(orphans, rec);
+		}
+		json_decref(rec);
+	}
+	size_t n = json_array_size(orphans);
+	if (!n) {
+		json_decref(orphans);
+		json_decref(live);
+		return;
+	}
+	json_t **order = calloc(n, sizeof(json_t *));
+	for (size_t i = 0; i < n; i++)
+		order[i] = json_array_get(orphans, i);
+	qsort(order, n, sizeof(json_t *), by_rank);
+	json_t *reports = live_reports(live);
+	for (size_t i = 0; i < n; i++) {
+		json_t *rec = order[i];
+		const char *name = json_string_value(json_object_get(rec, "name"));
+		json_t *spec = json_object_get(rec, "spec");
+		char from[64], why[512];
+		snprintf(from, sizeof(from), "%s", json_string_value(json_object_get(rec, "host")));
+		const char *to = restart_on_some_host(name, spec, reports, why, sizeof(why));
+		json_t *next = json_pack("{s:s, s:O, s:s, s:s, s:I}", "host", to ? to : from,
+					 "spec", spec, "restarted_by", fd_cfg.name, "from", from,
+					 "at_ms", (json_int_t)now_ms());
+		if (to) {
+			logf_("HA: VM %s restarted on %s (the lease of its host %s expired)", name,
+			      to, from);
+		} else {
+			json_int_t attempts = json_integer_value(json_object_get(rec, "attempts")) + 1;
+			json_object_set_new(next, "attempts", json_integer(attempts));
+			json_object_set_new(next, "error", json_string(why));
+			logf_("HA: VM %s (host %s gone) could not restart, attempt %lld of %d: %s",
+			      name, from, (long long)attempts, HA_MAX_ATTEMPTS, why);
+		}
+		char key2[128];
+		snprintf(key2, sizeof(key2), HA_PREFIX "%s", name);
+		char *text = json_dumps(next, JSON_COMPACT);
+		etcd_put(&etcd_ha, key2, text, 0, err, sizeof(err));
+		free(text);
+		json_decref(next);
+	}
+	free(order);
+	json_decref(reports);
+	json_decref(orphans);
+	json_decref(live);
+}
+
+static void *ha_agent_loop(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		usleep(500 * 1000);
+		if (fence_isolated())
+			continue;
+		ha_publish();
+		char err[512];
+		json_t *records = etcd_get_prefix(&etcd_ha, HA_PREFIX, err, sizeof(err));
+		if (!records)
+			continue;
+		unpublish(records);
+		if (campaign())
+			ha_pass(records);
+		json_decref(records);
+	}
+	return NULL;
+}
+
+void ha_agent_start(const char *etcd_urls)
+{
+	etcd_init(&etcd_ha, etcd_urls);
+	etcd_ha.timeout_ms = 1000;
+	pthread_t t;
+	pthread_create(&t, NULL, ha_agent_loop, NULL);
+}
