@@ -118,9 +118,10 @@ def test_ha_center_down():
                            "hb to run again on h1 or h3 (ferry-center down)")
         assert len(found) == 1, found
         new_host = found[0]
-        decider = [h for h in ("h1", "h3") if "HA: VM hb restarted on %s" % new_host in
-                   (lab.dir / "logs" / ("ferryd-%s.log" % h)).read_text()]
-        assert len(decider) == 1, "one decider, which logged the restart"
+        decider = wait_until(lambda: [h for h in ("h1", "h3") if "HA: VM hb restarted on %s"
+                                      % new_host in (lab.dir / "logs" / ("ferryd-%s.log" % h))
+                                      .read_text()], 20, "the decider to log the restart")
+        assert len(decider) == 1, decider
         assert not lab.procs("center", "ferry-center")
         # ferry-center comes back and adopts the VM where it runs
         urls = ",".join("http://10.88.0.%d:2379" % (10 + i) for i in (1, 2, 3))

@@ -39,10 +39,10 @@ void ha_adopt(const char *name, const char *host, const char *dead)
 				    "task", (json_int_t)task, "decided_by", by ? by : "?",
 				    "at_ms", json_object_get(rec, "at_ms"));
 	audit_append(user, "-", "ha.restart", name, "ok", details);
-	json_decref(details);
-	json_decref(rec);
 	logf_("HA: VM %s restarted on %s by the HA decider %s (its host %s died)", name, host,
 	      by ? by : "?", dead);
+	json_decref(details);
+	json_decref(rec);
 }
 
 void ha_host_lost(const char *host)
