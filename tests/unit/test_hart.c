@@ -235,6 +235,43 @@ static void loop_counts_and_retires_exactly(void **state)
 	}
 }
 
+/* Calls, returns and jumps between runs on one page: jal and jalr ending
+ * runs, a branch from one compiled run into another (chaining), in all
+ * three executors, with the same registers, links and instret. */
+static void calls_and_chained_runs_count_exactly(void **state)
+{
+	struct fixture *f = *state;
+	uint32_t prog[] = {
+		ADDI(A1, 0, 10), ADDI(A0, 0, 0), JAL(0, 8),     /* to body */
+		WFI,
+		ADDI(A0, A0, 3), JAL(RA, 32),                   /* body: call fn */
+		ADDI(A2, A0, 0), JAL(0, 8),                     /* to tail */
+		WFI,
+		ADDI(A1, A1, -1), ADDI(A3, A1, 0), BNE(A1, 0, -28),  /* tail: to body */
+		WFI,
+		ADDI(A2, A2, 1), JALR(0, RA, 0),                /* fn */
+	};
+	for (int mode = 0; mode < 3; mode++) {  /* decoded, reference, JIT */
+		memcpy(f->code, prog, sizeof(prog));
+		hart_drop_code(f->h);
+		f->h->reference = mode == 1;
+		f->h->jit = mode == 2;
+		f->h->pc = RAM_BASE;
+		f->h->wfi = false;
+		f->h->instret = 0;
+		memset(f->h->x, 0, sizeof(f->h->x));
+		run(f, 1000);
+		assert_int_equal(f->h->x[A0], 30);
+		assert_int_equal(f->h->x[A1], 0);
+		assert_int_equal(f->h->x[A2], 30);
+		assert_int_equal(f->h->x[A3], 0);
+		assert_int_equal(f->h->x[RA], RAM_BASE + 6 * 4);
+		assert_int_equal(f->h->instret, 3 + 10 * 9 + 1);
+		assert_int_equal(f->h->pc, RAM_BASE + 13 * 4);
+		assert_int_equal(f->h->x[0], 0);
+	}
+}
+
 /* The JIT's templates against the decoded executor: one run of ALU
  * instructions over awkward values (32-bit wrap, shifts by 0 and 63/31). */
 static void jit_run_matches_the_executor(void **state)
@@ -495,6 +532,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(loop_counts_and_retires_exactly, setup, teardown),
 		cmocka_unit_test_setup_teardown(jit_run_matches_the_executor, setup, teardown),
+		cmocka_unit_test_setup_teardown(calls_and_chained_runs_count_exactly, setup, teardown),
 		cmocka_unit_test_setup_teardown(fault_inside_a_block_is_precise, setup, teardown),
 		cmocka_unit_test_setup_teardown(mmio_goes_to_the_bus, setup, teardown),
 		cmocka_unit_test_setup_teardown(written_code_runs_new_bytes, setup, teardown),
