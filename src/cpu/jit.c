@@ -42,8 +42,16 @@
  * together (its code word changed, or the arena reset), so a chain never
  * leads into code that is gone.
  *
- * What it does not do yet: a target cache for jalr, chaining a run to
- * one compiled after it (no patching), keeping registers across runs, F/D. That is where the rest
+ * A jalr looks its target up at run time in its own page's slots (the
+ * page is the direct-mapped table) and goes into the run there the same
+ * way; a target on another page returns to the executor.
+ *
+ * What it does not do yet: a target cache across pages for jalr (calls
+ * and returns between functions, most of sort's), chaining a run to one
+ * compiled after it (no patching), keeping registers across runs, F/D.
+ * Tried and left out: loading all of a run's registers on entry so a
+ * loop back into the same run keeps them in host registers: no
+ * measurable gain on compute (0.79-0.81 against 0.81-0.82 CPU s). That is where the rest
  * of QEMU's speed comes from.
  */
 #include "cpu/internal.h"
@@ -371,6 +379,46 @@ static void compile_branch(struct emitter *em, const struct dinsn *d, int a, int
 	epilogue(em);
 }
 
+_Static_assert(sizeof(struct dinsn) == 16 && offsetof(struct dinsn, insn) == 12,
+	       "chain_indirect indexes slots by hand");
+
+/* jalr's target (in rax, registers written back) looked up at run time
+ * in this page's own slots, the page being the direct-mapped table: on
+ * the same page and a compiled run there, go into it, with the checks
+ * chain() makes; otherwise fall through to the return. */
+static void chain_indirect(struct emitter *em)
+{
+	uint32_t k = em->count + 1;
+	uint64_t slots = (uint64_t)(uintptr_t)em->dp->slot;
+	uint64_t code = (uint64_t)(uintptr_t)(em->h->jit_arena + JIT_PROLOGUE);
+	uint8_t *out[4];
+	emit(em, 3, 0x48, 0x89, 0xc1);                    /* mov rcx, rax */
+	emit(em, 5, 0x48, 0x33, 0x4c, 0x24, 0x08);        /* xor rcx, [rsp+8] */
+	emit(em, 4, 0x48, 0xc1, 0xe9, PAGE_SHIFT);        /* shr rcx, 12 */
+	emit(em, 2, 0x0f, 0x85); out[0] = em->p; u32le(em, 0);   /* jnz out */
+	emit(em, 2, 0x89, 0xc1);                          /* mov ecx, eax */
+	emit(em, 2, 0x81, 0xe1); u32le(em, (PAGE_SIZE - 1) & ~1u);  /* and ecx, 0xffe */
+	emit(em, 2, 0x48, 0xba); u32le(em, (uint32_t)slots); u32le(em, (uint32_t)(slots >> 32));
+	emit(em, 4, 0x48, 0x8d, 0x14, 0xca);              /* lea rdx, [rdx + rcx*8] */
+	emit(em, 3, 0x80, 0x3a, OP_JIT);                  /* cmp byte [rdx], OP_JIT */
+	emit(em, 2, 0x0f, 0x85); out[1] = em->p; u32le(em, 0);   /* jne out */
+	emit(em, 4, 0x48, 0x8b, 0x0c, 0x24);              /* mov rcx, [rsp] */
+	emit(em, 3, 0x48, 0x81, 0x39); u32le(em, k);      /* cmp qword [rcx], k */
+	emit(em, 2, 0x0f, 0x8e); out[2] = em->p; u32le(em, 0);   /* jle out */
+	emit(em, 2, 0x81, 0xbf); u32le(em, (uint32_t)REQUESTS_OFFSET); u32le(em, 0);
+	emit(em, 2, 0x0f, 0x85); out[3] = em->p; u32le(em, 0);   /* jne out */
+	emit(em, 3, 0x48, 0x81, 0x29); u32le(em, k);      /* sub qword [rcx], k */
+	emit(em, 4, 0x48, 0x81, 0x41, 0x10); u32le(em, k); /* add qword [rcx+16], k */
+	emit(em, 5, 0x48, 0x89, 0x44, 0x24, 0x08);        /* mov [rsp+8], rax */
+	emit(em, 4, 0x48, 0x89, 0x41, 0x08);              /* mov [rcx+8], rax */
+	emit(em, 3, 0x8b, 0x52, 0x0c);                    /* mov edx, [rdx+12]: insn */
+	emit(em, 2, 0x48, 0xb9); u32le(em, (uint32_t)code); u32le(em, (uint32_t)(code >> 32));
+	emit(em, 3, 0x48, 0x01, 0xca);                    /* add rdx, rcx */
+	emit(em, 2, 0xff, 0xe2);                          /* jmp rdx */
+	for (unsigned i = 0; i < 4; i++)
+		u32at(out[i], (uint32_t)(em->p - (out[i] + 4)));
+}
+
 /* jal or jalr, the last instruction of a run. The link is the run's pc
  * (on the stack since the prologue) plus the bytes before it and its
  * length. It returns with bit 31 set (jal: the executor jumps to the
@@ -394,10 +442,12 @@ static void compile_jump(struct emitter *em, const struct dinsn *d, int a)
 		em->dirty[em->slot_of[d->rd]] = true;
 	}
 	write_back(em);
-	if (indirect)
+	if (indirect) {
+		chain_indirect(em);
 		store_guest(em, RAX, 32);
-	else
+	} else {
 		chain(em, (int32_t)em->bytes + d->imm);
+	}
 	byte(em, 0xb8);
 	u32le(em, (indirect ? 1u << 30 : 1u << 31) | em->bytes << 8 | em->count);
 	epilogue(em);
