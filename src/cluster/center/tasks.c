@@ -225,6 +225,24 @@ static void settle_orphan(long long id, const char *vm, const char *src, const c
 	pthread_mutex_unlock(&db_lock);
 }
 
+/* A completed migration's task succeeds once the destination's ferryd
+ * says the guest runs (up to 2 s): a migration asked of it at once must
+ * find the VM there, not still arriving. */
+static void await_running(const char *vm, const char *dst)
+{
+	pthread_mutex_lock(&db_lock);
+	char dst_url[200];
+	snprintf(dst_url, sizeof(dst_url), "%s", host_url(dst));
+	pthread_mutex_unlock(&db_lock);
+	char there[32];
+	for (int i = 0; i < 400; i++) {
+		state_on(dst_url, vm, there, sizeof(there));
+		if (strcmp(there, "incoming"))
+			return;
+		usleep(5000);
+	}
+}
+
 static void follow_one(json_t *task)
 {
 	long long id = json_integer_value(json_object_get(task, "id"));
@@ -247,6 +265,9 @@ static void follow_one(json_t *task)
 	}
 	snprintf(path, sizeof(path), "/agent/v1/vms/%s/migration", vm);
 	json_t *mig = ferryd_call(url, "GET", path, NULL, &status, err, sizeof(err));
+	if (mig && status == 200 && json_is_true(json_object_get(mig, "done")) &&
+	    !strcmp(json_string_value(json_object_get(mig, "status")) ?: "", "completed"))
+		await_running(vm, dst);
 	pthread_mutex_lock(&db_lock);
 	if (!mig || status != 200) {
 		json_t *h = db_row("SELECT alive FROM hosts WHERE name = ?", json_pack("[s]", src));
@@ -420,8 +441,10 @@ static void shared_limits(const char *spec_text, char *waiting, size_t len)
 	json_decref(rows);
 }
 
-static void start_queued(void)
+/* Starts the queued migrations whose time has come; true if any started. */
+static bool start_queued(void)
 {
+	bool started = false;
 	pthread_mutex_lock(&db_lock);
 	json_t *queued = db_query("SELECT * FROM tasks WHERE state = 'queued' AND kind = 'migrate'"
 				  " ORDER BY priority DESC, id", NULL);
@@ -497,9 +520,11 @@ static void start_queued(void)
 			db_exec("UPDATE vms SET state = 'running' WHERE name = ?",
 				json_pack("[s]", vmname));
 		}
+		started = started || ok;
 	}
 	pthread_mutex_unlock(&db_lock);
 	json_decref(queued);
+	return started;
 }
 
 /*
@@ -616,9 +641,13 @@ void *tasks_loop(void *arg)
 		share_bandwidth(running);
 		bool busy = json_array_size(running) > 0;
 		json_decref(running);
-		start_queued();
-		/* follow running migrations closely; otherwise wait for news */
-		tasks_sleep(busy ? 50 : 250);
+		/* one just started is followed closely too (it was the 250 ms
+		 * idle sleep before its first look: most of the plane's overhead) */
+		busy = start_queued() || busy;
+		/* follow running migrations closely (an end is heard 10 ms after
+		 * ferryd has it, on average: the plane's overhead); otherwise
+		 * wait for news */
+		tasks_sleep(busy ? 20 : 250);
 	}
 	return NULL;
 }
