@@ -54,7 +54,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <poll.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -99,67 +98,6 @@ static uint64_t get_le64(const uint8_t *p)
 	for (int i = 7; i >= 0; i--)
 		v = v << 8 | p[i];
 	return v;
-}
-
-/* ---- connecting (both sides) ------------------------------------------------------ */
-
-static int ft_connect_fd(const char *uri, char *host, size_t hostlen, char *err,
-			 size_t errlen)
-{
-	char port[32];
-	if (mig_parse_tcp(uri, host, hostlen, port, sizeof(port))) {
-		snprintf(err, errlen, "bad uri '%s': want tcp:HOST:PORT", uri);
-		return -1;
-	}
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
-	int r = getaddrinfo(host, port, &hints, &ai);
-	if (r) {
-		snprintf(err, errlen, "%s: %s", uri, gai_strerror(r));
-		return -1;
-	}
-	int fd = -1, last = 0;
-	for (struct addrinfo *a = ai; a; a = a->ai_next) {
-		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-		if (fd < 0)
-			continue;
-		mig_socket_tune(fd);
-		if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
-			break;
-		last = errno;
-		close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(ai);
-	if (fd < 0)
-		snprintf(err, errlen, "cannot connect to %s: %s", uri, strerror(last));
-	return fd;
-}
-
-static int ft_listen(const char *uri, char *err, size_t errlen)
-{
-	char host[256], port[32];
-	if (mig_parse_tcp(uri, host, sizeof(host), port, sizeof(port))) {
-		snprintf(err, errlen, "bad uri '%s': want tcp:HOST:PORT", uri);
-		return -1;
-	}
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *ai;
-	int r = getaddrinfo(host[0] ? host : NULL, port, &hints, &ai);
-	if (r) {
-		snprintf(err, errlen, "%s: %s", uri, gai_strerror(r));
-		return -1;
-	}
-	int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-	int one = 1;
-	if (fd >= 0)
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 1)) {
-		snprintf(err, errlen, "cannot listen on %s: %s", uri, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(ai);
-	return fd;
 }
 
 /* ======================================================================== */
@@ -225,7 +163,7 @@ bool ft_is_active(struct ft *ft)
 static struct mig_stream *ft_primary_connect(struct ft *ft, char *err, size_t errlen)
 {
 	char host[256], why[320];
-	int fd = ft_connect_fd(ft->uri, host, sizeof(host), err, errlen);
+	int fd = mig_tcp_connect(ft->uri, host, sizeof(host), err, errlen);
 	if (fd < 0)
 		return NULL;
 	struct mig_auth auth = { ft->vmm->tls, &ft->secret };
@@ -1208,7 +1146,7 @@ int vmm_ft_secondary(struct vmm *v, const char *spec, enum ft_takeover policy, c
 	if (!auth.tls && !auth.secret)
 		fprintf(stderr, "ferry-vm: warning: %s accepts an FT primary from anyone who "
 			"can reach it; give --tls-creds DIR or secret-file=FILE\n", fs->uri);
-	int lfd = ft_listen(fs->uri, err, errlen);
+	int lfd = mig_tcp_listen(fs->uri, err, errlen);
 	if (lfd < 0)
 		goto out;
 	bool quit;

@@ -61,33 +61,6 @@ static void fault_round(uint64_t pages_received, uint64_t ram_pages)
  * well-formed configuration) may hold the listener. */
 #define HANDSHAKE_TIMEOUT_MS 5000
 
-static int listen_tcp(const char *uri, char *err, size_t errlen)
-{
-	char host[256], port[32];
-	if (mig_parse_tcp(uri, host, sizeof(host), port, sizeof(port))) {
-		snprintf(err, errlen, "bad uri '%s': want tcp:HOST:PORT", uri);
-		return -1;
-	}
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *ai;
-	int r = getaddrinfo(host[0] ? host : NULL, port, &hints, &ai);
-	if (r) {
-		snprintf(err, errlen, "%s: %s", uri, gai_strerror(r));
-		return -1;
-	}
-	int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-	int one = 1;
-	if (fd >= 0)
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 1)) {
-		snprintf(err, errlen, "cannot listen on %s: %s", uri, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(ai);
-	return fd;
-}
-
 /* Pages land in RAM through here, which also keeps each page's hash, so
  * that checking the source's digest at switchover costs no pass over RAM. */
 struct page_store {
@@ -508,7 +481,7 @@ int vmm_incoming(struct vmm *v, const char *spec, char *err, size_t errlen)
 		fprintf(stderr, "ferry-vm: warning: %s accepts a migration from anyone who can "
 			"reach it; give --tls-creds DIR or secret-file=FILE to require proof\n",
 			is->uri);
-	int lfd = listen_tcp(is->uri, err, errlen);
+	int lfd = mig_tcp_listen(is->uri, err, errlen);
 	int r = lfd < 0 ? -1 : serve(v, lfd, &auth, is->uri, &s, &postcopy, err, errlen);
 	if (lfd >= 0)
 		close(lfd);

@@ -65,8 +65,15 @@ struct migration {
 };
 
 uint64_t mig_now_ms(void);
+
+/* tcp.c: "tcp:HOST:PORT" endpoints */
+#define MIG_IO_TIMEOUT_S 10     /* a silent peer for this long is dead */
 int mig_parse_tcp(const char *uri, char *host, size_t hostlen, char *port, size_t portlen);
 void mig_socket_tune(int fd);
+/* Connect to the first address of uri that answers (host receives its
+ * HOST part, for TLS name checks); listen on uri. -1 with err. */
+int mig_tcp_connect(const char *uri, char *host, size_t hostlen, char *err, size_t errlen);
+int mig_tcp_listen(const char *uri, char *err, size_t errlen);
 
 /* vmstate.c: the machine as stream sections */
 void vmstate_config(struct vmm *v, struct mig_config *cfg);

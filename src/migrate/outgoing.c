@@ -36,7 +36,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -48,8 +47,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define IO_TIMEOUT_S 10         /* a silent peer for this long is dead */
-#define STALL_S IO_TIMEOUT_S    /* the same for a peer that stops reading */
+#define STALL_S MIG_IO_TIMEOUT_S    /* the same for a peer that stops reading */
 #define DIRTY_SAMPLE_MS 250     /* into a round, measure the dirty rate */
 #define HANDOFF_TIMEOUT_S 30
 
@@ -108,81 +106,19 @@ static void fail_stream(struct migration *mg, struct mig_stream *s, const char *
 
 /* ---- connecting ----------------------------------------------------------------- */
 
-/* Split "tcp:HOST:PORT"; HOST may be [v6]. */
-int mig_parse_tcp(const char *uri, char *host, size_t hostlen, char *port, size_t portlen)
-{
-	if (strncmp(uri, "tcp:", 4))
-		return -1;
-	const char *h = uri + 4;
-	const char *colon = strrchr(h, ':');
-	if (!colon || colon == h || !colon[1])
-		return -1;
-	size_t n = (size_t)(colon - h);
-	if (h[0] == '[' && n >= 2 && h[n - 1] == ']') {
-		h++;
-		n -= 2;
-	}
-	if (n >= hostlen || strlen(colon + 1) >= portlen)
-		return -1;
-	memcpy(host, h, n);
-	host[n] = 0;
-	strcpy(port, colon + 1);
-	return 0;
-}
-
-void mig_socket_tune(int fd)
-{
-	int one = 1;
-	struct timeval tv = { IO_TIMEOUT_S, 0 };
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	/* Small socket buffers on purpose: what the source has written must
-	 * be close to what the destination has applied, or the bandwidth it
-	 * measures is the buffers' and the switchover waits for a backlog. */
-	int buf = 256 << 10;
-	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
-	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
-}
-
 /* Connect to the destination and secure the channel (TLS with the
  * process's --tls-creds, the migration's secret) before anything of the
  * guest is sent. NULL with the reason in err. */
-static struct mig_channel *connect_tcp(struct migration *mg, char *err, size_t errlen)
+static struct mig_channel *connect_channel(struct migration *mg, char *err, size_t errlen)
 {
 	const char *uri = mg->uri;
-	char host[256], port[32];
-	if (mig_parse_tcp(uri, host, sizeof(host), port, sizeof(port))) {
-		snprintf(err, errlen, "bad uri '%s': want tcp:HOST:PORT", uri);
+	char host[256];
+	int fd = mig_tcp_connect(uri, host, sizeof(host), err, errlen);
+	if (fd < 0)
 		return NULL;
-	}
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
-	int r = getaddrinfo(host, port, &hints, &ai);
-	if (r) {
-		snprintf(err, errlen, "%s: %s", uri, gai_strerror(r));
-		return NULL;
-	}
-	int fd = -1, last = 0;
-	for (struct addrinfo *a = ai; a; a = a->ai_next) {
-		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-		if (fd < 0)
-			continue;
-		mig_socket_tune(fd);
-		if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
-			break;
-		last = errno;
-		close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(ai);
-	if (fd < 0) {
-		snprintf(err, errlen, "cannot connect to %s: %s", uri, strerror(last));
-		return NULL;
-	}
 	struct mig_auth auth = { mg->vmm->tls, &mg->secret };
 	char why[320];
-	struct mig_channel *ch = mig_channel_client(fd, host, &auth, IO_TIMEOUT_S * 1000, why,
+	struct mig_channel *ch = mig_channel_client(fd, host, &auth, MIG_IO_TIMEOUT_S * 1000, why,
 						    sizeof(why));
 	if (!ch)
 		snprintf(err, errlen, "%.200s: %s", uri, why);
@@ -572,7 +508,7 @@ static void *outgoing_thread(void *arg)
 		fail(mg, "out of memory for the dirty page bitmap (%zu bytes)", words * 8);
 		goto failed;
 	}
-	struct mig_channel *ch = connect_tcp(mg, err, sizeof(err));
+	struct mig_channel *ch = connect_channel(mg, err, sizeof(err));
 	if (!ch) {
 		fail(mg, "%s", err);
 		goto failed;
