@@ -152,7 +152,8 @@ static void update_vms(const char *host, json_t *vm_list, json_t *strays)
 		} else {
 			db_exec("UPDATE vms SET state = 'running', exit_status = NULL, "
 				"last_console = NULL WHERE name = ? AND host = ? AND state IN "
-				"('starting', 'running')", json_pack("[s, s]", name, host));
+				"('starting', 'running', 'exited', 'restarting')",
+				json_pack("[s, s]", name, host));
 		}
 	}
 }

@@ -171,7 +171,8 @@ json_t *etcd_get_prefix(struct etcd *e, const char *prefix, char *err, size_t er
 	return out;
 }
 
-char *etcd_get(struct etcd *e, const char *key, bool *ok, char *err, size_t errlen)
+char *etcd_get_rev(struct etcd *e, const char *key, bool *ok, int64_t *mod_rev, char *err,
+		   size_t errlen)
 {
 	char *k = b64_encode(key);
 	json_t *req = json_pack("{s:s}", "key", k);
@@ -181,9 +182,35 @@ char *etcd_get(struct etcd *e, const char *key, bool *ok, char *err, size_t errl
 	*ok = r != NULL;
 	json_t *kv = json_array_get(json_object_get(r, "kvs"), 0);
 	const char *v = json_string_value(json_object_get(kv, "value"));
+	const char *rev = json_string_value(json_object_get(kv, "mod_revision"));
+	*mod_rev = rev ? strtoll(rev, NULL, 10) : 0;
 	char *value = kv ? b64_decode(v ? v : "") : NULL;
 	json_decref(r);
 	return value;
+}
+
+char *etcd_get(struct etcd *e, const char *key, bool *ok, char *err, size_t errlen)
+{
+	int64_t rev;
+	return etcd_get_rev(e, key, ok, &rev, err, errlen);
+}
+
+bool etcd_put_if_rev(struct etcd *e, const char *key, const char *value, int64_t mod_rev,
+		     bool *swapped, char *err, size_t errlen)
+{
+	char *k = b64_encode(key), *v = b64_encode(value);
+	char rev[32];
+	snprintf(rev, sizeof(rev), "%" PRId64, mod_rev);
+	json_t *req = json_pack("{s:[{s:s, s:s, s:s, s:s}], s:[{s:{s:s, s:s}}]}", "compare",
+				"key", k, "target", "MOD", "result", "EQUAL", "mod_revision", rev,
+				"success", "request_put", "key", k, "value", v);
+	free(k);
+	free(v);
+	json_t *r = etcd_call(e, "/v3/kv/txn", req, err, errlen);
+	json_decref(req);
+	*swapped = r && json_is_true(json_object_get(r, "succeeded"));
+	json_decref(r);
+	return r != NULL;
 }
 
 bool etcd_delete(struct etcd *e, const char *key, char *err, size_t errlen)

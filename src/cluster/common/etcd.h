@@ -33,6 +33,13 @@ bool etcd_put(struct etcd *e, const char *key, const char *value, int64_t lease,
 /* One key's value (malloc'd); NULL with *ok true when it is absent, NULL
  * with *ok false when etcd did not answer. */
 char *etcd_get(struct etcd *e, const char *key, bool *ok, char *err, size_t errlen);
+/* The same with the key's mod_revision (0 when absent). */
+char *etcd_get_rev(struct etcd *e, const char *key, bool *ok, int64_t *mod_rev, char *err,
+		   size_t errlen);
+/* Puts key = value only if its mod_revision is still mod_rev (one
+ * transaction); *swapped says whether it was. False when etcd did not answer. */
+bool etcd_put_if_rev(struct etcd *e, const char *key, const char *value, int64_t mod_rev,
+		     bool *swapped, char *err, size_t errlen);
 bool etcd_delete(struct etcd *e, const char *key, char *err, size_t errlen);
 /* Creates key = value (held by lease, 0: none) only if the key is absent,
  * in one transaction (/v3/kv/txn); *created says whether it was. False

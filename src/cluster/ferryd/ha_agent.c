@@ -19,8 +19,11 @@
  * host with the most free memory first (less what this pass already
  * placed there, so restarts spread), the next host if one refuses (its
  * own checks: memory, datastores, networks), up to HA_MAX_ATTEMPTS passes.
- * The record then names the new host and says who restarted it, from
- * where and when; ferry-center adopts the VM when it sees it run there
+ * The decider first claims the record (a transaction on its revision),
+ * and so does a host that fenced its VMs during a blip shorter than the
+ * lease and got its lease back (restart_fenced: it starts them again
+ * itself): one of the two wins. The record then names the new host and
+ * says who restarted it, from where and when; ferry-center adopts the VM when it sees it run there
  * and writes the task and the audit record (inventory.c).
  */
 #include "cluster/ferryd/ferryd.h"
@@ -130,6 +133,66 @@ static void unpublish(json_t *records)
 		}
 		json_decref(rec);
 	}
+}
+
+/* Takes a record for a restart: only if it still names host `from`, nobody
+ * has claimed it, and it has not changed since read (a transaction on its
+ * mod_revision), so the decider and a host restarting its own fenced VMs
+ * never both start it. extra (stolen) is merged into the record. */
+static bool claim(const char *name, const char *from, json_t *extra)
+{
+	char key[128], err[256];
+	snprintf(key, sizeof(key), HA_PREFIX "%s", name);
+	bool ok, swapped = false;
+	int64_t rev;
+	char *text = etcd_get_rev(&etcd_ha, key, &ok, &rev, err, sizeof(err));
+	json_t *rec = text ? json_loads(text, 0, NULL) : NULL;
+	free(text);
+	const char *host = json_string_value(json_object_get(rec, "host"));
+	if (rec && host && !strcmp(host, from) && !json_object_get(rec, "claimed_by")) {
+		json_object_update(rec, extra);
+		char *next = json_dumps(rec, JSON_COMPACT);
+		etcd_put_if_rev(&etcd_ha, key, next, rev, &swapped, err, sizeof(err));
+		free(next);
+	}
+	json_decref(extra);
+	json_decref(rec);
+	return swapped;
+}
+
+/* After a self-fence, once the lease is renewed: a killed HA VM whose
+ * record still names this host (the lease never expired, or no decider
+ * acted) is started again here; one whose record moved runs elsewhere. */
+static void restart_fenced(void)
+{
+	json_t *todo = json_object();
+	pthread_mutex_lock(&vms_lock);
+	struct vm **list;
+	int n = vms_snapshot(&list);
+	for (int i = 0; i < n; i++)
+		if (list[i]->fenced && list[i]->exited && ha_wanted(list[i]->spec))
+			json_object_set(todo, list[i]->name, list[i]->spec);
+	pthread_mutex_unlock(&vms_lock);
+	const char *name;
+	json_t *spec;
+	json_object_foreach(todo, name, spec) {
+		bool mine = claim(name, fd_cfg.name, json_pack("{s:s, s:s, s:s, s:I}", "restarted_by",
+				  fd_cfg.name, "from", fd_cfg.name, "after", "self-fence",
+				  "at_ms", (json_int_t)now_ms()));
+		char err[512];
+		int rc = mine ? vm_start(name, json_incref(spec), NULL, NULL, err, sizeof(err)) : 0;
+		if (mine)
+			logf_("HA: VM %s fenced here while the lease lived on: %s", name,
+			      rc == 201 ? "started again here" : err);
+		pthread_mutex_lock(&vms_lock);
+		struct vm *vm = vm_find(name);
+		if (vm && rc != 201)
+			vm->fenced = false;   /* runs elsewhere, or failed: leave it */
+		pthread_mutex_unlock(&vms_lock);
+		if (rc == 201)
+			ha_publish();
+	}
+	json_decref(todo);
 }
 
 static bool campaign(void)
@@ -276,6 +339,8 @@ static void ha_pass(json_t *records)
 		json_t *spec = json_object_get(rec, "spec");
 		char from[64], why[512];
 		snprintf(from, sizeof(from), "%s", json_string_value(json_object_get(rec, "host")));
+		if (!claim(name, from, json_pack("{s:s}", "claimed_by", fd_cfg.name)))
+			continue;   /* changed meanwhile (its host restarted it itself) */
 		const char *to = restart_on_some_host(name, spec, reports, why, sizeof(why));
 		json_t *next = json_pack("{s:s, s:O, s:s, s:s, s:I}", "host", to ? to : from,
 					 "spec", spec, "restarted_by", fd_cfg.name, "from", from,
@@ -311,6 +376,7 @@ static void *ha_agent_loop(void *arg)
 		if (fence_isolated())
 			continue;
 		ha_publish();
+		restart_fenced();
 		char err[512];
 		json_t *records = etcd_get_prefix(&etcd_ha, HA_PREFIX, err, sizeof(err));
 		if (!records)
