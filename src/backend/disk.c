@@ -8,6 +8,7 @@
  * an image in use is an error the user sees at once.
  */
 #include "backend/disk.h"
+#include "util/fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -97,45 +98,16 @@ int disk_open(struct disk *d, const char *path, bool readonly, bool defer_lock,
 
 int disk_read(struct disk *d, void *buf, size_t len, uint64_t off)
 {
-	uint8_t *p = buf;
-	while (len) {
-		ssize_t n = pread(d->fd, p, len, (off_t)off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -1;
-		if (n == 0) {       /* past the end (the image shrank): zeros */
-			memset(p, 0, len);
-			return 0;
-		}
-		p += n;
-		off += (uint64_t)n;
-		len -= (size_t)n;
-	}
-	return 0;
+	return pread_full(d->fd, buf, len, off);
 }
 
 static int disk_write_all(struct disk *d, const void *buf, size_t len, uint64_t off)
 {
-	const uint8_t *p = buf;
 	if (d->readonly) {
 		errno = EROFS;
 		return -1;
 	}
-	while (len) {
-		ssize_t n = pwrite(d->fd, p, len, (off_t)off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			if (n == 0)
-				errno = EIO;
-			return -1;
-		}
-		p += n;
-		off += (uint64_t)n;
-		len -= (size_t)n;
-	}
-	return 0;
+	return pwrite_full(d->fd, buf, len, off);
 }
 
 int disk_write(struct disk *d, const void *buf, size_t len, uint64_t off)
