@@ -14,6 +14,7 @@
  * of its own board (a few pages, every state record) to FILE and exit;
  * fuzz/run-short.sh does that before fuzzing.
  */
+#include "fix_checksums.h"
 #include "machine/clint.h"
 #include "machine/devices.h"
 #include "machine/vm.h"
@@ -95,28 +96,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	if (fd < 0)
 		abort();
 	return 0;
-}
-
-static uint64_t le64(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
-
-static void fix_checksums(uint8_t *p, size_t len)
-{
-	size_t off = 16;
-	while (off + 24 <= len) {
-		uint64_t n = le64(p + off + 8);
-		if (n > len - off - 24)
-			break;
-		uint64_t sum = XXH64(p + off, 16 + (size_t)n, 0);
-		for (int i = 0; i < 8; i++)
-			p[off + 16 + n + (size_t)i] = (uint8_t)(sum >> (8 * i));
-		off += 24 + (size_t)n;
-	}
 }
 
 static void restore(const uint8_t *data, size_t size)

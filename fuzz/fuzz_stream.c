@@ -18,6 +18,7 @@
  * Build and run: fuzz/run-short.sh SECONDS (clang -fsanitize=fuzzer).
  * Seeds: the sample streams of tests/unit/stream_sample.h.
  */
+#include "fix_checksums.h"
 #include "migrate/ft_grammar.h"
 #include "migrate/grammar.h"
 #include "migrate/stream.h"
@@ -44,29 +45,6 @@ static void sink(void *opaque, uint64_t pfn, const void *page)
 	if (pfn >= RAM_PAGES)
 		abort();        /* the reader let a page beyond RAM through */
 	sink_sum += ((const uint8_t *)page)[MIG_PAGE_SIZE - 1];
-}
-
-static uint64_t le64(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
-
-/* Recompute the checksum of every section the framing reaches. */
-static void fix_checksums(uint8_t *p, size_t len)
-{
-	size_t off = 16;
-	while (off + 24 <= len) {
-		uint64_t n = le64(p + off + 8);
-		if (n > len - off - 24)
-			break;
-		uint64_t sum = XXH64(p + off, 16 + (size_t)n, 0);
-		for (int i = 0; i < 8; i++)
-			p[off + 16 + n + (size_t)i] = (uint8_t)(sum >> (8 * i));
-		off += 24 + (size_t)n;
-	}
 }
 
 static void feed(const uint8_t *data, size_t size, bool use_sink)

@@ -37,7 +37,7 @@ if ! command -v "$CC" >/dev/null; then
 fi
 lib_src="src/migrate/stream.c src/migrate/grammar.c src/migrate/ft_grammar.c src/migrate/channel.c"
 lib_hdr="src/migrate/stream.h src/migrate/grammar.h src/migrate/ft_grammar.h src/migrate/channel.h"
-if stale "$target" fuzz/fuzz_stream.c $lib_src $lib_hdr; then
+if stale "$target" fuzz/fuzz_stream.c fuzz/fix_checksums.h $lib_src $lib_hdr; then
 	echo "building $target"
 	$CC $cflags -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 		-o "$target" fuzz/fuzz_stream.c $lib_src $libs
@@ -51,7 +51,7 @@ fi
 load="$out/fuzz_load"
 core="util cpu machine virtio backend control migrate storage"
 tree="src/vmm.c $(for d in $core; do ls src/$d/*.c; done | grep -v '^src/cpu/fpu.c$')"
-if stale "$load" fuzz/fuzz_load.c $tree src/cpu/fpu.c src/*/*.h; then
+if stale "$load" fuzz/fuzz_load.c fuzz/fix_checksums.h $tree src/cpu/fpu.c src/*/*.h; then
 	echo "building $load"
 	$CC -std=gnu11 -D_GNU_SOURCE -g -O1 -Isrc -frounding-math \
 		-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all \
