@@ -16,6 +16,8 @@ HA on the cluster plane: what keeps a VM from running on two hosts.
   naming the decider).
 - a blip (test_ha_fence_blip): cut long enough to fence, not (or barely)
   to expire the lease: the VM runs again, once.
+- VM monitoring (test_ha_vm_monitoring): an HA VM's ferry-vm killed is
+  started again on its host, 3 times an hour at most; HA off: not.
 - admission control (test_ha_admission_control): starts and a migration
   refused with the reason when N host failures would leave too little
   memory for the HA VMs.
@@ -212,3 +214,33 @@ def test_ha_fence_blip():
             assert [h for h in hosts if lab.procs(h, "ferry-vm")] == [vm["host"]]
             time.sleep(0.1)
         print("bl runs again on", vm["host"])
+
+
+def test_ha_vm_monitoring():
+    """An HA VM whose ferry-vm dies on a live host starts again there, at
+    most 3 times an hour; a VM with HA off stays ended."""
+    with Lab() as lab:
+        for name, ha in (("hm", "high"), ("plain", "off")):
+            lab.cli("vm", "create", name, "--kernel", "shared:Image", "--initrd",
+                    "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h1",
+                    "--ha", ha)
+
+        def pid_of(name):
+            found = lab.procs("h1", "/vms/%s/control.sock" % name)
+            return found[0][0] if found else None
+        log = lab.dir / "logs" / "ferryd-h1.log"
+        for n in range(3):
+            old = wait_until(lambda: pid_of("hm"), 10, "hm's ferry-vm")
+            os.kill(old, signal.SIGKILL)
+            wait_until(lambda: (lambda p: p if p and p != old else None)(pid_of("hm")), 20,
+                       "hm to start again (%d)" % (n + 1))
+        wait_until(lambda: lab.vm("hm")["state"] == "running", 20, "hm shown running")
+        os.kill(pid_of("hm"), signal.SIGKILL)
+        wait_until(lambda: "VM hm died (signal 9): not restarted" in log.read_text(), 20,
+                   "the fourth death to be left alone")
+        assert pid_of("hm") is None
+        wait_until(lambda: lab.vm("hm")["state"] == "exited", 20, "hm shown exited")
+        os.kill(pid_of("plain"), signal.SIGKILL)
+        wait_until(lambda: lab.vm("plain")["state"] == "exited", 20, "plain shown exited")
+        assert pid_of("plain") is None
+        assert log.read_text().count("VM monitoring: VM hm died (signal 9): started again") == 3

@@ -63,6 +63,7 @@ struct vm {
 	bool leaving;          /* migrated away: being removed */
 	bool fenced;           /* killed (or left running) by the self-fence */
 	bool published;        /* its HA record is in etcd (ha_agent.c) */
+	bool monitor_done;     /* VM monitoring has looked at its end */
 };
 
 /* host.c */

@@ -195,6 +195,84 @@ static void restart_fenced(void)
 	json_decref(todo);
 }
 
+/* VM monitoring: an HA VM whose ferry-vm died (a signal, or vanished) on
+ * this live host, not by the fence nor by a stop, starts again here, at
+ * most MONITOR_RESTARTS_PER_HOUR times an hour; a guest that powered
+ * itself off (exit status) stays off. */
+#define MONITOR_RESTARTS_PER_HOUR 3
+struct restarts {
+	char name[64];
+	int64_t at_ms[MONITOR_RESTARTS_PER_HOUR];
+};
+static struct restarts restarts_table[64];
+
+static struct restarts *restarts_of(const char *name)
+{
+	struct restarts *free_slot = NULL;
+	for (size_t i = 0; i < sizeof(restarts_table) / sizeof(restarts_table[0]); i++) {
+		if (!strcmp(restarts_table[i].name, name))
+			return &restarts_table[i];
+		if (!restarts_table[i].name[0] && !free_slot)
+			free_slot = &restarts_table[i];
+	}
+	if (free_slot)
+		snprintf(free_slot->name, sizeof(free_slot->name), "%s", name);
+	return free_slot;
+}
+
+/* Room for one more restart this hour? Then it is counted. */
+static bool restart_allowed(const char *name)
+{
+	struct restarts *r = restarts_of(name);
+	if (!r)
+		return false;
+	int64_t now = now_ms();
+	for (int i = 0; i < MONITOR_RESTARTS_PER_HOUR; i++)
+		if (!r->at_ms[i] || now - r->at_ms[i] > 3600 * 1000) {
+			r->at_ms[i] = now;
+			return true;
+		}
+	return false;
+}
+
+static void restart_crashed(void)
+{
+	json_t *todo = json_object();
+	pthread_mutex_lock(&vms_lock);
+	struct vm **list;
+	int n = vms_snapshot(&list);
+	for (int i = 0; i < n; i++) {
+		struct vm *vm = list[i];
+		if (vm->exited && !vm->fenced && !vm->leaving && !vm->monitor_done &&
+		    ha_wanted(vm->spec) && (!strncmp(vm->exit_desc, "signal", 6) ||
+					    !strcmp(vm->exit_desc, "vanished"))) {
+			vm->monitor_done = true;
+			json_object_set_new(todo, vm->name, json_pack("{s:O, s:s}", "spec", vm->spec,
+								       "how", vm->exit_desc));
+		}
+	}
+	pthread_mutex_unlock(&vms_lock);
+	const char *name;
+	json_t *what;
+	json_object_foreach(todo, name, what) {
+		if (!restart_allowed(name)) {
+			logf_("VM monitoring: VM %s died (%s): not restarted, %d restarts in the last "
+			      "hour already", name, json_string_value(json_object_get(what, "how")),
+			      MONITOR_RESTARTS_PER_HOUR);
+			continue;
+		}
+		char err[512];
+		int rc = vm_start(name, json_incref(json_object_get(what, "spec")), NULL, NULL, err,
+				  sizeof(err));
+		logf_("VM monitoring: VM %s died (%s): %s", name,
+		      json_string_value(json_object_get(what, "how")),
+		      rc == 201 ? "started again here" : err);
+		if (rc == 201)
+			ha_publish();
+	}
+	json_decref(todo);
+}
+
 static bool campaign(void)
 {
 	static bool was_leader;
@@ -377,6 +455,7 @@ static void *ha_agent_loop(void *arg)
 			continue;
 		ha_publish();
 		restart_fenced();
+		restart_crashed();
 		char err[512];
 		json_t *records = etcd_get_prefix(&etcd_ha, HA_PREFIX, err, sizeof(err));
 		if (!records)
