@@ -226,16 +226,15 @@ static void *migration_thread(void *arg)
 	if (!strcmp(m->status, "postmigrate"))
 		mig_set(m, "completed", NULL, NULL);
 	if (!strcmp(m->status, "completed")) {
-		/* the guest runs on the destination: say so now, let go of the
-		 * source (paused in postmigrate) after */
+		/* the guest runs on the destination: let go of the source
+		 * (paused in postmigrate), then say done (below): said before,
+		 * a migration back here could start while this VM's directory
+		 * was being removed, and lose its own */
 		pthread_mutex_lock(&vms_lock);
 		vm = vm_find(m->name);
 		if (vm)
 			vm->leaving = true;
 		pthread_mutex_unlock(&vms_lock);
-		pthread_mutex_lock(&mig_lock);
-		m->done = true;
-		pthread_mutex_unlock(&mig_lock);
 		json_decref(qmp_cmd(&q, "quit", NULL, 2000, err, sizeof(err)));
 		qmp_close(&q);
 		vm_destroy(m->name, err, sizeof(err));

@@ -519,8 +519,8 @@ int vm_destroy(const char *name, char *err, size_t errlen)
 		char e[256];
 		json_decref(qmp_call(ctl, "quit", NULL, e, sizeof(e)));
 		free(ctl);
-		for (int i = 0; i < 100 && !check_exit(vm); i++)
-			usleep(20000);
+		for (int i = 0; i < 400 && !check_exit(vm); i++)
+			usleep(5000);
 		if (!check_exit(vm)) {
 			kill(vm->pid, SIGKILL);
 			for (int i = 0; i < 100 && !check_exit(vm); i++)
