@@ -273,6 +273,14 @@ def test_cluster_migrate():
         assert "ERROR" not in lab.console("web1")
         assert lab.vm("web1")["state"] == "running"
 
+        # back and forth at once: the host just arrived at lets the guest go
+        # (it runs there, not still "incoming"), the host just left takes it
+        # back (its old copy's directory is gone before the task succeeds)
+        for to in (first, other):
+            t = lab.cli("vm", "migrate", "web1", "--to", to, "--wait")
+            assert t["state"] == "succeeded" and t["destination"] == to, t
+        assert lab.vm("web1")["state"] == "running"
+
         # a guest on the network `lan`: its TCP service answers the client
         # before and after a migration; its TAP moves with it
         lab.cli("vm", "create", "net1", "--kernel", "shared:Image", "--initrd",
@@ -288,12 +296,12 @@ def test_cluster_migrate():
                                             "link"], capture_output=True, text=True).stdout
 
         tasks = lab.cli("task", "list", "--vm", "web1")["tasks"]
-        assert [t["kind"] for t in tasks] == ["migrate", "migrate", "create"], tasks
+        assert [t["kind"] for t in tasks] == ["migrate"] * 4 + ["create"], tasks
 
         # the audit trail, then an edited row
         records = lab.cli("audit", "--vm", "web1")["records"]
         actions = [r["action"] for r in records]
-        assert "vm.create" in actions and actions.count("vm.migrate") == 2, actions
+        assert "vm.create" in actions and actions.count("vm.migrate") == 4, actions
         assert all(r["user"] in ("admin", "ferry-center") for r in records)
         assert lab.cli("audit", "--verify")["ok"] is True
         # maintenance empties a host: its running VMs migrate elsewhere
