@@ -85,28 +85,53 @@ static const char *ferryd_message(json_t *reply, const char *fallback)
 
 /* ---- hosts, datastores, networks ---------------------------------------- */
 
-static void hosts_list(struct call *c)
+static void where_add(char *where, size_t len, json_t *params, const char *cond, json_t *value)
+{
+	if (!value)
+		return;
+	size_t n = strlen(where);
+	snprintf(where + n, len - n, "%s %s", n ? " AND" : "WHERE", cond);
+	json_array_append_new(params, value);
+}
+
+/*
+ * A list call's reply: one page (?offset, ?limit) of table's rows that
+ * match where (with params, which this steals), in order, each through
+ * to_json, beside the count of all that match, under key.
+ */
+static void reply_page(struct call *c, const char *key, const char *table, const char *where,
+		       json_t *params, const char *order, json_t *(*to_json)(json_t *row))
 {
 	long long off = query_int(c, "offset", 0, 1LL << 40), lim = query_int(c, "limit", 100, 1000);
-	const char *q = http_query(c->req, "q");
-	char like[200];
-	snprintf(like, sizeof(like), "%%%s%%", q ? q : "");
-	json_t *params = json_pack("[s, I, I]", like, (json_int_t)lim, (json_int_t)off);
-	json_t *rows = db_query("SELECT * FROM hosts WHERE name LIKE ? ORDER BY name LIMIT ? OFFSET ?",
-				params);
+	char sql[300];
+	snprintf(sql, sizeof(sql), "SELECT count(*) AS n FROM %s %s", table, where);
+	json_t *total = db_row(sql, json_deep_copy(params));
+	snprintf(sql, sizeof(sql), "SELECT * FROM %s %s ORDER BY %s LIMIT ? OFFSET ?", table,
+		 where, order);
+	json_array_append_new(params, json_integer((json_int_t)lim));
+	json_array_append_new(params, json_integer((json_int_t)off));
+	json_t *rows = db_query(sql, params);
 	json_decref(params);
-	json_t *total = db_row("SELECT count(*) AS n FROM hosts WHERE name LIKE ?",
-			       json_pack("[s]", like));
 	json_t *out = json_array();
 	size_t i;
 	json_t *r;
 	json_array_foreach(rows, i, r)
-		json_array_append_new(out, host_json(r));
+		json_array_append_new(out, to_json(r));
 	json_decref(rows);
-	reply_json(c->resp, 200, json_pack("{s:o, s:O}", "hosts", out, "total",
+	reply_json(c->resp, 200, json_pack("{s:o, s:O}", key, out, "total",
 					   json_object_get(total, "n")));
 	json_decref(total);
 }
+
+static void hosts_list(struct call *c)
+{
+	const char *q = http_query(c->req, "q");
+	char like[200];
+	snprintf(like, sizeof(like), "%%%s%%", q ? q : "");
+	reply_page(c, "hosts", "hosts", "WHERE name LIKE ?", json_pack("[s]", like), "name",
+		   host_json);
+}
+
 
 /*
  * Entering maintenance empties the host: every running VM on it gets a
@@ -385,40 +410,17 @@ out:
  * only when the filter is given (value not NULL): a clause of just the
  * filters asked for lets SQLite walk an index, and none at all lets it
  * count a whole table without reading its rows. */
-static void where_add(char *where, size_t len, json_t *params, const char *cond, json_t *value)
-{
-	if (!value)
-		return;
-	size_t n = strlen(where);
-	snprintf(where + n, len - n, "%s %s", n ? " AND" : "WHERE", cond);
-	json_array_append_new(params, value);
-}
+
 
 static void vm_list(struct call *c)
 {
-	long long off = query_int(c, "offset", 0, 1LL << 40), lim = query_int(c, "limit", 100, 1000);
 	const char *q = http_query(c->req, "q"), *host = http_query(c->req, "host");
-	char like[200], where[100] = "", sql[200];
+	char like[200], where[100] = "";
 	json_t *params = json_array();
 	snprintf(like, sizeof(like), "%%%s%%", q ? q : "");
 	where_add(where, sizeof(where), params, "host = ?", host && *host ? json_string(host) : NULL);
 	where_add(where, sizeof(where), params, "name LIKE ?", q && *q ? json_string(like) : NULL);
-	snprintf(sql, sizeof(sql), "SELECT count(*) AS n FROM vms %s", where);
-	json_t *total = db_row(sql, json_deep_copy(params));
-	snprintf(sql, sizeof(sql), "SELECT * FROM vms %s ORDER BY name LIMIT ? OFFSET ?", where);
-	json_array_append_new(params, json_integer((json_int_t)lim));
-	json_array_append_new(params, json_integer((json_int_t)off));
-	json_t *rows = db_query(sql, params);
-	json_decref(params);
-	json_t *out = json_array();
-	size_t i;
-	json_t *r;
-	json_array_foreach(rows, i, r)
-		json_array_append_new(out, vm_json(r));
-	reply_json(c->resp, 200, json_pack("{s:o, s:O}", "vms", out, "total",
-					   json_object_get(total, "n")));
-	json_decref(rows);
-	json_decref(total);
+	reply_page(c, "vms", "vms", where, params, "name", vm_json);
 }
 
 static void vm_power(struct call *c, json_t *row, const char *name, const char *action)
@@ -639,30 +641,14 @@ static void vm_routes(struct call *c, const char *name, const char *action)
 
 static void tasks_list(struct call *c)
 {
-	long long off = query_int(c, "offset", 0, 1LL << 40), lim = query_int(c, "limit", 100, 1000);
 	const char *state = http_query(c->req, "state"), *vm = http_query(c->req, "vm");
-	char where[100] = "", sql[200];
+	char where[100] = "";
 	json_t *params = json_array();
 	where_add(where, sizeof(where), params, "state = ?", state ? json_string(state) : NULL);
 	where_add(where, sizeof(where), params, "vm = ?", vm ? json_string(vm) : NULL);
-	snprintf(sql, sizeof(sql), "SELECT count(*) AS n FROM tasks %s", where);
-	json_t *total = db_row(sql, json_deep_copy(params));
-	snprintf(sql, sizeof(sql), "SELECT * FROM tasks %s ORDER BY id DESC LIMIT ? OFFSET ?",
-		 where);
-	json_array_append_new(params, json_integer((json_int_t)lim));
-	json_array_append_new(params, json_integer((json_int_t)off));
-	json_t *rows = db_query(sql, params);
-	json_decref(params);
-	json_t *out = json_array();
-	size_t i;
-	json_t *r;
-	json_array_foreach(rows, i, r)
-		json_array_append_new(out, task_json(r));
-	reply_json(c->resp, 200, json_pack("{s:o, s:O}", "tasks", out, "total",
-					   json_object_get(total, "n")));
-	json_decref(rows);
-	json_decref(total);
+	reply_page(c, "tasks", "tasks", where, params, "id DESC", task_json);
 }
+
 
 /* ?wait=MS: hold the reply until the task has ended or MS have passed
  * (at most 30 s), so that a waiting client hears of the end at once. */
@@ -730,9 +716,21 @@ static void task_routes(struct call *c, const char *idtext, const char *action)
 	reply_error(c->resp, 404, "no such call", "see docs/api.md");
 }
 
+
+/* An audit row as the API shows it: ISO time, "from", details as JSON. */
+static json_t *audit_json(json_t *row)
+{
+	json_t *r = json_incref(row);           /* the page's own rows: edit in place */
+	iso_or_null(r, "time", json_object_get(r, "time"));
+	json_object_set(r, "from", json_object_get(r, "addr"));
+	json_object_del(r, "addr");
+	json_t *d = json_loads(json_string_value(json_object_get(r, "details")) ?: "{}", 0, NULL);
+	json_object_set_new(r, "details", d ? d : json_object());
+	return r;
+}
+
 static void audit_list(struct call *c)
 {
-	long long off = query_int(c, "offset", 0, 1LL << 40), lim = query_int(c, "limit", 100, 1000);
 	const char *vm = http_query(c->req, "vm"), *since = http_query(c->req, "since");
 	time_t t = since ? parse_time(since) : 0;
 	if (t < 0) {
@@ -740,30 +738,11 @@ static void audit_list(struct call *c)
 			    NULL);
 		return;
 	}
-	char where[100] = "", sql[200];
+	char where[100] = "";
 	json_t *params = json_array();
 	where_add(where, sizeof(where), params, "target = ?", vm ? json_string(vm) : NULL);
 	where_add(where, sizeof(where), params, "time >= ?", t ? json_integer((json_int_t)t) : NULL);
-	snprintf(sql, sizeof(sql), "SELECT count(*) AS n FROM audit %s", where);
-	json_t *total = db_row(sql, json_deep_copy(params));
-	snprintf(sql, sizeof(sql), "SELECT * FROM audit %s ORDER BY id DESC LIMIT ? OFFSET ?",
-		 where);
-	json_array_append_new(params, json_integer((json_int_t)lim));
-	json_array_append_new(params, json_integer((json_int_t)off));
-	json_t *rows = db_query(sql, params);
-	json_decref(params);
-	size_t i;
-	json_t *r;
-	json_array_foreach(rows, i, r) {
-		iso_or_null(r, "time", json_object_get(r, "time"));
-		json_object_set(r, "from", json_object_get(r, "addr"));
-		json_object_del(r, "addr");
-		json_t *d = json_loads(json_string_value(json_object_get(r, "details")) ?: "{}", 0, NULL);
-		json_object_set_new(r, "details", d ? d : json_object());
-	}
-	reply_json(c->resp, 200, json_pack("{s:o, s:O}", "records", rows, "total",
-					   json_object_get(total, "n")));
-	json_decref(total);
+	reply_page(c, "records", "audit", where, params, "id DESC", audit_json);
 }
 
 static json_t *cluster_json(void)
