@@ -17,6 +17,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <sched.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,11 +89,41 @@ static json_t *api(const char *method, const char *path, json_t *body)
 	return r;
 }
 
+/* api() with the path formatted from fmt (relative to /api/v1/); takes the
+ * reference to body (NULL: none). The call every command makes. */
+static json_t *apif(const char *method, json_t *body, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static json_t *apif(const char *method, json_t *body, const char *fmt, ...)
+{
+	char path[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(path, sizeof(path), fmt, ap);
+	va_end(ap);
+	json_t *r = NULL;
+	if (n < 0 || (size_t)n >= sizeof(path))
+		fprintf(stderr, "ferry: request path too long (%d bytes)\n", n);
+	else
+		r = api(method, path, body);
+	json_decref(body);
+	return r;
+}
+
 static void print_json(json_t *j)
 {
 	char *t = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	puts(t);
 	free(t);
+}
+
+/* The reply printed as it came (a command without a human view); exit status. */
+static int print_reply(json_t *r)
+{
+	if (!r)
+		return 1;
+	print_json(r);
+	json_decref(r);
+	return 0;
 }
 
 static const char *str(json_t *o, const char *key)
@@ -130,7 +161,7 @@ static bool wants_help(int argc, char **argv)
 static int cmd_host_list(int argc, char **argv)
 {
 	(void)argc; (void)argv;
-	json_t *r = api("GET", "hosts", NULL);
+	json_t *r = apif("GET", NULL, "hosts");
 	if (!r)
 		return 1;
 	if (json_out) {
@@ -160,25 +191,15 @@ static int cmd_host_show(int argc, char **argv)
 {
 	if (argc != 2)
 		return usage_error("name one host");
-	char path[300];
-	snprintf(path, sizeof(path), "hosts/%s", argv[1]);
-	json_t *r = api("GET", path, NULL);
-	if (!r)
-		return 1;
-	print_json(r);
-	json_decref(r);
-	return 0;
+	return print_reply(apif("GET", NULL, "hosts/%s", argv[1]));
 }
 
 static int cmd_host_maintenance(int argc, char **argv)
 {
 	if (argc != 3 || (strcmp(argv[2], "enter") && strcmp(argv[2], "exit")))
 		return usage_error("want HOST enter|exit");
-	char path[300];
-	snprintf(path, sizeof(path), "hosts/%s/maintenance", argv[1]);
-	json_t *body = json_pack("{s:b}", "enabled", !strcmp(argv[2], "enter"));
-	json_t *r = api("POST", path, body);
-	json_decref(body);
+	json_t *r = apif("POST", json_pack("{s:b}", "enabled", !strcmp(argv[2], "enter")),
+			 "hosts/%s/maintenance", argv[1]);
 	if (!r)
 		return 1;
 	if (json_out)
@@ -204,7 +225,7 @@ static int cmd_host_maintenance(int argc, char **argv)
 
 static int cmd_grouped(const char *path, const char *key)
 {
-	json_t *r = api("GET", path, NULL);
+	json_t *r = apif("GET", NULL, "%s", path);
 	if (!r)
 		return 1;
 	if (json_out) {
@@ -303,12 +324,10 @@ static int watch_task(long long id)
 	bool tty = isatty(2) && !json_out;
 	/* ferry-center holds each GET until the task ends (or, to redraw the
 	 * bar, 200 ms): the end is heard at once, not at the next poll */
-	char path[64];
-	snprintf(path, sizeof(path), "tasks/%lld?wait=%d", id, tty ? 200 : 5000);
 	json_t *t = NULL;
 	for (;;) {
 		json_decref(t);
-		t = api("GET", path, NULL);
+		t = apif("GET", NULL, "tasks/%lld?wait=%d", id, tty ? 200 : 5000);
 		if (!t)
 			return 1;
 		if (tty)
@@ -342,7 +361,7 @@ static int cmd_task_list(int argc, char **argv)
 		else
 			return usage_error("unknown option");
 	}
-	json_t *r = api("GET", path, NULL);
+	json_t *r = apif("GET", NULL, "%s", path);
 	if (!r)
 		return 1;
 	if (json_out) {
@@ -380,9 +399,7 @@ static int cmd_task_show(int argc, char **argv)
 	long long id = task_id(argc, argv);
 	if (id < 0)
 		return usage_error("want one task ID (a number: ferry task list)");
-	char path[64];
-	snprintf(path, sizeof(path), "tasks/%lld", id);
-	json_t *t = api("GET", path, NULL);
+	json_t *t = apif("GET", NULL, "tasks/%lld", id);
 	if (!t)
 		return 1;
 	if (json_out)
@@ -406,9 +423,7 @@ static int cmd_task_cancel(int argc, char **argv)
 	long long id = task_id(argc, argv);
 	if (id < 0)
 		return usage_error("want one task ID (a number: ferry task list)");
-	char path[64];
-	snprintf(path, sizeof(path), "tasks/%lld/cancel", id);
-	json_t *r = api("POST", path, json_object());
+	json_t *r = apif("POST", json_object(), "tasks/%lld/cancel", id);
 	if (!r)
 		return 1;
 	if (json_out)
@@ -464,8 +479,7 @@ static int cmd_vm_create(int argc, char **argv)
 		return usage_error("want NAME, --kernel DS:PATH and --mem MiB");
 	}
 	json_object_set_new(body, "name", json_string(argv[optind]));
-	json_t *r = api("POST", "vms", body);
-	json_decref(body);
+	json_t *r = apif("POST", body, "vms");
 	if (!r)
 		return 1;
 	if (json_out)
@@ -481,11 +495,8 @@ static int vm_simple(int argc, char **argv, const char *method, const char *acti
 {
 	if (argc != 2)
 		return usage_error("name one VM");
-	char path[300];
-	snprintf(path, sizeof(path), "vms/%s%s%s", argv[1], action ? "/" : "", action ? action : "");
-	json_t *body = strcmp(method, "GET") ? json_object() : NULL;
-	json_t *r = api(method, path, body);
-	json_decref(body);
+	json_t *r = apif(method, strcmp(method, "GET") ? json_object() : NULL, "vms/%s%s%s",
+			 argv[1], action ? "/" : "", action ? action : "");
 	if (!r)
 		return 1;
 	if (json_out) {
@@ -522,7 +533,7 @@ static int cmd_vm_log(int argc, char **argv) { return vm_simple(argc, argv, "GET
 static int cmd_vm_list(int argc, char **argv)
 {
 	(void)argc; (void)argv;
-	json_t *r = api("GET", "vms?limit=1000", NULL);
+	json_t *r = apif("GET", NULL, "vms?limit=1000");
 	if (!r)
 		return 1;
 	if (json_out) {
@@ -544,9 +555,7 @@ static int cmd_vm_recommend(int argc, char **argv)
 {
 	if (argc != 2)
 		return usage_error("name one VM");
-	char path[300];
-	snprintf(path, sizeof(path), "vms/%s/recommend", argv[1]);
-	json_t *r = api("GET", path, NULL);
+	json_t *r = apif("GET", NULL, "vms/%s/recommend", argv[1]);
 	if (!r)
 		return 1;
 	if (json_out) {
@@ -613,10 +622,7 @@ static int cmd_vm_migrate(int argc, char **argv)
 		json_decref(body);
 		return usage_error("name one VM");
 	}
-	char path[300];
-	snprintf(path, sizeof(path), "vms/%s/migrate", argv[optind]);
-	json_t *r = api("POST", path, body);
-	json_decref(body);
+	json_t *r = apif("POST", body, "vms/%s/migrate", argv[optind]);
 	if (!r)
 		return 1;
 	json_t *t = json_object_get(r, "task");
@@ -664,7 +670,7 @@ static int cmd_audit(int argc, char **argv)
 			return usage_error("unknown option");
 	}
 	if (verify) {
-		json_t *r = api("GET", "audit/verify", NULL);
+		json_t *r = apif("GET", NULL, "audit/verify");
 		if (!r)
 			return 1;
 		bool ok = json_is_true(json_object_get(r, "ok"));
@@ -679,7 +685,7 @@ static int cmd_audit(int argc, char **argv)
 		json_decref(r);
 		return ok ? 0 : 1;
 	}
-	json_t *r = api("GET", path, NULL);
+	json_t *r = apif("GET", NULL, "%s", path);
 	if (!r)
 		return 1;
 	if (json_out) {
@@ -700,12 +706,7 @@ static int cmd_audit(int argc, char **argv)
 static int cmd_cluster_show(int argc, char **argv)
 {
 	(void)argc; (void)argv;
-	json_t *r = api("GET", "cluster", NULL);
-	if (!r)
-		return 1;
-	print_json(r);
-	json_decref(r);
-	return 0;
+	return print_reply(apif("GET", NULL, "cluster"));
 }
 
 static int cmd_cluster_set(int argc, char **argv)
@@ -722,8 +723,7 @@ static int cmd_cluster_set(int argc, char **argv)
 		*eq = 0;
 		json_object_set_new(body, argv[i], json_string(eq + 1));
 	}
-	json_t *r = api("POST", "cluster", body);
-	json_decref(body);
+	json_t *r = apif("POST", body, "cluster");
 	if (!r)
 		return 1;
 	print_json(json_out ? r : json_object_get(r, "settings"));
