@@ -3,7 +3,8 @@
  * network: token files and checks (hashed, roles, constant-time compare),
  * time parsing for --at, the console tail ferryd reports, and the HTTP
  * server and client talking to each other over loopback (error bodies,
- * a body that is not JSON).
+ * a body that is not JSON), the streaming JSON writer (the same bytes as
+ * json_dumps for the same document, escapes and reals included).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include "cluster/common/auth.h"
 #include "cluster/common/http_client.h"
 #include "cluster/common/http_server.h"
+#include "cluster/common/jsonw.h"
 #include "cluster/common/util.h"
 
 #include <stdio.h>
@@ -155,6 +157,62 @@ static void test_http_roundtrip(void **state)
 	assert_int_equal(status, 0);
 }
 
+/* jsonw writes what json_dumps(JSON_COMPACT) writes for the same document. */
+static void test_jsonw_matches_jansson(void **state)
+{
+	(void)state;
+	const char *odd = "q\"b\\s/\n\t\r\b\f\x01\x1f \xc3\xa9t\xc3\xa9";
+	json_t *doc = json_pack("{s:s, s:[{s:i, s:f, s:f, s:f, s:f}, {}, []], s:n, s:{s:[i]}, s:f}",
+				"name", odd, "rows", "n", 42, "load", 0.4, "whole", 2.0, "neg",
+				-1.5e-300, "small", 1e-5, "none", "nested", "a", -7, "big", 1e300);
+	struct jsonw w;
+	jw_init(&w);
+	jw_object(&w);
+	jw_key(&w, "name");
+	jw_string(&w, odd);
+	jw_key(&w, "rows");
+	jw_array(&w);
+	jw_object(&w);
+	jw_key(&w, "n");
+	jw_integer(&w, 42);
+	jw_key(&w, "load");
+	jw_real(&w, 0.4);
+	jw_key(&w, "whole");
+	jw_real(&w, 2.0);
+	jw_key(&w, "neg");
+	jw_real(&w, -1.5e-300);
+	jw_key(&w, "small");
+	jw_real(&w, 1e-5);
+	jw_object_end(&w);
+	jw_json(&w, json_array_get(json_object_get(doc, "rows"), 1));   /* {} */
+	jw_raw(&w, "[]", 2);
+	jw_array_end(&w);
+	jw_key(&w, "none");
+	jw_string(&w, NULL);
+	jw_key(&w, "nested");
+	jw_json(&w, json_object_get(doc, "nested"));
+	jw_key(&w, "big");
+	jw_real(&w, 1e300);
+	jw_object_end(&w);
+	size_t len;
+	char *text = jw_take(&w, &len);
+	char *want = json_dumps(doc, JSON_COMPACT);
+	assert_string_equal(text, want);
+	assert_int_equal(len, strlen(want));
+	json_t *back = json_loads(text, 0, NULL);
+	assert_true(json_equal(back, doc));
+	json_decref(back);
+	free(want);
+	free(text);
+	json_decref(doc);
+
+	jw_init(&w);   /* an empty writer gives an empty string */
+	text = jw_take(&w, &len);
+	assert_string_equal(text, "");
+	assert_int_equal(len, 0);
+	free(text);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -163,6 +221,7 @@ int main(void)
 		cmocka_unit_test(test_parse_time),
 		cmocka_unit_test(test_file_tail),
 		cmocka_unit_test(test_http_roundtrip),
+		cmocka_unit_test(test_jsonw_matches_jansson),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -67,10 +67,11 @@ void task_finish(long long id, const char *state, const char *error);
 /* wizard.c: what a VM's spec uses (datastore names, up to 16; network name) */
 void spec_datastores(json_t *spec, char names[][64], int *n);
 void spec_network(json_t *spec, char *out, size_t len);
-/* wizard.c: under db_lock */
-json_t *wizard_recommend(json_t *vm_row);
-/* the best max_candidates and first max_refused (< 0: all), with their
- * totals; only_host: that host alone (NULL: every host) */
+/* wizard.c, under db_lock: the best max_candidates and first max_refused
+ * (< 0: all), with their totals; only_host: that host alone (NULL: every
+ * host). As JSON text (malloc'd; the API's reply) or parsed. */
+char *wizard_recommend_text(json_t *vm_row, long long max_candidates, long long max_refused,
+			    const char *only_host, size_t *len);
 json_t *wizard_recommend_n(json_t *vm_row, long long max_candidates, long long max_refused,
 			   const char *only_host);
 

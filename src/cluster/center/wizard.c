@@ -15,10 +15,13 @@
  * ISA and load from the columns the inventory sweep writes (no report
  * parsed), the datastores and networks it sees through their primary keys,
  * in one statement stepped directly (no JSON row objects), the running
- * migrations and the limits grouped by host.
+ * migrations and the limits grouped by host. The reply is written as JSON
+ * text row by row (jsonw.h): a json_t per candidate and a json_dumps of
+ * ~370 KB were most of the call.
  */
 #include "cluster/center/center.h"
 
+#include "cluster/common/jsonw.h"
 #include "cluster/common/util.h"
 
 #include <stdio.h>
@@ -148,26 +151,72 @@ static sqlite3_stmt *host_facts(char dsnames[][64], int nds, const char *network
 	return st;
 }
 
-json_t *wizard_recommend(json_t *vm_row)
+/* The reply's "estimate" of every candidate, as JSON text (the same for each). */
+static char *estimate_text(long long mem_mib)
 {
-	return wizard_recommend_n(vm_row, -1, -1, NULL);
+	json_t *est = estimate(mem_mib);
+	char *t = json_dumps(est, JSON_COMPACT);
+	json_decref(est);
+	return t;
 }
 
-json_t *wizard_recommend_n(json_t *vm_row, long long max_candidates, long long max_refused,
-			   const char *only_host)
+/* What the VM asks of a host. */
+struct needs {
+	const char *source;    /* the host it runs on */
+	const char *isa;       /* the source's ISA, or NULL when unknown */
+	long long mem_mib;
+	char datastores[16][64];
+	int ndatastores;
+	char network[64];      /* "" for none */
+};
+
+/* Why the host of host_facts()'s current row cannot take the VM, in
+ * reason (empty: it can). */
+static void refusal(sqlite3_stmt *st, const struct needs *vm, int running, int limit,
+		    char *reason, size_t len)
 {
-	const char *source = json_string_value(json_object_get(vm_row, "host")) ?: "";
+	const char *source = vm->source, *src_isa = vm->isa, *network = vm->network;
+	long long mem = vm->mem_mib;
+	const char *name = (const char *)sqlite3_column_text(st, 0);
+	long long free_mib = sqlite3_column_int64(st, 3);
+	const char *isa = (const char *)sqlite3_column_text(st, 4);
+	reason[0] = 0;
+	if (!strcmp(name, source))
+		snprintf(reason, len, "the VM runs there");
+	else if (!sqlite3_column_int(st, 1))
+		snprintf(reason, len, "not responding (no heartbeat in etcd)");
+	else if (sqlite3_column_int(st, 2))
+		snprintf(reason, len, "in maintenance");
+	else if (src_isa && (!isa || strcmp(isa, src_isa)))
+		snprintf(reason, len, "ISA %s cannot run a guest from %s", isa ? isa : "unknown",
+			 src_isa);
+	else if (free_mib < mem)
+		snprintf(reason, len, "not enough free memory: %lld MiB free, the VM needs %lld MiB",
+			 free_mib, mem);
+	for (int d = 0; d < vm->ndatastores && !reason[0]; d++)
+		if (!sqlite3_column_int(st, 7 + d))
+			snprintf(reason, len, "datastore %s is not visible there", vm->datastores[d]);
+	if (!reason[0] && network[0] && !sqlite3_column_int(st, 6))
+		snprintf(reason, len, "network %s is not there", network);
+	if (!reason[0] && running >= limit)
+		snprintf(reason, len, "at its limit: %d of %d migrations running", running, limit);
+}
+
+/*
+ * The wizard's answer written straight as JSON text (docs/api.md): the
+ * refused hosts as they are met (in name order), the candidates ranked
+ * as C structs and written row by row; no json_t per host.
+ */
+char *wizard_recommend_text(json_t *vm_row, long long max_candidates, long long max_refused,
+			    const char *only_host, size_t *len)
+{
+	struct needs vm = { .source = json_string_value(json_object_get(vm_row, "host")) ?: "" };
 	json_t *spec = json_loads(json_string_value(json_object_get(vm_row, "spec")) ?: "{}", 0, NULL);
-	long long mem = json_integer_value(json_object_get(spec, "mem_mib"));
-	char dsnames[16][64];
-	int nds;
-	spec_datastores(spec, dsnames, &nds);
-	char network[64] = "";
-	const char *net = json_string_value(json_object_get(spec, "net"));
-	if (net)
-		snprintf(network, sizeof(network), "%.*s", (int)strcspn(net, ","), net);
-	json_t *src_row = db_row("SELECT isa FROM hosts WHERE name = ?", json_pack("[s]", source));
-	const char *src_isa = json_string_value(json_object_get(src_row, "isa"));
+	vm.mem_mib = json_integer_value(json_object_get(spec, "mem_mib"));
+	spec_datastores(spec, vm.datastores, &vm.ndatastores);
+	spec_network(spec, vm.network, sizeof(vm.network));
+	json_t *src_row = db_row("SELECT isa FROM hosts WHERE name = ?", json_pack("[s]", vm.source));
+	vm.isa = json_string_value(json_object_get(src_row, "isa"));
 	json_t *running_by = by_host("SELECT h AS k, count(*) AS n FROM (SELECT source AS h FROM "
 				     "tasks WHERE kind = 'migrate' AND state = 'running' UNION ALL "
 				     "SELECT destination FROM tasks WHERE kind = 'migrate' AND "
@@ -176,45 +225,27 @@ json_t *wizard_recommend_n(json_t *vm_row, long long max_candidates, long long m
 				   "INTEGER) AS n FROM settings WHERE key LIKE 'host.%.migrations'",
 				   NULL);
 	int default_limit = (int)db_setting_int("migrations_per_host", 4);
-	json_t *refused = json_array();
-	json_t *est = estimate(mem);
+	struct jsonw refused;
+	jw_init(&refused);
+	jw_array(&refused);
 	struct candidate *cands = NULL;
-	size_t ncands = 0, cap = 0;
-	size_t nrefused = 0;
-	sqlite3_stmt *st = host_facts(dsnames, nds, network, only_host);
+	size_t ncands = 0, cap = 0, nrefused = 0;
+	sqlite3_stmt *st = host_facts(vm.datastores, vm.ndatastores, vm.network, only_host);
 	while (st && sqlite3_step(st) == SQLITE_ROW) {
 		const char *name = (const char *)sqlite3_column_text(st, 0);
-		long long free_mib = sqlite3_column_int64(st, 3);
-		const char *isa = (const char *)sqlite3_column_text(st, 4);
-		double load = sqlite3_column_double(st, 5);
 		int running = int_of(running_by, name, 0);
-		int limit = int_of(limit_by, name, default_limit);
-		char reason[300] = "";
-		if (!strcmp(name, source))
-			snprintf(reason, sizeof(reason), "the VM runs there");
-		else if (!sqlite3_column_int(st, 1))
-			snprintf(reason, sizeof(reason), "not responding (no heartbeat in etcd)");
-		else if (sqlite3_column_int(st, 2))
-			snprintf(reason, sizeof(reason), "in maintenance");
-		else if (src_isa && (!isa || strcmp(isa, src_isa)))
-			snprintf(reason, sizeof(reason), "ISA %s cannot run a guest from %s",
-				 isa ? isa : "unknown", src_isa);
-		else if (free_mib < mem)
-			snprintf(reason, sizeof(reason), "not enough free memory: %lld MiB free, the "
-				 "VM needs %lld MiB", free_mib, mem);
-		for (int d = 0; d < nds && !reason[0]; d++)
-			if (!sqlite3_column_int(st, 7 + d))
-				snprintf(reason, sizeof(reason), "datastore %s is not visible there",
-					 dsnames[d]);
-		if (!reason[0] && network[0] && !sqlite3_column_int(st, 6))
-			snprintf(reason, sizeof(reason), "network %s is not there", network);
-		if (!reason[0] && running >= limit)
-			snprintf(reason, sizeof(reason), "at its limit: %d of %d migrations running",
-				 running, limit);
+		char reason[300];
+		refusal(st, &vm, running, int_of(limit_by, name, default_limit), reason,
+			sizeof(reason));
 		if (reason[0]) {
-			if (max_refused < 0 || (long long)nrefused < max_refused)
-				json_array_append_new(refused, json_pack("{s:s, s:s}", "host", name,
-									 "reason", reason));
+			if (max_refused < 0 || (long long)nrefused < max_refused) {
+				jw_object(&refused);
+				jw_key(&refused, "host");
+				jw_string(&refused, name);
+				jw_key(&refused, "reason");
+				jw_string(&refused, reason);
+				jw_object_end(&refused);
+			}
 			nrefused++;
 			continue;
 		}
@@ -224,28 +255,65 @@ json_t *wizard_recommend_n(json_t *vm_row, long long max_candidates, long long m
 			if (!cands)
 				abort();
 		}
-		cands[ncands++] = (struct candidate){ strdup(name), free_mib, load, running };
+		cands[ncands++] = (struct candidate){ strdup(name), sqlite3_column_int64(st, 3),
+						      sqlite3_column_double(st, 5), running };
 	}
 	sqlite3_finalize(st);
+	jw_array_end(&refused);
 	qsort(cands, ncands, sizeof(*cands), by_rank);
-	json_t *ranked = json_array();   /* JSON for the ones shown only */
+	char *est = estimate_text(vm.mem_mib);
+	struct jsonw w;
+	jw_init(&w);
+	jw_object(&w);
+	jw_key(&w, "vm");
+	jw_string(&w, json_string_value(json_object_get(vm_row, "name")));
+	jw_key(&w, "source");
+	jw_string(&w, vm.source);
+	jw_key(&w, "candidates");
+	jw_array(&w);
 	for (size_t k = 0; k < ncands; k++) {
-		if (max_candidates < 0 || (long long)k < max_candidates)
-			json_array_append_new(ranked, json_pack(
-				"{s:s, s:I, s:I, s:f, s:i, s:O}", "host", cands[k].host, "rank",
-				(json_int_t)k + 1, "free_mib", (json_int_t)cands[k].free_mib, "load",
-				cands[k].load, "migrations_running", cands[k].running, "estimate", est));
+		if (max_candidates < 0 || (long long)k < max_candidates) {
+			jw_object(&w);
+			jw_key(&w, "host");
+			jw_string(&w, cands[k].host);
+			jw_key(&w, "rank");
+			jw_integer(&w, (long long)k + 1);
+			jw_key(&w, "free_mib");
+			jw_integer(&w, cands[k].free_mib);
+			jw_key(&w, "load");
+			jw_real(&w, cands[k].load);
+			jw_key(&w, "migrations_running");
+			jw_integer(&w, cands[k].running);
+			jw_key(&w, "estimate");
+			jw_raw(&w, est, strlen(est));
+			jw_object_end(&w);
+		}
 		free(cands[k].host);
 	}
+	jw_array_end(&w);
+	jw_key(&w, "refused");
+	jw_raw(&w, refused.buf, refused.len);
+	jw_key(&w, "candidates_total");
+	jw_integer(&w, (long long)ncands);
+	jw_key(&w, "refused_total");
+	jw_integer(&w, (long long)nrefused);
+	jw_object_end(&w);
+	free(est);
 	free(cands);
-	json_t *out = json_pack("{s:O, s:s, s:o, s:o, s:I, s:I}", "vm",
-				json_object_get(vm_row, "name"), "source", source, "candidates",
-				ranked, "refused", refused, "candidates_total", (json_int_t)ncands,
-				"refused_total", (json_int_t)nrefused);
-	json_decref(est);
+	jw_free(&refused);
 	json_decref(running_by);
 	json_decref(limit_by);
 	json_decref(src_row);
 	json_decref(spec);
-	return out;
+	return jw_take(&w, len);
+}
+
+json_t *wizard_recommend_n(json_t *vm_row, long long max_candidates, long long max_refused,
+			   const char *only_host)
+{
+	size_t len;
+	char *text = wizard_recommend_text(vm_row, max_candidates, max_refused, only_host, &len);
+	json_t *r = json_loadb(text, len, 0, NULL);
+	free(text);
+	return r;
 }
