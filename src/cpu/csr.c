@@ -67,6 +67,7 @@ void hart_update_tlb_context(struct hart *h)
 		ctx = (h->mstatus & MSTATUS_SUM) ? TLBCTX_S_SUM : TLBCTX_S;
 	h->tlb = &h->tlbs[ctx];
 	h->vpc = h->vpcs[ctx];
+	h->jtc = h->jtcs[ctx];
 	h->fetch_vpn = TLB_NONE;
 }
 

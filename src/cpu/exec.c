@@ -149,24 +149,45 @@ dispatch:
 			DISPATCH();
 		}
 		OP(JIT) {
-			/* a run compiled by jit.c: it returns how far it got
-			 * (bytes << 8 | instructions); short of the end, at a
-			 * load or store whose TLB probe missed, which its own
-			 * slot then does here */
+			/* a run compiled by jit.c, possibly going on into
+			 * others (chaining, on any page): it returns how far it
+			 * got in the run it ended in (bytes << 8 |
+			 * instructions), short of the end at a load or store
+			 * whose TLB probe missed, which its own slot then does
+			 * here; with bit 30 set, its final jump was taken, to
+			 * the target in the sink x[32] */
+			uint64_t pc = PC();
+			const uint8_t *code = h->jit_arena + e->insn;
+			jtc_fill(h, pc, dp, code + JIT_PROLOGUE);
 			struct jit_io io = { .left = n < budget ? (int64_t)(budget - n) : 0,
-					     .pc = PC() };
+					     .pc = pc };
 			uint32_t r = ((uint32_t (*)(uint64_t *, struct tlb_set *, uint64_t,
-						    struct jit_io *))
-				      (void *)(h->jit_arena + e->insn))(x, tlb, PC(), &io);
-			n += io.chained;           /* runs it went on into */
-			e = &s[(io.pc & (PAGE_SIZE - 1)) >> 1];
-			n += r & 0xff;
-			if (r >> 31)               /* its final branch or jal was taken */
-				JUMP(PC() + (uint64_t)(int64_t)e->imm);
-			if (r >> 30 & 1)           /* its jalr, the target in the sink */
+						    struct jit_io *))(const void *)code)(x, tlb, pc, &io);
+			n += io.chained + (r & 0xff);
+			if (r >> 30 & 1)
 				JUMP(x[32]);
-			e += (r >> 8 & 0xff) >> 1;
-			DISPATCH();
+			if (unlikely(r == 0)) {
+				/* stopped at the first instruction of the run it
+				 * was in, a load or store whose probe missed: the
+				 * reference does that one, slow path and all */
+				h->pc = io.pc;
+				if (((io.pc ^ vbase) >> PAGE_SHIFT) == 0) {
+					struct dinsn d;
+					code_decode_at(dp->host, (unsigned)((io.pc & (PAGE_SIZE - 1)) >> 1), &d);
+					COUNT();
+					if (cpu_step(h, d.insn, d.len) != STEP_TRAP)
+						n++;
+					h->code_written = false;
+				}
+				goto next_block;
+			}
+			uint64_t next = io.pc + (r >> 8 & 0xff);
+			if (likely(((next ^ vbase) >> PAGE_SHIFT) == 0)) {
+				e = &s[(next & (PAGE_SIZE - 1)) >> 1];
+				DISPATCH();
+			}
+			h->pc = next;          /* it ended on another page */
+			goto next_block;
 		}
 		OP(PAGE_END) {
 			h->pc = vbase + PAGE_SIZE;

@@ -41,6 +41,7 @@ void hart_init(struct hart *h, const struct cpu_bus *bus, unsigned id)
 	h->reference = cpu && !strcmp(cpu, "interp");
 	h->jit = cpu && !strcmp(cpu, "jit");
 	hart_reset_csrs(h);
+	h->jtc_filled = (1u << TLBCTX_COUNT) - 1;   /* so that the flush empties them */
 	tlb_flush_all(h);
 	atomic_store(&h->hsm, id == 0 ? HSM_STARTED : HSM_STOPPED);
 	pthread_mutex_init(&h->sleep_lock, NULL);

@@ -94,6 +94,22 @@ struct vpc_entry {
 	struct dpage *dp;
 };
 
+/* Jump-target cache of the JIT (jit.c): a guest virtual pc, per
+ * translation context, to the compiled run that starts there, so that a
+ * jump to another page (calls, returns, jalr) goes from run to run
+ * without the executor. An entry holds the code-map word its page was
+ * compiled under and where that word lives; a run jumps there only while
+ * the two agree. Flushed with the TLB and when compiled code is dropped.
+ * Its layout is read by the generated code. */
+#define JTC_SIZE 512
+struct jtc_entry {
+	uint64_t pc;                     /* TLB_NONE if empty */
+	const _Atomic uint32_t *word;    /* the page's code-map word */
+	uint32_t expect;                 /* its value when compiled */
+	uint32_t pad;
+	const uint8_t *code;             /* the run's body (past its prologue) */
+};
+
 /* Requests other threads post in hart->requests. */
 #define REQ_PAUSE      (1u << 0)
 #define REQ_TLB_FLUSH  (1u << 1)   /* sfence.vma from another hart */
@@ -111,6 +127,8 @@ struct hart {
 	uint64_t x[33];             /* x[32]: where decoded writes to x0 go */
 	struct tlb_set *tlb;        /* the set for the current context */
 	struct vpc_entry *vpc;      /* the virtual-PC cache for that context */
+	struct jtc_entry *jtc;      /* the JIT's jump-target cache for it */
+	uint8_t jtc_filled;         /* contexts whose cache has entries (bits) */
 	bool code_written;          /* a store just dropped decoded code */
 	uint64_t insn_budget;       /* instructions left in this burst */
 	uintptr_t fetch_addend;     /* host = pc + fetch_addend within fetch page */
@@ -160,6 +178,7 @@ struct hart {
 
 	struct vpc_entry vpcs[TLBCTX_COUNT][VPC_SIZE];
 	struct tlb_set tlbs[TLBCTX_COUNT];
+	struct jtc_entry jtcs[TLBCTX_COUNT][JTC_SIZE];
 };
 
 void hart_init(struct hart *h, const struct cpu_bus *bus, unsigned id);

@@ -139,6 +139,9 @@ static inline bool code_page_written(const struct cpu_bus *b, uint64_t pfn)
 /* Compile the run of ALU instructions at slot i into one OP_JIT slot,
  * if there is a run. */
 void jit_compile(struct hart *h, struct dpage *dp, unsigned i);
+/* Where a compiled run's body starts: past its prologue, where other runs
+ * jump in. */
+#define JIT_PROLOGUE 12
 /* A run's view of the burst, when it chains into other runs on its page:
  * instructions the burst may still run, the pc of the run it is in, and
  * the instructions retired by the runs it left. */
@@ -148,6 +151,22 @@ struct jit_io {
 	uint64_t chained;
 };
 void jit_reset(struct hart *h);       /* forget all compiled code */
+/* Empty the jump-target cache (with the TLB, and when code is dropped). */
+void jtc_clear(struct hart *h);
+/* The executor is about to run the compiled run of page dp at pc, whose
+ * body is code: remember it in the jump-target cache. */
+static inline void jtc_fill(struct hart *h, uint64_t pc, const struct dpage *dp,
+			    const uint8_t *code)
+{
+	struct jtc_entry *t = &h->jtc[(pc >> 1) & (JTC_SIZE - 1)];
+	if (likely(t->pc == pc && t->code == code))
+		return;
+	t->pc = pc;
+	t->word = &h->bus->code[dp->pfn];
+	t->expect = dp->word;
+	t->code = code;
+	h->jtc_filled |= (uint8_t)(1u << ((h->jtc - h->jtcs[0]) / JTC_SIZE));
+}
 void jit_free(struct hart *h);
 
 /* ---- the decoded executor (exec.c) ---------------------------------------- */

@@ -1,58 +1,57 @@
 /*
- * jit.c - the start of an x86-64 template JIT (stage 3 of issue 11),
+ * jit.c - an x86-64 template JIT (stage 3 of issue 11): the executor
  * behind FERRY_CPU=jit; the decoded executor and the reference
- * interpreter stay the default and the reference.
+ * interpreter (FERRY_CPU=interp) stay as the fallback and the reference.
  *
  * What it compiles: a run of integer ALU instructions, loads and stores
- * (no branches) that starts with an ALU instruction at a decoded slot.
- * Such a run becomes one slot, OP_JIT, whose code is a host function
- * uint32_t run(uint64_t *x, struct tlb_set *tlb): each guest register the
- * run touches is loaded once into a host register (at most JIT_REGS of
- * them), every instruction is a template on those, and the registers it
- * wrote go back to x[] at the end. A load or store probes the TLB inline;
- * on a miss (a page not in the TLB, a write to a clean page while the
- * dirty log runs or to a page with decoded code, MMIO, a page-crossing
- * access) the run writes back what it did so far and returns how far it
- * got, (bytes << 8 | instructions), and the executor carries on from that
- * instruction's own slot, slow path, trap and all. Nothing else in a run
- * can trap, so instret, sepc and the state saved at a pause stay exact.
+ * at a decoded slot, up to and including a branch or jump. Such a run
+ * becomes one slot, OP_JIT, whose code is a host function
+ * uint32_t run(uint64_t *x, struct tlb_set *tlb, uint64_t pc, struct jit_io *):
+ * each guest register the run touches is loaded once into a host
+ * register (at most JIT_REGS of them), every instruction is a template on
+ * those, and the registers it wrote go back to x[] at every exit. A load
+ * or store probes the TLB inline; on a miss (a page not in the TLB, a
+ * write to a clean page while the dirty log runs or to a page with
+ * decoded code, MMIO, a page-crossing access) the run writes back what it
+ * did so far and returns how far it got, (bytes << 8 | instructions), and
+ * the executor carries on from that instruction, slow path, trap and all
+ * (when that is the run's first instruction, the result is 0 and the
+ * reference interpreter does it). Nothing else in a run can trap, so
+ * instret, sepc and the state saved at a pause stay exact.
  *
  * Code lives in one executable arena per hart, bump-allocated. It goes
  * with the decoded pages: a page whose code map word changes is decoded
  * (and compiled) afresh, and when the arena is full the hart drops all its
  * decoded code at the next safe point and starts over.
  *
- * A run may end with a conditional branch: taken, it returns with bit 31
- * set and the executor jumps (to the target's slot if on the same page,
- * with the budget and the request word checked as for any block end).
+ * The run gets its own virtual pc (kept on the stack), so that it writes
+ * jal/jalr links and auipc itself. Its exits:
+ * - a taken branch, jal or jalr: the target goes to the sink x[32] and
+ *   the run returns with bit 30 set; the executor's JUMP counts the jump
+ *   and goes there (the budget and the request word checked);
+ * - falling through (a branch not taken, a run cut short): it returns
+ *   how far it got, and the executor goes on from there.
+ * Before returning, every exit but a probe miss tries to go straight
+ * into the next run (chaining), if the budget left covers this run and
+ * no request is posted (the checks the executor's JUMP makes): to a run
+ * compiled before it on the same page by a direct jump (chain()), to any
+ * other through the jump-target cache (chain_table(), h->jtc: guest
+ * virtual pc to compiled code, per translation context, filled by the
+ * executor when it enters a run, flushed with the TLB and with the
+ * compiled code; an entry holds the code-map word its page was compiled
+ * under, and is used only while that word is still the page's, so a
+ * rewritten page's old code is never entered). A struct jit_io follows
+ * the chain: the budget left, the pc of the run it is in, the
+ * instructions the runs it left retired.
  *
- * A run may also end with jal or jalr: the run is called with its own
- * virtual pc (kept on the stack), so it writes the link itself; jal
- * returns like a taken branch, jalr with bit 30 set and its target in
- * the sink x[32], and the executor jumps there (JUMP: the budget and the
- * request word are checked as at any block end).
+ * Loops: a run whose taken branch goes back to its own start is compiled
+ * a second time with every register it names loaded on entry and each
+ * one it writes written back at every exit (writing back a value not
+ * changed yet this time round is harmless), so that going round keeps
+ * them all in host registers (self_loop()).
  *
- * Chaining: a taken branch or jal whose target is this run's start or
- * another run already compiled on the same page jumps straight into that
- * run's code (chain()), after writing back its registers, if the budget
- * left covers it and no request is posted, the checks the executor's
- * JUMP makes. The run gets a struct jit_io for that: the budget left, the
- * pc of the run it is in, the instructions the runs it left retired; the
- * executor carries on from that run's slot. A page's runs are dropped
- * together (its code word changed, or the arena reset), so a chain never
- * leads into code that is gone.
- *
- * A jalr looks its target up at run time in its own page's slots (the
- * page is the direct-mapped table) and goes into the run there the same
- * way; a target on another page returns to the executor.
- *
- * What it does not do yet: a target cache across pages for jalr (calls
- * and returns between functions, most of sort's), chaining a run to one
- * compiled after it (no patching), keeping registers across runs, F/D.
- * Tried and left out: loading all of a run's registers on entry so a
- * loop back into the same run keeps them in host registers: no
- * measurable gain on compute (0.79-0.81 against 0.81-0.82 CPU s). That is where the rest
- * of QEMU's speed comes from.
+ * Not yet: F/D (the executor hands them to the reference interpreter),
+ * div/rem, registers kept across runs other than a loop's own.
  */
 #include "cpu/internal.h"
 
@@ -64,7 +63,7 @@
 #define JIT_MAX_INSNS 48
 #define JIT_REGS 10
 /* per instruction at most a probe, a load and an exit stub */
-#define JIT_MAX_BYTES (64 + JIT_MAX_INSNS * 160)
+#define JIT_MAX_BYTES (512 + JIT_MAX_INSNS * 200)
 
 /* host registers that may hold guest registers; rax, rcx and rdx are
  * scratch, rdi holds x and rsi the TLB set. The callee-saved ones are
@@ -86,11 +85,21 @@ struct emitter {
 	const struct dpage *dp;
 	unsigned start;
 	const uint8_t *body;
+	/* instructions a chained exit retires beyond count: 1 for a taken
+	 * branch or jump (not counted yet), 0 for falling through */
+	unsigned pending;
+	/* a loop: the run's last branch may go back to its own start. Then
+	 * it is compiled again with every register it names loaded on entry
+	 * (at body) and each one it writes written back at every exit, so
+	 * that going round (to loop_entry, past the loads) keeps them all in
+	 * host registers */
+	bool loops, loop_mode;
+	const uint8_t *loop_entry;
 };
 
-/* the prologue: six pushes of callee-saved registers, the run's pc, the
- * jit_io pointer */
-#define JIT_PROLOGUE 12
+/* the prologue (JIT_PROLOGUE bytes): six pushes of callee-saved
+ * registers, the run's pc, the jit_io pointer */
+#define JTC_OFFSET ((int32_t)(offsetof(struct hart, jtc) - offsetof(struct hart, x)))
 #define REQUESTS_OFFSET ((int32_t)(offsetof(struct hart, requests) - offsetof(struct hart, x)))
 
 static void emit(struct emitter *em, unsigned n, ...);
@@ -163,6 +172,13 @@ static void shift_rax_cl(struct emitter *em, unsigned digit, bool wide)
 	byte(em, (uint8_t)(0xc0 | digit << 3 | RAX));
 }
 
+/* rax = the last compare's less-than, signed or unsigned (setl/setb al,
+ * movzx eax, al) */
+static void set_flag(struct emitter *em, bool is_signed)
+{
+	emit(em, 6, 0x0f, is_signed ? 0x9c : 0x92, 0xc0, 0x0f, 0xb6, 0xc0);
+}
+
 static void sext_eax(struct emitter *em) { emit(em, 3, 0x48, 0x63, 0xc0); }  /* movsxd rax, eax */
 static void zext_eax(struct emitter *em) { emit(em, 2, 0x89, 0xc0); }        /* mov eax, eax */
 
@@ -223,7 +239,8 @@ static bool jit_op(uint8_t op)
 	case OP_ADD: case OP_SUB: case OP_XOR: case OP_OR: case OP_AND:
 	case OP_SLL: case OP_SRL: case OP_SRA:
 	case OP_ADDW: case OP_SUBW: case OP_SLLW: case OP_SRLW: case OP_SRAW:
-	case OP_MUL: case OP_MULW:
+	case OP_MUL: case OP_MULW: case OP_MULH: case OP_MULHU:
+	case OP_SLT: case OP_SLTU: case OP_SLTI: case OP_SLTIU: case OP_AUIPC:
 		return true;
 	}
 	return false;
@@ -332,13 +349,15 @@ static void chain(struct emitter *em, int32_t target)
 	if (at < 0 || at >= (int64_t)PAGE_SIZE)
 		return;
 	const uint8_t *to = NULL;
+	if (at == (int64_t)em->start * 2 && em->loop_mode)
+		return;                  /* self_loop() tried it already */
 	if (at == (int64_t)em->start * 2)
 		to = em->body;
 	else if (em->dp->slot[at / 2].op == OP_JIT)
 		to = em->h->jit_arena + em->dp->slot[at / 2].insn + JIT_PROLOGUE;
 	if (!to)
 		return;
-	uint32_t k = em->count + 1;                       /* with the jump */
+	uint32_t k = em->count + em->pending;
 	emit(em, 4, 0x48, 0x8b, 0x0c, 0x24);              /* mov rcx, [rsp] */
 	emit(em, 3, 0x48, 0x81, 0x39); u32le(em, k);      /* cmp qword [rcx], k */
 	emit(em, 2, 0x0f, 0x8e); uint8_t *j1 = em->p; u32le(em, 0);  /* jle out */
@@ -350,6 +369,103 @@ static void chain(struct emitter *em, int32_t target)
 	emit(em, 5, 0x48, 0x8b, 0x44, 0x24, 0x08);        /* mov rax, [rsp+8] */
 	emit(em, 4, 0x48, 0x89, 0x41, 0x08);              /* mov [rcx+8], rax */
 	byte(em, 0xe9); u32le(em, (uint32_t)(to - (em->p + 4)));  /* jmp to */
+	u32at(j1, (uint32_t)(em->p - (j1 + 4)));
+	u32at(j2, (uint32_t)(em->p - (j2 + 4)));
+}
+
+_Static_assert(sizeof(struct jtc_entry) == 32 && offsetof(struct jtc_entry, word) == 8 &&
+	       offsetof(struct jtc_entry, expect) == 16 && offsetof(struct jtc_entry, code) == 24,
+	       "chain_table reads the jump-target cache by hand");
+
+/* A jump to the pc in rax (registers written back), looked up at run
+ * time in the jump-target cache (h->jtc): when a compiled run starts
+ * there and its page's code-map word is still the one it was compiled
+ * under, go into it, with the checks chain() makes; otherwise fall
+ * through (rax kept) to the return. */
+static void chain_table(struct emitter *em)
+{
+	uint32_t k = em->count + em->pending;
+	uint8_t *out[4];
+	emit(em, 3, 0x48, 0x8b, 0x97); u32le(em, (uint32_t)JTC_OFFSET); /* mov rdx, h->jtc */
+	emit(em, 2, 0x89, 0xc1);                          /* mov ecx, eax */
+	emit(em, 2, 0xd1, 0xe9);                          /* shr ecx, 1 */
+	emit(em, 2, 0x81, 0xe1); u32le(em, JTC_SIZE - 1); /* and ecx, JTC_SIZE-1 */
+	emit(em, 3, 0xc1, 0xe1, 5);                       /* shl ecx, 5 */
+	emit(em, 3, 0x48, 0x01, 0xca);                    /* add rdx, rcx */
+	emit(em, 3, 0x48, 0x3b, 0x02);                    /* cmp rax, [rdx]: pc */
+	emit(em, 2, 0x0f, 0x85); out[0] = em->p; u32le(em, 0);   /* jne out */
+	emit(em, 4, 0x48, 0x8b, 0x4a, 0x08);              /* mov rcx, [rdx+8]: word */
+	emit(em, 2, 0x8b, 0x09);                          /* mov ecx, [rcx] */
+	emit(em, 3, 0x3b, 0x4a, 0x10);                    /* cmp ecx, [rdx+16]: expect */
+	emit(em, 2, 0x0f, 0x85); out[1] = em->p; u32le(em, 0);   /* jne out */
+	emit(em, 4, 0x48, 0x8b, 0x0c, 0x24);              /* mov rcx, [rsp] */
+	emit(em, 3, 0x48, 0x81, 0x39); u32le(em, k);      /* cmp qword [rcx], k */
+	emit(em, 2, 0x0f, 0x8e); out[2] = em->p; u32le(em, 0);   /* jle out */
+	emit(em, 2, 0x81, 0xbf); u32le(em, (uint32_t)REQUESTS_OFFSET); u32le(em, 0);
+	emit(em, 2, 0x0f, 0x85); out[3] = em->p; u32le(em, 0);   /* jne out */
+	emit(em, 3, 0x48, 0x81, 0x29); u32le(em, k);      /* sub qword [rcx], k */
+	emit(em, 4, 0x48, 0x81, 0x41, 0x10); u32le(em, k); /* add qword [rcx+16], k */
+	emit(em, 5, 0x48, 0x89, 0x44, 0x24, 0x08);        /* mov [rsp+8], rax */
+	emit(em, 4, 0x48, 0x89, 0x41, 0x08);              /* mov [rcx+8], rax */
+	emit(em, 3, 0xff, 0x62, 0x18);                    /* jmp [rdx+24]: code */
+	for (unsigned i = 0; i < 4; i++)
+		u32at(out[i], (uint32_t)(em->p - (out[i] + 4)));
+}
+
+/* The end of a taken branch, jal or jalr whose target is in rax, the
+ * registers written back: into the next run when one is known (on this
+ * page, compiled before this one: chain(); anywhere: the jump-target
+ * cache), else return with bit 30 set and the target in the sink x[32];
+ * the jump itself is not counted there, the executor's JUMP counts it. */
+static void leave_to(struct emitter *em, int32_t target, bool direct)
+{
+	if (direct)
+		chain(em, target);
+	chain_table(em);
+	store_guest(em, RAX, 32);
+	byte(em, 0xb8);
+	u32le(em, 1u << 30 | em->bytes << 8 | em->count);
+	epilogue(em);
+}
+
+/* rax = the run's pc + off */
+static void pc_plus(struct emitter *em, int32_t off)
+{
+	emit(em, 5, 0x48, 0x8b, 0x44, 0x24, 0x08);        /* mov rax, [rsp+8] */
+	alu_rax_imm(em, 0, off);
+}
+
+/* The end of a run that falls through to the next instruction (all of
+ * it done): into the run there when one is known, as leave_to does, else
+ * return (bytes << 8 | instructions) as the exit stubs do. */
+static void leave_through(struct emitter *em)
+{
+	write_back(em);
+	int32_t next = (int32_t)em->bytes;
+	em->pending = 0;
+	pc_plus(em, next);
+	chain(em, next);
+	chain_table(em);
+	em->pending = 1;
+	byte(em, 0xb8);                                   /* mov eax, imm32 */
+	u32le(em, em->bytes << 8 | em->count);
+	epilogue(em);
+}
+
+/* Going round a loop (loop_mode): back to loop_entry with the registers
+ * where they are, if the budget left covers the run and no request is
+ * posted, the checks chain() makes; else fall through to the exit. */
+static void self_loop(struct emitter *em)
+{
+	uint32_t k = em->count + 1;
+	emit(em, 4, 0x48, 0x8b, 0x0c, 0x24);              /* mov rcx, [rsp] */
+	emit(em, 3, 0x48, 0x81, 0x39); u32le(em, k);      /* cmp qword [rcx], k */
+	emit(em, 2, 0x0f, 0x8e); uint8_t *j1 = em->p; u32le(em, 0);  /* jle out */
+	emit(em, 2, 0x81, 0xbf); u32le(em, (uint32_t)REQUESTS_OFFSET); u32le(em, 0);
+	emit(em, 2, 0x0f, 0x85); uint8_t *j2 = em->p; u32le(em, 0);  /* jne out */
+	emit(em, 3, 0x48, 0x81, 0x29); u32le(em, k);      /* sub qword [rcx], k */
+	emit(em, 4, 0x48, 0x81, 0x41, 0x10); u32le(em, k); /* add qword [rcx+16], k */
+	byte(em, 0xe9); u32le(em, (uint32_t)(em->loop_entry - (em->p + 4)));  /* jmp */
 	u32at(j1, (uint32_t)(em->p - (j1 + 4)));
 	u32at(j2, (uint32_t)(em->p - (j2 + 4)));
 }
@@ -368,55 +484,18 @@ static void compile_branch(struct emitter *em, const struct dinsn *d, int a, int
 	u32le(em, 0);
 	em->count++;                        /* not taken: done, with the branch */
 	em->bytes += d->len;
-	exit_stub(em);
+	leave_through(em);
 	em->count--;
 	em->bytes -= d->len;
 	u32at(j, (uint32_t)(em->p - (j + 4)));
-	write_back(em);                               /* taken */
-	chain(em, (int32_t)em->bytes + d->imm);
-	byte(em, 0xb8);
-	u32le(em, 1u << 31 | em->bytes << 8 | em->count);
-	epilogue(em);
-}
-
-_Static_assert(sizeof(struct dinsn) == 16 && offsetof(struct dinsn, insn) == 12,
-	       "chain_indirect indexes slots by hand");
-
-/* jalr's target (in rax, registers written back) looked up at run time
- * in this page's own slots, the page being the direct-mapped table: on
- * the same page and a compiled run there, go into it, with the checks
- * chain() makes; otherwise fall through to the return. */
-static void chain_indirect(struct emitter *em)
-{
-	uint32_t k = em->count + 1;
-	uint64_t slots = (uint64_t)(uintptr_t)em->dp->slot;
-	uint64_t code = (uint64_t)(uintptr_t)(em->h->jit_arena + JIT_PROLOGUE);
-	uint8_t *out[4];
-	emit(em, 3, 0x48, 0x89, 0xc1);                    /* mov rcx, rax */
-	emit(em, 5, 0x48, 0x33, 0x4c, 0x24, 0x08);        /* xor rcx, [rsp+8] */
-	emit(em, 4, 0x48, 0xc1, 0xe9, PAGE_SHIFT);        /* shr rcx, 12 */
-	emit(em, 2, 0x0f, 0x85); out[0] = em->p; u32le(em, 0);   /* jnz out */
-	emit(em, 2, 0x89, 0xc1);                          /* mov ecx, eax */
-	emit(em, 2, 0x81, 0xe1); u32le(em, (PAGE_SIZE - 1) & ~1u);  /* and ecx, 0xffe */
-	emit(em, 2, 0x48, 0xba); u32le(em, (uint32_t)slots); u32le(em, (uint32_t)(slots >> 32));
-	emit(em, 4, 0x48, 0x8d, 0x14, 0xca);              /* lea rdx, [rdx + rcx*8] */
-	emit(em, 3, 0x80, 0x3a, OP_JIT);                  /* cmp byte [rdx], OP_JIT */
-	emit(em, 2, 0x0f, 0x85); out[1] = em->p; u32le(em, 0);   /* jne out */
-	emit(em, 4, 0x48, 0x8b, 0x0c, 0x24);              /* mov rcx, [rsp] */
-	emit(em, 3, 0x48, 0x81, 0x39); u32le(em, k);      /* cmp qword [rcx], k */
-	emit(em, 2, 0x0f, 0x8e); out[2] = em->p; u32le(em, 0);   /* jle out */
-	emit(em, 2, 0x81, 0xbf); u32le(em, (uint32_t)REQUESTS_OFFSET); u32le(em, 0);
-	emit(em, 2, 0x0f, 0x85); out[3] = em->p; u32le(em, 0);   /* jne out */
-	emit(em, 3, 0x48, 0x81, 0x29); u32le(em, k);      /* sub qword [rcx], k */
-	emit(em, 4, 0x48, 0x81, 0x41, 0x10); u32le(em, k); /* add qword [rcx+16], k */
-	emit(em, 5, 0x48, 0x89, 0x44, 0x24, 0x08);        /* mov [rsp+8], rax */
-	emit(em, 4, 0x48, 0x89, 0x41, 0x08);              /* mov [rcx+8], rax */
-	emit(em, 3, 0x8b, 0x52, 0x0c);                    /* mov edx, [rdx+12]: insn */
-	emit(em, 2, 0x48, 0xb9); u32le(em, (uint32_t)code); u32le(em, (uint32_t)(code >> 32));
-	emit(em, 3, 0x48, 0x01, 0xca);                    /* add rdx, rcx */
-	emit(em, 2, 0xff, 0xe2);                          /* jmp rdx */
-	for (unsigned i = 0; i < 4; i++)
-		u32at(out[i], (uint32_t)(em->p - (out[i] + 4)));
+	int32_t target = (int32_t)em->bytes + d->imm;  /* taken */
+	if (target == 0)
+		em->loops = true;
+	if (target == 0 && em->loop_mode)
+		self_loop(em);
+	write_back(em);
+	pc_plus(em, target);
+	leave_to(em, target, true);
 }
 
 /* jal or jalr, the last instruction of a run. The link is the run's pc
@@ -442,15 +521,10 @@ static void compile_jump(struct emitter *em, const struct dinsn *d, int a)
 		em->dirty[em->slot_of[d->rd]] = true;
 	}
 	write_back(em);
-	if (indirect) {
-		chain_indirect(em);
-		store_guest(em, RAX, 32);
-	} else {
-		chain(em, (int32_t)em->bytes + d->imm);
-	}
-	byte(em, 0xb8);
-	u32le(em, (indirect ? 1u << 30 : 1u << 31) | em->bytes << 8 | em->count);
-	epilogue(em);
+	int32_t target = (int32_t)em->bytes + d->imm;
+	if (!indirect)
+		pc_plus(em, target);
+	leave_to(em, target, !indirect);
 }
 
 /* Emit one instruction; false if it needs more host registers than are
@@ -463,7 +537,8 @@ static bool compile_one(struct emitter *em, const struct dinsn *d)
 	bool br = branch_op(d->op);
 	bool two = has_rs2(d->op) || st || br;
 	bool jump = jump_op(d->op);
-	unsigned first = d->op == OP_JAL ? d->rd : d->rs1;   /* jal reads no register */
+	/* jal and auipc read no register */
+	unsigned first = d->op == OP_JAL || d->op == OP_AUIPC ? d->rd : d->rs1;
 	unsigned names[3] = { first, two ? d->rs2 : first,
 			      st || br ? first : d->rd };
 	for (unsigned i = 0; i < 3; i++) {
@@ -477,6 +552,10 @@ static bool compile_one(struct emitter *em, const struct dinsn *d)
 	if (jump) {
 		compile_jump(em, d, d->op == OP_JALR ? reg(em, d->rs1, true) : -1);
 		return true;
+	}
+	if (d->op == OP_AUIPC) {
+		pc_plus(em, (int32_t)em->bytes + d->imm);
+		goto result;
 	}
 	int a = reg(em, d->rs1, true);
 	int b = two ? reg(em, d->rs2, true) : -1;
@@ -515,6 +594,19 @@ static bool compile_one(struct emitter *em, const struct dinsn *d)
 		if (d->op == OP_MULW)
 			sext_eax(em);
 		break;
+	case OP_MULH: case OP_MULHU:   /* imul/mul b: rdx:rax */
+		emit(em, 3, 0x48 | (b >= 8 ? 1 : 0), 0xf7,
+		     (d->op == OP_MULH ? 0xe8 : 0xe0) | (b & 7));
+		emit(em, 3, 0x48, 0x89, 0xd0);             /* mov rax, rdx */
+		break;
+	case OP_SLT: case OP_SLTU:     /* cmp rax, b; setl/setb al */
+		emit(em, 3, 0x48 | (b >= 8 ? 4 : 0), 0x39, 0xc0 | (b & 7) << 3);
+		set_flag(em, d->op == OP_SLT);
+		break;
+	case OP_SLTI: case OP_SLTIU:   /* cmp rax, imm32 */
+		emit(em, 3, 0x48, 0x81, 0xf8); u32le(em, (uint32_t)d->imm);
+		set_flag(em, d->op == OP_SLTI);
+		break;
 	case OP_SLL: case OP_SRL: case OP_SRA:
 	case OP_SLLW: case OP_SRLW: case OP_SRAW: {
 		static const uint8_t digit[] = { 4, 5, 7 };
@@ -535,41 +627,37 @@ result:;
 	return true;
 }
 
-/* Compile the run of ALU instructions starting at slot i of dp, decoding
- * the ones after it from the page's bytes; on success turns slot i into
- * OP_JIT. Runs of one instruction are left to the executor. */
-void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
+struct run {
+	unsigned count, bytes;
+	bool ended;            /* with a branch or jump */
+};
+
+/* Emit the run starting at slot i of dp at the arena's free space, as a
+ * loop (loop_mode) when given the emitter of a first pass that found one. */
+static struct run compile_run(struct hart *h, struct dpage *dp, unsigned i,
+			      struct emitter *out, const struct emitter *first_pass)
 {
-	struct dinsn *first = &dp->slot[i];
-	if (!jit_op(first->op) || mem_op(first->op) || final_op(first->op))
-		return;      /* a run starts with ALU work: a memory access that
-			      * left a run is redone by the executor from its slot */
-	if (!h->jit_arena) {
-		void *a = mmap(NULL, JIT_ARENA, PROT_READ | PROT_WRITE | PROT_EXEC,
-			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (a == MAP_FAILED) {
-			h->jit = false;       /* the interpreter will do */
-			return;
-		}
-		h->jit_arena = a;
-	}
-	if (h->jit_used + JIT_MAX_BYTES > JIT_ARENA) {
-		h->jit_full = true;           /* dropped at the next lookup */
-		return;
-	}
 	struct emitter em = { .p = h->jit_arena + h->jit_used, .h = h, .dp = dp, .start = i,
+			      .pending = 1,
 			      .body = h->jit_arena + h->jit_used + JIT_PROLOGUE };
 	memset(em.slot_of, -1, sizeof(em.slot_of));
 	emit(&em, 10, 0x53, 0x55, 0x41, 0x54, 0x41, 0x55, 0x41, 0x56, 0x41, 0x57);  /* push */
 	byte(&em, 0x52);                  /* push rdx: the run's pc, [rsp+8] */
 	byte(&em, 0x51);                  /* push rcx: the jit_io, [rsp] */
+	if (first_pass) {
+		em.loop_mode = true;
+		memcpy(em.slot_of, first_pass->slot_of, sizeof(em.slot_of));
+		memcpy(em.guest_of, first_pass->guest_of, sizeof(em.guest_of));
+		memcpy(em.dirty, first_pass->dirty, sizeof(em.dirty));
+		em.used = first_pass->used;
+		for (unsigned s = 0; s < em.used; s++)
+			load_guest(&em, host_reg[s], em.guest_of[s]);
+		em.loop_entry = em.p;
+	}
 	unsigned count = 0, bytes = 0, at = i;
-	int32_t target = 0;
 	bool ended = false;
-	struct dinsn d = *first;
+	struct dinsn d = dp->slot[i];
 	while (count < JIT_MAX_INSNS && bytes + d.len <= 240 && jit_op(d.op)) {
-		if (branch_op(d.op) || d.op == OP_JAL)
-			target = (int32_t)bytes + d.imm;   /* from the run's start */
 		if (!compile_one(&em, &d))
 			break;
 		if (final_op(d.op)) {
@@ -588,18 +676,66 @@ void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
 		/* decode the next one without touching its slot */
 		code_decode_at(dp->host, at, &d);
 	}
-	if (count < 2)
-		return;                       /* not worth a call: emitted code is dropped */
-	if (!ended)
-		exit_stub(&em);               /* the end: all of it done */
+	bool stopped_at_op = at < DPAGE_SLOTS && !jit_op(d.op);
+	if (!ended && stopped_at_op)
+		exit_stub(&em);               /* the end: all of it done, and the
+					       * executor's work next */
+	else if (!ended)
+		leave_through(&em);           /* cut short: another run may follow */
+	*out = em;
+	return (struct run){ count, bytes, ended };
+}
+
+/* Compile the run of ALU instructions starting at slot i of dp, decoding
+ * the ones after it from the page's bytes; on success turns slot i into
+ * OP_JIT. Runs of one instruction are left to the executor. */
+void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
+{
+	struct dinsn *first = &dp->slot[i];
+	if (!jit_op(first->op))
+		return;
+	if (!h->jit_arena) {
+		void *a = mmap(NULL, JIT_ARENA, PROT_READ | PROT_WRITE | PROT_EXEC,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (a == MAP_FAILED) {
+			h->jit = false;       /* the interpreter will do */
+			return;
+		}
+		h->jit_arena = a;
+	}
+	if (h->jit_used + JIT_MAX_BYTES > JIT_ARENA) {
+		h->jit_full = true;           /* dropped at the next lookup */
+		return;
+	}
+	struct emitter em;
+	struct run r = compile_run(h, dp, i, &em, NULL);
+	if (r.count < 2 && !r.ended)
+		return;      /* not worth a call (emitted code is dropped); a lone
+			      * branch or jump is, for runs to chain through it */
+	if (em.loops) {
+		struct emitter first_pass = em;
+		r = compile_run(h, dp, i, &em, &first_pass);
+	}
 	uint32_t off = h->jit_used;
 	h->jit_used = (uint32_t)(em.p - h->jit_arena + 15) & ~15u;
-	*first = (struct dinsn){ .op = OP_JIT, .rd = (uint8_t)count, .len = (uint8_t)bytes,
-				 .imm = target, .insn = off };
+	*first = (struct dinsn){ .op = OP_JIT, .rd = (uint8_t)r.count, .len = (uint8_t)r.bytes,
+				 .insn = off };
+}
+
+void jtc_clear(struct hart *h)
+{
+	for (unsigned c = 0; h->jtc_filled; c++) {
+		if (!(h->jtc_filled & 1u << c))
+			continue;
+		for (unsigned i = 0; i < JTC_SIZE; i++)
+			h->jtcs[c][i].pc = TLB_NONE;
+		h->jtc_filled &= (uint8_t)~(1u << c);
+	}
 }
 
 void jit_reset(struct hart *h)
 {
+	jtc_clear(h);
 	h->jit_used = 0;
 	h->jit_full = false;
 }

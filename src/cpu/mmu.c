@@ -48,6 +48,7 @@ void tlb_flush_all(struct hart *h)
 		for (unsigned i = 0; i < VPC_SIZE; i++)
 			h->vpcs[c][i].vpn = TLB_NONE;
 	}
+	jtc_clear(h);
 	h->fetch_vpn = TLB_NONE;
 }
 

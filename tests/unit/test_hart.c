@@ -272,6 +272,85 @@ static void calls_and_chained_runs_count_exactly(void **state)
 	}
 }
 
+/* Calls from one page to a function on another and back (the JIT goes
+ * from run to run through its jump-target cache), in all three
+ * executors, with instret exact; then the callee is rewritten behind the
+ * CPU's back (device DMA): the next call runs the new bytes, though the
+ * caller's page and the cache entry for the callee were left as they
+ * were. */
+static void calls_across_pages_run_rewritten_callees(void **state)
+{
+	struct fixture *f = *state;
+	uint32_t prog[] = {
+		ADDI(A1, 0, 20), ADDI(A0, 0, 0),
+		JAL(RA, 0x2040 - 8),                        /* loop: call fn */
+		ADDI(A1, A1, -1), BNE(A1, 0, -8),
+		WFI,
+	};
+	for (int mode = 0; mode < 3; mode++) {  /* decoded, reference, JIT */
+		memcpy(f->code, prog, sizeof(prog));
+		f->code[0x2040 / 4] = ADDI(A0, A0, 3);
+		f->code[0x2044 / 4] = JALR(0, RA, 0);
+		hart_drop_code(f->h);
+		f->h->reference = mode == 1;
+		f->h->jit = mode == 2;
+		for (int round = 0; round < 2; round++) {
+			f->h->pc = RAM_BASE;
+			f->h->wfi = false;
+			f->h->instret = 0;
+			run(f, 1000);
+			assert_int_equal(f->h->x[A0], round ? 100 : 60);
+			assert_int_equal(f->h->x[A1], 0);
+			assert_int_equal(f->h->x[RA], RAM_BASE + 12);
+			assert_int_equal(f->h->instret, 2 + 20 * 5 + 1);
+			assert_int_equal(f->h->pc, RAM_BASE + 6 * 4);
+			f->code[0x2040 / 4] = ADDI(A0, A0, 5);
+			cpu_code_written(&f->t->bus, RAM_BASE + 0x2040, 4);
+		}
+	}
+}
+
+/* A loop compiled as one run that keeps its registers in host registers
+ * while it goes round: a load in it misses the TLB on every new page
+ * (the run leaves at the load), so what the previous round wrote after
+ * the load must be in the registers the executor then sees; the budget
+ * runs out many times on the way. All three executors agree. */
+static void loop_leaving_at_a_load_keeps_its_registers(void **state)
+{
+	struct fixture *f = *state;
+	uint32_t prog[] = {
+		0, 0,                                       /* la a0, buf */
+		ADDI(A1, 0, 100), ADDI(A2, 0, 0), ADDI(A3, 0, 0),
+		ADDI(A2, A2, 1),                            /* loop */
+		LD(T0, A0, 0),
+		ADDI(A0, A0, 1024),
+		(0x33 | A3 << 7 | A3 << 15 | T0 << 20),     /* add a3, a3, t0 */
+		ADDI(A1, A1, -1), BNE(A1, 0, -20),
+		WFI,
+	};
+	la(prog, A0, 0, 0x10000);
+	for (unsigned i = 0; i < 100; i++)
+		memcpy(f->t->ram + 0x10000 + i * 1024, &(uint64_t){ i + 1 }, 8);
+	for (int mode = 0; mode < 3; mode++) {
+		memcpy(f->code, prog, sizeof(prog));
+		hart_drop_code(f->h);
+		tlb_flush_all(f->h);
+		f->h->reference = mode == 1;
+		f->h->jit = mode == 2;
+		f->h->pc = RAM_BASE;
+		f->h->wfi = false;
+		f->h->instret = 0;
+		run(f, 10000);
+		assert_int_equal(f->h->x[A0], RAM_BASE + 0x10000 + 100 * 1024);
+		assert_int_equal(f->h->x[A1], 0);
+		assert_int_equal(f->h->x[A2], 100);
+		assert_int_equal(f->h->x[A3], 100 * 101 / 2);
+		assert_int_equal(f->h->x[T0], 100);
+		assert_int_equal(f->h->instret, 5 + 100 * 6 + 1);
+		assert_int_equal(f->h->pc, RAM_BASE + 12 * 4);
+	}
+}
+
 /* The JIT's templates against the decoded executor: one run of ALU
  * instructions over awkward values (32-bit wrap, shifts by 0 and 63/31). */
 static void jit_run_matches_the_executor(void **state)
@@ -533,6 +612,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(loop_counts_and_retires_exactly, setup, teardown),
 		cmocka_unit_test_setup_teardown(jit_run_matches_the_executor, setup, teardown),
 		cmocka_unit_test_setup_teardown(calls_and_chained_runs_count_exactly, setup, teardown),
+		cmocka_unit_test_setup_teardown(calls_across_pages_run_rewritten_callees, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(loop_leaving_at_a_load_keeps_its_registers, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(fault_inside_a_block_is_precise, setup, teardown),
 		cmocka_unit_test_setup_teardown(mmio_goes_to_the_bus, setup, teardown),
 		cmocka_unit_test_setup_teardown(written_code_runs_new_bytes, setup, teardown),
