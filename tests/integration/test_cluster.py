@@ -86,7 +86,7 @@ IDLE = "console=ttyS0 quiet"
 class Lab:
     """One `ferry lab` for one test."""
 
-    def __init__(self, hosts=3, isolation=None, vm_memory_mib=None):
+    def __init__(self, hosts=3, isolation=None, vm_memory_mib=None, ferryd_env=None):
         need_root("network namespaces for the lab")
         if not shutil.which("etcd"):
             raise Skip("etcd is not installed (apt-get install etcd-server)")
@@ -100,6 +100,7 @@ class Lab:
             self.env["FERRY_LAB_ISOLATION"] = isolation
         if vm_memory_mib:   # ferryd's --vm-memory-mib
             self.env["FERRY_LAB_VM_MEMORY_MIB"] = str(vm_memory_mib)
+        self.env.update(ferryd_env or {})   # reaches every ferryd (test hooks, ferryd.h)
 
     def __enter__(self):
         try:

@@ -64,6 +64,7 @@ struct vm {
 	bool fenced;           /* killed (or left running) by the self-fence */
 	bool published;        /* its HA record is in etcd (ha_agent.c) */
 	bool monitor_done;     /* VM monitoring has looked at its end */
+	int64_t arrived_ms;    /* incoming: when ferry-vm first said it runs (test hook) */
 };
 
 /* host.c */
@@ -100,6 +101,17 @@ void *fence_watch(void *arg);
 
 /* main.c: the heartbeat's lease (0 while it has none) */
 int64_t heartbeat_lease(void);
+
+/*
+ * main.c: test hooks that widen a race's window so that an integration
+ * test can reproduce it every time; 0 (no hook) unless the environment
+ * variable is set to a number of milliseconds. Never set in production.
+ *   FERRYD_TEST_DELAY_ARRIVAL_MS  an incoming VM whose ferry-vm runs the
+ *       guest is still reported "incoming" for this long (a slow resume)
+ *   FERRYD_TEST_DELAY_REMOVE_MS   vm_destroy waits this long after the
+ *       process ended, before the VM's directory is removed
+ */
+long test_delay_ms(const char *var);
 
 /* ha_agent.c: HA records in etcd, the election, the holder's HA pass */
 void ha_agent_start(const char *etcd_urls);

@@ -42,6 +42,13 @@ int64_t heartbeat_lease(void)
 {
 	return current_lease;
 }
+
+long test_delay_ms(const char *var)
+{
+	const char *v = getenv(var);
+	long ms = v ? strtol(v, NULL, 10) : 0;
+	return ms > 0 ? ms : 0;
+}
    /* the heartbeat's own client: shorter timeouts */
 
 static void usage(FILE *f)
