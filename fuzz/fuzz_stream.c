@@ -39,6 +39,17 @@ static uint8_t *ram;
 static int fd = -1;
 static uint64_t sink_sum;
 
+/* An accepted FT_WRITE: whole sectors, inside a disk of the configuration,
+ * its data the rest of its payload. */
+static bool ft_write_inside(const struct mig_section *sec, const struct mig_config *cfg)
+{
+	struct ft_write w;
+	char why[320];
+	return ft_write_decode(sec, &w, why, sizeof(why)) == 0 && w.disk < cfg->ndisks &&
+	       w.off % MIG_FT_SECTOR == 0 && w.len % MIG_FT_SECTOR == 0 && w.len > 0 &&
+	       w.off + w.len <= cfg->disks[w.disk].size && w.data + w.len == sec->data + sec->len;
+}
+
 static void sink(void *opaque, uint64_t pfn, const void *page)
 {
 	(void)opaque;
@@ -100,6 +111,9 @@ static void feed(const uint8_t *data, size_t size, bool use_sink)
 			    (sec.disk >= remote.ndisks ||
 			     sec.disk_off + sec.disk_len > remote.disks[sec.disk].size))
 				abort();        /* the grammar let an extent outside its image */
+			if ((size & 4) && ft_order && sec.type == MIG_SEC_FT_WRITE &&
+			    !ft_write_inside(&sec, &remote))
+				abort();        /* the FT grammar let a write outside its disk */
 			if (sec.type == MIG_SEC_DEVICE &&
 			    (strlen(sec.name) == 0 || sec.state + sec.state_len !=
 			     sec.data + sec.len))

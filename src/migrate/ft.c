@@ -18,7 +18,14 @@
  * virtio-net, each frame tagged with the epoch it was sent in; the frames
  * of epoch n go to the TAP only when EPOCH_ACK(n) arrives, so nobody
  * outside ever sees output of a state the secondary could not resume
- * from. Disk writes of epoch n are flushed before its END is sent.
+ * from. Disk writes get the same rule (docs/stream.md "Output commit for
+ * disks"): virtio-blk holds the writes of epoch n in memory (the guest
+ * reads its own writes from there), they travel in epoch n as FT_WRITE
+ * sections, and only after EPOCH_ACK(n) are they written to the shared
+ * image, which is flushed before epoch n+1's END: so the image never holds
+ * a write of an epoch the secondary might not resume from, and the
+ * secondary, which keeps the writes of its last committed epoch, writes
+ * them again at takeover in case the primary died before it did.
  * A lost secondary (a failed write, no ACK within timeout_ms) leaves the
  * guest running unprotected: held output goes out, FT_UNPROTECTED says so.
  *
@@ -35,8 +42,9 @@
  * link runs the guest twice), `manual` (the default) waits for
  * `ft-takeover` from an arbiter on the control socket. Takeover loads the
  * committed state, takes the disk locks (a second line against split
- * brain: a secondary that cannot lock does not run), starts the guest and
- * announces its MAC.
+ * brain: a secondary that cannot lock does not run), writes the committed
+ * epoch's guest writes to the images, starts the guest and announces its
+ * MAC.
  */
 #include "migrate/ft.h"
 #include "migrate/ft_grammar.h"
@@ -67,13 +75,17 @@
 #define FT_LOCK_WAIT_MS 2000   /* for a dead primary's disk locks to go */
 
 /* FERRY_TEST_FAULT=ft-mid-epoch:N: the primary dies in epoch N (or the
- * first later one with pages) after sending its pages, not its state: the
- * secondary must discard that epoch and run epoch N-1. */
-static void ft_fault_mid_epoch(struct mig_stream *s, uint64_t epoch)
+ * first later one with pages) after sending its pages and guest writes,
+ * not its state: the secondary must discard that epoch and run epoch N-1.
+ * ft-after-ack:N: it dies once epoch N (or the first later one with guest
+ * writes) is acknowledged, before writing that epoch's writes to the
+ * image: the secondary must write them at takeover. */
+static void ft_fault(const char *point, struct mig_stream *s, uint64_t epoch)
 {
 	const char *want = getenv("FERRY_TEST_FAULT");
-	if (want && !strncmp(want, "ft-mid-epoch:", 13) &&
-	    epoch >= strtoull(want + 13, NULL, 10)) {
+	size_t n = strlen(point);
+	if (want && !strncmp(want, point, n) && want[n] == ':' &&
+	    epoch >= strtoull(want + n + 1, NULL, 10)) {
 		mig_flush(s);
 		_exit(9);
 	}
@@ -84,6 +96,12 @@ static uint64_t now_us(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
 }
 
 static void put_le64(uint8_t *p, uint64_t v)
@@ -129,6 +147,7 @@ struct ft {
 	uint64_t pages_last, pages_total, bytes_last, bytes_total;
 	uint64_t commit_us_last, commit_us_total;  /* pause to ACK */
 	uint64_t initial_bytes;
+	uint64_t writes_last, write_bytes_last, write_bytes_total;  /* guest disk writes */
 
 	/* the epoch thread's own */
 	uint64_t npages;
@@ -139,6 +158,8 @@ struct ft {
 	struct sbuf harts[MAX_HARTS];
 	struct sbuf devs[MAX_STATES];
 	uint64_t ticks;
+	struct blk_epoch_writes writes[MIG_MAX_DISKS];  /* each disk's, this epoch */
+	uint8_t *wbuf;                  /* one FT_WRITE section */
 };
 
 static void ft_set_status(struct ft *ft, enum ft_status st, const char *why)
@@ -269,18 +290,82 @@ static uint64_t ft_capture(struct ft *ft, uint64_t epoch)
 	ft->ticks = machine_time(m);
 	if (ft->vmm->net)       /* what the guest sends from now on is the next epoch's */
 		virtio_net_hold_epoch(ft->vmm->net, epoch + 1);
+	for (unsigned i = 0; i < ft->vmm->ndisks; i++)  /* and what it writes */
+		if (ft->vmm->blk[i])
+			ft->writes[i] = virtio_blk_hold_epoch(ft->vmm->blk[i], epoch + 1);
 	return n;
 }
 
-static void ft_flush_disks(struct ft *ft)
+static int ft_flush_disks(struct ft *ft)
+{
+	int r = 0;
+	for (unsigned i = 0; i < ft->vmm->ndisks; i++)
+		if (ft->vmm->blk[i] && disk_flush(virtio_blk_disk(ft->vmm->blk[i])))
+			r = -1;
+	return r;
+}
+
+/* Hold the guest's disk writes from epoch 1 on (ft-start). */
+static void ft_hold_disks(struct ft *ft)
 {
 	for (unsigned i = 0; i < ft->vmm->ndisks; i++)
 		if (ft->vmm->blk[i])
-			disk_flush(virtio_blk_disk(ft->vmm->blk[i]));
+			virtio_blk_hold_start(ft->vmm->blk[i], 1);
+}
+
+/* The secondary has epoch `epoch`: its writes go to the images. */
+static int ft_apply_writes(struct ft *ft, uint64_t epoch, char *err, size_t errlen)
+{
+	for (unsigned i = 0; i < ft->vmm->ndisks; i++)
+		if (ft->vmm->blk[i] && virtio_blk_hold_apply(ft->vmm->blk[i], epoch, err, errlen))
+			return -1;
+	return 0;
+}
+
+/* FT is over: write out everything held and write straight from now on. */
+static void ft_release_disks(struct ft *ft)
+{
+	char err[320] = "";
+	for (unsigned i = 0; i < ft->vmm->ndisks; i++)
+		if (ft->vmm->blk[i] && virtio_blk_hold_stop(ft->vmm->blk[i], err, sizeof(err)))
+			fprintf(stderr, "ferry-vm: fault tolerance: the guest's held writes: %s\n",
+				err);
+}
+
+/* The epoch's guest writes, as FT_WRITE sections of at most
+ * MIG_FT_WRITE_MAX bytes; counts them in *writes and *bytes. */
+static int ft_send_writes(struct ft *ft, struct mig_stream *s, uint64_t *writes,
+			  uint64_t *bytes)
+{
+	*writes = *bytes = 0;
+	for (unsigned i = 0; i < ft->vmm->ndisks; i++) {
+		const struct blk_write *w = ft->writes[i].first;
+		for (uint64_t k = 0; k < ft->writes[i].count; k++) {
+			if (k)  /* not the last one's next: the guest may be appending */
+				w = w->next;
+			for (uint64_t done = 0; done < w->len;) {
+				uint64_t n = w->len - done;
+				if (n > MIG_FT_WRITE_MAX)
+					n = MIG_FT_WRITE_MAX;
+				put_le32(ft->wbuf, i);
+				put_le32(ft->wbuf + 4, 0);
+				put_le64(ft->wbuf + 8, w->off + done);
+				memcpy(ft->wbuf + MIG_FT_WRITE_HDR, w->data + done, n);
+				if (mig_write_section(s, MIG_SEC_FT_WRITE, ft->wbuf,
+						      MIG_FT_WRITE_HDR + n))
+					return -1;
+				done += n;
+			}
+		}
+		*writes += ft->writes[i].count;
+		*bytes += ft->writes[i].bytes;
+	}
+	return 0;
 }
 
 /* Send the captured epoch; the guest runs meanwhile. */
-static int ft_send_epoch(struct ft *ft, struct mig_stream *s, uint64_t epoch, uint64_t n)
+static int ft_send_epoch(struct ft *ft, struct mig_stream *s, uint64_t epoch, uint64_t n,
+			 uint64_t *writes, uint64_t *write_bytes)
 {
 	struct machine *m = ft->vmm->machine;
 	uint8_t num[8];
@@ -293,17 +378,24 @@ static int ft_send_epoch(struct ft *ft, struct mig_stream *s, uint64_t epoch, ui
 		if (mig_put_page(s, ft->pfns[i], page))
 			return -1;
 	}
-	if (mig_flush_pages(s))
+	if (mig_flush_pages(s) || ft_send_writes(ft, s, writes, write_bytes))
 		return -1;
 	if (n)
-		ft_fault_mid_epoch(s, epoch);
+		ft_fault("ft-mid-epoch", s, epoch);
 	int r = 0;
 	for (unsigned i = 0; i < m->nharts && !r; i++)
 		r = mig_write_cpu(s, i, HART_STATE_VERSION, ft->harts[i].data, ft->harts[i].len);
 	for (unsigned i = 0; i < m->nstates && !r; i++)
 		r = mig_write_device(s, m->states[i].ops->name, m->states[i].ops->version,
 				     ft->devs[i].data, ft->devs[i].len);
-	ft_flush_disks(ft);     /* the epoch's writes are stable before it is acked */
+	/* the writes of the epochs before, applied since their ACK, are stable
+	 * before this one is acked (the secondary then forgets them) */
+	if (!r && ft_flush_disks(ft)) {
+		char why[300];
+		snprintf(why, sizeof(why), "flushing the guest's disks: %s", strerror(errno));
+		mig_send_error(s, why);
+		return -1;
+	}
 	if (r || mig_write_clock(s, ft->ticks) ||
 	    mig_write_digest(s, mig_digest_of_hashes(ft->hash, ft->npages, m->ram_size)) ||
 	    mig_write_end(s) || mig_flush(s))
@@ -353,7 +445,8 @@ static bool ft_sleep_until(struct ft *ft, uint64_t deadline_us)
 }
 
 static void ft_note_epoch(struct ft *ft, uint64_t epoch, uint64_t pages, uint64_t bytes,
-			  uint64_t pause_us, uint64_t commit_us)
+			  uint64_t pause_us, uint64_t commit_us, uint64_t writes,
+			  uint64_t write_bytes)
 {
 	bool first;
 	pthread_mutex_lock(&ft->lock);
@@ -370,6 +463,9 @@ static void ft_note_epoch(struct ft *ft, uint64_t epoch, uint64_t pages, uint64_
 	ft->bytes_total += bytes;
 	ft->commit_us_last = commit_us;
 	ft->commit_us_total += commit_us;
+	ft->writes_last = writes;
+	ft->write_bytes_last = write_bytes;
+	ft->write_bytes_total += write_bytes;
 	if (first)
 		ft->sync_ms = mig_now_ms() - ft->start_ms;
 	pthread_mutex_unlock(&ft->lock);
@@ -413,18 +509,22 @@ static int ft_run(struct ft *ft, struct mig_stream *s, char *err, size_t errlen)
 		machine_resume(m);
 		uint64_t pause_us = now_us() - t0;
 		next = t0 + ft->epoch_ms * 1000;
-		uint64_t before = mig_stream_bytes_out(s);
-		if (ft_send_epoch(ft, s, epoch, n)) {
+		uint64_t before = mig_stream_bytes_out(s), writes, write_bytes;
+		if (ft_send_epoch(ft, s, epoch, n, &writes, &write_bytes)) {
 			snprintf(err, errlen, "sending epoch %llu: %s", (unsigned long long)epoch,
 				 mig_stream_error(s));
 			return -1;
 		}
 		if (ft_wait_ack(ft, s, epoch, err, errlen))
 			return -1;
+		if (writes)
+			ft_fault("ft-after-ack", s, epoch);
 		if (ft->vmm->net)
 			virtio_net_hold_release(ft->vmm->net, epoch);
+		if (ft_apply_writes(ft, epoch, err, errlen))
+			return -1;
 		ft_note_epoch(ft, epoch, n, mig_stream_bytes_out(s) - before, pause_us,
-			      now_us() - t0);
+			      now_us() - t0, writes, write_bytes);
 	}
 }
 
@@ -445,6 +545,7 @@ static void *ft_thread(void *arg)
 	/* unprotected or stopped, the guest runs alone: its output is its own */
 	if (ft->vmm->net)
 		virtio_net_hold_stop(ft->vmm->net, true);
+	ft_release_disks(ft);
 	if (r == 0) {
 		mig_send_error(s, "the primary ended fault tolerance");
 		ft_set_status(ft, FT_STOPPED, NULL);
@@ -474,6 +575,7 @@ static void ft_free(struct ft *ft)
 	free(ft->hash);
 	free(ft->buf);
 	free(ft->pfns);
+	free(ft->wbuf);
 	if (ft->wake[0] >= 0) {
 		close(ft->wake[0]);
 		close(ft->wake[1]);
@@ -528,11 +630,12 @@ static struct ft *ft_new(struct vmm *v)
 	ft->npages = m->ram_size / PAGE_SIZE;
 	ft->bitmap = calloc((ft->npages + 63) / 64, sizeof(uint64_t));
 	ft->hash = calloc(ft->npages, sizeof(uint64_t));
+	ft->wbuf = malloc(MIG_FT_WRITE_HDR + MIG_FT_WRITE_MAX);
 	for (unsigned i = 0; i < MAX_HARTS; i++)
 		sbuf_init(&ft->harts[i]);
 	for (unsigned i = 0; i < MAX_STATES; i++)
 		sbuf_init(&ft->devs[i]);
-	if (!ft->bitmap || !ft->hash || pipe2(ft->wake, O_CLOEXEC)) {
+	if (!ft->bitmap || !ft->hash || !ft->wbuf || pipe2(ft->wake, O_CLOEXEC)) {
 		ft_free(ft);
 		return NULL;
 	}
@@ -586,13 +689,16 @@ json_t *ft_cmd_start(void *ctx, json_t *args, const char **cls, char *err, size_
 	ft->timeout_ms = timeout_ms;
 	ft->start_ms = mig_now_ms();
 	ft->status = FT_SYNCING;
-	/* output from here on waits for the secondary's acknowledgement */
+	/* output and disk writes from here on wait for the secondary's
+	 * acknowledgement */
 	if (v->net)
 		virtio_net_hold_start(v->net, 1);
+	ft_hold_disks(ft);
 	int e = pthread_create(&ft->thread, NULL, ft_thread, ft);
 	if (e) {
 		if (v->net)
 			virtio_net_hold_stop(v->net, true);
+		ft_release_disks(ft);
 		snprintf(err, errlen, "cannot start the FT thread: %s", strerror(e));
 		ft_free(ft);
 		return NULL;
@@ -622,9 +728,16 @@ json_t *ft_cmd_stop(void *ctx, json_t *args, const char **cls, char *err, size_t
 
 static json_t *ft_primary_figures(struct ft *ft)
 {
-	uint64_t frames = 0, bytes = 0;
+	uint64_t frames = 0, bytes = 0, writes = 0, write_bytes = 0;
 	if (ft->vmm->net)
 		virtio_net_held(ft->vmm->net, &frames, &bytes);
+	for (unsigned i = 0; i < ft->vmm->ndisks; i++) {
+		uint64_t w = 0, b = 0;
+		if (ft->vmm->blk[i])
+			virtio_blk_held(ft->vmm->blk[i], &w, &b);
+		writes += w;
+		write_bytes += b;
+	}
 	pthread_mutex_lock(&ft->lock);
 	uint64_t n = ft->acked ? ft->acked : 1;
 	json_t *r = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I}",
@@ -644,6 +757,11 @@ static json_t *ft_primary_figures(struct ft *ft)
 			    json_integer((json_int_t)(ft->commit_us_total / n)));
 	json_object_set_new(r, "held_frames", json_integer((json_int_t)frames));
 	json_object_set_new(r, "held_bytes", json_integer((json_int_t)bytes));
+	json_object_set_new(r, "held_writes", json_integer((json_int_t)writes));
+	json_object_set_new(r, "held_write_bytes", json_integer((json_int_t)write_bytes));
+	json_object_set_new(r, "write_bytes_last", json_integer((json_int_t)ft->write_bytes_last));
+	json_object_set_new(r, "write_bytes_per_epoch",
+			    json_integer((json_int_t)(ft->write_bytes_total / n)));
 	if (ft->error[0])
 		json_object_set_new(r, "error", json_string(ft->error));
 	pthread_mutex_unlock(&ft->lock);
@@ -675,6 +793,13 @@ struct ft_state {
 	unsigned n, cap;
 };
 
+/* An epoch's guest writes (FT_WRITE), in the order they were made. */
+struct ft_writes {
+	struct ft_write *w;             /* each w[i].data is our own copy */
+	size_t n, cap;
+	uint64_t bytes;
+};
+
 struct ft_secondary {
 	struct vmm *vmm;
 	pthread_mutex_t lock;
@@ -697,7 +822,36 @@ struct ft_secondary {
 	uint64_t nstage, stage_cap;
 	bool digest_ok;
 	struct ft_state pending, committed_state;
+	struct ft_writes pending_writes, committed_writes;
 };
+
+static void ft_writes_clear(struct ft_writes *ws)
+{
+	for (size_t i = 0; i < ws->n; i++)
+		free((void *)ws->w[i].data);
+	ws->n = 0;
+	ws->bytes = 0;
+}
+
+static int ft_writes_add(struct ft_writes *ws, const struct ft_write *w)
+{
+	if (ws->n == ws->cap) {
+		size_t cap = ws->cap ? ws->cap * 2 : 64;
+		struct ft_write *a = realloc(ws->w, cap * sizeof(*a));
+		if (!a)
+			return -1;
+		ws->w = a;
+		ws->cap = cap;
+	}
+	uint8_t *data = malloc(w->len);
+	if (!data)
+		return -1;
+	memcpy(data, w->data, w->len);
+	ws->w[ws->n] = *w;
+	ws->w[ws->n++].data = data;
+	ws->bytes += w->len;
+	return 0;
+}
 
 static void ft_state_clear(struct ft_state *st)
 {
@@ -766,6 +920,24 @@ static void ft_sink(void *opaque, uint64_t pfn, const void *page)
 	sec->stage_pfn[sec->nstage++] = pfn;
 }
 
+/* A guest write of the epoch under way (its bounds are the grammar's). */
+static int ft_stage_write(struct ft_secondary *sec, const struct mig_section *in, char *err,
+			  size_t errlen)
+{
+	struct ft_write w;
+	if (ft_write_decode(in, &w, err, errlen))
+		return -1;
+	if (w.disk >= sec->vmm->ndisks || !sec->vmm->blk[w.disk]) {
+		snprintf(err, errlen, "a guest write to disk %u, which is not here", w.disk);
+		return -1;
+	}
+	if (ft_writes_add(&sec->pending_writes, &w)) {
+		snprintf(err, errlen, "out of memory for the epoch's disk writes");
+		return -1;
+	}
+	return 0;
+}
+
 /* RAM as it would be with the stage applied: does it match the digest? */
 static bool ft_stage_matches(struct ft_secondary *sec, uint64_t digest, uint64_t ram_size)
 {
@@ -789,6 +961,12 @@ static void ft_commit(struct ft_secondary *sec, uint64_t epoch, uint64_t digest)
 	sec->committed_state = sec->pending;
 	sec->pending = t;
 	ft_state_clear(&sec->pending);
+	/* the primary flushed the writes of the epochs before this one to the
+	 * images before sending its END: only this epoch's may be missing */
+	struct ft_writes tw = sec->committed_writes;
+	sec->committed_writes = sec->pending_writes;
+	sec->pending_writes = tw;
+	ft_writes_clear(&sec->pending_writes);
 	sec->nstage = 0;
 	sec->staging = false;
 	pthread_mutex_lock(&sec->lock);
@@ -844,6 +1022,13 @@ static int ft_receive(struct ft_secondary *sec, struct mig_stream *s,
 			sec->nstage = 0;
 			sec->digest_ok = false;
 			ft_state_clear(&sec->pending);
+			ft_writes_clear(&sec->pending_writes);
+			break;
+		case MIG_SEC_FT_WRITE:
+			if (ft_stage_write(sec, &in, err, errlen)) {
+				mig_send_error(s, err);
+				goto out;
+			}
 			break;
 		case MIG_SEC_DIGEST:
 			digest = in.digest;
@@ -882,6 +1067,7 @@ out:
 		sec->staging = false;
 		sec->nstage = 0;
 		ft_state_clear(&sec->pending);
+		ft_writes_clear(&sec->pending_writes);
 	}
 	mig_stream_set_sink(s, NULL, NULL);
 	ft_grammar_free(&g);
@@ -976,6 +1162,31 @@ static bool ft_await_decision(struct ft_secondary *sec)
 	return !sec_quitting(v);
 }
 
+/* With the disks locked: the committed epoch's guest writes, which the
+ * primary may have died before writing, go to the images, in order, and
+ * are flushed (writing again what it did write changes nothing). */
+static int ft_replay_writes(struct ft_secondary *sec, char *err, size_t errlen)
+{
+	struct vmm *v = sec->vmm;
+	const struct ft_writes *ws = &sec->committed_writes;
+	for (size_t i = 0; i < ws->n; i++) {
+		struct disk *d = virtio_blk_disk(v->blk[ws->w[i].disk]);
+		if (disk_write(d, ws->w[i].data, ws->w[i].len, ws->w[i].off)) {
+			snprintf(err, errlen, "writing epoch %llu's guest writes to %s: %s: "
+				 "refusing to run", (unsigned long long)sec->committed, d->path,
+				 strerror(errno));
+			return -1;
+		}
+	}
+	for (unsigned i = 0; i < v->ndisks; i++)
+		if (v->blk[i] && disk_flush(virtio_blk_disk(v->blk[i]))) {
+			snprintf(err, errlen, "flushing %s: %s: refusing to run",
+				 virtio_blk_disk(v->blk[i])->path, strerror(errno));
+			return -1;
+		}
+	return 0;
+}
+
 /* Run the guest from the committed epoch. */
 static int ft_take_over(struct ft_secondary *sec, char *err, size_t errlen)
 {
@@ -1011,6 +1222,8 @@ static int ft_take_over(struct ft_secondary *sec, char *err, size_t errlen)
 			 "still run it, so it does not run here", why ? why : "no reason");
 		return -1;
 	}
+	if (ft_replay_writes(sec, err, errlen))
+		return -1;
 	v->in = NULL;
 	if (machine_start(m)) {
 		snprintf(err, errlen, "cannot start threads");
@@ -1020,8 +1233,12 @@ static int ft_take_over(struct ft_secondary *sec, char *err, size_t errlen)
 	sec_set_status(sec, SEC_RUNNING, NULL);
 	fprintf(stderr, "ferry-vm: FT secondary: took over at epoch %llu\n",
 		(unsigned long long)sec->committed);
-	vmm_event(v, "FT_FAILOVER", json_pack("{s:I, s:I}", "epoch", (json_int_t)sec->committed,
-					      "discarded_epoch", (json_int_t)sec->discarded));
+	vmm_event(v, "FT_FAILOVER", json_pack("{s:I, s:I, s:I, s:I}", "epoch",
+					      (json_int_t)sec->committed, "discarded_epoch",
+					      (json_int_t)sec->discarded, "replayed_writes",
+					      (json_int_t)sec->committed_writes.n,
+					      "replayed_write_bytes",
+					      (json_int_t)sec->committed_writes.bytes));
 	vmm_event(v, "RESUME", json_object());
 	return 0;
 }
@@ -1092,6 +1309,10 @@ void ft_secondary_free(struct ft_secondary *sec)
 	ft_state_clear(&sec->committed_state);
 	free(sec->pending.rec);
 	free(sec->committed_state.rec);
+	ft_writes_clear(&sec->pending_writes);
+	ft_writes_clear(&sec->committed_writes);
+	free(sec->pending_writes.w);
+	free(sec->committed_writes.w);
 	free(sec->hash);
 	free(sec->scratch);
 	free(sec->stage);

@@ -4,7 +4,9 @@
  * After CONFIG the primary sends the initial copy (RAM sections only),
  * then epochs, each EPOCH(n) with n = 1, 2, 3, ... followed by a body in
  * grammar.h's order (RAM*, every hart, every device, CLOCK, DIGEST, END;
- * never POSTCOPY: an epoch is whole or it is nothing). Pure bookkeeping,
+ * never POSTCOPY: an epoch is whole or it is nothing). The epoch's guest
+ * writes (FT_WRITE) come with its pages, before its state, each whole
+ * sectors inside a disk of the configuration. Pure bookkeeping,
  * like grammar.c, so the fuzzer runs it as is (fuzz/fuzz_stream.c).
  */
 #include "migrate/ft_grammar.h"
@@ -21,6 +23,61 @@ static uint64_t get_le64(const uint8_t *p)
 	for (int i = 7; i >= 0; i--)
 		v = v << 8 | p[i];
 	return v;
+}
+
+static uint32_t get_le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	       (uint32_t)p[3] << 24;
+}
+
+int ft_write_decode(const struct mig_section *sec, struct ft_write *w, char *err,
+		    size_t errlen)
+{
+	const char *bad = NULL;
+	if (sec->len < MIG_FT_WRITE_HDR + MIG_FT_SECTOR)
+		bad = "shorter than one sector";
+	else if (get_le32(sec->data + 4))
+		bad = "reserved word not 0";
+	else {
+		w->disk = get_le32(sec->data);
+		w->off = get_le64(sec->data + 8);
+		w->len = sec->len - MIG_FT_WRITE_HDR;
+		w->data = sec->data + MIG_FT_WRITE_HDR;
+		if (w->off % MIG_FT_SECTOR || w->len % MIG_FT_SECTOR)
+			bad = "not whole sectors";
+	}
+	if (bad) {
+		snprintf(err, errlen, "FT stream: 'ft-write' at offset %llu: %s",
+			 (unsigned long long)sec->offset, bad);
+		return -1;
+	}
+	return 0;
+}
+
+/* A guest write: in an epoch, among its pages, inside its disk. */
+static int ft_grammar_write(struct ft_grammar *g, const struct mig_section *sec, char *err,
+			    size_t errlen)
+{
+	struct ft_write w;
+	if (!g->in_epoch || ((struct mig_grammar *)g->body)->phase != MIG_G_RAM) {
+		snprintf(err, errlen, "FT stream out of order: a guest write at offset %llu "
+			 "%s", (unsigned long long)sec->offset, g->in_epoch ?
+			 "after the epoch's state began" : "outside an epoch");
+		return -1;
+	}
+	if (ft_write_decode(sec, &w, err, errlen))
+		return -1;
+	unsigned ndisks = g->cfg->ndisks < MIG_MAX_DISKS ? g->cfg->ndisks : MIG_MAX_DISKS;
+	if (w.disk >= ndisks || w.off > g->cfg->disks[w.disk].size ||
+	    w.len > g->cfg->disks[w.disk].size - w.off) {
+		snprintf(err, errlen, "FT stream: 'ft-write' at offset %llu: %llu bytes at %llu "
+			 "of disk %u, which %s", (unsigned long long)sec->offset,
+			 (unsigned long long)w.len, (unsigned long long)w.off, w.disk,
+			 w.disk >= ndisks ? "the configuration does not have" : "it overruns");
+		return -1;
+	}
+	return 0;
 }
 
 void ft_grammar_init(struct ft_grammar *g, const struct mig_config *cfg)
@@ -43,6 +100,8 @@ int ft_grammar_step(struct ft_grammar *g, const struct mig_section *sec, char *e
 			 "runs on a shared datastore only", (unsigned long long)sec->offset);
 		return -1;
 	}
+	if (sec->type == MIG_SEC_FT_WRITE)
+		return ft_grammar_write(g, sec, err, errlen);
 	if (sec->type == MIG_SEC_EPOCH) {
 		uint64_t n = get_le64(sec->data);
 		if (g->in_epoch || n != g->epoch + 1) {

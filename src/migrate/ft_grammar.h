@@ -2,10 +2,11 @@
  * ft_grammar.h - the order of sections in a fault-tolerance stream
  * (docs/stream.md "Fault tolerance"). After CONFIG:
  *
- *   RAM*  ( EPOCH(n)  RAM* CPU(0)..CPU(N-1) DEVICE(d0)..DEVICE(dK-1) CLOCK
- *           DIGEST END )*
+ *   RAM*  ( EPOCH(n)  (RAM | FT_WRITE)*  CPU(0)..CPU(N-1)
+ *           DEVICE(d0)..DEVICE(dK-1) CLOCK DIGEST END )*
  *
- * with n = 1, 2, 3, ... and each epoch's body checked by grammar.h.
+ * with n = 1, 2, 3, ... and each epoch's body checked by grammar.h; an
+ * FT_WRITE (a guest write of the epoch) lies inside its disk.
  */
 #ifndef FERRY_FT_GRAMMAR_H
 #define FERRY_FT_GRAMMAR_H
@@ -23,6 +24,17 @@ struct ft_grammar {
 	bool in_epoch;
 	void *body;             /* struct mig_grammar of the epoch under way */
 };
+
+/* An FT_WRITE section's payload. */
+struct ft_write {
+	uint32_t disk;
+	uint64_t off, len;              /* bytes, whole sectors */
+	const uint8_t *data;
+};
+/* Decode sec (an FT_WRITE) into w: 0, or -1 with the reason in err. The
+ * disk's bounds are the grammar's: ft_grammar_step checks them. */
+int ft_write_decode(const struct mig_section *sec, struct ft_write *w, char *err,
+		    size_t errlen);
 
 void ft_grammar_init(struct ft_grammar *g, const struct mig_config *cfg);
 void ft_grammar_free(struct ft_grammar *g);

@@ -169,6 +169,8 @@ static const struct section_kind section_kinds[] = {
 	{ MIG_SEC_DISK,            "disk",            MIG_DISK_HDR,
 						      MIG_DISK_HDR + MIG_DISK_EXTENT_MAX },
 	{ MIG_SEC_DISK_DIGEST,     "disk-digest",     16, 16 },
+	{ MIG_SEC_FT_WRITE,        "ft-write",        MIG_FT_WRITE_HDR + MIG_FT_SECTOR,
+						      MIG_FT_WRITE_HDR + MIG_FT_WRITE_MAX },
 	{ MIG_SEC_READY,           "ready",           0,  4096 },
 	{ MIG_SEC_ACK,             "ack",             0,  4096 },
 	{ MIG_SEC_ERROR,           "error",           0,  4096 },

@@ -54,6 +54,7 @@ enum mig_section_type {
 	MIG_SEC_END             = 0x007,        /* no more state */
 	MIG_SEC_DISK            = 0x008,        /* disks: copy: an extent of a disk image */
 	MIG_SEC_DISK_DIGEST     = 0x009,        /* disks: copy: u32 disk, u32 0, u64 digest */
+	MIG_SEC_FT_WRITE        = 0x00a,        /* FT: a guest write of the epoch (ft_grammar.h) */
 
 	MIG_SEC_READY           = 0x101,        /* ready to receive */
 	MIG_SEC_ACK             = 0x102,        /* the last step succeeded */
@@ -83,6 +84,11 @@ enum mig_page_encoding {
 #define MIG_DISK_EXTENT_MAX     (1u << 20)
 #define MIG_DISK_HDR            24
 enum mig_disk_kind { MIG_DISK_ZERO = 0, MIG_DISK_DATA = 1 };
+/* Fault tolerance: FT_WRITE carries one guest write of an epoch, u32 disk,
+ * u32 0, u64 offset, then the data: whole sectors (ft_grammar.c checks). */
+#define MIG_FT_WRITE_HDR        16
+#define MIG_FT_WRITE_MAX        (1u << 20)
+#define MIG_FT_SECTOR           512
 
 /* ---- Machine configuration (the CONFIG section) ------------------------------ */
 #define MIG_MAX_DEVICES         32

@@ -23,6 +23,16 @@
  * after letting go) first tries to take the lock, and fails with IOERR if
  * another process holds it, so two hosts never write one image.
  *
+ * Fault tolerance (migrate/ft.c, docs/stream.md "Output commit for
+ * disks"): while a hold is on, a write does not reach the image. Its data
+ * is copied into a log, tagged with the epoch it was made in, and the
+ * guest sees it complete at once; reads are served from the image and then
+ * overlaid with the log, oldest first, so the guest reads its own writes.
+ * ft.c sends each epoch's writes with its checkpoint and, once the
+ * secondary has acknowledged that epoch, writes them to the image in
+ * order (virtio_blk_hold_apply). A FLUSH completes at once while holding:
+ * the checkpoint, not the image, is what makes a held write durable.
+ *
  * Storage move: virtio/blk.h hands the disk and the device lock to
  * storage/diskmove.c, which watches writes through the disk's on_write
  * and swaps the image while it holds the lock. The serial (GET_ID) keeps
@@ -50,6 +60,12 @@ struct blk {
 	char serial[BLK_ID_BYTES];
 	bool lock_warned;
 	struct iovec iov[VQ_MAX_SEGS];
+
+	/* writes held for fault tolerance (under vdev.lock; see the top) */
+	bool holding;
+	uint64_t hold_epoch;            /* writes made now belong to this epoch */
+	struct blk_write *held, **held_tail;
+	uint64_t held_count, held_bytes;
 };
 
 static struct blk *to_blk(struct virtio_dev *d)
@@ -97,6 +113,44 @@ static uint8_t blk_transfer(struct blk *b, const struct vq_req *r, bool in,
 	return ret ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK;
 }
 
+/* ---- writes held for fault tolerance --------------------------------------- */
+
+/* Keep a write of the epoch under way instead of writing the image. */
+static uint8_t blk_hold_write(struct blk *b, const struct vq_req *r, uint64_t len,
+			      uint64_t pos)
+{
+	struct blk_write *w = malloc(sizeof(*w) + len);
+	if (!w)
+		return VIRTIO_BLK_S_IOERR;      /* the guest sees it fail: nothing lost */
+	w->next = NULL;
+	w->epoch = b->hold_epoch;
+	w->off = pos;
+	w->len = len;
+	if (vq_req_read(&b->vdev, r, BLK_HDR_SIZE, w->data, len) != len) {
+		free(w);
+		return VIRTIO_BLK_S_IOERR;
+	}
+	*b->held_tail = w;
+	b->held_tail = &w->next;
+	b->held_count++;
+	b->held_bytes += len;
+	return VIRTIO_BLK_S_OK;
+}
+
+/* After a read of [pos, pos+len) from the image: lay the held writes that
+ * overlap it over the guest's buffers, oldest first, so the newest wins. */
+static void blk_overlay_held(struct blk *b, const struct vq_req *r, uint64_t len,
+			     uint64_t pos)
+{
+	for (const struct blk_write *w = b->held; w; w = w->next) {
+		uint64_t from = w->off > pos ? w->off : pos;
+		uint64_t to = w->off + w->len < pos + len ? w->off + w->len : pos + len;
+		if (from < to)
+			vq_req_write(&b->vdev, r, from - pos, w->data + (from - w->off),
+				     to - from);
+	}
+}
+
 static uint8_t blk_rw(struct blk *b, const struct vq_req *r, bool in, uint64_t sector,
 		      uint32_t *written)
 {
@@ -112,7 +166,13 @@ static uint8_t blk_rw(struct blk *b, const struct vq_req *r, bool in, uint64_t s
 		return VIRTIO_BLK_S_IOERR;
 	if (!blk_owns_image(b))
 		return VIRTIO_BLK_S_IOERR;
-	return blk_transfer(b, r, in, in ? 0 : BLK_HDR_SIZE, len, sector * SECTOR_SIZE);
+	if (b->holding && !in)
+		return len ? blk_hold_write(b, r, len, sector * SECTOR_SIZE) : VIRTIO_BLK_S_OK;
+	uint8_t status = blk_transfer(b, r, in, in ? 0 : BLK_HDR_SIZE, len,
+				      sector * SECTOR_SIZE);
+	if (in && status == VIRTIO_BLK_S_OK)
+		blk_overlay_held(b, r, len, sector * SECTOR_SIZE);
+	return status;
 }
 
 static uint8_t blk_get_id(struct blk *b, const struct vq_req *r, uint32_t *written)
@@ -126,6 +186,8 @@ static uint8_t blk_get_id(struct blk *b, const struct vq_req *r, uint32_t *writt
 
 static uint8_t blk_flush(struct blk *b)
 {
+	if (b->holding)
+		return VIRTIO_BLK_S_OK;         /* held writes: the checkpoint keeps them */
 	if (!blk_owns_image(b) || disk_flush(&b->disk))
 		return VIRTIO_BLK_S_IOERR;
 	return VIRTIO_BLK_S_OK;
@@ -204,7 +266,9 @@ static int blk_acquire(struct virtio_dev *d, const char **why)
 static void blk_destroy(struct virtio_dev *d)
 {
 	struct blk *b = to_blk(d);
-	char err[256];
+	char err[256] = "";
+	if (b->holding && virtio_blk_hold_stop(d, err, sizeof(err)))
+		fprintf(stderr, "ferry-vm: %s: held writes: %s\n", d->state_name, err);
 	if (b->disk.locked)
 		disk_unlock(&b->disk, err, sizeof(err));
 	disk_close(&b->disk);
@@ -224,6 +288,104 @@ void virtio_blk_quiesce(struct virtio_dev *d)
 
 void virtio_blk_unquiesce(struct virtio_dev *d)
 {
+	pthread_mutex_unlock(&d->lock);
+}
+
+/* ---- writes held for fault tolerance (virtio/blk.h) ---------------------------- */
+
+void virtio_blk_hold_start(struct virtio_dev *d, uint64_t epoch)
+{
+	struct blk *b = to_blk(d);
+	pthread_mutex_lock(&d->lock);
+	if (!b->holding) {
+		b->held = NULL;
+		b->held_tail = &b->held;
+	}
+	b->holding = true;
+	b->hold_epoch = epoch;
+	pthread_mutex_unlock(&d->lock);
+}
+
+struct blk_epoch_writes virtio_blk_hold_epoch(struct virtio_dev *d, uint64_t epoch)
+{
+	struct blk *b = to_blk(d);
+	struct blk_epoch_writes ew = { NULL, 0, 0 };
+	pthread_mutex_lock(&d->lock);
+	for (const struct blk_write *w = b->held; w; w = w->next) {
+		if (w->epoch >= epoch)
+			break;
+		if (!ew.first)
+			ew.first = w;
+		ew.count++;
+		ew.bytes += w->len;
+	}
+	b->hold_epoch = epoch;
+	pthread_mutex_unlock(&d->lock);
+	return ew;
+}
+
+/* Write the held writes of epochs <= upto to the image, oldest first, and
+ * drop them; under the device lock, so no read sees a write in neither
+ * place. On an I/O error the rest stays held. */
+static int blk_hold_drain(struct blk *b, uint64_t upto, char *err, size_t errlen)
+{
+	while (b->held && b->held->epoch <= upto) {
+		struct blk_write *w = b->held;
+		if (disk_write(&b->disk, w->data, w->len, w->off)) {
+			snprintf(err, errlen, "writing %llu held bytes at %llu to %s: %s",
+				 (unsigned long long)w->len, (unsigned long long)w->off,
+				 b->disk.path, strerror(errno));
+			return -1;
+		}
+		b->held = w->next;
+		b->held_count--;
+		b->held_bytes -= w->len;
+		free(w);
+	}
+	if (!b->held)
+		b->held_tail = &b->held;
+	return 0;
+}
+
+int virtio_blk_hold_apply(struct virtio_dev *d, uint64_t upto, char *err, size_t errlen)
+{
+	pthread_mutex_lock(&d->lock);
+	int r = blk_hold_drain(to_blk(d), upto, err, errlen);
+	pthread_mutex_unlock(&d->lock);
+	return r;
+}
+
+int virtio_blk_hold_stop(struct virtio_dev *d, char *err, size_t errlen)
+{
+	struct blk *b = to_blk(d);
+	int r = 0;
+	pthread_mutex_lock(&d->lock);
+	if (b->holding) {
+		r = blk_hold_drain(b, UINT64_MAX, err, errlen);
+		if (r == 0)
+			r = disk_flush(&b->disk);
+		if (r && !err[0])
+			snprintf(err, errlen, "flushing %s: %s", b->disk.path, strerror(errno));
+		/* what the image refused is lost, as a failed write-back is */
+		while (b->held) {
+			struct blk_write *w = b->held;
+			b->held = w->next;
+			free(w);
+		}
+		b->held_tail = &b->held;
+		b->held_count = b->held_bytes = 0;
+	}
+	b->holding = false;
+	pthread_mutex_unlock(&d->lock);
+	return r;
+}
+
+void virtio_blk_held(struct virtio_dev *d, uint64_t *writes, uint64_t *bytes)
+{
+	struct blk *b = to_blk(d);
+	pthread_mutex_lock(&d->lock);
+	*writes = b->held_count;
+	*bytes = b->held_bytes;
 	pthread_mutex_unlock(&d->lock);
 }
 

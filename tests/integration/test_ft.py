@@ -42,6 +42,16 @@ What is proved, and how it would fail:
   a number repeat or go backwards. UDP hides nothing, so output released
   before the secondary held its epoch would show up as repeats when the
   secondary replays that epoch.
+- disk writes (docs/stream.md "Output commit for disks"): a guest log
+  (tests/guest/ftdisklog.c) that checks before each write that the
+  sector is not its own already and reads its writes back, acknowledging
+  records over UDP; the primary dies mid-epoch (FERRY_TEST_FAULT=
+  ft-mid-epoch:N): the discarded epoch's writes are not on the image
+  (with writes going straight to the image, the resumed guest finds its
+  own records ahead of it); the primary dies just after an ACK, before
+  writing that epoch's writes (ft-after-ack:N): the secondary writes them
+  at takeover (without that, a record the guest wrote is missing). Then a
+  fresh boot's `ft disklog-check` finds every acknowledged record.
 The client-visible gap at failover is printed, not asserted.
 
 Skipped only when network namespaces cannot be created (not root).
@@ -293,7 +303,6 @@ def test_ft_bad_input_is_refused_and_the_guest_runs_on():
 # ---- a guest counter over UDP ------------------------------------------------
 
 UDP_PORT = 7100
-UDPCOUNT_SRC = REPO / "tests" / "guest" / "udpcount.c"
 
 # python3 -c UDP_RECEIVER PORT: receives "udpcount K" datagrams, prints
 # "progress LAST" now and then, and on a line on stdin "done last L count
@@ -327,17 +336,19 @@ print("done last %d count %d repeats %d gaps %d first_repeat %s"
 '''
 
 
-def udpcount_initrd():
-    """The guest image's initramfs plus udpcount (built when stale)."""
+def guest_initrd(name):
+    """The guest image's initramfs plus tests/guest/NAME.c (built when
+    stale)."""
+    src = REPO / "tests" / "guest" / f"{name}.c"
     out = BUILD / "tests"
     out.mkdir(parents=True, exist_ok=True)
-    prog, img = out / "udpcount", out / "udpcount.img"
-    if not prog.exists() or prog.stat().st_mtime < UDPCOUNT_SRC.stat().st_mtime:
+    prog, img = out / name, out / f"{name}.img"
+    if not prog.exists() or prog.stat().st_mtime < src.stat().st_mtime:
         cc = "riscv64-linux-gnu-gcc"
         r = subprocess.run([cc, "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
-                            str(prog), str(UDPCOUNT_SRC)], capture_output=True, text=True)
+                            str(prog), str(src)], capture_output=True, text=True)
         if r.returncode != 0:
-            raise Skip(f"cannot build udpcount with {cc}: {r.stderr.strip()[-300:]}")
+            raise Skip(f"cannot build {name} with {cc}: {r.stderr.strip()[-300:]}")
     if not img.exists() or img.stat().st_mtime < prog.stat().st_mtime:
         subprocess.run([str(REPO / "guest" / "mkinitrd.sh"), str(img), str(prog)],
                        check=True, capture_output=True)
@@ -386,7 +397,7 @@ class Counter:
 
 def test_ft_guest_counter_never_repeats_across_failover():
     need_namespaces()
-    initrd = udpcount_initrd()
+    initrd = guest_initrd("udpcount")
     with topology.Topology() as topo, Datastore() as store, ExitStack() as vms:
         image = store.image("guest.raw", 8)
         counter = Counter(topo)
@@ -415,3 +426,100 @@ def test_ft_guest_counter_never_repeats_across_failover():
         print(f"counter: {done}; the secondary resumed at epoch {ev['data']['epoch']}, "
               f"the receiver had {before} before the kill")
         assert int(m.group(3)) == 0, f"the receiver saw numbers repeat: {done}"
+
+
+# ---- disk writes under FT: the output-commit rule for disks --------------------
+
+DISK_FAULT_EPOCH = 60
+DISK_LOG_RATE = 300     # records a second
+
+
+def wait_log_past(vm, counter, n, what):
+    """Until the receiver has heard of n records, failing at once on the
+    guest's own "ftdisklog: ERROR" (its disk disagreed with its memory)."""
+    deadline = time.monotonic() + 60
+    while counter.last < n:
+        m = re.search(r"^ftdisklog: ERROR .*$", vm.console(), re.M)
+        assert not m, f"{what}: the guest found: {m.group(0)}\n{vm.tail()}"
+        assert vm.running(), f"{what}: the guest ended\n{vm.tail()}"
+        assert time.monotonic() < deadline, (f"{what}: the log stands at "
+                                             f"{counter.last}\n{vm.tail()}")
+        time.sleep(0.05)
+
+
+def check_log_on_a_fresh_boot(image, acked):
+    check = VM(append="console=ttyS0 quiet ferry.run=ft,disklog-check,/dev/vda",
+               mem=MEM, disk=image, control=False, name="check")
+    with check:
+        status = check.wait_exit(BOOT)
+        m = re.search(r"^ft: disklog-check: (\d+) records ok$", check.console(), re.M)
+        said = re.findall(r"^ft: disklog-check: .*$", check.console(), re.M)
+        assert status == 0 and m, (f"disklog-check (status {status}): "
+                                   f"{said[-1] if said else 'said nothing'}\n{check.tail()}")
+    found = int(m.group(1))
+    assert found >= acked, f"{acked} records were acknowledged, the image holds {found}"
+    return found
+
+
+def disk_failover(fault):
+    """A guest logging records to the shared image (tests/guest/ftdisklog.c:
+    it checks before each write that the sector is not already its own, and
+    reads its writes back), FT on, the primary killed at FERRY_TEST_FAULT
+    =FAULT:N, the secondary taking over at once: the log goes on with the
+    disk agreeing with the guest's memory, and a fresh boot finds every
+    record the guest acknowledged over UDP (held output). Returns the
+    secondary's FT_FAILOVER and query-ft."""
+    need_namespaces()
+    initrd = guest_initrd("ftdisklog")
+    with topology.Topology() as topo, Datastore() as store, ExitStack() as vms:
+        image = store.image("log.raw", 16)     # 32768 records: not full here
+        counter = Counter(topo)
+        vms.callback(counter.close)
+        append = (f"console=ttyS0 quiet ferry.ip={topo.guest_ip}/24 ferry.run=ftdisklog,"
+                  f"/dev/vda,{topo.client_ip},{UDP_PORT},{DISK_LOG_RATE}")
+        env = dict(os.environ, FERRY_TEST_FAULT=f"{fault}:{DISK_FAULT_EPOCH}")
+        prim = vms.enter_context(VM(append=append, mem=MEM, disk=image, initrd=initrd,
+                                    net=f"tap=tap0,mac={MAC}", env=env, name="primary",
+                                    prefix=topo.exec_prefix(topo.hosts["a"])))
+        sec, uri = secondary(topo, image, ("--ft-takeover", "auto"))
+        vms.enter_context(sec)
+        qs = sec.qmp()
+        prim.wait_for(r"^ftdisklog: /dev/vda", BOOT)
+        protect(prim, uri)
+        assert prim.wait_exit(60) == 9, prim.tail()
+        ev = qs.wait_event("FT_FAILOVER", timeout=30)
+        st = qs.cmd("query-ft")
+        before = counter.last
+        wait_log_past(sec, counter, before + DISK_LOG_RATE, "after failover")
+        qs.cmd("stop")
+        time.sleep(0.2)         # the last datagrams reach the receiver
+        acked = counter.last
+        done = counter.finish()
+        qs.cmd("quit")
+        assert sec.wait_exit(30) == 0, sec.tail()
+        m = re.match(r"done last (\d+) count (\d+) repeats (\d+)", done or "")
+        assert m and int(m.group(3)) == 0, f"acknowledgements repeated: {done}"
+        found = check_log_on_a_fresh_boot(image, acked)
+    print(f"disk: took over at epoch {ev['data']['epoch']} (discarded "
+          f"{st['discarded_epoch']}), wrote {ev['data']['replayed_writes']} held writes "
+          f"({ev['data']['replayed_write_bytes']} bytes) again; {before} records "
+          f"acknowledged before the failover, {acked} in all, {found} on the image")
+    return ev["data"], st
+
+
+def test_ft_disk_primary_dies_mid_epoch_disk_is_not_ahead():
+    """The primary dies after sending an epoch's pages and writes, not its
+    state: that epoch's writes never reach the image (before this, they
+    were on it, and the guest resumed one epoch earlier found its own
+    records where it had not written yet: "the disk is ahead")."""
+    ev, st = disk_failover("ft-mid-epoch")
+    assert st["discarded_epoch"] == ev["epoch"] + 1, (ev, st)
+
+
+def test_ft_disk_primary_dies_after_ack_secondary_writes_the_epoch():
+    """The primary dies once an epoch is acknowledged, before writing its
+    held writes to the image: the secondary writes them at takeover (without
+    that, the guest's records of that epoch are missing: disklog-check finds
+    a gap, or the guest's read-back of an earlier record fails)."""
+    ev, _ = disk_failover("ft-after-ack")
+    assert ev["replayed_writes"] > 0, ev

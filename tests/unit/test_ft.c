@@ -7,7 +7,8 @@
  * epochs in sequence are accepted and that everything else is refused
  * with a reason: an epoch out of sequence, a new epoch inside one, pages
  * or state outside an epoch, an epoch missing state, post-copy in an
- * epoch, pages after an epoch's digest.
+ * epoch, pages after an epoch's digest; guest writes (FT_WRITE) outside an
+ * epoch's pages, outside their disk, or not whole sectors.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -38,6 +39,18 @@ static int write_token(struct mig_stream *w, const char *t, const uint8_t *ram)
 		for (int i = 0; i < 8; i++)
 			num[i] = (uint8_t)(n >> (8 * i));
 		return mig_write_section(w, MIG_SEC_EPOCH, num, 8);
+	}
+	if (!strncmp(t, "write", 5)) {       /* write, write@past, @disk1, @odd, @reserved */
+		static uint8_t b[16 + 1024];
+		const char *how = t[5] == '@' ? t + 6 : "";
+		uint64_t off = !strcmp(how, "past") ? (1ull << 30) - 512 :
+			       !strcmp(how, "odd") ? 4100 : 4096;
+		memset(b, 0, sizeof(b));
+		b[0] = !strcmp(how, "disk1");
+		b[4] = !strcmp(how, "reserved");
+		for (int i = 0; i < 8; i++)
+			b[8 + i] = (uint8_t)(off >> (8 * i));
+		return mig_write_section(w, MIG_SEC_FT_WRITE, b, sizeof(b));
 	}
 	if (!strncmp(t, "cpu", 3))
 		return mig_write_cpu(w, (uint32_t)atoi(t + 3), 1, hart, sizeof(hart));
@@ -142,6 +155,21 @@ static void ft_refuses_partial_or_odd_epochs(void **state)
 	assert_true(ft_run("epoch1 cpu0 cpu1 uart blk clock end", err, sizeof(err))[0]);
 }
 
+static void ft_places_guest_writes_among_an_epochs_pages(void **state)
+{
+	(void)state;
+	char err[512];
+	assert_string_equal(ft_run("ram epoch1 write ram write " BODY " epoch2 write " BODY,
+				   err, sizeof(err)), "");
+	assert_contains(ft_run("ram write", err, sizeof(err)), "outside an epoch");
+	assert_contains(ft_run("epoch1 " BODY " write", err, sizeof(err)), "outside an epoch");
+	assert_contains(ft_run("epoch1 cpu0 write", err, sizeof(err)), "state began");
+	assert_contains(ft_run("epoch1 write@past", err, sizeof(err)), "overruns");
+	assert_contains(ft_run("epoch1 write@disk1", err, sizeof(err)), "does not have");
+	assert_contains(ft_run("epoch1 write@odd", err, sizeof(err)), "whole sectors");
+	assert_contains(ft_run("epoch1 write@reserved", err, sizeof(err)), "reserved");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -149,6 +177,7 @@ int main(void)
 		cmocka_unit_test(ft_refuses_epochs_out_of_sequence),
 		cmocka_unit_test(ft_refuses_sections_outside_an_epoch),
 		cmocka_unit_test(ft_refuses_partial_or_odd_epochs),
+		cmocka_unit_test(ft_places_guest_writes_among_an_epochs_pages),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
