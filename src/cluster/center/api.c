@@ -7,6 +7,7 @@
  * audit trail afterwards with its result.
  */
 #include "cluster/center/center.h"
+#include "cluster/center/ft.h"
 
 #include "cluster/common/http_server.h"
 #include "cluster/common/util.h"
@@ -493,6 +494,15 @@ static void vm_migrate(struct call *c, json_t *row, const char *name)
 		json_decref(body);
 		return;
 	}
+	json_t *ft = ft_status(name);
+	bool fault_tolerant = ft != NULL;
+	json_decref(ft);
+	if (fault_tolerant) {
+		reply_error(c->resp, 409, "the VM is fault tolerant: its primary does not migrate",
+			    "ferry vm ft disable NAME first");
+		json_decref(body);
+		return;
+	}
 	const char *state = json_string_value(json_object_get(row, "state"));
 	json_t *active = db_row("SELECT id FROM tasks WHERE vm = ? AND kind = 'migrate' AND state "
 				"IN ('queued', 'running')", json_pack("[s]", name));
@@ -616,6 +626,26 @@ static void recommend_page(struct call *c, json_t *row)
 	http_respond(c->resp, 200, "application/json", text, len);
 }
 
+/* POST /api/v1/vms/NAME/ft (center/ft.c) */
+static void vm_ft(struct call *c, json_t *row, const char *name)
+{
+	json_t *body = parse_body(c->req, c->resp);
+	if (!body)
+		return;
+	audit_as(c, json_is_false(json_object_get(body, "enabled")) ? "vm.ft.disable"
+								     : "vm.ft.enable", name);
+	json_t *reply = NULL;
+	const char *hint = NULL;
+	char err[1600];
+	int status = ft_request(row, name, body, c->user, &reply, &c->details, err, sizeof(err),
+				&hint);
+	if (status < 300)
+		reply_json(c->resp, status, reply);
+	else
+		reply_error(c->resp, status, err, hint);
+	json_decref(body);
+}
+
 static void vm_routes(struct call *c, const char *name, const char *action)
 {
 	json_t *row = vm_row(name);
@@ -623,8 +653,14 @@ static void vm_routes(struct call *c, const char *name, const char *action)
 		not_found_vm(c, name);
 		return;
 	}
-	if (!action && is(c, "GET"))
-		reply_json(c->resp, 200, vm_json(row));
+	if (!action && is(c, "GET")) {
+		json_t *j = vm_json(row);
+		json_object_set_new(j, "ft", ft_status(name) ?: json_null());
+		reply_json(c->resp, 200, j);
+	} else if (action && !strcmp(action, "ft") && is(c, "POST"))
+		vm_ft(c, row, name);
+	else if (action && !strcmp(action, "ft") && is(c, "GET"))
+		reply_json(c->resp, 200, ft_status(name) ?: json_pack("{s:s}", "state", "off"));
 	else if (!action && is(c, "DELETE"))
 		vm_power(c, row, name, "delete");
 	else if (action && (!strcmp(action, "start") || !strcmp(action, "stop")) && is(c, "POST"))

@@ -14,6 +14,7 @@
  * scheduled and running tasks where they were.
  */
 #include "cluster/center/center.h"
+#include "cluster/center/ft.h"
 
 #include "cluster/common/util.h"
 
@@ -644,6 +645,7 @@ void *tasks_loop(void *arg)
 		/* one just started is followed closely too (it was the 250 ms
 		 * idle sleep before its first look: most of the plane's overhead) */
 		busy = start_queued() || busy;
+		ft_tick();   /* ft-enable tasks, VMs that failed over (ft.c) */
 		/* follow running migrations closely (an end is heard 10 ms after
 		 * ferryd has it, on average: the plane's overhead); otherwise
 		 * wait for news */

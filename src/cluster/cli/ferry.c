@@ -491,6 +491,32 @@ static int cmd_vm_create(int argc, char **argv)
 	return 0;
 }
 
+/* vm show's fault tolerance lines (the status ferryd keeps in etcd) */
+static void print_ft(json_t *ft)
+{
+	if (!json_is_object(ft)) {
+		printf("  fault tolerance: off\n");
+		return;
+	}
+	printf("  fault tolerance: %s, primary %s, secondary %s\n", str(ft, "state"),
+	       str(ft, "primary"), str(ft, "secondary"));
+	if (json_object_get(ft, "checkpoints_per_s"))
+		printf("    %.1f checkpoints/s (epoch %lld ms), %lld bytes an epoch, output "
+		       "delayed %.1f ms, guest paused %.1f %% (%.2f ms a checkpoint)\n",
+		       json_number_value(json_object_get(ft, "checkpoints_per_s")),
+		       json_integer_value(json_object_get(ft, "epoch_ms")),
+		       json_integer_value(json_object_get(ft, "bytes_per_epoch")),
+		       json_number_value(json_object_get(ft, "added_latency_ms")),
+		       json_number_value(json_object_get(ft, "slowdown_pct")),
+		       json_number_value(json_object_get(ft, "pause_ms")));
+	if (json_is_string(json_object_get(ft, "error")))
+		printf("    %s\n", str(ft, "error"));
+	json_t *fo = json_object_get(ft, "last_failover");
+	if (json_is_object(fo))
+		printf("    last failover: %s -> %s at epoch %lld, %s\n", str(fo, "from"),
+		       str(fo, "to"), json_integer_value(json_object_get(fo, "epoch")), str(fo, "at"));
+}
+
 static int vm_simple(int argc, char **argv, const char *method, const char *action)
 {
 	if (argc != 2)
@@ -511,6 +537,7 @@ static int vm_simple(int argc, char **argv, const char *method, const char *acti
 			printf("  ended with status %lld; console's last lines:\n%s\n",
 			       json_integer_value(json_object_get(r, "exit_status")),
 			       str(r, "last_console"));
+		print_ft(json_object_get(r, "ft"));
 	} else if (action && !strcmp(action, "console")) {
 		fputs(str(r, "console"), stdout);
 	} else {
@@ -643,11 +670,68 @@ static int cmd_vm_migrate(int argc, char **argv)
 	return watch_task(id);
 }
 
+/* vm ft enable NAME [--secondary HOST] [--epoch-ms N] [--wait] | vm ft disable NAME */
 static int cmd_vm_ft(int argc, char **argv)
 {
-	(void)argc; (void)argv;
-	fprintf(stderr, "ferry: fault tolerance (vm ft) is not implemented yet\n");
-	return 1;
+	static const struct option opts[] = {
+		{ "secondary", 1, 0, 's' }, { "epoch-ms", 1, 0, 'e' }, { "wait", 0, 0, 'w' },
+		{ 0 } };
+	if (argc < 2 || (strcmp(argv[1], "enable") && strcmp(argv[1], "disable")))
+		return usage_error("say enable or disable");
+	bool enable = !strcmp(argv[1], "enable"), wait = false;
+	json_t *body = json_pack("{s:b}", "enabled", enable);
+	int c;
+	argc--;
+	argv++;   /* [enable|disable, options..., NAME] */
+	while ((c = next_opt(argc, argv, opts)) != -1) {
+		char *end;
+		long v;
+		switch (c) {
+		case 's': json_object_set_new(body, "secondary", json_string(optarg)); break;
+		case 'w': wait = true; break;
+		case 'e':
+			v = strtol(optarg, &end, 10);
+			if (*end || v < 5 || v > 10000) {
+				json_decref(body);
+				return usage_error("--epoch-ms wants 5 to 10000 milliseconds");
+			}
+			json_object_set_new(body, "epoch_ms", json_integer(v));
+			break;
+		default:
+			json_decref(body);
+			return usage_error("unknown option");
+		}
+	}
+	if (optind != argc - 1 || (!enable && json_object_size(body) > 1)) {
+		json_decref(body);
+		return usage_error(optind != argc - 1 ? "name one VM"
+						      : "ft disable takes only the VM's name");
+	}
+	char path[300];
+	snprintf(path, sizeof(path), "vms/%s/ft", argv[optind]);
+	json_t *r = api("POST", path, body);
+	json_decref(body);
+	if (!r)
+		return 1;
+	json_t *t = json_object_get(r, "task");
+	long long id = json_integer_value(json_object_get(t, "id"));
+	if (wait && enable && !finished(t)) {
+		if (!json_out)
+			printf("protecting %s: primary %s, secondary %s (task %lld)\n", argv[optind],
+			       str(t, "source"), str(t, "destination"), id);
+		json_decref(r);
+		return watch_task(id);
+	}
+	if (json_out)
+		print_json(t);
+	else if (enable)
+		printf("task %lld: fault tolerance for %s: primary %s, secondary %s, %s\n", id,
+		       argv[optind], str(t, "source"), str(t, "destination"), str(t, "state"));
+	else
+		printf("task %lld: fault tolerance of %s disabled: %s\n", id, argv[optind],
+		       str(t, "state"));
+	json_decref(r);
+	return 0;
 }
 
 /* ---- audit, cluster --------------------------------------------------------- */
@@ -834,7 +918,8 @@ static const struct command commands[] = {
 	  cmd_vm_recommend },
 	{ "vm migrate", "vm migrate NAME [--to HOST] [--datastore DS] [--priority high|standard] "
 			"[--at TIME|+10m] [--downtime-ms N] [--bandwidth-mbps N] [--wait]", cmd_vm_migrate },
-	{ "vm ft", "vm ft enable NAME [--secondary HOST] | vm ft disable NAME", cmd_vm_ft },
+	{ "vm ft", "vm ft enable NAME [--secondary HOST] [--epoch-ms N] [--wait] | vm ft disable NAME",
+	  cmd_vm_ft },
 	{ "task list", "task list [--state S] [--vm NAME] [--limit N]", cmd_task_list },
 	{ "task show", "task show ID", cmd_task_show },
 	{ "task watch", "task watch ID", cmd_task_watch },

@@ -110,6 +110,8 @@ void api_handle(void *ctx, const struct http_request *req, struct http_response 
 		return;
 	}
 	const char *rest = req->path + strlen(PREFIX);
+	if (ft_route(req, resp, rest))
+		return;
 	if (!strcmp(rest, "host") && is(req, "GET")) {
 		json_t *h = host_report();
 		json_object_set_new(h, "vm_list", vms_list());

@@ -117,6 +117,13 @@ long test_delay_ms(const char *var);
 void ha_agent_start(const char *etcd_urls);
 void ha_publish(void);   /* this host's running HA VMs' records, now */
 
+/* ft.c: fault tolerance (a VM's primary and secondary, failover decided
+ * through etcd); its HTTP calls are answered by ft_route */
+void ft_agent_start(const char *etcd_urls);
+struct http_request;
+struct http_response;
+bool ft_route(const struct http_request *req, struct http_response *resp, const char *rest);
+
 /* migration.c */
 int migration_start(const char *name, json_t *req, char *err, size_t errlen);
 json_t *migration_status(const char *name);

@@ -243,6 +243,7 @@ int main(int argc, char **argv)
 	pthread_create(&t, NULL, heartbeat, NULL);
 	pthread_create(&t, NULL, fence_watch, NULL);
 	ha_agent_start(etcd_urls);
+	ft_agent_start(etcd_urls);
 	int sig;
 	sigwait(&set, &sig);
 	logf_("signal %d: stopping (VMs keep running)", sig);

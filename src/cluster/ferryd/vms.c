@@ -262,12 +262,22 @@ static bool build_argv(struct vm *vm, const char *incoming, const char *secret_p
 	arg(b, "--console");
 	arg(b, path);
 	if (incoming) {
-		arg(b, "--incoming");
+		/* an FT secondary (ft.c) listens as a migration's destination does */
+		json_t *ft = json_object_get(s, "ft");
+		bool secondary = !strcmp(json_string_value(json_object_get(ft, "role")) ?: "",
+					 "secondary");
+		arg(b, secondary ? "--ft-secondary" : "--incoming");
+		int n = snprintf(path, sizeof(path), "%s", incoming);
 		if (secret_path)
-			snprintf(path, sizeof(path), "%s,secret-file=%s", incoming, secret_path);
-		else
-			snprintf(path, sizeof(path), "%s", incoming);
+			n += snprintf(path + n, sizeof(path) - n, ",secret-file=%s", secret_path);
+		if (secondary && json_is_integer(json_object_get(ft, "timeout_ms")))
+			snprintf(path + n, sizeof(path) - n, ",timeout-ms=%lld",
+				 json_integer_value(json_object_get(ft, "timeout_ms")));
 		arg(b, path);
+		if (secondary) {   /* it runs only when ft.c, the arbiter's hand, says so */
+			arg(b, "--ft-takeover");
+			arg(b, "manual");
+		}
 	}
 	return true;
 }

@@ -1,0 +1,25 @@
+/*
+ * ft.h - fault tolerance as ferry-center sees it (ft.c).
+ */
+#ifndef FERRY_CENTER_FT_H
+#define FERRY_CENTER_FT_H
+
+#include <jansson.h>
+
+/* The VM's FT status (etcd /ferry/ft/NAME/status, written by the owner's
+ * ferryd), or NULL when FT is off. */
+json_t *ft_status(const char *name);
+
+/* POST /api/v1/vms/NAME/ft {"enabled": true|false, "secondary", "epoch_ms"}:
+ * the ft-enable or ft-disable task. Under db_lock (released around the
+ * ferryd call). Returns the HTTP status: < 300 with *reply, else err (and
+ * *hint, may stay NULL). *details gets what the audit record keeps. */
+int ft_request(json_t *row, const char *name, json_t *body, const char *user, json_t **reply,
+	       json_t **details, char *err, size_t errlen, const char **hint);
+
+/* From the task scheduler: ft-enable tasks end when the VM is protected;
+ * a VM that failed over is adopted on its new host (task ft-failover,
+ * audit ft.failover). Takes db_lock itself. */
+void ft_tick(void);
+
+#endif

@@ -1,0 +1,272 @@
+"""Fault tolerance on the cluster plane (`ferry vm ft enable|disable`), on a
+3-host `ferry lab`: the failover decided through etcd (the owner key
+/ferry/ft/NAME/owner, see src/cluster/ferryd/ft.c).
+
+The guest runs tcpserve --echo on network `lan` with a disk image on the
+shared datastore; LAB-client streams through it with test_hosts.py's
+STREAM_CLIENT, which checks every byte of the echo against its offset and
+fails on a reset, a stall, or any lost, duplicated or reordered byte.
+
+What is proved, and how it would fail:
+- the primary's host dies (test_ft_cluster_primary_host_dies): every
+  process in LAB-h1 killed and its link cut mid-stream; the secondary's
+  ferryd wins the owner key once h1's lease has expired and takes over:
+  the stream goes on on the same connection with every byte intact (the
+  gap the client saw is printed, not asserted), the echo server's count
+  matches what the client sent; ferry-center moves the VM to the former
+  secondary's host (task ft-failover, audit ft.failover) and FT is
+  restored on the third host (`vm show`: protected, secondary h3). Without
+  the takeover the stream stalls; without output commit it breaks;
+- the FT link cut with both hosts alive (test_ft_cluster_link_cut): the
+  secondary's replies on the FT connection are blackholed (a routing rule
+  on its port), nothing else: both sides call the other lost; the primary
+  still owns the key and runs on (same process), the secondary never
+  takes over (it cannot win the key while h1's lease lives) and ends;
+  at every poll at most one process runs the guest; the stream verifies;
+  the VM is reported unprotected with the reason, then protected again;
+- the secondary's host dies (test_ft_cluster_secondary_host_dies): the
+  primary runs on, `vm show` says unprotected and why (its history keeps
+  it), the stream verifies, FT comes back on the third host;
+- bad input: ft enable of an unknown VM (404), with the primary's own host
+  as secondary (409, the wizard's reason), twice (409); a migration of an
+  FT VM is refused (409); ft disable removes the secondary's process and
+  the status.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+from ferrylib import BUILD, wait_until
+from test_cluster import Lab
+from test_ft import Gap
+from test_hosts import ECHO_PORT, Stream
+
+TIMEOUT = 300
+GUEST_IP = "10.88.0.200"
+APPEND = ("console=ttyS0 quiet ferry.ip=%s/24 ferry.run=tcpserve,--echo,--port,%d"
+          % (GUEST_IP, ECHO_PORT))
+
+
+class LabTopo:
+    """What test_hosts.Stream needs of a topology: the client namespace."""
+
+    def __init__(self, lab):
+        self.client = lab.name + "-client"
+
+    def exec_prefix(self, ns):
+        return ["ip", "netns", "exec", ns]
+
+
+def ft_vm(lab, name, host):
+    """An echo guest on `lan` with a disk on the shared datastore, on host."""
+    subprocess.run([str(BUILD / "ferry-img"), "create", str(lab.dir / "shared" / (name + ".img")),
+                    "8M"], check=True, capture_output=True)
+    lab.cli("vm", "create", name, "--kernel", "shared:Image", "--initrd", "shared:initrd.img",
+            "--append", APPEND, "--mem", "128", "--net", "lan,mac=52:54:00:88:00:31",
+            "--disk", "shared:%s.img" % name, "--host", host)
+    wait_until(lambda: "tcpserve: listening" in lab.console(name), 90, "tcpserve in " + name,
+               interval=0.5)
+
+
+def ft_of(lab, name):
+    return lab.vm(name)["ft"] or {}
+
+
+def wait_protected(lab, name, secondary=None, timeout=90):
+    def ok():
+        ft = ft_of(lab, name)
+        return ft if ft.get("state") == "protected" and (
+            secondary is None or ft.get("secondary") == secondary) else None
+    return wait_until(ok, timeout, "%s protected%s" % (name, " by " + secondary if secondary
+                                                        else ""), interval=0.3)
+
+
+def guest_procs(lab):
+    """{host: [(pid, cmdline)]} of every ferry-vm in the lab."""
+    return {h: lab.procs(h, str(BUILD / "ferry-vm")) for h in ("h1", "h2", "h3")}
+
+
+def running_copies(lab, name):
+    """Hosts whose ferry-vm runs the guest (query-status running), by its
+    control socket; the secondary answers inmigrate until it takes over."""
+    hosts = []
+    for host, procs in guest_procs(lab).items():
+        for _, cmd in procs:
+            m = re.search(r"--control (\S+)", cmd)
+            if not m or "/vms/%s/" % name not in m.group(1):
+                continue
+            out = subprocess.run(
+                ["ip", "netns", "exec", "%s-%s" % (lab.name, host), "python3", "-c",
+                 "import socket,sys,json; s=socket.socket(socket.AF_UNIX); s.settimeout(5);"
+                 "s.connect(sys.argv[1]); f=s.makefile('rw'); f.readline();"
+                 "f.write(json.dumps({'execute':'query-status'})+'\\n'); f.flush();"
+                 "print(next(l for l in f if 'return' in l))", m.group(1)],
+                capture_output=True, text=True).stdout
+            if out.strip() and json.loads(out)["return"].get("status") == "running":
+                hosts.append(host)
+    return hosts
+
+
+def kill_host(lab, host):
+    """Every process in LAB-host killed, its link cut."""
+    for pid in lab.ns_pids("%s-%s" % (lab.name, host)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["ip", "netns", "exec", "%s-%s" % (lab.name, host), "ip", "link", "set",
+                    "eth0", "down"], check=True)
+
+
+def finish(lab, name, stream):
+    sent, _ = stream.finish()
+    m = wait_until(lambda: re.search(r"tcpserve: \S+ closed after (\d+) bytes",
+                                     lab.console(name)), 30, "tcpserve's count")
+    assert int(m.group(1)) == sent, "the guest echoed %s bytes, the client sent %d" % (
+        m.group(1), sent)
+    return sent
+
+
+def test_ft_cluster_primary_host_dies():
+    with Lab() as lab:
+        ft_vm(lab, "ft1", "h1")
+        # bad input first
+        st, doc, _ = lab.run("vm", "ft", "enable", "nosuch", check=False)
+        assert st == 1 and doc["error"]["status"] == 404, doc
+        st, doc, _ = lab.run("vm", "ft", "enable", "ft1", "--secondary", "h1", check=False)
+        assert st == 1 and doc["error"]["status"] == 409 and "runs there" in \
+            doc["error"]["message"], doc
+        assert lab.vm("ft1")["ft"] is None
+        # no --secondary: the wizard's choice, never the primary's host
+        t = lab.cli("vm", "ft", "enable", "ft1", "--wait")
+        assert t["state"] == "succeeded" and t["kind"] == "ft-enable", t
+        ft = wait_protected(lab, "ft1")
+        sec = ft["secondary"]
+        assert ft["primary"] == "h1" and sec in ("h2", "h3"), ft
+        third = ({"h2", "h3"} - {sec}).pop()
+        st, doc, _ = lab.run("vm", "ft", "enable", "ft1", check=False)
+        assert st == 1 and doc["error"]["status"] == 409, doc
+        st, doc, _ = lab.run("vm", "migrate", "ft1", "--to", third, check=False)
+        assert st == 1 and doc["error"]["status"] == 409, doc
+        with Stream(LabTopo(lab), GUEST_IP) as stream:
+            stream.wait_flowing(what="protected")
+            ft = wait_until(lambda: (lambda f: f if f.get("checkpoints_per_s", 0) > 0 else None)
+                            (ft_of(lab, "ft1")), 30, "checkpoint figures")
+            print("protected: %.1f checkpoints/s, %d bytes an epoch, output delayed %.1f ms, "
+                  "guest paused %.1f %%" % (ft["checkpoints_per_s"], ft["bytes_per_epoch"],
+                                           ft["added_latency_ms"], ft["slowdown_pct"]))
+            assert ft["bytes_per_epoch"] > 0 and ft["epoch_ms"] > 0, ft
+            gap = Gap(stream)
+            killed = time.monotonic()
+            kill_host(lab, "h1")
+            vm = wait_until(lambda: (lambda v: v if v["host"] == sec else None)(lab.vm("ft1")),
+                            60, "ft1 to run on " + sec, interval=0.3)
+            stream.wait_flowing(what="after failover")
+            print("failover: the client saw the echo stand still for %.0f ms "
+                  "(%.1f s from the kill to ferry-center's move)" % (
+                      gap.end() * 1000, time.monotonic() - killed))
+            assert vm["state"] == "running", vm
+            fo = vm["ft"]["last_failover"]
+            assert fo["from"] == "h1" and fo["to"] == sec and fo["epoch"] > 0, vm["ft"]
+            assert running_copies(lab, "ft1") == [sec]
+            # FT restored on the third host
+            ft = wait_protected(lab, "ft1", secondary=third)
+            assert ft["primary"] == sec and ft["failovers"] == 1, ft
+            stream.wait_flowing(what="protected again")
+            sent = finish(lab, "ft1", stream)
+        print("stream: %d bytes sent and echoed intact across the failover" % sent)
+        tasks = lab.cli("task", "list", "--vm", "ft1")["tasks"]
+        fo_task = [t for t in tasks if t["kind"] == "ft-failover"]
+        assert fo_task and fo_task[0]["source"] == "h1" and fo_task[0]["destination"] == sec
+        rec = [r for r in lab.cli("audit", "--vm", "ft1")["records"]
+               if r["action"] == "ft.failover"]
+        assert rec and rec[0]["user"] == "ferryd-" + sec, rec
+        assert lab.cli("audit", "--verify")["ok"] is True
+        # disable: the secondary's process goes, FT is off
+        t = lab.cli("vm", "ft", "disable", "ft1")
+        assert t["state"] == "succeeded" and t["kind"] == "ft-disable", t
+        assert lab.vm("ft1")["ft"] is None
+        wait_until(lambda: not guest_procs(lab)[third], 20, "the secondary on %s to end" % third)
+        assert any(r["action"] == "vm.ft.disable" for r in
+                   lab.cli("audit", "--vm", "ft1")["records"])
+
+
+def secondary_port(lab, host):
+    for _, cmd in guest_procs(lab)[host]:
+        m = re.search(r"--ft-secondary tcp:[\d.]+:(\d+)", cmd)
+        if m:
+            return int(m.group(1))
+    raise AssertionError("no secondary on %s: %s" % (host, guest_procs(lab)))
+
+
+def test_ft_cluster_link_cut():
+    """Only the FT connection is cut: h2's packets from the secondary's
+    port are routed into a blackhole (everything else flows)."""
+    with Lab() as lab:
+        ft_vm(lab, "ft2", "h1")
+        t = lab.cli("vm", "ft", "enable", "ft2", "--secondary", "h2", "--wait")
+        assert t["state"] == "succeeded", t
+        wait_protected(lab, "ft2", secondary="h2")
+        primary_pid = guest_procs(lab)["h1"][0][0]
+        port = secondary_port(lab, "h2")
+        ns = ["ip", "netns", "exec", lab.name + "-h2"]
+        with Stream(LabTopo(lab), GUEST_IP) as stream:
+            stream.wait_flowing(what="protected")
+            subprocess.run(ns + ["ip", "route", "add", "blackhole", "default", "table", "100"],
+                           check=True)
+            subprocess.run(ns + ["ip", "rule", "add", "ipproto", "tcp", "sport", str(port),
+                                 "table", "100"], check=True)
+            # until the secondary has ended: never two copies running
+            deadline = time.monotonic() + 60
+            while secondary_port_or_none(lab, "h2", port):
+                assert time.monotonic() < deadline, "the cut-off secondary still runs"
+                copies = running_copies(lab, "ft2")
+                assert copies == ["h1"], "running copies: %s" % copies
+                time.sleep(0.2)
+            assert running_copies(lab, "ft2") == ["h1"]
+            assert [p for p, _ in guest_procs(lab)["h1"]] == [primary_pid]
+            hist = wait_until(lambda: [h for h in ft_of(lab, "ft2").get("history", [])
+                                       if h["state"] == "unprotected"], 30, "unprotected")
+            print("unprotected: %s" % hist[0]["why"])
+            assert "lost" in hist[0]["why"], hist
+            log = (lab.dir / "logs" / "ferryd-h2.log").read_text()
+            assert "won the owner key" not in log and "took over" not in log, log[-2000:]
+            stream.wait_flowing(what="after the cut")
+            ft = wait_protected(lab, "ft2")
+            assert ft["primary"] == "h1" and lab.vm("ft2")["host"] == "h1", ft
+            stream.wait_flowing(what="protected again")
+            sent = finish(lab, "ft2", stream)
+        print("stream: %d bytes intact; the primary ran on, the secondary ended" % sent)
+
+
+def secondary_port_or_none(lab, host, port):
+    return any("--ft-secondary tcp:" in cmd and ":%d," % port in cmd
+               for _, cmd in guest_procs(lab)[host])
+
+
+def test_ft_cluster_secondary_host_dies():
+    with Lab() as lab:
+        ft_vm(lab, "ft3", "h1")
+        t = lab.cli("vm", "ft", "enable", "ft3", "--secondary", "h2", "--wait")
+        assert t["state"] == "succeeded", t
+        wait_protected(lab, "ft3", secondary="h2")
+        with Stream(LabTopo(lab), GUEST_IP) as stream:
+            stream.wait_flowing(what="protected")
+            kill_host(lab, "h2")
+            hist = wait_until(lambda: [h for h in ft_of(lab, "ft3").get("history", [])
+                                       if h["state"] == "unprotected"], 30, "unprotected")
+            print("unprotected: %s" % hist[0]["why"])
+            assert "secondary on h2 lost" in hist[0]["why"], hist
+            vm = lab.vm("ft3")
+            assert vm["host"] == "h1" and vm["state"] == "running", vm
+            stream.wait_flowing(what="after losing the secondary")
+            ft = wait_protected(lab, "ft3", secondary="h3")
+            assert ft["primary"] == "h1" and ft["failovers"] == 0, ft
+            sent = finish(lab, "ft3", stream)
+        assert running_copies(lab, "ft3") == ["h1"]
+        print("stream: %d bytes intact; the primary ran on unprotected, then h3 "
+              "protected it" % sent)
