@@ -707,10 +707,7 @@ static int cmd_vm_ft(int argc, char **argv)
 		return usage_error(optind != argc - 1 ? "name one VM"
 						      : "ft disable takes only the VM's name");
 	}
-	char path[300];
-	snprintf(path, sizeof(path), "vms/%s/ft", argv[optind]);
-	json_t *r = api("POST", path, body);
-	json_decref(body);
+	json_t *r = apif("POST", body, "vms/%s/ft", argv[optind]);
 	if (!r)
 		return 1;
 	json_t *t = json_object_get(r, "task");
