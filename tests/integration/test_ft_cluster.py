@@ -90,6 +90,24 @@ def guest_procs(lab):
     return {h: lab.procs(h, str(BUILD / "ferry-vm")) for h in ("h1", "h2", "h3")}
 
 
+def vm_status(lab, host, control):
+    """query-status of the ferry-vm behind a control socket (in LAB-host);
+    retried on a loaded machine, an error when it never answers."""
+    prog = ("import socket,sys,json; s=socket.socket(socket.AF_UNIX); s.settimeout(20);"
+            "s.connect(sys.argv[1]); f=s.makefile('rw'); f.readline();"
+            "f.write(json.dumps({'execute':'query-status'})+'\\n'); f.flush();"
+            "print(next(l for l in f if 'return' in l))")
+    for _ in range(3):
+        r = subprocess.run(["ip", "netns", "exec", "%s-%s" % (lab.name, host), "python3", "-c",
+                            prog, control], capture_output=True, text=True)
+        if r.stdout.strip():
+            return json.loads(r.stdout)["return"].get("status")
+        if not os.path.exists(control):
+            return None   # it has ended meanwhile
+        time.sleep(0.5)
+    raise AssertionError("ferry-vm at %s does not answer: %s" % (control, r.stderr))
+
+
 def running_copies(lab, name):
     """Hosts whose ferry-vm runs the guest (query-status running), by its
     control socket; the secondary answers inmigrate until it takes over."""
@@ -97,16 +115,8 @@ def running_copies(lab, name):
     for host, procs in guest_procs(lab).items():
         for _, cmd in procs:
             m = re.search(r"--control (\S+)", cmd)
-            if not m or "/vms/%s/" % name not in m.group(1):
-                continue
-            out = subprocess.run(
-                ["ip", "netns", "exec", "%s-%s" % (lab.name, host), "python3", "-c",
-                 "import socket,sys,json; s=socket.socket(socket.AF_UNIX); s.settimeout(5);"
-                 "s.connect(sys.argv[1]); f=s.makefile('rw'); f.readline();"
-                 "f.write(json.dumps({'execute':'query-status'})+'\\n'); f.flush();"
-                 "print(next(l for l in f if 'return' in l))", m.group(1)],
-                capture_output=True, text=True).stdout
-            if out.strip() and json.loads(out)["return"].get("status") == "running":
+            if m and "/vms/%s/" % name in m.group(1) and \
+                    vm_status(lab, host, m.group(1)) == "running":
                 hosts.append(host)
     return hosts
 
@@ -172,7 +182,8 @@ def test_ft_cluster_primary_host_dies():
             assert vm["state"] == "running", vm
             fo = vm["ft"]["last_failover"]
             assert fo["from"] == "h1" and fo["to"] == sec and fo["epoch"] > 0, vm["ft"]
-            assert running_copies(lab, "ft1") == [sec]
+            copies = running_copies(lab, "ft1")
+            assert copies == [sec], copies
             # FT restored on the third host
             ft = wait_protected(lab, "ft1", secondary=third)
             assert ft["primary"] == sec and ft["failovers"] == 1, ft
@@ -267,6 +278,7 @@ def test_ft_cluster_secondary_host_dies():
             ft = wait_protected(lab, "ft3", secondary="h3")
             assert ft["primary"] == "h1" and ft["failovers"] == 0, ft
             sent = finish(lab, "ft3", stream)
-        assert running_copies(lab, "ft3") == ["h1"]
+        copies = running_copies(lab, "ft3")
+        assert copies == ["h1"], copies
         print("stream: %d bytes intact; the primary ran on unprotected, then h3 "
               "protected it" % sent)
