@@ -10,8 +10,9 @@
  * sum over F of HA demand <= sum over the others of free room (capacity
  * minus use). demand_F - room_others = sum over F of (demand + free) -
  * total free, so the worst F is simply the N hosts with the largest
- * demand + free: one sort, no enumeration. Hosts in maintenance or dead
- * offer nothing. The check runs on the layout as it would be after the
+ * demand + free: one sort, no enumeration. Hosts in maintenance, in DPM
+ * standby or dead offer nothing (DPM wakes a standby host when the check
+ * fails). The check runs on the layout as it would be after the
  * start or migration.
  */
 #include "cluster/center/center.h"
@@ -53,7 +54,8 @@ bool admission_check(const char *vm, json_t *spec, const char *host, char *why, 
 		return true;
 	json_t *hosts = db_query("SELECT name, coalesce(json_extract(report, '$.vm_memory_mib'),"
 				 " json_extract(report, '$.mem_mib'), 0) AS cap FROM hosts WHERE "
-				 "alive = 1 AND maintenance = 0 ORDER BY name", NULL);
+				 "alive = 1 AND maintenance = 0 AND coalesce(standby, 0) = 0 ORDER BY "
+				 "name", NULL);
 	int n = (int)json_array_size(hosts);
 	struct slot *s = calloc(n ? n : 1, sizeof(*s));
 	size_t i;

@@ -293,6 +293,20 @@ static bool stop_on_host(const char *name, const char *host, char *err, size_t e
 	return ok;
 }
 
+/* A host in DPM standby, or the VM's rules, refuse it there: why (false). */
+static bool placement_allowed(const char *vm, json_t *host_row, char *why, size_t len)
+{
+	const char *host = json_string_value(json_object_get(host_row, "name")) ?: "";
+	if (json_integer_value(json_object_get(host_row, "standby"))) {
+		snprintf(why, len, "host %s is in standby (DPM)", host);
+		return false;
+	}
+	struct rule_set *rs = rules_for_vm(vm);
+	bool ok = rules_permit(rs, vm, host, NULL, NULL, why, len);
+	rules_free(rs);
+	return ok;
+}
+
 static const char *opt_str(json_t *body, const char *key, bool *bad)
 {
 	json_t *v = json_object_get(body, key);
@@ -353,11 +367,17 @@ static void vm_create(struct call *c)
 			json_decref(h);
 			goto out;
 		}
+		char why[300];
+		bool allowed = placement_allowed(name, h, why, sizeof(why));
 		json_decref(h);
+		if (!allowed) {
+			reply_error(c->resp, 409, why, "ferry vm recommend NAME lists the hosts that can");
+			goto out;
+		}
 		snprintf(chosen, sizeof(chosen), "%s", host);
 	} else {
 		json_t *fake = json_pack("{s:s, s:s, s:s}", "name", name, "host", "", "spec", spec_text);
-		json_t *rec = wizard_recommend_n(fake, 1, -1, NULL);
+		json_t *rec = wizard_recommend_n(fake, drs_auto_placement() ? -1 : 1, -1, NULL);
 		json_decref(fake);
 		json_t *first = json_array_get(json_object_get(rec, "candidates"), 0);
 		if (!first) {
@@ -370,6 +390,7 @@ static void vm_create(struct call *c)
 			goto out;
 		}
 		snprintf(chosen, sizeof(chosen), "%s", json_string_value(json_object_get(first, "host")));
+		drs_initial_host(spec, json_object_get(rec, "candidates"), chosen, sizeof(chosen));
 		json_decref(rec);
 	}
 	bool start = !json_is_false(json_object_get(body, "start"));
@@ -438,6 +459,14 @@ static void vm_power(struct call *c, json_t *row, const char *name, const char *
 	}
 	if (!strcmp(action, "start") && running) {
 		reply_error(c->resp, 409, "the VM runs already", NULL);
+		return;
+	}
+	json_t *host_row = !strcmp(action, "start") ? db_row("SELECT * FROM hosts WHERE name = ?",
+							      json_pack("[s]", host ? host : "")) : NULL;
+	bool allowed = !host_row || placement_allowed(name, host_row, err, sizeof(err));
+	json_decref(host_row);
+	if (!allowed) {
+		reply_error(c->resp, 409, err, "ferry vm recommend NAME lists the hosts that can");
 		return;
 	}
 	if (!strcmp(action, "start")) {
@@ -801,6 +830,7 @@ static json_t *cluster_json(void)
 		json_object_set_new(s, json_string_value(json_object_get(r, "key")),
 				    json_integer(atoll(json_string_value(json_object_get(r, "value")))));
 	json_decref(rows);
+	drs_settings_json(s);
 	json_t *n = db_row("SELECT (SELECT count(*) FROM hosts) AS hosts, (SELECT count(*) FROM vms)"
 			   " AS vms, (SELECT count(*) FROM tasks WHERE state = 'running') AS running,"
 			   " (SELECT count(*) FROM tasks WHERE state = 'queued') AS queued", NULL);
@@ -808,6 +838,7 @@ static json_t *cluster_json(void)
 				json_object_get(n, "hosts"), "vms", json_object_get(n, "vms"),
 				"tasks_running", json_object_get(n, "running"), "tasks_queued",
 				json_object_get(n, "queued"));
+	json_object_set_new(out, "drs", drs_status_json());
 	json_decref(n);
 	return out;
 }
@@ -820,7 +851,20 @@ static void cluster_set(struct call *c)
 		return;
 	const char *key;
 	json_t *v;
+	json_t *texts = json_object();   /* DRS and DPM keys, checked, as stored */
 	json_object_foreach(body, key, v) {
+		char text[32], err[300];
+		int mine = drs_setting_check(key, v, text, sizeof(text), err, sizeof(err));
+		if (mine == 0) {
+			reply_error(c->resp, 400, err, NULL);
+			json_decref(texts);
+			json_decref(body);
+			return;
+		}
+		if (mine > 0) {
+			json_object_set_new(texts, key, json_string(text));
+			continue;
+		}
 		long long n = json_is_integer(v) ? json_integer_value(v)
 			    : json_is_string(v) ? atoll(json_string_value(v)) : 0;
 		bool ha_key = !strcmp(key, "ha.host_failures_tolerated");
@@ -842,17 +886,23 @@ static void cluster_set(struct call *c)
 				 "host.NAME.migrations, datastore.NAME.migrations, network.NAME.migrations "
 				 "(1 to 64), standard_share_mbps or ha.host_failures_tolerated", key);
 			reply_error(c->resp, 400, msg, NULL);
+			json_decref(texts);
 			json_decref(body);
 			return;
 		}
 	}
 	json_object_foreach(body, key, v) {
 		char text[32];
+		if (json_object_get(texts, key)) {
+			db_setting_set(key, json_string_value(json_object_get(texts, key)));
+			continue;
+		}
 		snprintf(text, sizeof(text), "%lld", json_is_integer(v) ? json_integer_value(v)
 						   : atoll(json_string_value(v)));
 		db_setting_set(key, text);
 	}
 	c->details = json_incref(body);
+	json_decref(texts);
 	json_decref(body);
 	reply_json(c->resp, 200, cluster_json());
 }
@@ -899,7 +949,14 @@ static void route(struct call *c, const char *rest)
 		audit_list(c);
 	else if (!strcmp(rest, "audit/verify") && is(c, "GET"))
 		reply_json(c->resp, 200, audit_verify());
-	else if (!strcmp(rest, "cluster") && is(c, "GET"))
+	else if (!strcmp(rest, "rules") || !strncmp(rest, "rules/", 6) || !strcmp(rest, "drs") ||
+		 !strncmp(rest, "drs/", 4)) {
+		struct api_audit a = { 0 };
+		(rest[0] == 'r' ? rules_api : drs_api)(c->req, c->resp, rest, c->user, &a);
+		if (a.action[0])
+			audit_as(c, a.action, a.target);
+		c->details = a.details;
+	} else if (!strcmp(rest, "cluster") && is(c, "GET"))
 		reply_json(c->resp, 200, cluster_json());
 	else if (!strcmp(rest, "cluster") && (is(c, "POST") || is(c, "PUT")))
 		cluster_set(c);

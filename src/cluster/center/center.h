@@ -40,6 +40,7 @@ bool db_exec(const char *sql, json_t *params);   /* params stolen */
 json_t *db_row(const char *sql, json_t *params); /* first row or NULL; params stolen */
 long long db_setting_int(const char *key, long long dflt);
 void db_setting_set(const char *key, const char *value);
+void db_setting_str(const char *key, const char *dflt, char *out, size_t len);
 void iso_or_null(json_t *obj, const char *key, json_t *secs);
 
 /* inventory.c */
@@ -90,9 +91,50 @@ void ha_adopt(const char *name, const char *host, const char *dead);
  * reason. Under db_lock. */
 bool admission_check(const char *vm, json_t *spec, const char *host, char *why, size_t len);
 
-/* api.c */
+/* rules.c: affinity and anti-affinity rules between VMs (under db_lock).
+ * Where a VM is, for a check: the real placement (NULL) or a model's. */
+typedef const char *(*vm_host_fn)(const char *vm, void *ctx);
+struct rule_set;
+struct rule_set *rules_for_vm(const char *vm);   /* the rules naming vm */
+void rules_free(struct rule_set *rs);
+/* May vm run on host, other VMs where host_of says (NULL: where they are)?
+ * false with the rule and why */
+bool rules_permit(struct rule_set *rs, const char *vm, const char *host, vm_host_fn host_of,
+		  void *ctx, char *why, size_t len);
+const char *rules_placed_host(const char *vm, void *ctx);   /* a VM's host, or where it goes */
+json_t *rules_list_json(void);
+/* /ferry/rules/NAME for the HA decider; not under db_lock */
+void rules_sync_etcd(struct etcd *e);
+
+/* API routes kept beside their feature (rules.c, drs.c): what the call
+ * changed, for api.c's audit record */
 struct http_request;
 struct http_response;
+struct api_audit {
+	char action[64];
+	char target[128];
+	json_t *details;
+};
+void rules_api(const struct http_request *req, struct http_response *resp, const char *rest,
+	       const char *user, struct api_audit *audit);
+void drs_api(const struct http_request *req, struct http_response *resp, const char *rest,
+	     const char *user, struct api_audit *audit);
+
+/* drs.c: the balancer and its etcd election; dpm.c: standby hosts */
+void *drs_loop(void *arg);
+/* a VM's CPU seconds from its host's report; under db_lock */
+void drs_sample_vm(const char *vm, const char *host, json_t *report_vm);
+json_t *drs_status_json(void);   /* mode, leader, imbalance, recommendations */
+/* partial/full: the balanced host among the wizard's candidates (NULL: the
+ * wizard's first choice stands); under db_lock */
+bool drs_auto_placement(void);
+bool drs_initial_host(json_t *spec, json_t *candidates, char *out, size_t len);
+/* cluster set: a DRS or DPM key? 1 valid (text set), 0 bad (err), -1 not ours */
+int drs_setting_check(const char *key, json_t *v, char *text, size_t tlen, char *err,
+		      size_t errlen);
+void drs_settings_json(json_t *settings);
+
+/* api.c */
 void api_handle(void *ctx, const struct http_request *req, struct http_response *resp);
 
 #endif

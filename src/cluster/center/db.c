@@ -43,7 +43,9 @@ static const char schema[] =
 	"CREATE INDEX IF NOT EXISTS vms_host_name ON vms(host, name);"
 	"CREATE INDEX IF NOT EXISTS tasks_vm ON tasks(vm);"
 	"CREATE INDEX IF NOT EXISTS audit_target ON audit(target);"
-	"CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value TEXT);";
+	"CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value TEXT);"
+	"CREATE TABLE IF NOT EXISTS rules(name TEXT PRIMARY KEY, kind TEXT, vms TEXT,"
+	"  created INTEGER, user TEXT);";
 
 bool db_open(const char *path, char *err, size_t errlen)
 {
@@ -60,10 +62,15 @@ bool db_open(const char *path, char *err, size_t errlen)
 	}
 	/* the facts the wizard ranks by, as columns (inventory.c writes them
 	 * from each report); a database from before them gains them here */
-	const char *host_columns[] = { "free_mib INTEGER", "isa TEXT", "load REAL" };
-	for (size_t i = 0; i < sizeof(host_columns) / sizeof(host_columns[0]); i++) {
+	/* and DPM's standby (drs.h), each VM's CPU use (drs.c samples it) */
+	const char *columns[] = { "hosts ADD COLUMN free_mib INTEGER", "hosts ADD COLUMN isa TEXT",
+				  "hosts ADD COLUMN load REAL",
+				  "hosts ADD COLUMN standby INTEGER DEFAULT 0",
+				  "vms ADD COLUMN cpu_pid INTEGER", "vms ADD COLUMN cpu_s REAL",
+				  "vms ADD COLUMN cpu_at INTEGER", "vms ADD COLUMN cpu_rate REAL" };
+	for (size_t i = 0; i < sizeof(columns) / sizeof(columns[0]); i++) {
 		char sql[128];
-		snprintf(sql, sizeof(sql), "ALTER TABLE hosts ADD COLUMN %s", host_columns[i]);
+		snprintf(sql, sizeof(sql), "ALTER TABLE %s", columns[i]);
 		sqlite3_exec(ctr.db, sql, NULL, NULL, NULL);   /* fails when it exists */
 	}
 	return true;
@@ -161,6 +168,13 @@ long long db_setting_int(const char *key, long long dflt)
 		v = atoll(s);
 	json_decref(row);
 	return v;
+}
+
+void db_setting_str(const char *key, const char *dflt, char *out, size_t len)
+{
+	json_t *row = db_row("SELECT value FROM settings WHERE key = ?", json_pack("[s]", key));
+	snprintf(out, len, "%s", json_string_value(json_object_get(row, "value")) ?: dflt);
+	json_decref(row);
 }
 
 void db_setting_set(const char *key, const char *value)

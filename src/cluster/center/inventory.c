@@ -58,6 +58,11 @@ json_t *host_json(json_t *row)
 	json_object_set_new(rep, "alive", json_boolean(json_integer_value(json_object_get(row, "alive"))));
 	json_object_set_new(rep, "maintenance",
 			    json_boolean(json_integer_value(json_object_get(row, "maintenance"))));
+	/* DPM: ferry-center's word (1 standby, 2 entering it), or the host's own */
+	long long standby = json_integer_value(json_object_get(row, "standby"));
+	json_object_set_new(rep, "standby", json_boolean(standby == 1 ||
+							  json_is_true(json_object_get(rep, "standby"))));
+	json_object_set_new(rep, "entering_standby", json_boolean(standby == 2));
 	iso_or_null(rep, "last_seen", json_object_get(row, "last_seen"));
 	json_t *n = db_row("SELECT count(*) AS n FROM vms WHERE host = ?", json_pack("[s]", name));
 	json_object_set(rep, "vms", json_object_get(n, "n"));
@@ -154,6 +159,7 @@ static void update_vms(const char *host, json_t *vm_list, json_t *strays)
 				"last_console = NULL WHERE name = ? AND host = ? AND state IN "
 				"('starting', 'running', 'exited', 'restarting')",
 				json_pack("[s, s]", name, host));
+			drs_sample_vm(name, host, v);
 		}
 	}
 }

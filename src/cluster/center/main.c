@@ -112,6 +112,7 @@ int main(int argc, char **argv)
 	pthread_t t;
 	pthread_create(&t, NULL, inventory_loop, NULL);
 	pthread_create(&t, NULL, tasks_loop, NULL);
+	pthread_create(&t, NULL, drs_loop, NULL);
 	int sig;
 	sigwait(&set, &sig);
 	logf_("signal %d: stopping", sig);

@@ -1,9 +1,10 @@
 /*
  * wizard.c - the placement wizard: where can this VM go?
  *
- * Every host is checked: alive (its etcd lease), not in maintenance, the
- * same ISA, enough free memory, every datastore and network the VM uses
- * present, under its limit of concurrent migrations. Refused hosts come
+ * Every host is checked: alive (its etcd lease), not in maintenance nor
+ * in DPM's standby, the same ISA, enough free memory, every datastore and
+ * network the VM uses present, the VM's affinity and anti-affinity rules
+ * (rules.c), under its limit of concurrent migrations. Refused hosts come
  * with the reason; the rest are ranked by free memory, then load. The
  * estimate of a migration's time and downtime comes from the migrations
  * this cluster has finished (time per MiB of guest memory, median
@@ -123,7 +124,8 @@ static int by_rank(const void *a, const void *b)
 
 /* One row per host, by name: name, alive, maintenance, free_mib, isa,
  * load, whether the network is there, then whether each datastore is
- * (host.c reports a datastore it cannot see with free_mib -1). */
+ * (host.c reports a datastore it cannot see with free_mib -1), then
+ * DPM's standby. */
 static sqlite3_stmt *host_facts(char dsnames[][64], int nds, const char *network,
 				const char *only_host)
 {
@@ -136,6 +138,7 @@ static sqlite3_stmt *host_facts(char dsnames[][64], int nds, const char *network
 		n += (size_t)snprintf(sql + n, sizeof(sql) - n, ", EXISTS(SELECT 1 FROM datastores d"
 				      " WHERE d.host = h.name AND d.name = ?%d AND"
 				      " coalesce(d.free_mib, 0) >= 0)", d + 2);
+	n += (size_t)snprintf(sql + n, sizeof(sql) - n, ", coalesce(standby, 0)");
 	snprintf(sql + n, sizeof(sql) - n, " FROM hosts h WHERE ?%d IS NULL OR name = ?%d ORDER BY"
 		 " name", nds + 2, nds + 2);
 	sqlite3_stmt *st;
@@ -168,6 +171,8 @@ struct needs {
 	char datastores[16][64];
 	int ndatastores;
 	char network[64];      /* "" for none */
+	const char *name;
+	struct rule_set *rules;   /* the rules naming it */
 };
 
 /* Why the host of host_facts()'s current row cannot take the VM, in
@@ -187,6 +192,8 @@ static void refusal(sqlite3_stmt *st, const struct needs *vm, int running, int l
 		snprintf(reason, len, "not responding (no heartbeat in etcd)");
 	else if (sqlite3_column_int(st, 2))
 		snprintf(reason, len, "in maintenance");
+	else if (sqlite3_column_int(st, 7 + vm->ndatastores))
+		snprintf(reason, len, "in standby (DPM)");
 	else if (src_isa && (!isa || strcmp(isa, src_isa)))
 		snprintf(reason, len, "ISA %s cannot run a guest from %s", isa ? isa : "unknown",
 			 src_isa);
@@ -198,6 +205,8 @@ static void refusal(sqlite3_stmt *st, const struct needs *vm, int running, int l
 			snprintf(reason, len, "datastore %s is not visible there", vm->datastores[d]);
 	if (!reason[0] && network[0] && !sqlite3_column_int(st, 6))
 		snprintf(reason, len, "network %s is not there", network);
+	if (!reason[0])
+		rules_permit(vm->rules, vm->name, name, NULL, NULL, reason, len);
 	if (!reason[0] && running >= limit)
 		snprintf(reason, len, "at its limit: %d of %d migrations running", running, limit);
 }
@@ -217,6 +226,8 @@ char *wizard_recommend_text(json_t *vm_row, long long max_candidates, long long 
 	spec_network(spec, vm.network, sizeof(vm.network));
 	json_t *src_row = db_row("SELECT isa FROM hosts WHERE name = ?", json_pack("[s]", vm.source));
 	vm.isa = json_string_value(json_object_get(src_row, "isa"));
+	vm.name = json_string_value(json_object_get(vm_row, "name")) ?: "";
+	vm.rules = rules_for_vm(vm.name);
 	json_t *running_by = by_host("SELECT h AS k, count(*) AS n FROM (SELECT source AS h FROM "
 				     "tasks WHERE kind = 'migrate' AND state = 'running' UNION ALL "
 				     "SELECT destination FROM tasks WHERE kind = 'migrate' AND "
@@ -301,6 +312,7 @@ char *wizard_recommend_text(json_t *vm_row, long long max_candidates, long long 
 	free(est);
 	free(cands);
 	jw_free(&refused);
+	rules_free(vm.rules);
 	json_decref(running_by);
 	json_decref(limit_by);
 	json_decref(src_row);

@@ -167,14 +167,16 @@ static int cmd_host_list(int argc, char **argv)
 	if (json_out) {
 		print_json(r);
 	} else {
-		printf("%-8s %-6s %-5s %5s %9s %9s %5s %4s %s\n", "HOST", "ALIVE", "MAINT", "HARTS",
-		       "MEM MiB", "FREE MiB", "LOAD", "VMS", "MIGRATIONS");
+		printf("%-8s %-6s %-5s %-8s %5s %9s %9s %5s %4s %s\n", "HOST", "ALIVE", "MAINT",
+		       "STANDBY", "HARTS", "MEM MiB", "FREE MiB", "LOAD", "VMS", "MIGRATIONS");
 		size_t i;
 		json_t *h;
 		json_array_foreach(json_object_get(r, "hosts"), i, h)
-			printf("%-8s %-6s %-5s %5lld %9lld %9lld %5.2f %4lld %lld/%lld\n",
+			printf("%-8s %-6s %-5s %-8s %5lld %9lld %9lld %5.2f %4lld %lld/%lld\n",
 			       str(h, "name"), json_is_true(json_object_get(h, "alive")) ? "yes" : "NO",
 			       json_is_true(json_object_get(h, "maintenance")) ? "yes" : "no",
+			       json_is_true(json_object_get(h, "entering_standby")) ? "entering"
+			       : json_is_true(json_object_get(h, "standby")) ? "yes" : "no",
 			       json_integer_value(json_object_get(h, "harts")),
 			       json_integer_value(json_object_get(h, "mem_mib")),
 			       json_integer_value(json_object_get(h, "free_mib")),
@@ -784,10 +786,116 @@ static int cmd_audit(int argc, char **argv)
 	return 0;
 }
 
+/* DRS's state and its recommendations, for a person */
+static void print_drs(json_t *d)
+{
+	printf("DRS: mode %s, threshold %lld, imbalance %.3f (tolerance %.2f), decided by %s, "
+	       "pass %lld%s%s\n", str(d, "mode"), json_integer_value(json_object_get(d, "threshold")),
+	       json_number_value(json_object_get(d, "imbalance")),
+	       json_number_value(json_object_get(d, "tolerance")), str(d, "leader"),
+	       json_integer_value(json_object_get(d, "passes")),
+	       json_is_string(json_object_get(d, "waiting")) ? ", waiting: " : "",
+	       json_is_string(json_object_get(d, "waiting")) ? str(d, "waiting") : "");
+	const char *lists[] = { "recommendations", "applied" };
+	for (int k = 0; k < 2; k++) {
+		size_t i;
+		json_t *r;
+		json_array_foreach(json_object_get(d, lists[k]), i, r)
+			printf("  %s %3lld  %-12s %s -> %s  %s\n", k ? "applied" : "recommend",
+			       json_integer_value(json_object_get(r, "id")), str(r, "vm"),
+			       str(r, "from"), str(r, "to"), str(r, "reason"));
+	}
+}
+
 static int cmd_cluster_show(int argc, char **argv)
 {
 	(void)argc; (void)argv;
-	return print_reply(apif("GET", NULL, "cluster"));
+	json_t *r = apif("GET", NULL, "cluster");
+	if (!r || json_out)
+		return print_reply(r);
+	print_json(json_object_get(r, "settings"));
+	print_drs(json_object_get(r, "drs"));
+	json_decref(r);
+	return 0;
+}
+
+static int cmd_cluster_drs_apply(int argc, char **argv)
+{
+	if (argc > 2)
+		return usage_error("want at most one recommendation ID (ferry cluster show)");
+	json_t *body = argc == 2 ? json_pack("{s:I}", "id", (json_int_t)atoll(argv[1]))
+				 : json_object();
+	json_t *r = apif("POST", body, "drs/apply");
+	if (!r || json_out)
+		return print_reply(r);
+	size_t i;
+	json_t *t;
+	json_array_foreach(json_object_get(r, "tasks"), i, t)
+		printf("task %lld queued\n", json_integer_value(t));
+	json_decref(r);
+	return 0;
+}
+
+static int cmd_cluster_rule_add(int argc, char **argv)
+{
+	static const struct option opts[] = { { "affinity", 0, 0, 'a' },
+					      { "anti-affinity", 0, 0, 'n' }, { 0 } };
+	const char *kind = NULL;
+	int c;
+	while ((c = next_opt(argc, argv, opts)) != -1) {
+		if (c != 'a' && c != 'n')
+			return usage_error("unknown option");
+		if (kind)
+			return usage_error("one of --affinity or --anti-affinity");
+		kind = c == 'a' ? "affinity" : "anti-affinity";
+	}
+	if (!kind || argc - optind != 2)
+		return usage_error("want NAME --affinity|--anti-affinity VM1,VM2[,...]");
+	json_t *vms = json_array();
+	char *list = argv[optind + 1], *save = NULL;
+	for (char *v = strtok_r(list, ",", &save); v; v = strtok_r(NULL, ",", &save))
+		json_array_append_new(vms, json_string(v));
+	json_t *r = apif("POST", json_pack("{s:s, s:s, s:o}", "name", argv[optind], "kind", kind,
+					   "vms", vms), "rules");
+	if (!r || json_out)
+		return print_reply(r);
+	printf("rule %s added (%s)%s\n", str(r, "name"), str(r, "kind"),
+	       json_is_true(json_object_get(r, "violated")) ? ": broken by the placement now, DRS "
+	       "moves the VMs when it runs" : "");
+	json_decref(r);
+	return 0;
+}
+
+static int cmd_cluster_rule_list(int argc, char **argv)
+{
+	(void)argc; (void)argv;
+	json_t *r = apif("GET", NULL, "rules");
+	if (!r || json_out)
+		return print_reply(r);
+	printf("%-16s %-14s %-8s %s\n", "RULE", "KIND", "BROKEN", "VMS");
+	size_t i, j;
+	json_t *x, *v;
+	json_array_foreach(json_object_get(r, "rules"), i, x) {
+		printf("%-16s %-14s %-8s ", str(x, "name"), str(x, "kind"),
+		       json_is_true(json_object_get(x, "violated")) ? "yes" : "no");
+		json_array_foreach(json_object_get(x, "vms"), j, v)
+			printf("%s%s", j ? "," : "", json_string_value(v));
+		printf("\n");
+	}
+	json_decref(r);
+	return 0;
+}
+
+static int cmd_cluster_rule_delete(int argc, char **argv)
+{
+	if (argc != 2)
+		return usage_error("name one rule");
+	json_t *r = apif("DELETE", NULL, "rules/%s", argv[1]);
+	if (!r || json_out)
+		return print_reply(r);
+	printf("rule %s deleted\n", argv[1]);
+	json_decref(r);
+	return 0;
 }
 
 static int cmd_cluster_set(int argc, char **argv)
@@ -924,8 +1032,15 @@ static const struct command commands[] = {
 	{ "audit", "audit [--vm NAME] [--since TIME] [--verify]", cmd_audit },
 	{ "cluster show", "cluster show", cmd_cluster_show },
 	{ "cluster set", "cluster set KEY=VALUE...   (migrations_per_host=N, host.H.migrations=N, "
-	  "ha.host_failures_tolerated=N)",
+	  "ha.host_failures_tolerated=N, drs=off|manual|partial|full, drs.threshold=1..5, "
+	  "drs.cooldown_s=S, drs.interval_s=S, dpm=on|off, dpm.min_hosts=N, dpm.delay_s=S)",
 	  cmd_cluster_set },
+	{ "cluster drs apply", "cluster drs apply [ID]   (DRS's recommendations, or the one ID)",
+	  cmd_cluster_drs_apply },
+	{ "cluster rule add", "cluster rule add NAME --affinity|--anti-affinity VM1,VM2[,...]",
+	  cmd_cluster_rule_add },
+	{ "cluster rule list", "cluster rule list", cmd_cluster_rule_list },
+	{ "cluster rule delete", "cluster rule delete NAME", cmd_cluster_rule_delete },
 	{ "lab up", "lab up [--hosts N] [--name LAB] [--dir DIR]", cmd_lab_up },
 	{ "lab down", "lab down [--name LAB]", cmd_lab_down },
 };

@@ -114,8 +114,27 @@ void api_handle(void *ctx, const struct http_request *req, struct http_response 
 		return;
 	if (!strcmp(rest, "host") && is(req, "GET")) {
 		json_t *h = host_report();
-		json_object_set_new(h, "vm_list", vms_list());
+		json_t *list = vms_list();
+		host_add_cpu(list);
+		json_object_set_new(h, "vm_list", list);
 		reply_json(resp, 200, h);
+	} else if (!strcmp(rest, "standby") && is(req, "POST")) {
+		json_t *body = parse_body(req, resp);
+		if (!body)
+			return;
+		json_t *en = json_object_get(body, "enabled");
+		if (!json_is_boolean(en))
+			reply_error(resp, 400, "want {\"enabled\": true|false}", NULL);
+		else if (!host_set_standby(json_is_true(en), err, sizeof(err)))
+			reply_error(resp, 409, err, NULL);
+		else
+			reply_json(resp, 200, host_report());
+		json_decref(body);
+	} else if ((!strcmp(rest, "vms") || !strcmp(rest, "incoming")) && is(req, "POST") &&
+		   host_standby()) {
+		/* 503, not 409: the HA decider takes a 409 for "runs there already" */
+		reply_error(resp, 503, "this host is in standby (DPM): it takes no VMs",
+			    "ferry-center wakes it when the cluster needs it");
 	} else if (!strcmp(rest, "vms") && is(req, "GET")) {
 		reply_json(resp, 200, json_pack("{s:o}", "vms", vms_list()));
 	} else if (!strcmp(rest, "vms") && is(req, "POST")) {

@@ -70,6 +70,9 @@ struct vm {
 /* host.c */
 json_t *host_report(void);
 const char *host_isa(void);
+void host_add_cpu(json_t *vm_list);   /* each running VM's "cpu_s" */
+bool host_standby(void);              /* DPM standby: no VM starts, no incoming */
+bool host_set_standby(bool on, char *err, size_t errlen);
 
 /* vms.c: the table is guarded by vms_lock */
 extern pthread_mutex_t vms_lock;

@@ -1,9 +1,20 @@
 /*
  * host.c - what ferryd reports about its host: CPU, memory, load, the ISA
- * ferry-vm runs, datastores with free space, networks and their bridges.
+ * ferry-vm runs, datastores with free space, networks and their bridges,
+ * the CPU seconds each VM's ferry-vm has used (for DRS), and standby.
+ *
+ * Standby (DPM): ferry-center's DPM tells an empty host it is not needed;
+ * the host then refuses VM starts and incoming migrations (503, so the HA
+ * decider tries the next host) and reports "standby": true until told to
+ * wake. A real host would power off here; in the lab ferryd stays alive.
+ * The state is kept in STATE/standby, so a restarted ferryd stays put.
  */
 #include "cluster/ferryd/ferryd.h"
 
+#include "cluster/common/util.h"
+
+#include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,12 +74,101 @@ static json_t *networks_json(void)
 	return a;
 }
 
+static atomic_bool standby;
+static atomic_bool standby_loaded;
+
+static void standby_path(char *out, size_t len)
+{
+	snprintf(out, len, "%s/standby", fd_cfg.state_dir);
+}
+
+bool host_standby(void)
+{
+	if (!standby_loaded) {
+		char p[PATH_MAX + 16];
+		standby_path(p, sizeof(p));
+		standby = access(p, F_OK) == 0;
+		standby_loaded = true;
+	}
+	return standby;
+}
+
+static int vms_running(void)
+{
+	pthread_mutex_lock(&vms_lock);
+	struct vm **list;
+	int n = vms_snapshot(&list), running = 0;
+	for (int i = 0; i < n; i++)
+		running += !list[i]->exited && !list[i]->leaving;
+	pthread_mutex_unlock(&vms_lock);
+	return running;
+}
+
+bool host_set_standby(bool on, char *err, size_t errlen)
+{
+	char p[PATH_MAX + 16];
+	standby_path(p, sizeof(p));
+	int running = on ? vms_running() : 0;
+	if (running) {
+		snprintf(err, errlen, "host %s still runs %d VM(s): evacuate it first", fd_cfg.name,
+			 running);
+		return false;
+	}
+	if (on) {
+		FILE *f = fopen(p, "w");
+		if (!f || fclose(f) != 0) {
+			snprintf(err, errlen, "%s: %s", p, strerror(errno));
+			return false;
+		}
+	} else if (unlink(p) != 0 && errno != ENOENT) {
+		snprintf(err, errlen, "%s: %s", p, strerror(errno));
+		return false;
+	}
+	if (host_standby() != on)
+		logf_("standby: %s", on ? "entered (DPM): no VM starts or incoming migrations"
+					: "left (DPM): taking VMs again");
+	standby = on;
+	return true;
+}
+
+/* CPU seconds (user + system) a process has used, from /proc/PID/stat; -1 if gone. */
+static double cpu_seconds(int pid)
+{
+	char p[64], buf[1024];
+	snprintf(p, sizeof(p), "/proc/%d/stat", pid);
+	FILE *f = fopen(p, "r");
+	if (!f)
+		return -1;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	char *rp = strrchr(buf, ')');   /* the name may hold spaces */
+	unsigned long long utime, stime;
+	if (!rp || sscanf(rp + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+			  &utime, &stime) != 2)
+		return -1;
+	return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+void host_add_cpu(json_t *vm_list)
+{
+	size_t i;
+	json_t *v;
+	json_array_foreach(vm_list, i, v) {
+		int pid = (int)json_integer_value(json_object_get(v, "pid"));
+		double s = pid > 0 && strcmp(json_string_value(json_object_get(v, "state")) ?: "",
+					     "exited") ? cpu_seconds(pid) : -1;
+		if (s >= 0)
+			json_object_set_new(v, "cpu_s", json_real(s));
+	}
+}
+
 json_t *host_report(void)
 {
 	double load[1] = { 0 };
 	getloadavg(load, 1);
 	long total = meminfo_mib("MemTotal");
-	return json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:f, s:s, s:s, s:o, s:o, s:i, s:I}",
+	return json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:f, s:s, s:s, s:o, s:o, s:i, s:I, s:b}",
 		"name", fd_cfg.name, "address", fd_cfg.address, "url", fd_cfg.url,
 		"harts", (int)sysconf(_SC_NPROCESSORS_ONLN),
 		"mem_mib", (json_int_t)total,
@@ -76,5 +176,6 @@ json_t *host_report(void)
 		"load", load[0], "isa", host_isa(), "vmm_version", fd_cfg.vmm_version,
 		"datastores", datastores_json(), "networks", networks_json(),
 		"vms", vms_count(), "vm_memory_mib",
-		(json_int_t)(fd_cfg.vm_memory_mib > 0 ? fd_cfg.vm_memory_mib : total));
+		(json_int_t)(fd_cfg.vm_memory_mib > 0 ? fd_cfg.vm_memory_mib : total),
+		"standby", host_standby());
 }
