@@ -612,8 +612,8 @@ static json_t *pass(const char *m_mode, bool *dpm_on)
 	char d[16];
 	db_setting_str("dpm", "off", d, sizeof(d));
 	*dpm_on = !strcmp(d, "on");
-	json_t *st = json_pack("{s:s, s:i, s:f}", "mode", m_mode, "threshold", threshold,
-			       "tolerance", tol);
+	json_t *st = json_pack("{s:s, s:i, s:f, s:[], s:[], s:[]}", "mode", m_mode, "threshold",
+			       threshold, "tolerance", tol, "recommendations", "applied", "skipped");
 	struct model m;
 	if (!model_load(&m))
 		return st;
@@ -770,7 +770,9 @@ void *drs_loop(void *arg)
 json_t *drs_status_json(void)
 {
 	pthread_mutex_lock(&status_lock);
-	json_t *s = status ? json_deep_copy(status) : json_pack("{s:i}", "passes", 0);
+	json_t *s = status ? json_deep_copy(status)
+			   : json_pack("{s:i, s:[], s:[], s:[]}", "passes", 0, "recommendations",
+				       "applied", "skipped");
 	json_object_set_new(s, "leader", leader_holder[0] ? json_string(leader_holder) : json_null());
 	json_object_set_new(s, "decides_here", json_boolean(is_leader));
 	pthread_mutex_unlock(&status_lock);
