@@ -7,6 +7,10 @@
  * second (live progress), the others every few seconds. Only table bodies
  * are redrawn, so a search box keeps its focus and text while polling.
  *
+ * A VM's name opens its details (fault tolerance: state, hosts, checkpoint
+ * rate, bytes per epoch, added output latency, primary slowdown, events),
+ * asked again every second while open.
+ *
  * The bearer token lives in sessionStorage. /whoami tells the role: a
  * read-only token gets no action buttons (body.readonly hides them), and
  * any 403 the API still answers is shown in the notice bar as it is.
@@ -32,6 +36,8 @@ const state = {
 	timer: null,
 	noticeTimer: null,
 	wizard: null,
+	details: null,        /* the VM whose details are open */
+	detailsTimer: null,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -365,7 +371,10 @@ async function loadVMs() {
 			onclick: () => { p.host = ''; p.offset = 0; refresh(); },
 		}, '×'));
 	const rows = r.vms.map((v) => el('tr', { dataset: { vm: v.name } },
-		el('td', {}, el('b', {}, v.name)),
+		el('td', {}, el('button', {
+			class: 'link vm-open', title: 'Details and fault tolerance',
+			onclick: () => openDetails(v.name),
+		}, v.name)),
 		el('td', { class: 'vm-host' }, v.host || '–'),
 		el('td', {}, badge(v.state), v.state === 'exited' && v.exit_status !== null
 			? el('span', { class: 'muted' }, ' status ' + v.exit_status) : null),
@@ -379,6 +388,80 @@ async function loadVMs() {
 		}, 'Migrate…'))));
 	fill($('vms-table').tBodies[0], rows, 7, p.q || p.host ? 'No VM matches.' : 'No VMs yet.');
 	pager('vms-pager', p, refresh);
+}
+
+/* ---- a VM's details: fault tolerance ------------------------------------- */
+
+/* The dialog shows GET /vms/NAME and its "ft" (docs/api.md), asked again
+ * every second while it is open. */
+async function openDetails(name) {
+	state.details = name;
+	$('vm-details-title').textContent = name;
+	$('vm-details-sub').textContent = '';
+	$('vm-ft').replaceChildren();
+	$('vm-ft-history').replaceChildren();
+	$('vm-details-error').textContent = '';
+	$('vm-details').showModal();
+	await loadDetails();
+}
+
+function closeDetails() {
+	state.details = null;
+	clearTimeout(state.detailsTimer);
+	$('vm-details').close();
+}
+
+function fact(term, ...value) {
+	return [el('dt', {}, term), el('dd', {}, ...value)];
+}
+
+function ftFacts(ft) {
+	if (!ft)
+		return [fact('State', badge('off', 'stopped'), ' (ferry vm ft enable NAME)')];
+	const facts = [
+		fact('State', badge(ft.state, ft.state)),
+		fact('Primary', ft.primary || '–'),
+		fact('Secondary', ft.secondary || 'none'),
+	];
+	if (ft.checkpoints_per_s !== undefined)
+		facts.push(
+			fact('Checkpoint rate', el('span', { class: 'ft-rate' },
+				`${ft.checkpoints_per_s.toFixed(1)} /s`), ` (every ${ms(ft.epoch_ms)}, epoch ${ft.epoch})`),
+			fact('Bytes per epoch', el('span', { class: 'ft-bytes' }, bytes(ft.bytes_per_epoch))),
+			fact('Added output latency', el('span', { class: 'ft-latency' },
+				`${ft.added_latency_ms.toFixed(1)} ms`), ` (half an epoch, then ${ft.commit_ms.toFixed(1)} ms to the acknowledgement)`),
+			fact('Primary slowdown', el('span', { class: 'ft-slowdown' },
+				`${ft.slowdown_pct.toFixed(1)} %`), ` paused (${ft.pause_ms.toFixed(2)} ms a checkpoint)`));
+	if (ft.last_failover)
+		facts.push(fact('Last failover', `${ft.last_failover.from} → ${ft.last_failover.to} at epoch ` +
+			`${ft.last_failover.epoch}, ${when(ft.last_failover.at)}`));
+	if (ft.error)
+		facts.push(fact('Note', ft.error));
+	return facts;
+}
+
+async function loadDetails() {
+	const name = state.details;
+	clearTimeout(state.detailsTimer);
+	if (!name)
+		return;
+	try {
+		const v = await api('GET', '/vms/' + encodeURIComponent(name));
+		if (state.details !== name)
+			return;
+		$('vm-details-sub').replaceChildren(badge(v.state), ` on ${v.host || '–'}, ${mib(v.mem_mib)}, ` +
+			`${v.smp ?? '–'} vCPUs, HA ${v.ha || 'off'}`);
+		$('vm-ft').replaceChildren(...ftFacts(v.ft).flat());
+		const events = ((v.ft && v.ft.history) || []).slice().reverse().map((h) =>
+			el('li', { dataset: { state: h.state } }, el('b', {}, h.state), ` ${when(h.at)}`,
+				h.why ? ': ' + h.why : ''));
+		$('vm-ft-history').replaceChildren(...(events.length ? events : [el('li', {}, 'none')]));
+		$('vm-details-error').textContent = '';
+	} catch (e) {
+		$('vm-details-error').textContent = describe(e);
+	}
+	if (state.details === name)
+		state.detailsTimer = setTimeout(loadDetails, 1000);
 }
 
 /* ---- the migration wizard ------------------------------------------------ */
@@ -624,6 +707,8 @@ function start() {
 	$('notice-close').addEventListener('click', () => { $('notice').hidden = true; });
 	$('wizard-cancel').addEventListener('click', () => { state.wizard = null; $('wizard').close(); });
 	$('wizard-go').addEventListener('click', startMigration);
+	$('vm-details-close').addEventListener('click', closeDetails);
+	$('vm-details').addEventListener('close', () => { state.details = null; });
 	$('audit-verify').addEventListener('click', verifyAudit);
 	searchBox('hosts-q', state.hosts);
 	searchBox('vms-q', state.vms);

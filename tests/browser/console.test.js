@@ -22,9 +22,11 @@
  * the source host put in maintenance from the hosts page is refused by the
  * wizard "in maintenance"; a migration scheduled for later (back to the
  * source, out of maintenance again) is cancelled from the page; a read-only
- * token sees no action buttons. On success it prints one line of JSON
- * ({"destination", "task", "cancelled_task"}) for the Python side to check
- * against the API.
+ * token sees no action buttons. With FT_VM, first that fault-tolerant VM's
+ * details show it protected with its hosts and figures (checkpoint rate,
+ * bytes per epoch, added output latency, primary slowdown). On success it
+ * prints one line of JSON ({"destination", "task", "cancelled_task", "ft"})
+ * for the Python side to check against the API.
  */
 'use strict';
 
@@ -41,6 +43,7 @@ const env = (k) => {
 const CENTER = env('CENTER_URL'), TOKEN = env('TOKEN'), TOKEN_RO = env('TOKEN_RO');
 const VM = env('VM'), SOURCE = env('SOURCE'), SHOTS = env('SHOTS');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const FT_VM = process.env.FT_VM;   /* optional: a fault-tolerant VM whose details are checked */
 const BANDWIDTH = '8';         /* Mbit/s: about 4 s for the idle 64 MiB guest (4 MB sent) */
 const WAIT = 20000;            /* ms for the page to show something */
 const MIGRATION_WAIT = 90000;  /* ms for a migration to finish */
@@ -91,6 +94,37 @@ async function main() {
 		await page.waitForSelector(`tr[data-hostvms="${SOURCE}"] .vm[data-vm="${VM}"]`);
 		await page.waitForFunction(() => /\d+ hosts/.test(document.querySelector('#summary').textContent));
 		await shot(page, '01-hosts');
+
+		if (FT_VM) {
+			step(`VM details: ${FT_VM}'s fault tolerance figures`);
+			await page.click('nav a[data-view=vms]');
+			await page.fill('#vms-q', FT_VM);
+			await page.click(`#vms-table tr[data-vm="${FT_VM}"] button.vm-open`);
+			await page.waitForSelector('#vm-details[open] #vm-ft .badge.protected');
+			/* the rate is measured over a second: wait for a figure */
+			await page.waitForFunction(() => {
+				const r = document.querySelector('#vm-ft .ft-rate');
+				return r && parseFloat(r.textContent) > 0;
+			});
+			const ft = await page.$eval('#vm-ft', (dl) => {
+				const facts = {};
+				const dts = dl.querySelectorAll('dt');
+				for (const dt of dts)
+					facts[dt.textContent] = dt.nextElementSibling.textContent;
+				return facts;
+			});
+			for (const k of ['Primary', 'Secondary', 'Checkpoint rate', 'Bytes per epoch',
+					 'Added output latency', 'Primary slowdown'])
+				if (!ft[k] || ft[k] === '–')
+					throw new Error(`VM details: no ${k} shown: ${JSON.stringify(ft)}`);
+			if (!/^[\d.]+ (B|KiB|MiB)$/.test(ft['Bytes per epoch']) || !/^[\d.]+ ms/.test(ft['Added output latency']) ||
+			    !/^[\d.]+ %/.test(ft['Primary slowdown']))
+				throw new Error('VM details: figures not as expected: ' + JSON.stringify(ft));
+			result.ft = { primary: ft.Primary, secondary: ft.Secondary };
+			await shot(page, '01b-ft-details');
+			await page.click('#vm-details-close');
+			await page.waitForSelector('#vm-details:not([open])', { state: 'attached' });
+		}
 
 		step('VMs view: search finds the VM, on its host');
 		await page.click('nav a[data-view=vms]');

@@ -10,8 +10,9 @@ by search, the wizard's candidates and refused hosts, a migration to the
 host we pick followed on the tasks view until `succeeded`, the VM on its
 new host, the migration in the audit trail (and the chain verifying), a
 scheduled migration cancelled from the page, and a read-only token with
-no action buttons. Afterwards the API must agree with what the page
-showed: the VM runs on the chosen host, the task succeeded, the
+no action buttons; a fault-tolerant VM's details show it protected with
+its hosts and FT figures. Afterwards the API must agree with what the page
+showed (and the FT VM's hosts): the VM runs on the chosen host, the task succeeded, the
 scheduled one was cancelled.
 
 It fails when the page shows something wrong, or when the console's
@@ -42,6 +43,7 @@ from ferrylib import BUILD, GUEST_IMAGE, GUEST_INITRD, REPO, need_root, need_too
 TIMEOUT = 200
 LAB = "fconsole"
 VM_NAME = "web1"
+FT_VM = "ftweb"
 SOURCE = "h1"
 BROWSER_DIR = REPO / "tests" / "browser"
 FERRY = BUILD / "ferry"
@@ -91,12 +93,18 @@ def test_console_migration_in_chromium():
                         "--initrd", "shared:initrd.img", "--append", "console=ttyS0",
                         "--mem", "64", "--host", SOURCE)
         assert created["vm"]["state"] == "running", created
+        # a fault-tolerant VM whose figures the VM details show (on h3,
+        # secondary h2: away from the source the test puts in maintenance)
+        ferry("vm", "create", FT_VM, "--kernel", "shared:Image", "--initrd", "shared:initrd.img",
+              "--append", "console=ttyS0", "--mem", "64", "--host", "h3")
+        ft_task = ferry("vm", "ft", "enable", FT_VM, "--secondary", "h2", "--wait")
+        assert ft_task["state"] == "succeeded", ft_task
 
         env = dict(os.environ,
                    CENTER_URL=(lab_dir / "center.url").read_text().strip(),
                    TOKEN=(lab_dir / "token").read_text().strip(),
                    TOKEN_RO=(lab_dir / "token-ro").read_text().strip(),
-                   VM=VM_NAME, SOURCE=SOURCE, SHOTS=str(shots),
+                   VM=VM_NAME, SOURCE=SOURCE, SHOTS=str(shots), FT_VM=FT_VM,
                    CHROMIUM=shutil.which("chromium"), HOME=str(tmp))
         run = subprocess.run(["ip", "netns", "exec", f"{LAB}-client", "node",
                               "console.test.js"], cwd=BROWSER_DIR, env=env,
@@ -113,6 +121,9 @@ def test_console_migration_in_chromium():
         assert task["state"] == "succeeded" and task["destination"] == seen["destination"], task
         later = ferry("task", "show", str(seen["cancelled_task"]))
         assert later["state"] == "cancelled", later
+        ft = ferry("vm", "show", FT_VM)["ft"]
+        assert seen["ft"] == {"primary": ft["primary"], "secondary": ft["secondary"]} == \
+            {"primary": "h3", "secondary": "h2"}, (seen["ft"], ft)
         ok = True
     finally:
         subprocess.run([str(FERRY), "lab", "down", "--name", LAB], capture_output=True,

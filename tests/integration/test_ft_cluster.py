@@ -26,7 +26,8 @@ What is proved, and how it would fail:
   the VM is reported unprotected with the reason, then protected again;
 - the secondary's host dies (test_ft_cluster_secondary_host_dies): the
   primary runs on, `vm show` says unprotected and why (its history keeps
-  it), the stream verifies, FT comes back on the third host;
+  it), the stream verifies, FT comes back on the third host; maintenance
+  of the primary's host refuses to evacuate it, with the reason;
 - bad input: ft enable of an unknown VM (404), with the primary's own host
   as secondary (409, the wizard's reason), twice (409); a migration of an
   FT VM is refused (409); ft disable removes the secondary's process and
@@ -280,5 +281,11 @@ def test_ft_cluster_secondary_host_dies():
             sent = finish(lab, "ft3", stream)
         copies = running_copies(lab, "ft3")
         assert copies == ["h1"], copies
+        # maintenance does not migrate an FT primary: refused with the reason
+        h = lab.cli("host", "maintenance", "h1", "enter")
+        refused = h["evacuation"]["refused"]
+        assert [r["vm"] for r in refused] == ["ft3"] and "fault tolerant" in \
+            refused[0]["reason"], h["evacuation"]
+        assert not h["evacuation"]["tasks"] and lab.vm("ft3")["host"] == "h1"
         print("stream: %d bytes intact; the primary ran on unprotected, then h3 "
               "protected it" % sent)

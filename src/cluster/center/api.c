@@ -155,6 +155,14 @@ static json_t *evacuate(struct call *c, const char *host)
 			json_decref(busy);
 			continue;
 		}
+		json_t *ft = ft_status(vm);
+		bool fault_tolerant = ft != NULL;
+		json_decref(ft);
+		if (fault_tolerant) {   /* FT decides where it runs */
+			json_array_append_new(refused, json_pack("{s:s, s:s}", "vm", vm, "reason",
+				"fault tolerant: its primary does not migrate (ferry vm ft disable NAME)"));
+			continue;
+		}
 		json_t *rec = wizard_recommend_n(row, 1, -1, NULL);
 		json_t *first = json_array_get(json_object_get(rec, "candidates"), 0);
 		if (!first) {   /* a host at its limit is fine: the task waits */
