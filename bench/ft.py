@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """ft.py - what fault tolerance costs and what a failover looks like.
 
-    sudo bench/ft.py [--runs N] [--epochs 20,50,100] [--only gap|latency|compute]
+    sudo bench/ft.py [--runs N] [--epochs 20,50,100] [--min-epochs 0,3]
+                     [--only gap|latency|compute]
 
 Three figures, each printed with the machine (timings are for reading,
 never asserted: this host is shared):
@@ -20,9 +21,12 @@ never asserted: this host is shared):
   epoch interval. The client sends 64 bytes to the echo server and waits
   for them, N times one after another; median and 95th percentile round
   trip. Output commit holds each answer until the epoch that produced it
-  is acknowledged. A request sent right after the last answer's release
+  is acknowledged. With early epochs off (min_epoch_ms 0) an epoch ends
+  on the clock: a request sent right after the last answer's release
   lands at the start of an epoch, so back-to-back requests wait about a
-  whole epoch (plus the commit); requests at random times would wait half.
+  whole epoch (plus the commit). With min_epoch_ms M (the default 3) the
+  first held frame ends the epoch once it has run M ms: each setting of
+  --min-epochs is run at each epoch interval.
 - compute: bench/compute.c (as bench/compute.py builds it) in a guest,
   FT off against FT on at each epoch interval (the secondary on
   loopback); the time is the host's, from the console's "compute: start"
@@ -196,24 +200,33 @@ def bench_latency(args):
         prim.wait_for(rf"^tcpserve: listening on port {ECHO_PORT}", BOOT_S)
         off = rr_once(topo, n)
         base = statistics.median(off)
-        rows.append(["off", f"{base:.2f}", f"{pct(off, 0.95):.2f}", "", "", ""])
+        rows.append(["off", f"{base:.2f}", f"{pct(off, 0.95):.2f}", "", "", "", "", ""])
         q = prim.qmp()
         for epoch in args.epochs:
-            sec, uri = secondary_vm(topo, image)
-            vms.enter_context(sec)
-            q.cmd("ft-start", uri=uri, epoch_ms=epoch)
-            q.wait_event("FT_PROTECTED", timeout=60)
-            on = rr_once(topo, n)
-            st = q.cmd("query-ft")
-            q.cmd("ft-stop")
-            q.wait_event("FT_STOPPED", timeout=30)
-            sec.wait_exit(30)
-            med = statistics.median(on)
-            rows.append([f"epoch {epoch} ms", f"{med:.2f}", f"{pct(on, 0.95):.2f}",
-                         f"+{med - base:.1f}", f"{st['commit_us_avg'] / 1000:.1f}",
-                         f"{epoch + st['commit_us_avg'] / 1000:.1f}"])
+            for least in args.min_epochs:
+                if least > epoch:
+                    continue
+                sec, uri = secondary_vm(topo, image)
+                vms.enter_context(sec)
+                q.cmd("ft-start", uri=uri, epoch_ms=epoch, min_epoch_ms=least)
+                q.wait_event("FT_PROTECTED", timeout=60)
+                e0 = q.cmd("query-ft")
+                on = rr_once(topo, n)
+                st = q.cmd("query-ft")
+                q.cmd("ft-stop")
+                q.wait_event("FT_STOPPED", timeout=30)
+                sec.wait_exit(30)
+                med = statistics.median(on)
+                epochs = st["epoch"] - e0["epoch"]
+                early = st["early_epochs"] - e0["early_epochs"]
+                rows.append([f"epoch {epoch} ms, min {least} ms", f"{med:.2f}",
+                             f"{pct(on, 0.95):.2f}", f"+{med - base:.1f}",
+                             f"{st['commit_us_avg'] / 1000:.1f}",
+                             f"{epoch + st['commit_us_avg'] / 1000:.1f}",
+                             f"{epochs} ({early} early)",
+                             f"{st['pause_us_avg']}"])
     bl.print_table(["FT", "median ms", "p95 ms", "added ms", "commit ms (pause to ack)",
-                    "bound: epoch + commit"], rows)
+                    "bound: epoch + commit", "epochs in the run", "pause avg us"], rows)
     print("aim: added latency at most one epoch plus the acknowledgement's round trip\n")
 
 
@@ -331,11 +344,15 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--epochs", default="20,50,100",
                     help="epoch intervals in ms (default 20,50,100)")
+    ap.add_argument("--min-epochs", default="0,3",
+                    help="min_epoch_ms settings for the latency runs (0: epochs end "
+                         "on the clock only)")
     ap.add_argument("--gap-epoch", type=int, default=50)
     ap.add_argument("--scale", type=int, default=1)
     ap.add_argument("--only", choices=("gap", "latency", "compute"))
     args = ap.parse_args(argv)
     args.epochs = [int(x) for x in args.epochs.split(",")]
+    args.min_epochs = [int(x) for x in args.min_epochs.split(",")]
     bl.need_guest()
     for line in bl.machine_description():
         print(line)

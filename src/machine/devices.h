@@ -47,6 +47,9 @@ void virtio_net_hold_epoch(struct virtio_dev *d, uint64_t epoch);
 void virtio_net_hold_release(struct virtio_dev *d, uint64_t upto);
 void virtio_net_hold_stop(struct virtio_dev *d, bool send);
 void virtio_net_held(struct virtio_dev *d, uint64_t *frames, uint64_t *bytes);
+/* Call fn(opaque) each time a frame is held (on the vCPU thread, under the
+ * device's lock: fn may only wake someone); until hold_stop or fn NULL. */
+void virtio_net_hold_notify(struct virtio_dev *d, void (*fn)(void *), void *opaque);
 struct virtio_dev *virtio_console_create(struct machine *m, unsigned slot,
 					 int in_fd, int out_fd);
 struct virtio_dev *virtio_rng_create(struct machine *m, unsigned slot);

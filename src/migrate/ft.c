@@ -8,7 +8,9 @@
  *      exchange configurations (the secondary must be able to run us);
  *   2. the initial copy: start the dirty log, send all of RAM while the
  *      guest runs (pages it rewrites meanwhile are dirty again);
- *   3. then every epoch_ms an epoch: pause the guest, take the dirty log,
+ *   3. then every epoch_ms an epoch (sooner when the guest has network
+ *      output waiting: min_epoch_ms after the last one, see below): pause
+ *      the guest, take the dirty log,
  *      copy the dirty pages into a buffer (copy-on-pause) and save the
  *      harts, devices and clock, resume the guest; then, while it runs,
  *      flush the disks and send EPOCH(n), the pages, the state, a DIGEST of
@@ -26,6 +28,12 @@
  * a write of an epoch the secondary might not resume from, and the
  * secondary, which keeps the writes of its last committed epoch, writes
  * them again at takeover in case the primary died before it did.
+ * Output waits for the ACK of its epoch, so an epoch that ends on the clock
+ * adds up to epoch_ms to every answer the guest sends. Instead, the first
+ * frame held in an epoch wakes the epoch thread, which ends the epoch as
+ * soon as it has run min_epoch_ms (default FT_MIN_EPOCH_MS_DEFAULT): a
+ * guest that talks gets short epochs, a guest that only computes keeps
+ * epoch_ms.
  * A lost secondary (a failed write, no ACK within timeout_ms) leaves the
  * guest running unprotected: held output goes out, FT_UNPROTECTED says so.
  *
@@ -135,10 +143,11 @@ struct ft {
 	enum ft_status status;
 	char error[320];
 	char uri[256];
-	uint64_t epoch_ms, timeout_ms;
+	uint64_t epoch_ms, timeout_ms, min_epoch_ms;
 	struct mig_secret secret;
 	atomic_bool stop;
-	int wake[2];                    /* ft-stop and quit wake the epoch wait */
+	atomic_bool output_waiting;     /* a frame was held in the epoch under way */
+	int wake[2];                    /* ft-stop, quit and held output wake the wait */
 
 	/* figures */
 	uint64_t start_ms, sync_ms;     /* initial copy took */
@@ -148,6 +157,7 @@ struct ft {
 	uint64_t commit_us_last, commit_us_total;  /* pause to ACK */
 	uint64_t initial_bytes;
 	uint64_t writes_last, write_bytes_last, write_bytes_total;  /* guest disk writes */
+	uint64_t early_epochs;          /* ended before epoch_ms for held output */
 
 	/* the epoch thread's own */
 	uint64_t npages;
@@ -288,6 +298,7 @@ static uint64_t ft_capture(struct ft *ft, uint64_t epoch)
 		m->states[i].ops->save(m->states[i].dev, &ft->devs[i]);
 	}
 	ft->ticks = machine_time(m);
+	atomic_store(&ft->output_waiting, false);
 	if (ft->vmm->net)       /* what the guest sends from now on is the next epoch's */
 		virtio_net_hold_epoch(ft->vmm->net, epoch + 1);
 	for (unsigned i = 0; i < ft->vmm->ndisks; i++)  /* and what it writes */
@@ -430,23 +441,44 @@ static int ft_wait_ack(struct ft *ft, struct mig_stream *s, uint64_t epoch, char
 	return 0;
 }
 
-/* Sleep until deadline_us or a wake; true if told to stop. */
-static bool ft_sleep_until(struct ft *ft, uint64_t deadline_us)
+/* virtio-net held a frame (vCPU thread, device lock held): wake the
+ * epoch thread, once an epoch. */
+static void ft_output_held(void *opaque)
 {
+	struct ft *ft = opaque;
+	if (!atomic_exchange(&ft->output_waiting, true)) {
+		ssize_t w = write(ft->wake[1], "o", 1);
+		(void)w;
+	}
+}
+
+/* Sleep until the epoch that began at begin_us is due: epoch_ms after
+ * it, or min_epoch_ms after it once output waits. True if told to stop. */
+static bool ft_wait_epoch_end(struct ft *ft, uint64_t begin_us)
+{
+	uint64_t deadline = begin_us + ft->epoch_ms * 1000;
+	uint64_t early = begin_us + ft->min_epoch_ms * 1000;
+	char drain[64];
 	for (;;) {
 		if (atomic_load(&ft->stop))
 			return true;
 		uint64_t t = now_us();
-		if (t >= deadline_us)
+		uint64_t due = ft->min_epoch_ms && atomic_load(&ft->output_waiting) ? early
+										    : deadline;
+		if (t >= due)
 			return false;
 		struct pollfd p = { .fd = ft->wake[0], .events = POLLIN };
-		poll(&p, 1, (int)((deadline_us - t + 999) / 1000));
+		struct timespec ts = { .tv_sec = (time_t)((due - t) / 1000000),
+				       .tv_nsec = (long)((due - t) % 1000000) * 1000 };
+		if (ppoll(&p, 1, &ts, NULL) > 0)
+			while (read(ft->wake[0], drain, sizeof(drain)) > 0)
+				;
 	}
 }
 
 static void ft_note_epoch(struct ft *ft, uint64_t epoch, uint64_t pages, uint64_t bytes,
 			  uint64_t pause_us, uint64_t commit_us, uint64_t writes,
-			  uint64_t write_bytes)
+			  uint64_t write_bytes, bool early)
 {
 	bool first;
 	pthread_mutex_lock(&ft->lock);
@@ -466,6 +498,7 @@ static void ft_note_epoch(struct ft *ft, uint64_t epoch, uint64_t pages, uint64_
 	ft->writes_last = writes;
 	ft->write_bytes_last = write_bytes;
 	ft->write_bytes_total += write_bytes;
+	ft->early_epochs += early;
 	if (first)
 		ft->sync_ms = mig_now_ms() - ft->start_ms;
 	pthread_mutex_unlock(&ft->lock);
@@ -487,10 +520,11 @@ static int ft_run(struct ft *ft, struct mig_stream *s, char *err, size_t errlen)
 	pthread_mutex_lock(&ft->lock);
 	ft->initial_bytes = mig_stream_bytes_out(s);
 	pthread_mutex_unlock(&ft->lock);
-	uint64_t next = now_us();
+	uint64_t begin = now_us();
 	for (uint64_t epoch = 1;; epoch++) {
-		if (ft_sleep_until(ft, next) || atomic_load(&m->exit_reason) != EXIT_NONE)
+		if (ft_wait_epoch_end(ft, begin) || atomic_load(&m->exit_reason) != EXIT_NONE)
 			return 0;       /* told to stop, or the guest ended */
+		bool early = now_us() < begin + ft->epoch_ms * 1000;
 		/* room for every page dirty so far, and some that dirty meanwhile */
 		uint64_t want = dirty_log_count(m);
 		want = want + want / 4 + 64;
@@ -508,7 +542,7 @@ static int ft_run(struct ft *ft, struct mig_stream *s, char *err, size_t errlen)
 		uint64_t n = ft_capture(ft, epoch);
 		machine_resume(m);
 		uint64_t pause_us = now_us() - t0;
-		next = t0 + ft->epoch_ms * 1000;
+		begin = t0;
 		uint64_t before = mig_stream_bytes_out(s), writes, write_bytes;
 		if (ft_send_epoch(ft, s, epoch, n, &writes, &write_bytes)) {
 			snprintf(err, errlen, "sending epoch %llu: %s", (unsigned long long)epoch,
@@ -524,7 +558,7 @@ static int ft_run(struct ft *ft, struct mig_stream *s, char *err, size_t errlen)
 		if (ft_apply_writes(ft, epoch, err, errlen))
 			return -1;
 		ft_note_epoch(ft, epoch, n, mig_stream_bytes_out(s) - before, pause_us,
-			      now_us() - t0, writes, write_bytes);
+			      now_us() - t0, writes, write_bytes, early);
 	}
 }
 
@@ -635,7 +669,7 @@ static struct ft *ft_new(struct vmm *v)
 		sbuf_init(&ft->harts[i]);
 	for (unsigned i = 0; i < MAX_STATES; i++)
 		sbuf_init(&ft->devs[i]);
-	if (!ft->bitmap || !ft->hash || !ft->wbuf || pipe2(ft->wake, O_CLOEXEC)) {
+	if (!ft->bitmap || !ft->hash || !ft->wbuf || pipe2(ft->wake, O_CLOEXEC | O_NONBLOCK)) {
 		ft_free(ft);
 		return NULL;
 	}
@@ -667,9 +701,12 @@ json_t *ft_cmd_start(void *ctx, json_t *args, const char **cls, char *err, size_
 		snprintf(err, errlen, "'uri' (tcp:HOST:PORT of the secondary) is required");
 		return NULL;
 	}
-	uint64_t epoch_ms = FT_EPOCH_MS_DEFAULT, timeout_ms = 3000;
+	uint64_t epoch_ms = FT_EPOCH_MS_DEFAULT, timeout_ms = 3000, min_epoch_ms;
 	if (!ft_get_uint(args, "epoch_ms", &epoch_ms, 5, 10000, err, errlen) ||
 	    !ft_get_uint(args, "timeout_ms", &timeout_ms, 100, 600000, err, errlen))
+		return NULL;
+	min_epoch_ms = epoch_ms < FT_MIN_EPOCH_MS_DEFAULT ? epoch_ms : FT_MIN_EPOCH_MS_DEFAULT;
+	if (!ft_get_uint(args, "min_epoch_ms", &min_epoch_ms, 0, epoch_ms, err, errlen))
 		return NULL;
 	struct ft *ft = ft_new(v);
 	if (!ft) {
@@ -686,13 +723,17 @@ json_t *ft_cmd_start(void *ctx, json_t *args, const char **cls, char *err, size_
 	}
 	snprintf(ft->uri, sizeof(ft->uri), "%s", json_string_value(uri));
 	ft->epoch_ms = epoch_ms;
+	ft->min_epoch_ms = min_epoch_ms;
 	ft->timeout_ms = timeout_ms;
 	ft->start_ms = mig_now_ms();
 	ft->status = FT_SYNCING;
 	/* output and disk writes from here on wait for the secondary's
 	 * acknowledgement */
-	if (v->net)
+	if (v->net) {
 		virtio_net_hold_start(v->net, 1);
+		if (min_epoch_ms)
+			virtio_net_hold_notify(v->net, ft_output_held, ft);
+	}
 	ft_hold_disks(ft);
 	int e = pthread_create(&ft->thread, NULL, ft_thread, ft);
 	if (e) {
@@ -757,6 +798,8 @@ static json_t *ft_primary_figures(struct ft *ft)
 			    json_integer((json_int_t)(ft->commit_us_total / n)));
 	json_object_set_new(r, "held_frames", json_integer((json_int_t)frames));
 	json_object_set_new(r, "held_bytes", json_integer((json_int_t)bytes));
+	json_object_set_new(r, "min_epoch_ms", json_integer((json_int_t)ft->min_epoch_ms));
+	json_object_set_new(r, "early_epochs", json_integer((json_int_t)ft->early_epochs));
 	json_object_set_new(r, "held_writes", json_integer((json_int_t)writes));
 	json_object_set_new(r, "held_write_bytes", json_integer((json_int_t)write_bytes));
 	json_object_set_new(r, "write_bytes_last", json_integer((json_int_t)ft->write_bytes_last));

@@ -20,7 +20,9 @@
  * on, each frame is copied into a queue tagged with the epoch it was sent
  * in, instead of going to the TAP, and goes out only when that epoch's
  * checkpoint is acknowledged by the secondary (virtio_net_hold_release),
- * so no one outside ever sees output of a state the secondary lacks.
+ * so no one outside ever sees output of a state the secondary lacks. Each
+ * held frame is reported (virtio_net_hold_notify) so that ft.c can end
+ * the epoch early rather than let the frame wait out the interval.
  *
  * After a migration, resumed_elsewhere() announces the guest on the new
  * host: a small thread sends a RARP from the guest's MAC, and a gratuitous
@@ -80,6 +82,8 @@ struct net {
 	uint64_t hold_epoch;        /* frames sent now belong to this epoch */
 	struct held_frame *held, **held_tail;
 	uint64_t held_count, held_bytes;
+	void (*held_notify)(void *);
+	void *held_notify_opaque;
 };
 
 struct held_frame {
@@ -212,6 +216,8 @@ static bool net_hold_frame(struct net *n, const struct vq_req *r, uint64_t len)
 	n->held_tail = &f->next;
 	n->held_count++;
 	n->held_bytes += f->len;
+	if (n->held_notify)
+		n->held_notify(n->held_notify_opaque);
 	return true;
 }
 
@@ -349,6 +355,16 @@ void virtio_net_hold_stop(struct virtio_dev *d, bool send)
 	if (n->holding)
 		net_hold_drain(n, UINT64_MAX, send);
 	n->holding = false;
+	n->held_notify = NULL;
+	pthread_mutex_unlock(&d->lock);
+}
+
+void virtio_net_hold_notify(struct virtio_dev *d, void (*fn)(void *), void *opaque)
+{
+	struct net *n = to_net(d);
+	pthread_mutex_lock(&d->lock);
+	n->held_notify = fn;
+	n->held_notify_opaque = opaque;
 	pthread_mutex_unlock(&d->lock);
 }
 

@@ -52,6 +52,9 @@ What is proved, and how it would fail:
   writing that epoch's writes (ft-after-ack:N): the secondary writes them
   at takeover (without that, a record the guest wrote is missing). Then a
   fresh boot's `ft disklog-check` finds every acknowledged record.
+- early epochs: with epoch_ms 1500, each of 20 echo round trips one
+  after another ends its epoch early (query-ft counts them), min_epoch_ms
+  after the last, instead of waiting out the 1.5 s epoch.
 The client-visible gap at failover is printed, not asserted.
 
 Skipped only when network namespaces cannot be created (not root).
@@ -239,6 +242,52 @@ def test_ft_primary_dies_mid_epoch_secondary_runs_last_whole_one():
         print(f"stream: {sent} bytes intact; the partial epoch was never applied")
 
 
+# python3 -c RR_CLIENT HOST PORT N: N echo round trips of 64 bytes one after
+# another; prints the milliseconds of each.
+RR_CLIENT = r'''
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+out = []
+for _ in range(int(sys.argv[3])):
+    t0 = time.monotonic()
+    s.sendall(b"x" * 64)
+    got = b""
+    while len(got) < 64:
+        d = s.recv(64 - len(got))
+        if not d:
+            sys.exit("closed")
+        got += d
+    out.append("%.1f" % ((time.monotonic() - t0) * 1000))
+print(" ".join(out))
+'''
+
+
+def test_ft_output_ends_the_epoch_early():
+    need_namespaces()
+    rounds = 20
+    with topology.Topology() as topo, Datastore() as store, ExitStack() as vms:
+        prim, sec, uri = ft_setup(topo, store, vms)
+        q = prim.qmp()
+        # an epoch under the secondary's timeout-ms (2000), long against a
+        # round trip
+        q.cmd("ft-start", uri=uri, epoch_ms=1500, min_epoch_ms=3)
+        q.wait_event("FT_PROTECTED", timeout=60)
+        before = q.cmd("query-ft")
+        # on the clock alone each answer would wait for its 1.5 s epoch
+        r = subprocess.run(topo.exec_prefix(topo.client) +
+                           [sys.executable, "-c", RR_CLIENT, topo.guest_ip,
+                            str(ECHO_PORT), str(rounds)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r
+        after = q.cmd("query-ft")
+        assert after["status"] == "protected", after
+        early = after["early_epochs"] - before["early_epochs"]
+        assert early >= rounds, (before, after)
+        print(f"{rounds} round trips (ms): {r.stdout.strip()}; {early} epochs ended "
+              f"early for output, min_epoch_ms {after['min_epoch_ms']}")
+
+
 def test_ft_link_cut_both_alive_only_one_runs():
     """The FT link is cut, nobody dies, and a wrong arbiter tells the
     secondary to take over anyway: the disk lock, which the living primary
@@ -279,6 +328,8 @@ def test_ft_bad_input_is_refused_and_the_guest_runs_on():
         q = vm.qmp()
         for args, words in (({}, "'uri'"), ({"uri": "file:/tmp/x"}, "'uri'"),
                             ({"uri": "tcp:127.0.0.1:1", "epoch_ms": 1}, "epoch_ms"),
+                            ({"uri": "tcp:127.0.0.1:1", "epoch_ms": 20,
+                              "min_epoch_ms": 21}, "min_epoch_ms"),
                             ({"uri": "tcp:127.0.0.1:1", "secret_file": 3},
                              "secret_file")):
             try:
