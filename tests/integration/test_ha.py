@@ -21,6 +21,9 @@ HA on the cluster plane: what keeps a VM from running on two hosts.
 - admission control (test_ha_admission_control): starts and a migration
   refused with the reason when N host failures would leave too little
   memory for the HA VMs.
+- a partition healing with ferry-center down (test_ha_partition_heals_one_copy):
+  the cut-off host, its lease back, does not start its fenced copy again
+  (VM monitoring took the fence's kill for a crash and did, before).
 """
 
 import calendar
@@ -184,8 +187,8 @@ def test_ha_admission_control():
 
 
 def test_ha_fence_blip():
-    """A cut just long enough to fence (3.5 s) but not, or barely, to expire
-    the lease (5 s): the fenced HA VM runs again, once: on its own host if
+    """A cut just long enough to fence (2 s) but not, or barely, to expire
+    the lease (3 s): the fenced HA VM runs again, once: on its own host if
     its lease lived on (it claims the HA record and restarts it), else
     where the decider put it; never two copies at once."""
     with Lab() as lab:
@@ -244,3 +247,45 @@ def test_ha_vm_monitoring():
         wait_until(lambda: lab.vm("plain")["state"] == "exited", 20, "plain shown exited")
         assert pid_of("plain") is None
         assert log.read_text().count("VM monitoring: VM hm died (signal 9): started again") == 3
+
+
+def kill_center(lab):
+    for pid, _ in lab.procs("center", "ferry-center"):
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not lab.procs("center", "ferry-center"), 10, "ferry-center to die")
+
+
+def test_ha_partition_heals_one_copy():
+    """A partition with ferry-center down (so its clean-up of stale copies
+    cannot hide anything): h3 is cut off, fences its VM, HA starts it
+    elsewhere; once the link is back h3 renews its lease and must not start
+    its fenced copy again (neither as "fenced during a blip": the record
+    moved, nor as a crash by VM monitoring: the fence killed it). One copy
+    at every poll, before and for 4 s after the heal."""
+    with Lab() as lab:
+        lab.cli("vm", "create", "pc", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h3",
+                "--ha", "high")
+        log_h3 = lab.dir / "logs" / "ferryd-h3.log"
+        wait_until(lambda: "VM pc runs here: its HA record" in log_h3.read_text(), 20,
+                   "pc's HA record in etcd")
+        kill_center(lab)
+        cut = ["ip", "netns", "exec", lab.name + "-h3", "ip", "link", "set", "eth0"]
+        subprocess.run(cut + ["down"], check=True)
+        hosts = ("h1", "h2", "h3")
+
+        def copies():
+            found = [h for h in hosts for _ in lab.procs(h, "ferry-vm")]
+            assert len(found) <= 1, "two copies at once: %s" % found
+            return found
+        wait_until(lambda: copies() and copies() != ["h3"], 60, "pc to run off h3")
+        leases = log_h3.read_text().count("heartbeat: /ferry/hosts/h3 held by lease")
+        subprocess.run(cut + ["up"], check=True)
+        wait_until(lambda: log_h3.read_text().count("heartbeat: /ferry/hosts/h3 held by "
+                                                    "lease") > leases, 30,
+                   "h3 to hold a lease again")
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            found = copies()
+            assert found and found != ["h3"], "pc runs on %s after the heal" % found
+            time.sleep(0.05)

@@ -6,6 +6,8 @@
 
 #include "cluster/common/http_client.h"
 
+#include <curl/curl.h>
+
 #include <inttypes.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -146,6 +148,13 @@ static char *prefix_end(const char *prefix)
 
 json_t *etcd_get_prefix(struct etcd *e, const char *prefix, char *err, size_t errlen)
 {
+	int64_t rev;
+	return etcd_get_prefix_rev(e, prefix, &rev, err, errlen);
+}
+
+json_t *etcd_get_prefix_rev(struct etcd *e, const char *prefix, int64_t *rev, char *err,
+			    size_t errlen)
+{
 	char *end = prefix_end(prefix);
 	char *k = b64_encode(prefix), *ke = b64_encode(end);
 	json_t *req = json_pack("{s:s, s:s}", "key", k, "range_end", ke);
@@ -156,6 +165,9 @@ json_t *etcd_get_prefix(struct etcd *e, const char *prefix, char *err, size_t er
 	json_decref(req);
 	if (!r)
 		return NULL;
+	const char *r_rev = json_string_value(json_object_get(json_object_get(r, "header"),
+							      "revision"));
+	*rev = r_rev ? strtoll(r_rev, NULL, 10) : 0;
 	json_t *out = json_object();
 	size_t i;
 	json_t *kv;
@@ -245,4 +257,66 @@ bool etcd_create(struct etcd *e, const char *key, const char *value, int64_t lea
 	*created = r && json_is_true(json_object_get(r, "succeeded"));
 	json_decref(r);
 	return r != NULL;
+}
+
+/* The watch's stream, read until its first event. */
+struct watch_stream {
+	char buf[4096];
+	size_t len;
+	bool event;
+};
+
+static size_t watch_data(char *data, size_t size, size_t n, void *arg)
+{
+	struct watch_stream *w = arg;
+	size_t len = size * n, room = sizeof(w->buf) - 1 - w->len;
+	memcpy(w->buf + w->len, data, len < room ? len : room);
+	w->len += len < room ? len : room;
+	w->buf[w->len] = 0;
+	if (strstr(w->buf, "\"events\"")) {
+		w->event = true;
+		return 0;   /* enough: ends the transfer */
+	}
+	if (w->len > sizeof(w->buf) / 2) {   /* the "created" answer: keep only the tail */
+		memmove(w->buf, w->buf + w->len - 64, 64);
+		w->len = 64;
+	}
+	return len;
+}
+
+int etcd_watch_delete(struct etcd *e, const char *prefix, int64_t from_rev, int timeout_ms)
+{
+	char *end = prefix_end(prefix);
+	char *k = b64_encode(prefix), *ke = b64_encode(end);
+	char rev[32];
+	snprintf(rev, sizeof(rev), "%" PRId64, from_rev);
+	json_t *req = json_pack("{s:{s:s, s:s, s:s, s:[s]}}", "create_request", "key", k,
+				"range_end", ke, "start_revision", rev, "filters", "NOPUT");
+	char *body = json_dumps(req, JSON_COMPACT);
+	json_decref(req);
+	free(end);
+	free(k);
+	free(ke);
+	char url[512];
+	snprintf(url, sizeof(url), "%s/v3/watch", e->urls[e->current]);
+	struct watch_stream w = { .len = 0 };
+	CURL *c = curl_easy_init();
+	struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, watch_data);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &w);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)timeout_ms);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+	CURLcode rc = curl_easy_perform(c);
+	curl_slist_free_all(headers);
+	curl_easy_cleanup(c);
+	free(body);
+	if (w.event)
+		return 1;
+	/* a stream that timed out after it was answered: no event */
+	return rc == CURLE_OPERATION_TIMEDOUT && w.len ? 0 : -1;
 }

@@ -48,5 +48,13 @@ bool etcd_create(struct etcd *e, const char *key, const char *value, int64_t lea
 		 bool *created, char *err, size_t errlen);
 /* Every key under prefix: a JSON object key -> value (strings); NULL on failure. */
 json_t *etcd_get_prefix(struct etcd *e, const char *prefix, char *err, size_t errlen);
+/* The same with the store's revision at that read (*rev). */
+json_t *etcd_get_prefix_rev(struct etcd *e, const char *prefix, int64_t *rev, char *err,
+			    size_t errlen);
+/* Waits up to timeout_ms for a key under prefix to be deleted (a lease
+ * expiring deletes its keys) at revision from_rev or later (/v3/watch,
+ * streamed): 1 when one was, 0 when none was in that time, -1 when etcd
+ * did not answer. */
+int etcd_watch_delete(struct etcd *e, const char *prefix, int64_t from_rev, int timeout_ms);
 
 #endif

@@ -94,7 +94,7 @@ void *vms_watch(void *arg);
 
 /* fence.c: self-fencing (see there). The deadline is the sent time of the
  * last good lease renewal + TTL - FENCE_MARGIN_MS (monotonic ms). */
-#define FENCE_MARGIN_MS 1500
+#define FENCE_MARGIN_MS 1000
 int64_t mono_ms(void);
 void fence_init(int lease_ttl_s);
 void fence_renewed(int64_t sent_ms);

@@ -40,6 +40,7 @@
 #define HA_PREFIX "/ferry/ha/"
 #define LEADER_KEY "/ferry/ha-leader"
 #define HA_MAX_ATTEMPTS 5
+#define HA_PERIOD_MS 500   /* the loop: records, election, a pass */
 #define VM_OVERHEAD_MIB 32
 
 static struct etcd etcd_ha;
@@ -186,8 +187,10 @@ static void restart_fenced(void)
 			      rc == 201 ? "started again here" : err);
 		pthread_mutex_lock(&vms_lock);
 		struct vm *vm = vm_find(name);
-		if (vm && rc != 201)
-			vm->fenced = false;   /* runs elsewhere, or failed: leave it */
+		if (vm && rc != 201) {   /* runs elsewhere, or failed: leave it */
+			vm->fenced = false;
+			vm->monitor_done = true;   /* killed by the fence: not a crash to restart */
+		}
 		pthread_mutex_unlock(&vms_lock);
 		if (rc == 201)
 			ha_publish();
@@ -378,11 +381,13 @@ static int by_rank(const void *a, const void *b)
 			      json_string_value(json_object_get(rb, "name")));
 }
 
-/* The holder's pass: restart the HA VMs of hosts whose lease has gone. */
-static void ha_pass(json_t *records)
+/* The holder's pass: restart the HA VMs of hosts whose lease has gone.
+ * *hosts_rev: the revision at which the live hosts were read. */
+static void ha_pass(json_t *records, int64_t *hosts_rev)
 {
 	char err[512];
-	json_t *live = etcd_get_prefix(&etcd_ha, "/ferry/hosts/", err, sizeof(err));
+	int64_t pass_start = mono_ms();
+	json_t *live = etcd_get_prefix_rev(&etcd_ha, "/ferry/hosts/", hosts_rev, err, sizeof(err));
 	if (!live)
 		return;   /* no quorum, no decision */
 	json_t *orphans = json_array();
@@ -424,8 +429,9 @@ static void ha_pass(json_t *records)
 					 "spec", spec, "restarted_by", fd_cfg.name, "from", from,
 					 "at_ms", (json_int_t)now_ms());
 		if (to) {
-			logf_("HA: VM %s restarted on %s (the lease of its host %s expired)", name,
-			      to, from);
+			logf_("HA: VM %s restarted on %s (the lease of its host %s expired; "
+			      "%lld ms into the pass)", name, to, from,
+			      (long long)(mono_ms() - pass_start));
 		} else {
 			json_int_t attempts = json_integer_value(json_object_get(rec, "attempts")) + 1;
 			json_object_set_new(next, "attempts", json_integer(attempts));
@@ -446,23 +452,46 @@ static void ha_pass(json_t *records)
 	json_decref(live);
 }
 
+/* Until something may need the decider: a host's key deleted (its lease
+ * expired) since revision hosts_rev, or HA_PERIOD_MS. The holder watches
+ * (so a restart starts as soon as etcd has expired the lease); the others
+ * only sleep. True when a host's key went. */
+static bool ha_wait(bool leader, int64_t hosts_rev)
+{
+	int64_t start = mono_ms();
+	int r = leader && hosts_rev ? etcd_watch_delete(&etcd_ha, "/ferry/hosts/", hosts_rev + 1,
+						       HA_PERIOD_MS) : -1;
+	int64_t left = HA_PERIOD_MS - (mono_ms() - start);
+	if (r < 0 && left > 0)
+		usleep(left * 1000);
+	return r == 1;
+}
+
 static void *ha_agent_loop(void *arg)
 {
 	(void)arg;
+	bool leader = false;
+	int64_t hosts_rev = 0;
 	for (;;) {
-		usleep(500 * 1000);
-		if (fence_isolated())
+		bool host_gone = ha_wait(leader, hosts_rev);
+		if (fence_isolated()) {
+			leader = false;
 			continue;
-		ha_publish();
-		restart_fenced();
-		restart_crashed();
+		}
+		if (!host_gone) {   /* a host's lease expiring: straight to the pass */
+			ha_publish();
+			restart_fenced();
+			restart_crashed();
+		}
 		char err[512];
 		json_t *records = etcd_get_prefix(&etcd_ha, HA_PREFIX, err, sizeof(err));
 		if (!records)
 			continue;
-		unpublish(records);
-		if (campaign())
-			ha_pass(records);
+		if (!host_gone)
+			unpublish(records);
+		leader = campaign();
+		if (leader)
+			ha_pass(records, &hosts_rev);
 		json_decref(records);
 	}
 	return NULL;

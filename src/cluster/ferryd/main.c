@@ -5,13 +5,14 @@
  *          [--datastore NAME=DIR]... [--network NAME=BRIDGE]... [--token-file FILE]
  *
  * The heartbeat: a lease of LEASE_TTL seconds granted by etcd, renewed
- * every second, holding /ferry/hosts/NAME = {"name", "url", "address"}.
- * If etcd forgets the lease (we were cut off too long), a new one is
- * granted and the key put again. Each renewal's sent time goes to the
- * self-fence (fence.c), which kills this host's VMs when renewals stop
- * for LEASE_TTL - FENCE_MARGIN_MS (3.5 s). The heartbeat's etcd calls time
- * out after HEARTBEAT_TIMEOUT_MS per member, so that a hung member costs
- * less than the margin before the next one is tried.
+ * every RENEW_EVERY_MS, holding /ferry/hosts/NAME = {"name", "url",
+ * "address"}. If etcd forgets the lease (we were cut off too long), a new
+ * one is granted and the key put again. Each renewal's sent time goes to
+ * the self-fence (fence.c), which kills this host's VMs when renewals stop
+ * for LEASE_TTL - FENCE_MARGIN_MS (3 s: six renewals missed). The
+ * heartbeat's etcd calls time out after HEARTBEAT_TIMEOUT_MS per member,
+ * so that a hung member costs well under the margin before the next one
+ * is tried. Why these figures: README.md, "HA".
  */
 #include "cluster/ferryd/ferryd.h"
 
@@ -28,8 +29,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#define LEASE_TTL 5
-#define HEARTBEAT_TIMEOUT_MS 700
+#define LEASE_TTL 4
+#define RENEW_EVERY_MS 500
+#define HEARTBEAT_TIMEOUT_MS 400
 
 struct ferryd fd_cfg;
 char *cmdline_area;
@@ -112,7 +114,9 @@ static void *heartbeat(void *arg)
 			}
 		}
 		current_lease = lease;
-		sleep(1);
+		int64_t next = sent + RENEW_EVERY_MS - mono_ms();
+		if (next > 0)
+			usleep(next * 1000);
 	}
 	return NULL;
 }
