@@ -599,7 +599,7 @@ def main():
             (tmp / "c").mkdir()
             center_part(args, tmp / "c")
         if not args.no_leases:
-            print("== etcd (3 members): ferryd leases (TTL 5 s, renewed every second)", flush=True)
+            print("== etcd (3 members): ferryd leases (TTL 4 s, renewed every 500 ms)", flush=True)
             (tmp / "l").mkdir()
             lease_part(args, tmp / "l")
 
