@@ -129,7 +129,7 @@ programs_build() {
 
 	mkdir -p "$OUT/bin"
 	program_build "$GUEST/init/init.c" "$OUT/bin/init"
-	for t in memload tcpserve ft; do
+	for t in memload memcheck tcpserve ft; do
 		program_build "$GUEST/tools/$t.c" "$OUT/bin/$t"
 	done
 }

@@ -3,7 +3,8 @@
 #
 #   guest/mkinitrd.sh OUT.img [HOSTFILE[:GUESTPATH] ...]
 #
-# The archive holds /init, the guest tools in /bin (memload, tcpserve, ft),
+# The archive holds /init, the guest tools in /bin (memload, memcheck,
+# tcpserve, ft),
 # the empty mount points /dev /proc /sys /mnt /tmp, a /dev/console node for
 # the kernel's first messages, and every extra HOSTFILE given, at GUESTPATH
 # (default /bin/BASENAME). This is how to run your own static riscv64
@@ -114,6 +115,11 @@ write_list() {
 	for tool in memload tcpserve ft; do
 		emit_file "$BIN/$tool" "/bin/$tool" 0755
 	done
+	# memcheck came later: a guest built before it has none until
+	# guest/build.sh runs again (seconds: the kernel is not rebuilt).
+	if [ -x "$BIN/memcheck" ]; then
+		emit_file "$BIN/memcheck" /bin/memcheck 0755
+	fi
 	for arg in "$@"; do
 		host=${arg%%:*}
 		guest=/bin/$(basename "$host")

@@ -83,6 +83,18 @@ check_memload() {
 		'^ferry-init: exit 1$'
 }
 
+check_memcheck() {
+	qemu -append "console=ttyS0 quiet ferry.run=memcheck,--mib,8,--passes,8,--every,4" \
+		>"$TMP/memcheck.log"
+	check memcheck "$TMP/memcheck.log" '^memcheck: filled 8 MiB \(guest-physical of page 0: 0x[89]' \
+		'^memcheck: pass 8 checked 64 MiB errors 0$' '^ferry-init: exit 0$'
+	qemu -append "console=ttyS0 quiet ferry.run=memcheck,--mib,8,--stale-at,3" \
+		>"$TMP/memcheck-bad.log"
+	check memcheck-detects "$TMP/memcheck-bad.log" \
+		'^memcheck: ERROR page 0 \(va .*, guest-physical 0x[89][0-9a-f]+\): 511 of 512 words wrong.*generation 1 \(want 2\).*stale page$' \
+		'^ferry-init: exit 1$'
+}
+
 check_ext2() {
 	truncate -s 32M "$TMP/d.img" && mkfs.ext2 -q -F "$TMP/d.img"
 	local disk=(-drive "file=$TMP/d.img,if=none,format=raw,id=d0"
@@ -148,6 +160,7 @@ check_echo
 check_failure_resets
 check_hvc_ready
 check_memload
+check_memcheck
 check_ext2
 check_disklog
 check_network
