@@ -12,7 +12,9 @@
  * grammar (grammar.c) as a file or, for inputs with bit 1 of the size
  * set, as a live stream, and through the fault-tolerance stream's
  * grammar (ft_grammar.c: initial copy, then whole epochs) for inputs with
- * bit 2 set. DISK extents (disks: copy) must stay inside their payload and,
+ * bit 2 set. Inputs with bit 3 set are also read as a page channel
+ * (channels: N): header, JOIN, then pages, SYNCs and END through the
+ * page channel's grammar. DISK extents (disks: copy) must stay inside their payload and,
  * once the grammar accepts them, inside their image. fuzz_load.c goes further, into the loaders.
  *
  * Build and run: fuzz/run-short.sh SECONDS (clang -fsanitize=fuzzer).
@@ -58,6 +60,39 @@ static void sink(void *opaque, uint64_t pfn, const void *page)
 	sink_sum += ((const uint8_t *)page)[MIG_PAGE_SIZE - 1];
 }
 
+/* The same bytes as a page channel: JOIN, then what its grammar allows. */
+static void feed_page_channel(bool use_sink)
+{
+	struct mig_section sec;
+	struct mig_pages_grammar g = { 0 };
+	uint8_t nonce[MIG_JOIN_NONCE];
+	uint32_t index, count;
+	char why[256];
+	if (lseek(fd, 0, SEEK_SET))
+		abort();
+	struct mig_stream *s = mig_stream_new(fd);
+	if (use_sink)
+		mig_stream_set_sink(s, sink, NULL);
+	if (mig_read_join(s, nonce, &index, &count) == 0) {
+		for (int i = 0; i < MAX_SECTIONS; i++) {
+			if (mig_read_section(s, &sec, use_sink ? NULL : ram, RAM_SIZE))
+				break;
+			bool was_ended = g.ended;
+			uint64_t last = g.last_sync;
+			if (mig_pages_grammar_step(&g, &sec, why, sizeof(why))) {
+				if (!why[0])
+					abort();
+				break;
+			}
+			if (was_ended || (sec.type == MIG_SEC_SYNC && sec.round != last + 1))
+				abort();        /* accepted after END, or a round out of order */
+		}
+	}
+	if (strlen(mig_stream_error(s)) >= 320)
+		abort();
+	mig_stream_free(s);
+}
+
 static void feed(const uint8_t *data, size_t size, bool use_sink)
 {
 	struct mig_config local, remote;
@@ -97,6 +132,9 @@ static void feed(const uint8_t *data, size_t size, bool use_sink)
 			if (in_order && sec.type == MIG_SEC_END &&
 			    grammar.phase != MIG_G_END)
 				abort();        /* END accepted before the state was whole */
+			if (in_order && sec.type == MIG_SEC_SYNC &&
+			    (remote.channels < 2 || grammar.last_sync != sec.round))
+				abort();        /* a round marker the main stream may not have */
 			if (sec.type == MIG_SEC_DIGEST)
 				sink_sum += sec.digest == mig_ram_digest(ram, RAM_SIZE);
 			if (sec.type == MIG_SEC_PAGE_REQUEST)
@@ -129,6 +167,8 @@ static void feed(const uint8_t *data, size_t size, bool use_sink)
 	if (strlen(mig_stream_error(s)) >= 320)
 		abort();
 	mig_stream_free(s);
+	if (size & 8)
+		feed_page_channel(use_sink);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

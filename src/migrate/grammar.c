@@ -122,6 +122,24 @@ static int step_disk_digest(struct mig_grammar *g, const struct mig_section *sec
 	return 0;
 }
 
+/* The end of a round on the main stream of a multi-channel migration. */
+static int step_sync(struct mig_grammar *g, const struct mig_section *sec, char *err,
+		     size_t errlen)
+{
+	if (g->cfg->channels < 2)
+		return refuse(g, sec, err, errlen, "a round marker without page channels: a");
+	if (g->phase != MIG_G_RAM || g->next_disk_digest)
+		return refuse(g, sec, err, errlen, "a round marker after the pages: a");
+	if (sec->round != g->last_sync + 1) {
+		snprintf(err, errlen, "migration stream: 'sync' section at offset %llu closes "
+			 "round %llu after round %llu", (unsigned long long)sec->offset,
+			 (unsigned long long)sec->round, (unsigned long long)g->last_sync);
+		return -1;
+	}
+	g->last_sync = sec->round;
+	return 0;
+}
+
 static int step_cpu(struct mig_grammar *g, const struct mig_section *sec, char *err,
 		    size_t errlen)
 {
@@ -210,6 +228,39 @@ int mig_grammar_step(struct mig_grammar *g, const struct mig_section *sec, char 
 	case MIG_SEC_END:       return step_end(g, sec, err, errlen);
 	case MIG_SEC_DISK:      return step_disk(g, sec, err, errlen);
 	case MIG_SEC_DISK_DIGEST: return step_disk_digest(g, sec, err, errlen);
+	case MIG_SEC_SYNC:      return step_sync(g, sec, err, errlen);
 	}
 	return refuse(g, sec, err, errlen, "a control message in the machine state: a");
+}
+
+int mig_pages_grammar_step(struct mig_pages_grammar *g, const struct mig_section *sec,
+			   char *err, size_t errlen)
+{
+	const char *name = mig_section_name(sec->type);
+	if (g->ended) {
+		snprintf(err, errlen, "page channel: a '%s' section at offset %llu after its end",
+			 name ? name : "unknown", (unsigned long long)sec->offset);
+		return -1;
+	}
+	switch (sec->type) {
+	case MIG_SEC_RAM:
+		return 0;
+	case MIG_SEC_SYNC:
+		if (sec->round != g->last_sync + 1) {
+			snprintf(err, errlen, "page channel: 'sync' section at offset %llu closes "
+				 "round %llu after round %llu", (unsigned long long)sec->offset,
+				 (unsigned long long)sec->round,
+				 (unsigned long long)g->last_sync);
+			return -1;
+		}
+		g->last_sync = sec->round;
+		return 0;
+	case MIG_SEC_END:
+		g->ended = true;
+		return 0;
+	}
+	snprintf(err, errlen, "page channel: a '%s' section at offset %llu, where only pages, "
+		 "round markers and the end may come", name ? name : "unknown",
+		 (unsigned long long)sec->offset);
+	return -1;
 }

@@ -13,6 +13,11 @@
  * With disks: copy (the configuration's copy_disks), DISK extents mix with
  * the pages, and DISK_DIGEST(0) .. DISK_DIGEST(n-1) close them before the
  * first CPU: no pages or extents after the first disk digest.
+ * With channels (the configuration's channels > 1), SYNC(1), SYNC(2), ...
+ * mark the ends of the rounds among the pages, each round once and in
+ * order, none after the first disk digest or CPU: the pages themselves
+ * travel on the page channels, whose own order mig_pages_grammar_step()
+ * checks:  JOIN ( RAM* SYNC(r) )* END  with r = 1, 2, 3, ...
  * with N the configuration's harts and d0..dK-1 its devices, each exactly
  * once and in the configuration's order. POSTCOPY only on a live stream
  * (a connection to a source that can still serve pages), never in a file.
@@ -45,6 +50,7 @@ struct mig_grammar {
 	unsigned next_device;
 	bool postcopy;                  /* closed by POSTCOPY, not DIGEST */
 	unsigned next_disk_digest;      /* disks: copy: disks verified so far */
+	uint64_t last_sync;             /* channels: the last round closed */
 };
 
 void mig_grammar_init(struct mig_grammar *g, const struct mig_config *cfg, bool live);
@@ -52,5 +58,14 @@ void mig_grammar_init(struct mig_grammar *g, const struct mig_config *cfg, bool 
  * ERROR sections are the caller's business (the peer gave up). */
 int mig_grammar_step(struct mig_grammar *g, const struct mig_section *sec, char *err,
 		     size_t errlen);
+
+/* A page channel's sections after its JOIN: pages, the rounds' SYNCs
+ * numbered 1, 2, 3, ..., END. */
+struct mig_pages_grammar {
+	uint64_t last_sync;
+	bool ended;
+};
+int mig_pages_grammar_step(struct mig_pages_grammar *g, const struct mig_section *sec,
+			   char *err, size_t errlen);
 
 #endif

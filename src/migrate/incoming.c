@@ -12,6 +12,7 @@
  * `--incoming file:PATH` reads a saved stream the same way, one-way.
  */
 #include "migrate/channel.h"
+#include "migrate/channels.h"
 #include "migrate/diskstream.h"
 #include "migrate/grammar.h"
 #include "migrate/migrate.h"
@@ -28,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -81,11 +83,53 @@ static void page_store(void *opaque, uint64_t pfn, const void *page)
 	ps->hash[pfn] = h;
 }
 
+/* Where page channels come from (a live migration): the listening
+ * socket, how they prove themselves, and this migration's join nonce. */
+struct channel_setup {
+	int lfd;
+	const struct mig_auth *auth;
+	uint8_t nonce[MIG_JOIN_NONCE];
+};
+
+/* With page channels the main stream may rest while they carry a round:
+ * wait for its next section in steps, failing when a channel failed or
+ * nothing moved anywhere for too long. 0, or -1 with err. */
+static int wait_main(struct mig_receivers *rx, struct mig_stream *s, char *err,
+		     size_t errlen)
+{
+	uint64_t idle_since = mig_now_ms();
+	while (rx) {
+		int r = mig_stream_wait_readable(s, 200);
+		if (r != 0)
+			return 0;       /* a section, or an error the read will tell */
+		if (!mig_receivers_alive(rx, idle_since, err, errlen))
+			return -1;
+	}
+	return 0;
+}
+
+/* Start the page channels a multi-channel source asked for. */
+static struct mig_receivers *start_channels(const struct channel_setup *cs,
+					    const struct mig_config *remote, uint64_t ram_size,
+					    struct page_store *ps, struct mig_stream *s,
+					    char *err, size_t errlen)
+{
+	char why[300];
+	struct mig_receivers *rx = mig_receivers_start(
+		cs->lfd, cs->auth, cs->nonce, remote->channels, ram_size, page_store, ps,
+		mig_channel_fd(mig_stream_channel(s)), why, sizeof(why));
+	if (!rx)
+		snprintf(err, errlen, "page channels: %s", why);
+	return rx;
+}
+
 /* Receive sections until END. Returns 0, or -1 with err filled. */
 static int receive_state(struct vmm *v, struct mig_stream *s,
-			 const struct mig_config *remote, struct disk_sink *dk, bool live,
-			 bool *postcopy, char *err, size_t errlen)
+			 const struct mig_config *remote, struct disk_sink *dk,
+			 const struct channel_setup *cs, bool *postcopy, char *err, size_t errlen)
 {
+	bool live = cs != NULL;
+	struct mig_receivers *rx = NULL;
 	struct machine *m = v->machine;
 	uint64_t guest_ram = remote->ram_size;
 	struct mig_grammar grammar;
@@ -102,10 +146,17 @@ static int receive_state(struct vmm *v, struct mig_stream *s,
 	for (uint64_t i = 0; i < npages; i++)
 		ps.hash[i] = ps.zero_hash;      /* RAM here starts zeroed */
 	mig_stream_set_sink(s, page_store, &ps);
+	if (live && remote->channels > 1 &&
+	    !(rx = start_channels(cs, remote, m->ram_size, &ps, s, err, errlen)))
+		goto out;
 	for (;;) {
 		struct mig_section sec;
+		if (wait_main(rx, s, err, errlen))
+			goto out;
 		if (mig_read_section(s, &sec, m->ram, m->ram_size)) {
-			snprintf(err, errlen, "%s", mig_stream_error(s));
+			/* a failed page channel cut the main stream short */
+			if (!rx || mig_receivers_alive(rx, mig_now_ms(), err, errlen))
+				snprintf(err, errlen, "%s", mig_stream_error(s));
 			goto out;
 		}
 		if (sec.type == MIG_SEC_ERROR) {
@@ -119,7 +170,14 @@ static int receive_state(struct vmm *v, struct mig_stream *s,
 			pages += sec.pages;
 			fault_round(pages, m->ram_size / PAGE_SIZE);
 			break;
+		case MIG_SEC_SYNC:      /* every channel's pages of that round are in */
+			if (mig_receivers_sync(rx, sec.round, err, errlen))
+				goto out;
+			break;
 		case MIG_SEC_DIGEST: {
+			/* every page channel is done writing RAM */
+			if (rx && mig_receivers_finish(rx, err, errlen))
+				goto out;
 			/* the guest's RAM: this machine may have more */
 			uint64_t mine = mig_digest_of_hashes(ps.hash, guest_ram / PAGE_SIZE,
 							     guest_ram);
@@ -142,6 +200,8 @@ static int receive_state(struct vmm *v, struct mig_stream *s,
 				goto out;
 			break;
 		case MIG_SEC_POSTCOPY:
+			if (rx && mig_receivers_finish(rx, err, errlen))
+				goto out;
 			*postcopy = true;
 			if (postcopy_incoming_begin(v, s, &sec, err, errlen))
 				goto out;
@@ -155,6 +215,7 @@ static int receive_state(struct vmm *v, struct mig_stream *s,
 		}
 	}
 out:
+	mig_receivers_stop(rx);         /* before the hashes its threads write go */
 	mig_stream_set_sink(s, NULL, NULL);
 	free(ps.hash);
 	return r;
@@ -174,16 +235,22 @@ static bool quitting(struct vmm *v)
  * connection the peer has HANDSHAKE_TIMEOUT_MS for the whole exchange of
  * configurations; one that sends nothing, garbage or too little in that
  * time is RECV_REJECTED, not a failed migration. */
-static int receive(struct vmm *v, struct mig_stream *s, bool two_way, bool *postcopy,
-		   struct disk_sink **dk, char *err, size_t errlen)
+static int receive(struct vmm *v, struct mig_stream *s, struct channel_setup *cs,
+		   bool *postcopy, struct disk_sink **dk, char *err, size_t errlen)
 {
 	struct mig_config local, remote;
 	char why[256];
+	bool two_way = cs != NULL;
 	if (!s) {
 		snprintf(err, errlen, "out of memory for the migration stream");
 		return -1;
 	}
 	vmstate_config(v, &local);
+	/* page channels must present this (docs/stream.md "Page channels") */
+	if (two_way && getrandom(cs->nonce, sizeof(cs->nonce), 0) == sizeof(cs->nonce)) {
+		local.has_join = true;
+		memcpy(local.join, cs->nonce, sizeof(local.join));
+	}
 	if (two_way)
 		mig_channel_set_deadline(mig_stream_channel(s), HANDSHAKE_TIMEOUT_MS);
 	if ((two_way && (mig_write_config(s, &local) || mig_flush(s))) ||
@@ -214,7 +281,13 @@ static int receive(struct vmm *v, struct mig_stream *s, bool two_way, bool *post
 		mig_channel_set_deadline(mig_stream_channel(s), 0);
 		mig_window_receiver(mig_channel_fd(mig_stream_channel(s)));
 	}
-	if (receive_state(v, s, &remote, *dk, two_way, postcopy, err, errlen)) {
+	if (remote.channels > 1 && !local.has_join) {
+		snprintf(err, errlen, "cannot take page channels: no random nonce for them");
+		if (two_way)
+			mig_send_error(s, err);
+		return RECV_FAILED;
+	}
+	if (receive_state(v, s, &remote, *dk, cs, postcopy, err, errlen)) {
 		if (two_way)
 			mig_send_error(s, quitting(v) ? "the destination was told to quit" : err);
 		return RECV_FAILED;
@@ -365,7 +438,7 @@ static int accept_or_quit(struct vmm *v, int lfd, bool *quit, char *err, size_t 
 	}
 }
 
-static void peer_name(int fd, char *buf, size_t len)
+void mig_peer_name(int fd, char *buf, size_t len)
 {
 	struct sockaddr_storage sa;
 	socklen_t sl = sizeof(sa);
@@ -391,7 +464,7 @@ static int serve(struct vmm *v, int lfd, const struct mig_auth *auth, const char
 		if (fd < 0)
 			return quit ? 1 : -1;
 		mig_socket_tune(fd);
-		peer_name(fd, who, sizeof(who));
+		mig_peer_name(fd, who, sizeof(who));
 		struct mig_channel *ch = mig_channel_server(fd, auth, HANDSHAKE_TIMEOUT_MS,
 							    v->machine->exit_pipe[0], why,
 							    sizeof(why));
@@ -404,7 +477,8 @@ static int serve(struct vmm *v, int lfd, const struct mig_auth *auth, const char
 		}
 		struct mig_stream *s = mig_stream_new_channel(ch);
 		struct disk_sink *dk = NULL;
-		int r = receive(v, s, true, postcopy, &dk, err, errlen);
+		struct channel_setup cs = { .lfd = lfd, .auth = auth };
+		int r = receive(v, s, &cs, postcopy, &dk, err, errlen);
 		if (r == 0 && take_over(v, s, err, errlen))
 			r = RECV_FAILED;
 		if (r == 0) {
@@ -427,7 +501,7 @@ int mig_restore_state(struct vmm *v, struct mig_stream *s, char *err, size_t err
 {
 	bool postcopy = false;
 	struct disk_sink *dk = NULL;
-	int r = receive(v, s, false, &postcopy, &dk, err, errlen) ? -1 : 0;
+	int r = receive(v, s, NULL, &postcopy, &dk, err, errlen) ? -1 : 0;
 	if (r)
 		disk_sink_abandon(dk);
 	else

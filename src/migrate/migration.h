@@ -39,6 +39,8 @@ struct migration {
 	bool postcopy;
 	bool copy_disks;                /* disks: copy (diskstream.c) */
 	struct disk_source *disks;      /* its state, outgoing thread only */
+	unsigned channels;              /* page channels asked for (1: pages on the main) */
+	struct mig_senders *senders;    /* channels.c, when >1 joined (outgoing thread) */
 	struct mig_secret secret;       /* proves us to the destination (len 0: none) */
 	atomic_bool cancel;
 
@@ -74,6 +76,8 @@ void mig_socket_tune(int fd);
  * HOST part, for TLS name checks); listen on uri. -1 with err. */
 int mig_tcp_connect(const char *uri, char *host, size_t hostlen, char *err, size_t errlen);
 int mig_tcp_listen(const char *uri, char *err, size_t errlen);
+/* "ADDRESS port N" of a connected socket's peer, for messages. */
+void mig_peer_name(int fd, char *buf, size_t len);
 
 /* vmstate.c: the machine as stream sections */
 void vmstate_config(struct vmm *v, struct mig_config *cfg);

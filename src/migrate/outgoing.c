@@ -25,6 +25,7 @@
  */
 #include "migrate/deadline.h"
 #include "migrate/channel.h"
+#include "migrate/channels.h"
 #include "migrate/diskstream.h"
 #include "migrate/migrate.h"
 #include "migrate/migration.h"
@@ -153,6 +154,57 @@ static void choose_compression(struct migration *mg, struct mig_stream *s)
 	mg->link_shown = mg->link;
 	pthread_mutex_unlock(&mg->lock);
 	mig_stream_set_compress(s, (mbps && mbps < 1000) || mg->link.compress);
+	if (mg->senders)
+		mig_senders_set_compress(mg->senders, mbps && mbps < 1000);
+}
+
+/* Bytes sent so far, the page channels' included. */
+static uint64_t sent_bytes(struct migration *mg, struct mig_stream *s)
+{
+	return mig_stream_bytes(s) + mig_senders_bytes(mg->senders);
+}
+
+/* Of them, those the destination acknowledged. */
+static uint64_t delivered_bytes(struct migration *mg, struct mig_stream *s)
+{
+	uint64_t written = sent_bytes(mg, s);
+	uint64_t queued = mig_window_queued(&mg->link) + mig_senders_queued(mg->senders);
+	return written > queued ? written - queued : 0;
+}
+
+/* While the page channels carry a round: the outgoing thread's own
+ * bookkeeping; true stops the round (cancel, a deadline fired). */
+struct round_tick {
+	struct migration *mg;
+	struct mig_stream *s;
+};
+
+static bool channels_tick(void *opaque)
+{
+	struct round_tick *rt = opaque;
+	struct migration *mg = rt->mg;
+	if (mg->sample_dirty)
+		sample_dirty_rate(mg);
+	if (mig_window_tune(&mg->link))
+		choose_compression(mg, rt->s);
+	pthread_mutex_lock(&mg->lock);
+	mg->transferred = sent_bytes(mg, rt->s);
+	pthread_mutex_unlock(&mg->lock);
+	return cancelled(mg) || mig_watchdog_fired(mg->watchdog, NULL, 0);
+}
+
+/* A round over the page channels, then its SYNC on the main stream. */
+static int send_pages_channels(struct migration *mg, struct mig_stream *s,
+			       const uint64_t *bitmap, const unsigned char *resident)
+{
+	struct machine *m = mg->vmm->machine;
+	struct round_tick rt = { mg, s };
+	char err[400];
+	int64_t round = mig_senders_round(mg->senders, m->ram, m->ram_size / PAGE_SIZE, bitmap,
+					  resident, channels_tick, &rt, err, sizeof(err));
+	if (round < 0)
+		return mig_stream_fail(s, "%s", err);
+	return mig_write_sync(s, (uint64_t)round) || mig_flush(s) ? -1 : 0;
 }
 
 /* Send the pages set in bitmap; returns bytes written, or -1. */
@@ -160,7 +212,7 @@ static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint
 {
 	struct machine *m = mg->vmm->machine;
 	uint64_t pages = m->ram_size / PAGE_SIZE;
-	uint64_t start = mig_stream_bytes(s);
+	uint64_t start = sent_bytes(mg, s);
 	static const uint8_t zeros[PAGE_SIZE];
 	/* Pages the host never mapped read as zeros: send them as such
 	 * without touching them, which would map them in (slow, and it would
@@ -176,6 +228,12 @@ static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint
 	uint64_t mbps = mg->bandwidth_mbps;
 	pthread_mutex_unlock(&mg->lock);
 	mig_stream_set_rate(s, mbps * 1000000 / 8);
+	if (mg->senders) {
+		mig_senders_set_rate(mg->senders, mbps * 1000000 / 8);
+		int r = send_pages_channels(mg, s, bitmap, resident);
+		free(resident);
+		return r ? -1 : (int64_t)(sent_bytes(mg, s) - start);
+	}
 	for (uint64_t w = 0; w < (pages + 63) / 64; w++) {
 		uint64_t bits = bitmap[w];
 		if (bits && mg->sample_dirty)
@@ -210,7 +268,8 @@ static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint
 
 /* ---- the flow ---------------------------------------------------------------------- */
 
-static int handshake(struct migration *mg, struct mig_stream *s)
+/* The configurations, checked both ways; *remote is the destination's. */
+static int handshake(struct migration *mg, struct mig_stream *s, struct mig_config *remote_out)
 {
 	struct mig_config local, remote;
 	char why[256];
@@ -220,6 +279,10 @@ static int handshake(struct migration *mg, struct mig_stream *s)
 		fail_stream(mg, s, "handshake", NULL);
 		return -1;
 	}
+	/* page channels, if the destination takes them (its join nonce) */
+	if (mg->channels > 1 && remote.has_join)
+		local.channels = mg->channels;
+	*remote_out = remote;
 	if (mig_config_check(&local, &remote, why, sizeof(why))) {
 		fail(mg, "destination cannot run this guest: %s", why);
 		mig_send_error(s, why);
@@ -233,6 +296,35 @@ static int handshake(struct migration *mg, struct mig_stream *s)
 		fail(mg, "destination refused: %s", why);
 		return -1;
 	}
+	return 0;
+}
+
+/* After the handshake: the page channels the configuration announced. */
+static int open_channels(struct migration *mg, struct mig_stream *s,
+			 const struct mig_config *remote)
+{
+	char err[500];
+	if (mg->channels < 2 || !remote->has_join) {
+		pthread_mutex_lock(&mg->lock);
+		mg->channels = 1;       /* pages on the main stream */
+		pthread_mutex_unlock(&mg->lock);
+		return 0;
+	}
+	mg->senders = mig_senders_open(mg, remote->join, mg->channels, err, sizeof(err));
+	if (!mg->senders) {
+		fail(mg, "%s", err);
+		mig_send_error(s, err);
+		return -1;
+	}
+	return 0;
+}
+
+/* No more pages on the page channels (END on each). */
+static int close_channels(struct migration *mg, struct mig_stream *s)
+{
+	char err[400];
+	if (mg->senders && mig_senders_finish(mg->senders, err, sizeof(err)))
+		return mig_stream_fail(s, "%s", err);
 	return 0;
 }
 
@@ -297,7 +389,7 @@ static void publish_round(struct migration *mg, struct mig_stream *s,
 	mg->round_start_ms = 0;         /* counted: no round under way */
 	mg->stalled = d->stalled;
 	snprintf(mg->phase, sizeof(mg->phase), "%s", why);
-	mg->transferred = mig_stream_bytes(s);
+	mg->transferred = sent_bytes(mg, s);
 	mg->throttle_pct = d->throttle_pct;
 	mg->link_shown = mg->link;
 	pthread_mutex_unlock(&mg->lock);
@@ -315,7 +407,7 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 	for (;;) {
 		/* disks: copy: the dirty blocks first (the bulk copy, the
 		 * first time), then the memory round */
-		uint64_t delivered0 = mig_window_delivered(&mg->link, mig_stream_bytes(s));
+		uint64_t delivered0 = delivered_bytes(mg, s);
 		int64_t disk_bytes = disk_source_round(mg->disks, s);
 		if (disk_bytes < 0)
 			return -1;
@@ -332,8 +424,7 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 			return -1;
 		/* what the destination acknowledged, not what the buffers took */
 		if (mg->link.open)
-			bytes = (int64_t)(mig_window_delivered(&mg->link, mig_stream_bytes(s)) -
-					  delivered0);
+			bytes = (int64_t)(delivered_bytes(mg, s) - delivered0);
 		else
 			bytes += disk_bytes;
 		uint64_t dt = mig_now_ms() - t0;
@@ -391,7 +482,7 @@ static int send_final_state(struct migration *mg, struct mig_stream *s, uint64_t
 {
 	struct machine *m = mg->vmm->machine;
 	dirty_log_harvest(m, bitmap);
-	if (send_pages(mg, s, bitmap) < 0)
+	if (send_pages(mg, s, bitmap) < 0 || close_channels(mg, s))
 		return -1;
 	dirty_log_stop(m);
 	if (mg->disks && disk_source_finish(mg->disks, s))
@@ -531,7 +622,8 @@ static void *outgoing_thread(void *arg)
 	arm_budget(mg);
 	pthread_mutex_unlock(&mg->lock);
 	choose_compression(mg, s);
-	if (handshake(mg, s))
+	struct mig_config remote;
+	if (handshake(mg, s, &remote) || open_channels(mg, s, &remote))
 		goto failed;
 	if (mg->copy_disks && !(mg->disks = disk_source_start(mg->vmm, err, sizeof(err)))) {
 		fail(mg, "%s", err);
@@ -555,6 +647,10 @@ static void *outgoing_thread(void *arg)
 		 * there, since from then on the guest needs this link */
 		uint64_t t_pc = mig_now_ms();
 		arm_pause_bound(mg, t_pc);
+		if (close_channels(mg, s)) {
+			fail_stream(mg, s, "post-copy", NULL);
+			goto failed;
+		}
 		r = postcopy_run(mg, s, bitmap);
 		postcopy_deadline_reason(mg);
 		if (r == -1) {  /* resumed here: what the attempt cost the guest */
@@ -593,7 +689,7 @@ completed:
 	pthread_mutex_lock(&mg->lock);
 	mg->done = true;
 	mg->total_ms = mig_now_ms() - mg->start_ms;
-	mg->transferred = mig_stream_bytes(s);
+	mg->transferred = sent_bytes(mg, s);
 	mg->remaining = 0;
 	pthread_mutex_unlock(&mg->lock);
 	vmm_migrated(mg->vmm, mg->uri);    /* postmigrate, until quit */
@@ -617,6 +713,11 @@ failed:
 	pthread_mutex_unlock(&mg->lock);
 	finish_failed(mg, paused);
 out:
+	mig_senders_abort(mg->senders);         /* a failure leaves them blocked */
+	mig_senders_close(mg->senders);
+	pthread_mutex_lock(&mg->lock);
+	mg->senders = NULL;
+	pthread_mutex_unlock(&mg->lock);
 	disk_source_stop(mg->disks);    /* our image was only read: it is intact */
 	mg->disks = NULL;
 	stop_watchdog(mg);
@@ -881,8 +982,9 @@ json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *e
 			 json_string_value(uri));
 		return NULL;
 	}
-	uint64_t downtime = 300, bw = 0, max_total = 0;
-	if (!get_uint(args, "downtime_ms", &downtime, 600000, err, errlen) ||
+	uint64_t downtime = 300, bw = 0, max_total = 0, channels = mig_default_channels();
+	if (!get_uint(args, "channels", &channels, MIG_CHANNELS_MAX, err, errlen) ||
+	    !get_uint(args, "downtime_ms", &downtime, 600000, err, errlen) ||
 	    !get_uint(args, "bandwidth_mbps", &bw, 1000000, err, errlen) ||
 	    !get_uint(args, "max_total_s", &max_total, 86400, err, errlen))
 		return NULL;
@@ -918,6 +1020,7 @@ json_t *migration_cmd_migrate(void *ctx, json_t *args, const char **cls, char *e
 	mg->max_total_s = max_total;
 	mg->postcopy = pc && json_is_true(pc);
 	mg->copy_disks = copy_disks;
+	mg->channels = channels ? (unsigned)channels : 1;
 	mg->predicted_total_ms = mg->predicted_downtime_ms = UINT64_MAX;
 	mg->secret = secret;
 	explicit_bzero(&secret, sizeof(secret));
@@ -999,6 +1102,7 @@ static json_t *migration_figures(struct migration *mg)
 		"phase", mg->phase,
 		"throttle_pct", (json_int_t)mg->throttle_pct,
 		"downtime_target_ms", (json_int_t)mg->downtime_ms);
+	json_object_set_new(r, "channels", json_integer((json_int_t)mg->channels));
 	if (mg->error[0])
 		json_object_set_new(r, "error", json_string(mg->error));
 	if (mg->link_shown.open) {

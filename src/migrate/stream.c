@@ -25,6 +25,7 @@
 #include "migrate/stream.h"
 #include "migrate/channel.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -171,6 +172,7 @@ static const struct section_kind section_kinds[] = {
 	{ MIG_SEC_DISK_DIGEST,     "disk-digest",     16, 16 },
 	{ MIG_SEC_FT_WRITE,        "ft-write",        MIG_FT_WRITE_HDR + MIG_FT_SECTOR,
 						      MIG_FT_WRITE_HDR + MIG_FT_WRITE_MAX },
+	{ MIG_SEC_SYNC,            "sync",            8,  8 },
 	{ MIG_SEC_READY,           "ready",           0,  4096 },
 	{ MIG_SEC_ACK,             "ack",             0,  4096 },
 	{ MIG_SEC_ERROR,           "error",           0,  4096 },
@@ -181,6 +183,7 @@ static const struct section_kind section_kinds[] = {
 	{ MIG_SEC_HANDOFF_CONFIRM, "handoff-confirm", 0,  4096 },
 	{ MIG_SEC_EPOCH,           "epoch",           8,  8 },
 	{ MIG_SEC_EPOCH_ACK,       "epoch-ack",       8,  8 },
+	{ MIG_SEC_JOIN,            "join",            MIG_JOIN_NONCE + 8, MIG_JOIN_NONCE + 8 },
 };
 
 static const struct section_kind *section_kind(uint32_t type)
@@ -611,6 +614,13 @@ int mig_write_disk_digest(struct mig_stream *s, uint32_t disk, uint64_t digest)
 	return mig_write_section(s, MIG_SEC_DISK_DIGEST, b, sizeof(b));
 }
 
+int mig_write_sync(struct mig_stream *s, uint64_t round)
+{
+	uint8_t b[8];
+	put_le64(b, round);
+	return mig_write_section(s, MIG_SEC_SYNC, b, sizeof(b));
+}
+
 int mig_write_end(struct mig_stream *s)
 {
 	return mig_write_section(s, MIG_SEC_END, NULL, 0);
@@ -1021,6 +1031,9 @@ int mig_read_section(struct mig_stream *s, struct mig_section *sec, void *ram,
 	case MIG_SEC_DIGEST:
 		sec->digest = get_le64(sec->data);
 		return 0;
+	case MIG_SEC_SYNC:
+		sec->round = get_le64(sec->data);
+		return 0;
 	case MIG_SEC_ERROR:
 		return decode_error(s, sec);
 	case MIG_SEC_PAGE_REQUEST:
@@ -1109,15 +1122,43 @@ static json_t *config_to_json(const struct mig_config *cfg)
 			 "harts", (json_int_t)cfg->harts, "devices", devs, "disks", disks);
 	if (o && cfg->copy_disks)
 		json_object_set_new(o, "disk_mode", json_string("copy"));
+	if (o && cfg->channels > 1)
+		json_object_set_new(o, "channels", json_integer(cfg->channels));
+	if (o && cfg->has_join) {
+		char hex[2 * MIG_JOIN_NONCE + 1];
+		for (unsigned i = 0; i < MIG_JOIN_NONCE; i++)
+			snprintf(hex + 2 * i, 3, "%02x", cfg->join[i]);
+		json_object_set_new(o, "join", json_string(hex));
+	}
 	return o;
+}
+
+static void stream_header(uint8_t hdr[HDR_BYTES])
+{
+	memcpy(hdr, MIG_MAGIC, 8);
+	put_le32(hdr + 8, MIG_VERSION);
+	put_le32(hdr + 12, 0);
+}
+
+int mig_write_join(struct mig_stream *s, const uint8_t nonce[MIG_JOIN_NONCE],
+		   uint32_t index, uint32_t count)
+{
+	uint8_t hdr[HDR_BYTES], join[MIG_JOIN_NONCE + 8];
+	stream_header(hdr);
+	memcpy(join, nonce, MIG_JOIN_NONCE);
+	put_le32(join + MIG_JOIN_NONCE, index);
+	put_le32(join + MIG_JOIN_NONCE + 4, count);
+	struct iovec part = { hdr, sizeof(hdr) };
+	if (s->failed || mig_flush_pages(s))
+		return -1;
+	return out_put(s, &part, 1) || emit_section(s, MIG_SEC_JOIN, join, sizeof(join))
+	       ? -1 : 0;
 }
 
 int mig_write_config(struct mig_stream *s, const struct mig_config *cfg)
 {
 	uint8_t hdr[HDR_BYTES];
-	memcpy(hdr, MIG_MAGIC, 8);
-	put_le32(hdr + 8, MIG_VERSION);
-	put_le32(hdr + 12, 0);
+	stream_header(hdr);
 	json_t *o = config_to_json(cfg);
 	char *text = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 	json_decref(o);
@@ -1232,6 +1273,35 @@ static bool cfg_disks(struct mig_stream *s, json_t *disks, struct mig_config *cf
 	return true;
 }
 
+/* Multi-channel: the source's "channels" (2..MIG_CHANNELS_MAX), the
+ * destination's "join" nonce (64 hex digits); both optional. */
+static bool cfg_channels(struct mig_stream *s, json_t *o, struct mig_config *cfg)
+{
+	uint64_t n = 0;
+	if (json_object_get(o, "channels") &&
+	    !cfg_uint(s, o, "channels", 2, MIG_CHANNELS_MAX, &n))
+		return false;
+	cfg->channels = (uint32_t)n;
+	json_t *j = json_object_get(o, "join");
+	if (!j)
+		return true;
+	const char *hex = json_string_value(j);
+	bool ok = hex && strlen(hex) == 2 * MIG_JOIN_NONCE;
+	for (unsigned i = 0; ok && i < MIG_JOIN_NONCE; i++) {
+		unsigned byte = 0;
+		ok = isxdigit((unsigned char)hex[2 * i]) && isxdigit((unsigned char)hex[2 * i + 1]) &&
+		     sscanf(hex + 2 * i, "%2x", &byte) == 1;
+		cfg->join[i] = (uint8_t)byte;
+	}
+	if (!ok) {
+		fail(s, "migration stream: configuration: 'join' must be %u hex digits",
+		     2 * MIG_JOIN_NONCE);
+		return false;
+	}
+	cfg->has_join = true;
+	return true;
+}
+
 static int config_from_json(struct mig_stream *s, const struct mig_section *sec,
 			    struct mig_config *cfg)
 {
@@ -1262,6 +1332,7 @@ static int config_from_json(struct mig_stream *s, const struct mig_section *sec,
 		else
 			cfg->copy_disks = !strcmp(json_string_value(mode), "copy");
 	}
+	ok = ok && cfg_channels(s, o, cfg);
 	json_decref(o);
 	if (!ok)
 		return -1;
@@ -1271,11 +1342,12 @@ static int config_from_json(struct mig_stream *s, const struct mig_section *sec,
 	return 0;
 }
 
-int mig_read_config(struct mig_stream *s, struct mig_config *cfg)
+/* The stream header, then the first section framed and checked (CONFIG
+ * or JOIN; an ERROR in its place fails with the peer's reason). */
+static int read_header_and_first(struct mig_stream *s, struct mig_section *out)
 {
 	uint8_t hdr[HDR_BYTES];
 	struct mig_section sec;
-	memset(cfg, 0, sizeof(*cfg));
 	if (s->failed || in_get(s, hdr, 1, "the stream header"))
 		return -1;
 	/* a TLS record (alert 0x15, handshake 0x16) where 'F' was due */
@@ -1312,6 +1384,31 @@ int mig_read_config(struct mig_stream *s, struct mig_config *cfg)
 		s->peer_gave_up = true;
 		return fail(s, "migration stream: the peer refused: %s", sec.text);
 	}
+	*out = sec;
+	return 0;
+}
+
+int mig_read_join(struct mig_stream *s, uint8_t nonce[MIG_JOIN_NONCE], uint32_t *index,
+		  uint32_t *count)
+{
+	struct mig_section sec;
+	if (read_header_and_first(s, &sec))
+		return -1;
+	if (sec.type != MIG_SEC_JOIN)
+		return fail(s, "migration stream: expected a page channel's 'join' section, "
+			    "got '%s'", type_name(sec.type));
+	memcpy(nonce, sec.data, MIG_JOIN_NONCE);
+	*index = get_le32(sec.data + MIG_JOIN_NONCE);
+	*count = get_le32(sec.data + MIG_JOIN_NONCE + 4);
+	return 0;
+}
+
+int mig_read_config(struct mig_stream *s, struct mig_config *cfg)
+{
+	struct mig_section sec;
+	memset(cfg, 0, sizeof(*cfg));
+	if (read_header_and_first(s, &sec))
+		return -1;
 	if (sec.type != MIG_SEC_CONFIG)
 		return fail(s, "migration stream: expected the 'config' section, got '%s'",
 			    type_name(sec.type));

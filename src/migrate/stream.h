@@ -55,6 +55,7 @@ enum mig_section_type {
 	MIG_SEC_DISK            = 0x008,        /* disks: copy: an extent of a disk image */
 	MIG_SEC_DISK_DIGEST     = 0x009,        /* disks: copy: u32 disk, u32 0, u64 digest */
 	MIG_SEC_FT_WRITE        = 0x00a,        /* FT: a guest write of the epoch (ft_grammar.h) */
+	MIG_SEC_SYNC            = 0x00b,        /* channels: u64 round, all its pages sent */
 
 	MIG_SEC_READY           = 0x101,        /* ready to receive */
 	MIG_SEC_ACK             = 0x102,        /* the last step succeeded */
@@ -66,6 +67,7 @@ enum mig_section_type {
 	MIG_SEC_HANDOFF_CONFIRM = 0x108,        /* destination: holds everything */
 	MIG_SEC_EPOCH           = 0x109,        /* FT primary: u64 epoch, a checkpoint follows */
 	MIG_SEC_EPOCH_ACK       = 0x10a,        /* FT secondary: u64 epoch, applied whole */
+	MIG_SEC_JOIN            = 0x10b,        /* channels: nonce[32], u32 index, u32 count */
 };
 #define MIG_SEC_PAGE_REQ MIG_SEC_PAGE_REQUEST
 
@@ -96,6 +98,8 @@ enum mig_disk_kind { MIG_DISK_ZERO = 0, MIG_DISK_DATA = 1 };
 #define MIG_NAME_MAX            64      /* device names, with the NUL */
 #define MIG_ISA_MAX             128
 #define MIG_PATH_MAX            256
+#define MIG_CHANNELS_MAX        16      /* page channels of one migration */
+#define MIG_JOIN_NONCE          32      /* bytes of the per-migration join nonce */
 
 struct mig_device_version {
 	char name[MIG_NAME_MAX];        /* printable, no spaces */
@@ -118,6 +122,10 @@ struct mig_config {
 	unsigned ndisks;
 	struct mig_disk disks[MIG_MAX_DISKS];
 	bool copy_disks;                /* source: disks: copy ("disk_mode") */
+	uint32_t channels;              /* source: page channels besides this one
+	                                 * (0 or 1: pages on this stream) */
+	bool has_join;                  /* destination: it takes page channels that */
+	uint8_t join[MIG_JOIN_NONCE];   /* present this nonce ("join", hex) */
 };
 
 /* Clear cfg and fill the basics (version = MIG_VERSION). */
@@ -202,6 +210,12 @@ int mig_write_end(struct mig_stream *s);
 int mig_write_disk(struct mig_stream *s, uint32_t disk, uint64_t off, const void *data,
 		   uint64_t len);
 int mig_write_disk_digest(struct mig_stream *s, uint32_t disk, uint64_t digest);
+/* Multi-channel (channels.c): the end of round `round` on a stream. */
+int mig_write_sync(struct mig_stream *s, uint64_t round);
+/* A page channel's first words: the stream header and JOIN (the nonce of
+ * the destination's CONFIG, this channel's index of count). */
+int mig_write_join(struct mig_stream *s, const uint8_t nonce[MIG_JOIN_NONCE],
+		   uint32_t index, uint32_t count);
 /* Post-copy: ask the source for these pages. */
 int mig_write_page_request(struct mig_stream *s, const uint64_t *pfns, size_t n);
 /* Tell the peer why we give up (ERROR) and flush. Best effort: it is sent
@@ -241,11 +255,16 @@ struct mig_section {
 	bool disk_zero;                 /* DISK: a zero extent (no data) */
 	uint64_t disk_off, disk_len;    /* DISK: the extent */
 	const uint8_t *disk_data;       /* DISK: disk_len bytes unless zero */
+	uint64_t round;                 /* SYNC */
 };
 
 /* Read the stream header and the peer's CONFIG section. An ERROR section
  * in its place fails with the peer's reason. */
 int mig_read_config(struct mig_stream *s, struct mig_config *cfg);
+/* A page channel's header and JOIN section (mig_write_join); index and
+ * count are checked against nothing: the caller does that. */
+int mig_read_join(struct mig_stream *s, uint8_t nonce[MIG_JOIN_NONCE], uint32_t *index,
+		  uint32_t *count);
 /* Where received pages go instead of RAM (post-copy keeps pages the guest
  * already has): called with each decoded page. */
 typedef void (*mig_page_sink)(void *opaque, uint64_t pfn, const void *page);

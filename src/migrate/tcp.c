@@ -8,6 +8,7 @@
  * is channel.c's business; sizing windows for long links is window.c's.
  */
 #include "migrate/migration.h"
+#include "migrate/stream.h"
 
 #include <errno.h>
 #include <netdb.h>
@@ -107,7 +108,10 @@ int mig_tcp_listen(const char *uri, char *err, size_t errlen)
 	int one = 1;
 	if (fd >= 0)
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 1)) {
+	/* room for a migration's page channels, which connect all at once
+	 * (a full backlog drops a SYN: a second's retransmit) */
+	if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) ||
+	    listen(fd, MIG_CHANNELS_MAX + 2)) {
 		snprintf(err, errlen, "cannot listen on %s: %s", uri, strerror(errno));
 		if (fd >= 0)
 			close(fd);

@@ -989,6 +989,137 @@ static void disks_copy_stream_reads_back(void **state)
 	free(b.data);
 }
 
+/* ---- page channels (channels: N) --------------------------------------------------- */
+
+static const uint8_t join_nonce[MIG_JOIN_NONCE] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 };
+
+/* A multi-channel migration's main stream: rounds closed by SYNC, no pages. */
+static int channels_main_writer(int fd, bool arg)
+{
+	(void)arg;
+	const uint8_t hart[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+	struct mig_config cfg;
+	struct mig_stream *s = mig_stream_new(fd);
+	sample_config(&cfg);
+	cfg.channels = 2;
+	cfg.has_join = true;
+	memcpy(cfg.join, join_nonce, sizeof(cfg.join));
+	int r = mig_write_config(s, &cfg) || mig_write_sync(s, 1) || mig_write_sync(s, 2) ||
+		mig_write_cpu(s, 0, 1, hart, sizeof(hart)) ||
+		mig_write_cpu(s, 1, 1, hart, sizeof(hart)) ||
+		mig_write_device(s, "uart", 1, "u", 1) ||
+		mig_write_device(s, "virtio-blk@10001000", 2, NULL, 0) ||
+		mig_write_clock(s, 42) || mig_write_digest(s, 7) || mig_write_end(s) ||
+		mig_flush(s);
+	mig_stream_free(s);
+	return r ? -1 : 0;
+}
+
+/* Page channel 1 of 2: JOIN, two rounds of pages, END. */
+static int page_channel_writer(int fd, bool compress)
+{
+	static uint8_t ram[SAMPLE_RAM];
+	struct mig_stream *s = mig_stream_new(fd);
+	sample_ram(ram);
+	mig_stream_set_compress(s, compress);
+	int r = mig_write_join(s, join_nonce, 1, 2) ||
+		mig_put_page(s, 0, ram) || mig_put_page(s, 1, ram + MIG_PAGE_SIZE) ||
+		mig_put_page(s, 2, ram + 2 * MIG_PAGE_SIZE) || mig_write_sync(s, 1) ||
+		mig_put_page(s, 3, ram + 3 * MIG_PAGE_SIZE) || mig_write_sync(s, 2) ||
+		mig_write_end(s) || mig_flush(s);
+	mig_stream_free(s);
+	return r ? -1 : 0;
+}
+
+/* Both read back: the configuration keeps its channels and nonce, the
+ * main stream passes the grammar, the page channel its own. */
+static void channel_streams_read_back(void **state)
+{
+	(void)state;
+	static uint8_t ram[SAMPLE_RAM], want[SAMPLE_RAM];
+	struct blob b = capture(channels_main_writer, false);
+	int fd = memfd_with(b.data, b.len);
+	struct mig_stream *r = mig_stream_new(fd);
+	struct mig_config cfg;
+	struct mig_grammar g;
+	struct mig_section sec;
+	char err[256] = "";
+	assert_int_equal(mig_read_config(r, &cfg), 0);
+	assert_int_equal(cfg.channels, 2);
+	assert_true(cfg.has_join);
+	assert_memory_equal(cfg.join, join_nonce, MIG_JOIN_NONCE);
+	mig_grammar_init(&g, &cfg, true);
+	do {
+		assert_int_equal(mig_read_section(r, &sec, ram, SAMPLE_RAM), 0);
+		assert_int_equal(mig_grammar_step(&g, &sec, err, sizeof(err)), 0);
+	} while (sec.type != MIG_SEC_END);
+	assert_int_equal(g.last_sync, 2);
+	mig_stream_free(r);
+	close(fd);
+	free(b.data);
+
+	b = capture(page_channel_writer, true);
+	fd = memfd_with(b.data, b.len);
+	r = mig_stream_new(fd);
+	uint8_t nonce[MIG_JOIN_NONCE];
+	uint32_t index, count;
+	struct mig_pages_grammar pg = { 0 };
+	assert_int_equal(mig_read_join(r, nonce, &index, &count), 0);
+	assert_memory_equal(nonce, join_nonce, MIG_JOIN_NONCE);
+	assert_int_equal(index, 1);
+	assert_int_equal(count, 2);
+	do {
+		assert_int_equal(mig_read_section(r, &sec, ram, SAMPLE_RAM), 0);
+		assert_int_equal(mig_pages_grammar_step(&pg, &sec, err, sizeof(err)), 0);
+	} while (sec.type != MIG_SEC_END);
+	sample_ram(want);
+	assert_memory_equal(ram, want, 4 * MIG_PAGE_SIZE);
+	/* nothing after the end */
+	assert_int_equal(mig_pages_grammar_step(&pg, &sec, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "after its end"));
+	mig_stream_free(r);
+	close(fd);
+	free(b.data);
+}
+
+/* Rounds skipped, repeated or on a stream without channels; a page
+ * channel read as a main stream; a state section on a page channel. */
+static void channel_sections_refused(void **state)
+{
+	(void)state;
+	struct mig_config cfg;
+	struct mig_grammar g;
+	struct mig_pages_grammar pg = { 0 };
+	struct mig_section sec = { .type = MIG_SEC_SYNC, .round = 1 };
+	char err[256];
+	sample_config(&cfg);
+	mig_grammar_init(&g, &cfg, true);
+	assert_int_equal(mig_grammar_step(&g, &sec, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "without page channels"));
+	cfg.channels = 2;
+	mig_grammar_init(&g, &cfg, true);
+	assert_int_equal(mig_grammar_step(&g, &sec, err, sizeof(err)), 0);
+	assert_int_equal(mig_grammar_step(&g, &sec, err, sizeof(err)), -1);   /* again */
+	sec.round = 3;
+	assert_int_equal(mig_grammar_step(&g, &sec, err, sizeof(err)), -1);   /* skipped */
+	sec.round = 1;
+	assert_int_equal(mig_pages_grammar_step(&pg, &sec, err, sizeof(err)), 0);
+	sec.round = 3;
+	assert_int_equal(mig_pages_grammar_step(&pg, &sec, err, sizeof(err)), -1);
+	sec.type = MIG_SEC_CPU;
+	assert_int_equal(mig_pages_grammar_step(&pg, &sec, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "only pages"));
+
+	struct blob b = capture(page_channel_writer, false);
+	int fd = memfd_with(b.data, b.len);
+	struct mig_stream *r = mig_stream_new(fd);
+	assert_int_equal(mig_read_config(r, &cfg), -1);
+	assert_non_null(strstr(mig_stream_error(r), "expected the 'config' section"));
+	mig_stream_free(r);
+	close(fd);
+	free(b.data);
+}
+
 /* FERRY_STREAM_SEEDS=DIR: write the fuzzer's seed corpus instead of
  * testing (fuzz/run-short.sh). */
 static void write_seeds(const char *dir)
@@ -997,6 +1128,8 @@ static void write_seeds(const char *dir)
 	write_seed(dir, "sample-raw", capture(sample_write, false));
 	write_seed(dir, "sample-zstd", capture(sample_write, true));
 	write_seed(dir, "control", capture(control_writer, false));
+	write_seed(dir, "channels-main", capture(channels_main_writer, false));
+	write_seed(dir, "page-channel", capture(page_channel_writer, true));
 }
 
 /* ---- the section grammar ------------------------------------------------------------ */
@@ -1287,6 +1420,8 @@ int main(void)
 		cmocka_unit_test(disk_section_shapes),
 		cmocka_unit_test(config_check_disks_copy),
 		cmocka_unit_test(grammar_refuses_missing_state),
+		cmocka_unit_test(channel_streams_read_back),
+		cmocka_unit_test(channel_sections_refused),
 		cmocka_unit_test(grammar_refuses_repeats_and_disorder),
 		cmocka_unit_test(grammar_postcopy_only_once_and_only_live),
 	};
