@@ -24,6 +24,10 @@ HA on the cluster plane: what keeps a VM from running on two hosts.
 - a partition healing with ferry-center down (test_ha_partition_heals_one_copy):
   the cut-off host, its lease back, does not start its fenced copy again
   (VM monitoring took the fence's kill for a crash and did, before).
+- a claim that lapses (test_ha_claim_expires_*): the decider that claimed a
+  dead host's VM dies, or stalls, before starting it (test hook
+  FERRYD_TEST_HA_AFTER_CLAIM); the claim's own lease lapses and the VM is
+  claimed again and started, once.
 """
 
 import calendar
@@ -289,3 +293,67 @@ def test_ha_partition_heals_one_copy():
             found = copies()
             assert found and found != ["h3"], "pc runs on %s after the heal" % found
             time.sleep(0.05)
+
+
+def kill_host(lab, host):
+    for pid in lab.ns_pids("%s-%s" % (lab.name, host)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["ip", "netns", "exec", "%s-%s" % (lab.name, host), "ip", "link", "set",
+                    "eth0", "down"], check=True)
+
+
+def ferryd_log(lab, host):
+    return (lab.dir / "logs" / ("ferryd-%s.log" % host)).read_text(errors="replace")
+
+
+def claim_then(mode):
+    """h3 dies with the HA VM `cl`; the decider that claims its record first
+    then dies (mode "exit") or stalls 14 s (mode "stall:14") before the
+    start (FERRYD_TEST_HA_AFTER_CLAIM, once in the lab). The claim's lease
+    (10 s) lapses and a decider claims it again and starts it: once.
+    Returns (the lab's logs by host, the host that ran the hook, where cl
+    runs)."""
+    lab = Lab()
+    lab.env["FERRYD_TEST_HA_AFTER_CLAIM"] = "%s:%s" % (mode, lab.dir / "hook-fired")
+    with lab:
+        lab.cli("vm", "create", "cl", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h3",
+                "--ha", "high")
+        wait_until(lambda: "VM cl runs here: its HA record" in ferryd_log(lab, "h3"), 20,
+                   "cl's HA record in etcd")
+        kill_host(lab, "h3")
+        hooked = wait_until(lambda: [h for h in ("h1", "h2") if "test hook: " in
+                                     ferryd_log(lab, h)], 30, "a decider to claim cl")
+        assert len(hooked) == 1, hooked
+
+        def copies():
+            found = [h for h in ("h1", "h2") for _ in lab.procs(h, "ferry-vm")]
+            assert len(found) <= 1, "two copies at once: %s" % found
+            return found
+        where = wait_until(copies, 60, "cl to run again after the claim lapsed")
+        return {h: ferryd_log(lab, h) for h in ("h1", "h2")}, hooked[0], where[0]
+
+
+def test_ha_claim_expires_decider_dies():
+    """The decider dies between claiming and starting: another ferryd,
+    elected once its lease expired, takes the lapsed claim and starts it."""
+    logs, dead, where = claim_then("exit")
+    assert "dying right after claiming VM cl" in logs[dead]
+    other = ({"h1", "h2"} - {dead}).pop()
+    assert where == other, (where, dead)
+    assert "the claim of %s has expired" % dead in logs[other], logs[other][-2000:]
+    assert "HA: VM cl restarted on %s" % other in logs[other]
+
+
+def test_ha_claim_expires_decider_stalls():
+    """The decider stalls 14 s between claiming and starting (it stays the
+    decider: its heartbeat goes on): once back it sees its claim lapsed and
+    does not start on it; the next pass claims again and starts cl, once."""
+    logs, stalled, where = claim_then("stall:14")
+    assert "stalling 14 s right after claiming VM cl" in logs[stalled]
+    assert "claim expired before the start (a stall): not started now" in logs[stalled]
+    assert "the claim of %s has expired" % stalled in logs[stalled]
+    assert any("HA: VM cl restarted on %s" % where in text for text in logs.values())

@@ -119,6 +119,21 @@ bool etcd_lease_keepalive(struct etcd *e, int64_t lease, char *err, size_t errle
 	return ok;
 }
 
+int64_t etcd_lease_ttl(struct etcd *e, int64_t lease, char *err, size_t errlen)
+{
+	char id[32];
+	snprintf(id, sizeof(id), "%" PRId64, lease);
+	json_t *req = json_pack("{s:s}", "ID", id);
+	json_t *r = etcd_call(e, "/v3/lease/timetolive", req, err, errlen);
+	json_decref(req);
+	if (!r)
+		return -2;
+	const char *ttl = json_string_value(json_object_get(r, "TTL"));
+	int64_t left = ttl ? strtoll(ttl, NULL, 10) : -1;
+	json_decref(r);
+	return left >= 0 ? left : -1;
+}
+
 bool etcd_put(struct etcd *e, const char *key, const char *value, int64_t lease, char *err,
 	      size_t errlen)
 {

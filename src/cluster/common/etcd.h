@@ -28,6 +28,9 @@ bool etcd_init(struct etcd *e, const char *urls);
 int64_t etcd_lease_grant(struct etcd *e, int ttl, char *err, size_t errlen);
 /* Renews the lease; false when etcd does not answer or the lease is gone. */
 bool etcd_lease_keepalive(struct etcd *e, int64_t lease, char *err, size_t errlen);
+/* A lease's remaining seconds, rounded down (0: under one), -1 when it has
+ * expired (or etcd never knew it), -2 when etcd did not answer. */
+int64_t etcd_lease_ttl(struct etcd *e, int64_t lease, char *err, size_t errlen);
 bool etcd_put(struct etcd *e, const char *key, const char *value, int64_t lease,
 	      char *err, size_t errlen);
 /* One key's value (malloc'd); NULL with *ok true when it is absent, NULL

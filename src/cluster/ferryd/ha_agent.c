@@ -22,9 +22,18 @@
  * The decider first claims the record (a transaction on its revision),
  * and so does a host that fenced its VMs during a blip shorter than the
  * lease and got its lease back (restart_fenced: it starts them again
- * itself): one of the two wins. The record then names the new host and
- * says who restarted it, from where and when; ferry-center adopts the VM when it sees it run there
+ * itself): one of the two wins. A claim is {"by", "lease"} in the record,
+ * the lease granted for it alone (CLAIM_TTL_S, never renewed): a claimer
+ * that dies or hangs between the claim and the start loses it when that
+ * lease lapses, and the next decider claims the record again (first
+ * checking the live hosts' reports: a claimer that died may have started
+ * it); a claimer checks its lease still lives before asking a host to
+ * start the VM, and a host's answer is awaited less than the claim lasts.
+ * The record then names the new host and says who restarted it, from
+ * where and when; ferry-center adopts the VM when it sees it run there
  * and writes the task and the audit record (inventory.c).
+ * The decider waits on an etcd watch of /ferry/hosts/ deletes (a lease
+ * expiring deletes its host's key), so its pass starts at once.
  */
 #include "cluster/ferryd/ferryd.h"
 
@@ -32,6 +41,7 @@
 #include "cluster/common/http_client.h"
 #include "cluster/common/util.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +51,8 @@
 #define LEADER_KEY "/ferry/ha-leader"
 #define HA_MAX_ATTEMPTS 5
 #define HA_PERIOD_MS 500   /* the loop: records, election, a pass */
+#define CLAIM_TTL_S 10     /* a claim not followed by a start lapses */
+#define START_TIMEOUT_MS 8000   /* a host's answer to a start, within the claim */
 #define VM_OVERHEAD_MIB 32
 
 static struct etcd etcd_ha;
@@ -136,29 +148,98 @@ static void unpublish(json_t *records)
 	}
 }
 
-/* Takes a record for a restart: only if it still names host `from`, nobody
- * has claimed it, and it has not changed since read (a transaction on its
+/* Is the claim in a record (if any) still held? Its lease tells: the
+ * claimer grants a lease of CLAIM_TTL_S for each claim and does not renew
+ * it, so a claimer that dies or stalls between the claim and the start
+ * loses the claim within CLAIM_TTL_S. Unknown (etcd silent): held. */
+static bool claim_held(json_t *rec)
+{
+	json_t *c = json_object_get(rec, "claim");
+	if (!c)
+		return false;
+	char err[256];
+	int64_t left = etcd_lease_ttl(&etcd_ha, json_integer_value(json_object_get(c, "lease")),
+				      err, sizeof(err));
+	if (left == -1)
+		logf_("HA: VM %s: the claim of %s has expired (it died or stalled before the "
+		      "start): it may be claimed again", json_string_value(json_object_get(rec, "name"))
+		      ?: "?", json_string_value(json_object_get(c, "by")) ?: "?");
+	return left != -1;
+}
+
+/* Takes a record for a restart: only if it still names host `from`, holds
+ * no live claim, and has not changed since read (a transaction on its
  * mod_revision), so the decider and a host restarting its own fenced VMs
- * never both start it. extra (stolen) is merged into the record. */
-static bool claim(const char *name, const char *from, json_t *extra)
+ * never both start it. extra (stolen) is merged into the record. Returns
+ * the claim's lease (0: not claimed). */
+static int64_t claim(const char *name, const char *from, json_t *extra)
 {
 	char key[128], err[256];
 	snprintf(key, sizeof(key), HA_PREFIX "%s", name);
 	bool ok, swapped = false;
-	int64_t rev;
+	int64_t rev, lease = 0;
 	char *text = etcd_get_rev(&etcd_ha, key, &ok, &rev, err, sizeof(err));
 	json_t *rec = text ? json_loads(text, 0, NULL) : NULL;
 	free(text);
 	const char *host = json_string_value(json_object_get(rec, "host"));
-	if (rec && host && !strcmp(host, from) && !json_object_get(rec, "claimed_by")) {
+	if (rec && host && !strcmp(host, from)) {
+		json_object_set_new(rec, "name", json_string(name));
+		if (!claim_held(rec))
+			lease = etcd_lease_grant(&etcd_ha, CLAIM_TTL_S, err, sizeof(err));
+		json_object_del(rec, "name");
+	}
+	if (lease) {
 		json_object_update(rec, extra);
+		json_object_set_new(rec, "claim", json_pack("{s:s, s:I}", "by", fd_cfg.name, "lease",
+							    (json_int_t)lease));
 		char *next = json_dumps(rec, JSON_COMPACT);
 		etcd_put_if_rev(&etcd_ha, key, next, rev, &swapped, err, sizeof(err));
 		free(next);
 	}
 	json_decref(extra);
 	json_decref(rec);
-	return swapped;
+	return swapped ? lease : 0;
+}
+
+/* Still ours to start? (the claim's lease lives) */
+static bool claim_alive(int64_t lease)
+{
+	char err[256];
+	return etcd_lease_ttl(&etcd_ha, lease, err, sizeof(err)) >= 0;
+}
+
+static void record_put(const char *name, json_t *rec)
+{
+	char key[128], err[256];
+	snprintf(key, sizeof(key), HA_PREFIX "%s", name);
+	char *text = json_dumps(rec, JSON_COMPACT);
+	etcd_put(&etcd_ha, key, text, 0, err, sizeof(err));
+	free(text);
+}
+
+/* A test hook (FERRYD_TEST_HA_AFTER_CLAIM, tests/integration/test_ha.py):
+ * "exit:FLAG" ends this ferryd right after its first claim, "stall:S:FLAG"
+ * stops this thread S seconds there; once in the whole lab (whoever
+ * creates the file FLAG first). Stands for a decider that dies or hangs
+ * between the claim and the start. */
+static void test_hook_after_claim(const char *name)
+{
+	const char *hook = getenv("FERRYD_TEST_HA_AFTER_CLAIM");
+	if (!hook)
+		return;
+	bool stall = !strncmp(hook, "stall:", 6);
+	const char *flag = strrchr(hook, ':');
+	int fd = flag ? open(flag + 1, O_WRONLY | O_CREAT | O_EXCL, 0600) : -1;
+	if (fd < 0)
+		return;
+	close(fd);
+	if (!stall) {
+		logf_("HA: test hook: dying right after claiming VM %s", name);
+		_exit(9);
+	}
+	int seconds = atoi(hook + 6);
+	logf_("HA: test hook: stalling %d s right after claiming VM %s", seconds, name);
+	sleep(seconds);
 }
 
 /* After a self-fence, once the lease is renewed: a killed HA VM whose
@@ -177,14 +258,18 @@ static void restart_fenced(void)
 	const char *name;
 	json_t *spec;
 	json_object_foreach(todo, name, spec) {
-		bool mine = claim(name, fd_cfg.name, json_pack("{s:s, s:s, s:s, s:I}", "restarted_by",
-				  fd_cfg.name, "from", fd_cfg.name, "after", "self-fence",
-				  "at_ms", (json_int_t)now_ms()));
+		json_t *done = json_pack("{s:s, s:O, s:s, s:s, s:s, s:I}", "host", fd_cfg.name, "spec",
+					 spec, "restarted_by", fd_cfg.name, "from", fd_cfg.name,
+					 "after", "self-fence", "at_ms", (json_int_t)now_ms());
+		bool mine = claim(name, fd_cfg.name, json_deep_copy(done)) != 0;
 		char err[512];
 		int rc = mine ? vm_start(name, json_incref(spec), NULL, NULL, err, sizeof(err)) : 0;
 		if (mine)
 			logf_("HA: VM %s fenced here while the lease lived on: %s", name,
 			      rc == 201 ? "started again here" : err);
+		if (rc == 201)
+			record_put(name, done);   /* the claim is spent */
+		json_decref(done);
 		pthread_mutex_lock(&vms_lock);
 		struct vm *vm = vm_find(name);
 		if (vm && rc != 201) {   /* runs elsewhere, or failed: leave it */
@@ -333,7 +418,7 @@ static int by_room(const void *a, const void *b)
 
 /* Starts one VM on the roomiest live host that accepts it; the host or NULL. */
 static const char *restart_on_some_host(const char *name, json_t *spec, json_t *reports,
-					char *why, size_t whylen)
+					int64_t claim_lease, char *why, size_t whylen)
 {
 	size_t n = json_array_size(reports);
 	json_t **order = calloc(n ? n : 1, sizeof(json_t *));
@@ -349,12 +434,16 @@ static const char *restart_on_some_host(const char *name, json_t *spec, json_t *
 			snprintf(why, whylen, "host %s: not enough free memory", host);
 			continue;
 		}
+		if (!claim_alive(claim_lease)) {   /* the hosts before were slow */
+			snprintf(why, whylen, "the claim expired before host %s was asked", host);
+			break;
+		}
 		char url[300], err[512];
 		long status;
 		snprintf(url, sizeof(url), "%s/agent/v1/vms",
 			 json_string_value(json_object_get(order[i], "url")));
 		json_t *body = json_pack("{s:s, s:O}", "name", name, "spec", spec);
-		json_t *r = http_json("POST", url, fd_cfg.auth.present, body, 20000, &status, err,
+		json_t *r = http_json("POST", url, fd_cfg.auth.present, body, START_TIMEOUT_MS, &status, err,
 				      sizeof(err));
 		json_decref(body);
 		if (r && (status == 201 || status == 409)) {   /* 409: it runs there already */
@@ -379,6 +468,19 @@ static int by_rank(const void *a, const void *b)
 	int d = ha_rank(json_object_get(ra, "spec")) - ha_rank(json_object_get(rb, "spec"));
 	return d ? d : strcmp(json_string_value(json_object_get(ra, "name")),
 			      json_string_value(json_object_get(rb, "name")));
+}
+
+/* The live host whose report lists VM name, not ended; NULL when none. */
+static const char *runs_on(json_t *reports, const char *name)
+{
+	size_t i, j;
+	json_t *rep, *vm;
+	json_array_foreach(reports, i, rep)
+		json_array_foreach(json_object_get(rep, "vm_list"), j, vm)
+			if (!strcmp(json_string_value(json_object_get(vm, "name")) ?: "", name) &&
+			    strcmp(json_string_value(json_object_get(vm, "state")) ?: "", "exited"))
+				return json_string_value(json_object_get(rep, "name"));
+	return NULL;
 }
 
 /* The holder's pass: restart the HA VMs of hosts whose lease has gone.
@@ -422,9 +524,27 @@ static void ha_pass(json_t *records, int64_t *hosts_rev)
 		json_t *spec = json_object_get(rec, "spec");
 		char from[64], why[512];
 		snprintf(from, sizeof(from), "%s", json_string_value(json_object_get(rec, "host")));
-		if (!claim(name, from, json_pack("{s:s}", "claimed_by", fd_cfg.name)))
-			continue;   /* changed meanwhile (its host restarted it itself) */
-		const char *to = restart_on_some_host(name, spec, reports, why, sizeof(why));
+		int64_t lease = claim(name, from, json_object());
+		if (!lease)
+			continue;   /* changed meanwhile, or claimed by another */
+		test_hook_after_claim(name);
+		const char *there = runs_on(reports, name);
+		if (there) {   /* a claimer that died had started it after all */
+			logf_("HA: VM %s already runs on %s", name, there);
+			json_t *next = json_pack("{s:s, s:O, s:s, s:s, s:I}", "host", there, "spec", spec,
+						 "restarted_by", fd_cfg.name, "from", from, "at_ms",
+						 (json_int_t)now_ms());
+			record_put(name, next);
+			json_decref(next);
+			continue;
+		}
+		if (!claim_alive(lease)) {
+			logf_("HA: VM %s: this host's claim expired before the start (a stall): not "
+			      "started now", name);
+			continue;
+		}
+		const char *to = restart_on_some_host(name, spec, reports, lease, why,
+							  sizeof(why));
 		json_t *next = json_pack("{s:s, s:O, s:s, s:s, s:I}", "host", to ? to : from,
 					 "spec", spec, "restarted_by", fd_cfg.name, "from", from,
 					 "at_ms", (json_int_t)now_ms());
@@ -439,11 +559,7 @@ static void ha_pass(json_t *records, int64_t *hosts_rev)
 			logf_("HA: VM %s (host %s gone) could not restart, attempt %lld of %d: %s",
 			      name, from, (long long)attempts, HA_MAX_ATTEMPTS, why);
 		}
-		char key2[128];
-		snprintf(key2, sizeof(key2), HA_PREFIX "%s", name);
-		char *text = json_dumps(next, JSON_COMPACT);
-		etcd_put(&etcd_ha, key2, text, 0, err, sizeof(err));
-		free(text);
+		record_put(name, next);
 		json_decref(next);
 	}
 	free(order);
