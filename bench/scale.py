@@ -36,6 +36,14 @@ where renewals lag (p99 lateness over 500 ms, or any lease expired; with
 connections; its own CPU is printed, since on 2 shared cores it competes
 with etcd.
 
+With --drs: right after the VMs are created, DRS's cost on that inventory
+(measure_drs): the VMs of the first tenth of the hosts are given a CPU
+demand of 3.5 cores, the others 0.2 (written into ferry-center's database:
+the fake ferryd runs no guest, so ferry-center measures none), DRS is set
+to manual at threshold 5 with a pass a second, and the CPU time of each
+pass (pass_cpu_ms, the decider's thread) is printed with what it
+recommended; --drs-only stops there.
+
 Figures are printed, never asserted. Needs etcd (etcd-server) and
 build/ferry-center; no root.
 """
@@ -354,6 +362,11 @@ def measure_center(args, etcd, fake_port, center, center_port, token):
           f"({args.vms / t_vms:.0f}/s with {workers} clients; p50 {pct(create_lat, 50)*1e3:.1f} ms, "
           f"p99 {pct(create_lat, 99)*1e3:.1f} ms)", flush=True)
 
+    if args.drs:
+        measure_drs(cl, Path(center.args[4]), args)
+        if args.drs_only:
+            return [], 0, 0
+
     # measurements, one request at a time
     rnd = random.Random(1)
     results = []
@@ -423,6 +436,36 @@ def measure_center(args, etcd, fake_port, center, center_port, token):
               f"(token in {Path(center.args[4]).parent / 'token'})", flush=True)
         time.sleep(args.hold)
     return results, rss, hwm
+
+
+def measure_drs(cl, db_path, args):
+    """DRS passes over this inventory, with a tenth of the hosts busy."""
+    import sqlite3
+    hot = max(1, args.hosts // 10)
+    con = sqlite3.connect(str(db_path), timeout=60)
+    con.execute("UPDATE vms SET cpu_rate = CASE WHEN CAST(substr(host, 2) AS INTEGER) <= ? "
+                "THEN 3.5 ELSE 0.2 END", (hot,))
+    con.commit()
+    con.close()
+    st, body, _ = cl.call("POST", "/cluster", {"drs": "manual", "drs.threshold": 5,
+                                               "drs.interval_s": 1})
+    if st != 200:
+        raise RuntimeError(f"cluster set drs: {st} {body}")
+    seen, t0 = {}, time.time()
+    while len(seen) < 8 and time.time() - t0 < 300:
+        st, d, _ = cl.call("GET", "/drs")
+        if d.get("mode") == "manual" and "pass_cpu_ms" in d and d.get("imbalance") is not None:
+            seen[d["passes"]] = d
+        time.sleep(0.2)
+    if not seen:
+        raise RuntimeError("no DRS pass seen in 300 s")
+    cpu = sorted(d["pass_cpu_ms"] for d in seen.values())
+    last = seen[max(seen)]
+    print(f"DRS (manual, threshold 5) over {args.hosts} hosts and {args.vms} VMs, {hot} hosts "
+          f"busy: CPU per pass p50 {statistics.median(cpu):.0f} ms, max {cpu[-1]:.0f} ms "
+          f"({len(cpu)} passes); imbalance {last['imbalance']:.3f} -> "
+          f"{last['imbalance_after']:.3f} after its {len(last['recommendations'])} "
+          f"recommended moves, e.g. {last['recommendations'][:1]}", flush=True)
 
 
 # ---- part 2: leases --------------------------------------------------------------
@@ -568,6 +611,8 @@ def main():
     ap.add_argument("--vms", type=int, default=40000)
     ap.add_argument("--samples", type=int, default=300, help="requests per measured call")
     ap.add_argument("--no-center", action="store_true", help="skip part 1")
+    ap.add_argument("--drs", action="store_true", help="also DRS's CPU per pass")
+    ap.add_argument("--drs-only", action="store_true", help="--drs, then end part 1")
     ap.add_argument("--hold", type=int, default=0,
                     help="keep ferry-center up for S seconds after part 1 (to look at the console)")
     ap.add_argument("--no-leases", action="store_true", help="skip part 2")
@@ -591,6 +636,7 @@ def main():
         sys.exit("scale: etcd is missing (apt-get install etcd-server)")
     if not args.no_center and not CENTER.exists():
         sys.exit(f"scale: {CENTER} is missing; build it (ninja -C build)")
+    args.drs = args.drs or args.drs_only
     print("machine:", machine(), flush=True)
     with tempfile.TemporaryDirectory(prefix="ferry-scale-") as d:
         tmp = Path(d)

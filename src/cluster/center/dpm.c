@@ -138,6 +138,33 @@ static const char *need_more(struct model *m, long long tolerated, char *buf, si
 	return NULL;
 }
 
+static int by_load(const void *a, const void *b, void *ctx)
+{
+	const struct model *m = ctx;
+	double x = host_load(&m->hosts[*(const int *)a]), y = host_load(&m->hosts[*(const int *)b]);
+	return x < y ? -1 : x > y;
+}
+
+/* The least loaded active host that may take v (the wizard asked in
+ * that order until one says yes), or NULL. */
+static struct mhost *least_loaded_taker(struct model *m, struct mvm *v)
+{
+	if (!v->running)
+		return NULL;
+	int *order = calloc(m->nhosts + 1, sizeof(int)), n = 0;
+	for (int j = 0; j < m->nhosts; j++)
+		if (m->hosts[j].active)
+			order[n++] = j;
+	qsort_r(order, n, sizeof(int), by_load, m);
+	struct mhost *to = NULL;
+	char why[300];
+	for (int j = 0; j < n && !to; j++)
+		if (model_can_place(m, v, &m->hosts[order[j]], why, sizeof(why)))
+			to = &m->hosts[order[j]];
+	free(order);
+	return to;
+}
+
 /* The candidate for standby and where its VMs would go (NULL: none). */
 static struct mhost *plan_standby(struct model *m, long long delay, json_t *moves)
 {
@@ -160,14 +187,7 @@ static struct mhost *plan_standby(struct model *m, long long delay, json_t *move
 		struct mvm *v = &m->vms[k];
 		if (v->h != best - m->hosts)
 			continue;
-		struct mhost *to = NULL;
-		char why[300];
-		for (int j = 0; j < m->nhosts; j++) {
-			struct mhost *h = &m->hosts[j];
-			if (h->active && (!to || host_load(h) < host_load(to)) && v->running &&
-			    model_can_place(m, v, h, why, sizeof(why)))
-				to = h;
-		}
+		struct mhost *to = least_loaded_taker(m, v);
 		if (!to)
 			return NULL;
 		model_move(m, v, (int)(to - m->hosts));

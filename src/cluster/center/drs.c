@@ -21,8 +21,10 @@
  *    moved where the rules allow, to the host that balances best;
  * 2. while the imbalance is above the threshold's tolerance (threshold 1,
  *    conservative: 0.30 ... 5, aggressive: 0.02), the move that lowers it
- *    most is taken in the model, if it gains at least half the tolerance,
- *    up to DRS_MAX_MOVES moves. Candidates: the running VMs, measured,
+ *    most is taken in the model, if it narrows the gap between its two
+ *    hosts' loads by at least half the tolerance (the cluster-wide
+ *    deviation changes by ~1/N of that, so that would not scale), up to
+ *    DRS_MAX_MOVES moves. Candidates: the running VMs, measured,
  *    without a migration in the last drs.cooldown_s (default 300 s: no
  *    ping-pong), on the DRS_SPAN most loaded hosts, to the DRS_SPAN least
  *    loaded, each move checked by the wizard on that host (memory, ISA,
@@ -251,7 +253,8 @@ bool model_load(struct model *m)
 				 "coalesce(json_extract(report, '$.vm_memory_mib'), "
 				 "json_extract(report, '$.mem_mib'), 0) AS mem FROM hosts WHERE "
 				 "alive = 1 ORDER BY name", NULL);
-	json_t *vms = db_query("SELECT * FROM vms WHERE state IN ('running', 'starting', "
+	json_t *vms = db_query("SELECT name, host, state, spec, cpu_rate, json_extract(spec, "
+			       "'$.mem_mib') AS mem FROM vms WHERE state IN ('running', 'starting', "
 			       "'paused', 'migrating', 'restarting') ORDER BY name", NULL);
 	if (!hosts || !vms) {
 		json_decref(hosts);
@@ -277,10 +280,7 @@ bool model_load(struct model *m)
 		snprintf(v->name, sizeof(v->name), "%s", json_string_value(json_object_get(r, "name")));
 		snprintf(v->host, sizeof(v->host), "%s",
 			 json_string_value(json_object_get(r, "host")) ?: "");
-		json_t *spec = json_loads(json_string_value(json_object_get(r, "spec")) ?: "{}", 0,
-					  NULL);
-		v->mem = (double)json_integer_value(json_object_get(spec, "mem_mib"));
-		json_decref(spec);
+		v->mem = json_number_value(json_object_get(r, "mem"));
 		json_t *rate = json_object_get(r, "cpu_rate");
 		v->measured = json_is_number(rate);
 		v->cpu = v->measured ? json_number_value(rate) : 0;
@@ -443,21 +443,72 @@ static int by_after(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* Why DRS leaves a VM where it is (NULL: it may move). */
+static const char *pinned(struct mvm *v, long long cooldown, char *buf, size_t len)
+{
+	if (!v->running)
+		return "not running";
+	if (!v->measured)
+		return "CPU use not measured yet";
+	long long since = since_migrated(v->name);
+	if (since >= 0 && since < cooldown) {
+		snprintf(buf, len, "cool-down: migrated %lld s ago (drs.cooldown_s=%lld)", since,
+			 cooldown);
+		return buf;
+	}
+	return NULL;
+}
+
+/* Which VMs DRS may move, found out when first asked (a pass looks at the
+ * VMs of the busiest hosts only); the others are listed in skipped. */
+struct movers {
+	signed char *state;   /* per VM: -1 not asked yet, 0 stays, 1 may move */
+	long long cooldown;
+	json_t *skipped;
+};
+
+static bool may_move(struct movers *mv, struct model *m, int k)
+{
+	if (mv->state[k] < 0) {
+		char buf[200];
+		const char *why = pinned(&m->vms[k], mv->cooldown, buf, sizeof(buf));
+		mv->state[k] = !why && m->vms[k].h >= 0;
+		if (why && m->vms[k].running && json_array_size(mv->skipped) < 50)
+			json_array_append_new(mv->skipped, json_pack("{s:s, s:s}", "vm", m->vms[k].name,
+								     "reason", why));
+	}
+	return mv->state[k] > 0;
+}
+
+/* How much a move narrows the gap between its two hosts' loads (CPU plus
+ * memory): a move worth making closes a real gap, whatever the number of
+ * hosts (the cluster-wide deviation moves by 1/N of that). */
+static double pair_gain(const struct model *m, const struct mvm *v, int to)
+{
+	const struct mhost *a = &m->hosts[v->h], *b = &m->hosts[to];
+	double la = host_cpu_load(a) + host_mem_load(a), lb = host_cpu_load(b) + host_mem_load(b);
+	double da = (a->cpu_cap > 0 ? v->cpu / a->cpu_cap : 0) + (a->mem_cap > 0 ? v->mem / a->mem_cap : 0);
+	double db = (b->cpu_cap > 0 ? v->cpu / b->cpu_cap : 0) + (b->mem_cap > 0 ? v->mem / b->mem_cap : 0);
+	return fabs(la - lb) - fabs((la - da) - (lb + db));
+}
+
 /*
- * The best allowed move of one VM among `movable` (flags per VM) to the
- * hosts `dests`, by the imbalance after it; false when none is allowed.
+ * The best allowed move of a VM (only that VM when only >= 0) on the
+ * hosts srcs to the hosts dests, by the imbalance after it; false when
+ * none is allowed. With min_gain >= 0 (balancing) a move must also lower
+ * the imbalance and narrow its hosts' gap by min_gain.
  */
-static bool best_move(struct model *m, const bool *movable, const int *srcs, int nsrc,
-		      const int *dests, int ndest, struct move *out)
+static bool best_move(struct model *m, struct movers *movers, int only, const int *srcs,
+		      int nsrc, const int *dests, int ndest, double min_gain, struct move *out)
 {
 	struct candidate_move *c = NULL;
 	size_t n = 0, cap = 0;
-	for (int k = 0; k < m->nvms; k++) {
+	for (int k = only >= 0 ? only : 0; k < (only >= 0 ? only + 1 : m->nvms); k++) {
 		struct mvm *v = &m->vms[k];
 		bool on_src = false;
 		for (int s = 0; s < nsrc && !on_src; s++)
 			on_src = v->h == srcs[s];
-		if (!movable[k] || !on_src)
+		if (!on_src || !may_move(movers, m, k))
 			continue;
 		for (int d = 0; d < ndest; d++) {
 			if (dests[d] == v->h || !m->hosts[dests[d]].active)
@@ -471,8 +522,12 @@ static bool best_move(struct model *m, const bool *movable, const int *srcs, int
 	}
 	qsort(c, n, sizeof(*c), by_after);
 	bool found = false;
+	double before = model_imbalance(m);
 	for (size_t i = 0; i < n && !found; i++) {
 		char why[300];
+		if (min_gain >= 0 && (c[i].after >= before - 1e-9 ||
+				      pair_gain(m, c[i].v, c[i].to) < min_gain))
+			continue;
 		if (model_can_place(m, c[i].v, &m->hosts[c[i].to], why, sizeof(why))) {
 			*out = (struct move){ c[i].v, c[i].v->h, c[i].to, model_imbalance(m), c[i].after,
 					      "" };
@@ -544,48 +599,33 @@ static long long queue_move(json_t *rec, const char *user, const char *action)
 }
 
 /* Rules broken by the placement: each such VM to its best allowed host. */
-static int fix_rules(struct model *m, bool *movable, json_t *recs, int *all, int nall)
+static int fix_rules(struct model *m, struct movers *movers, json_t *recs, int *all, int nall)
 {
 	int moves = 0;
-	for (int k = 0; k < m->nvms && moves < DRS_MAX_MOVES; k++) {
-		struct mvm *v = &m->vms[k];
+	json_t *named = db_query("SELECT DISTINCT e.value AS vm FROM rules r, json_each(r.vms) e "
+				 "ORDER BY vm", NULL);
+	size_t i;
+	json_t *r;
+	json_array_foreach(named, i, r) {
+		struct mvm *v = model_vm(m, json_string_value(json_object_get(r, "vm")));
+		if (!v || v->h < 0 || moves >= DRS_MAX_MOVES)
+			continue;
 		char why[300];
 		struct rule_set *rs = rules_for_vm(v->name);
-		bool broken = v->h >= 0 && !rules_permit(rs, v->name, v->host, model_host_of, m, why,
-							 sizeof(why));
+		bool broken = !rules_permit(rs, v->name, v->host, model_host_of, m, why, sizeof(why));
 		rules_free(rs);
-		if (!broken || !movable[k])
-			continue;
-		bool only[m->nvms];
-		memset(only, 0, sizeof(only));
-		only[k] = true;
 		struct move mv;
-		int src = v->h;
-		if (!best_move(m, only, &src, 1, all, nall, &mv))
+		int k = (int)(v - m->vms), src = v->h;
+		if (!broken || !best_move(m, movers, k, &src, 1, all, nall, -1, &mv))
 			continue;
 		snprintf(mv.reason, sizeof(mv.reason), "rule: %s", why);
 		json_array_append_new(recs, move_json(m, &mv));
 		model_move(m, v, mv.to);
-		movable[k] = false;
+		movers->state[k] = 0;
 		moves++;
 	}
+	json_decref(named);
 	return moves;
-}
-
-/* Why DRS leaves a VM where it is (NULL: it may move). */
-static const char *pinned(struct mvm *v, long long cooldown, char *buf, size_t len)
-{
-	if (!v->running)
-		return "not running";
-	if (!v->measured)
-		return "CPU use not measured yet";
-	long long since = since_migrated(v->name);
-	if (since >= 0 && since < cooldown) {
-		snprintf(buf, len, "cool-down: migrated %lld s ago (drs.cooldown_s=%lld)", since,
-			 cooldown);
-		return buf;
-	}
-	return NULL;
 }
 
 static json_t *hosts_json(struct model *m)
@@ -615,6 +655,8 @@ static json_t *pass(const char *m_mode, bool *dpm_on)
 	json_t *st = json_pack("{s:s, s:i, s:f, s:[], s:[], s:[]}", "mode", m_mode, "threshold",
 			       threshold, "tolerance", tol, "recommendations", "applied", "skipped");
 	struct model m;
+	if (!strcmp(m_mode, "off") && !*dpm_on)
+		return st;   /* nothing to decide: no model loaded (40,000 VMs cost) */
 	if (!model_load(&m))
 		return st;
 	double imbalance = model_imbalance(&m);
@@ -630,36 +672,29 @@ static json_t *pass(const char *m_mode, bool *dpm_on)
 			      ? "a migration ended less than 5 s ago (loads settle)" : NULL;
 	json_decref(busy);
 	if (strcmp(m_mode, "off") && !waiting) {
-		bool *movable = calloc(m.nvms + 1, sizeof(bool));
-		char buf[200];
-		for (int k = 0; k < m.nvms; k++) {
-			const char *why = pinned(&m.vms[k], cooldown, buf, sizeof(buf));
-			movable[k] = !why && m.vms[k].h >= 0;
-			if (why && m.vms[k].running && json_array_size(skipped) < 50)
-				json_array_append_new(skipped, json_pack("{s:s, s:s}", "vm",
-									 m.vms[k].name, "reason", why));
-		}
+		struct movers movers = { malloc(m.nvms + 1), cooldown, skipped };
+		memset(movers.state, -1, m.nvms + 1);
 		int *order = calloc(m.nhosts + 1, sizeof(int)), nact = 0;
 		for (int k = 0; k < m.nhosts; k++)
 			if (m.hosts[k].active)
 				order[nact++] = k;
-		int moves = fix_rules(&m, movable, recs, order, nact);
+		int moves = fix_rules(&m, &movers, recs, order, nact);
 		while (moves < DRS_MAX_MOVES && model_imbalance(&m) > tol) {
 			qsort_r(order, nact, sizeof(int), by_load_desc, &m);
 			int span = nact < DRS_SPAN ? nact : DRS_SPAN;
 			struct move mv;
-			if (!best_move(&m, movable, order, span, order + (nact - span), span, &mv) ||
-			    mv.before - mv.after < tol / 2)
+			if (!best_move(&m, &movers, -1, order, span, order + (nact - span), span,
+				       tol / 2, &mv))
 				break;
 			snprintf(mv.reason, sizeof(mv.reason), "balance: imbalance %.3f -> %.3f "
 				 "(tolerance %.2f at threshold %d)", mv.before, mv.after, tol, threshold);
 			json_array_append_new(recs, move_json(&m, &mv));
-			movable[mv.v - m.vms] = false;
+			movers.state[mv.v - m.vms] = 0;
 			model_move(&m, mv.v, mv.to);
 			moves++;
 		}
 		free(order);
-		free(movable);
+		free(movers.state);
 	}
 	json_object_set_new(st, "imbalance_after", json_real(model_imbalance(&m)));
 	json_object_set_new(st, "waiting", waiting ? json_string(waiting) : json_null());
@@ -749,7 +784,10 @@ void *drs_loop(void *arg)
 		pthread_mutex_unlock(&db_lock);
 		struct model model;
 		pthread_mutex_lock(&db_lock);
-		bool loaded = model_load(&model);
+		json_t *asleep = db_row("SELECT name FROM hosts WHERE coalesce(standby, 0) != 0 LIMIT 1",
+					NULL);
+		bool loaded = (dpm_on || asleep) && model_load(&model);
+		json_decref(asleep);
 		if (loaded)
 			dpm_run(&model, dpm_on, st);   /* lets go of db_lock around ferryd calls */
 		pthread_mutex_unlock(&db_lock);
