@@ -11,6 +11,10 @@
  * rate, bytes per epoch, added output latency, primary slowdown, events),
  * asked again every second while open.
  *
+ * The hosts view also shows DRS (GET /api/v1/drs): its mode, the
+ * imbalance and its recommendations, each with an Apply button (POST
+ * /api/v1/drs/apply), and DPM's standby hosts.
+ *
  * The bearer token lives in sessionStorage. /whoami tells the role: a
  * read-only token gets no action buttons (body.readonly hides them), and
  * any 403 the API still answers is shown in the notice bar as it is.
@@ -294,11 +298,52 @@ async function loadHosts() {
 	}
 	fill($('hosts-table').tBodies[0], rows, 9, p.q ? 'No host matches.' : 'No hosts yet.');
 	pager('hosts-pager', p, refresh);
+	await loadDrs();
+}
+
+/* DRS's last pass: mode, imbalance, recommendations (or the moves it made). */
+async function loadDrs() {
+	const d = await api('GET', '/drs');
+	const imb = typeof d.imbalance === 'number' ? d.imbalance.toFixed(3) : '–';
+	$('drs-summary').textContent = `mode ${d.mode || 'off'} · threshold ${d.threshold ?? '–'}` +
+		` · imbalance ${imb} (tolerance ${d.tolerance ?? '–'})` +
+		(d.waiting ? ` · waiting: ${d.waiting}` : '') +
+		(d.dpm && d.dpm.enabled ? ' · DPM on' : '');
+	const rows = (d.recommendations || []).map((r) => el('tr', { dataset: { vm: r.vm } },
+		el('td', { class: 'num' }, String(r.id)),
+		el('td', {}, el('b', {}, r.vm)),
+		el('td', {}, `${r.from} → ${r.to}`),
+		el('td', { class: 'muted' }, r.reason),
+		el('td', { class: 'actions' }, el('button', {
+			class: 'small admin-only drs-apply',
+			title: 'Queue this migration',
+			onclick: (e) => applyDrs(e.target, r),
+		}, 'Apply'))));
+	for (const r of d.applied || [])
+		rows.push(el('tr', { dataset: { vm: r.vm } }, el('td', { class: 'num' }, String(r.id)),
+			el('td', {}, el('b', {}, r.vm)), el('td', {}, `${r.from} → ${r.to}`),
+			el('td', { class: 'muted' }, r.reason),
+			el('td', {}, badge(`task ${r.task}`, 'run'))));
+	fill($('drs-table').tBodies[0], rows, 5,
+		d.mode === 'off' || !d.mode ? 'DRS is off (ferry cluster set drs=manual|partial|full).'
+			: 'No recommendation: the hosts are balanced within the tolerance.');
+}
+
+async function applyDrs(button, r) {
+	button.disabled = true;
+	try {
+		const out = await api('POST', '/drs/apply', { id: r.id });
+		notice(`DRS: ${r.vm} ${r.from} → ${r.to} queued as task ${out.tasks.join(', ')}.`, 'info');
+	} catch (err) {
+		notice(describe(err));
+	}
+	refresh();
 }
 
 function hostRow(h) {
 	const status = !h.alive ? badge('down') : h.maintenance ? badge('maintenance')
-		: badge('alive');
+		: h.entering_standby ? badge('entering standby', 'standby')
+		: h.standby ? badge('standby') : badge('alive');
 	const used = h.mem_mib ? Math.round(100 * h.free_mib / h.mem_mib) : 0;
 	const toggle = () => {
 		if (state.hosts.open.has(h.name))

@@ -18,8 +18,9 @@ What is proved, and how it would fail:
   drs.cooldown_s it stays (checked over several passes, DRS saying it
   skips it for the cool-down); with the cool-down set to 0 it goes back,
   so the scenario does call for the move.
-- manual and partial (test_drs_manual_partial): the same imbalance gives
-  a recommendation (cluster show) and no migration over several passes;
+- manual and partial (test_drs_manual_partial): the same imbalance (b2
+  pinned to h1 by an affinity rule, so b1 is the VM to move) gives a
+  recommendation (cluster show) and no migration over several passes;
   partial places a new VM on the idle host; `cluster drs apply ID` queues
   the recommended migration, which moves the VM.
 - anti-affinity (test_drs_anti_affinity): with a rule between a1 and a2,
@@ -28,6 +29,10 @@ What is proved, and how it would fail:
   only movable VM is a1, moves nothing over several passes; the rule is
   in etcd (/ferry/rules/NAME, for the HA decider); once the rule is
   deleted DRS moves a1 to h2.
+- the web console (test_drs_console): tests/browser/drs.test.js in
+  Chromium sees the recommendation in the hosts view, no Apply button for
+  a read-only token, and the admin's Apply queues the migration (the task
+  succeeds, the VM is on h2).
 - DPM (test_dpm_standby_wake): with dpm=on, dpm.min_hosts=2, one host's VM
   is migrated away and the host goes to standby (host list, audit
   dpm.evacuate and dpm.standby); ferry-center and its ferryd refuse VMs
@@ -37,9 +42,13 @@ What is proved, and how it would fail:
 
 import base64
 import json
+import os
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
-from ferrylib import wait_until
+from ferrylib import need_tool, wait_until
 from test_cluster import IDLE, Lab
 
 TIMEOUT = 300
@@ -117,14 +126,22 @@ def test_drs_full_cooldown():
         assert lab.cli("audit", "--verify")["ok"] is True
 
 
+def busy_pair_manual(lab):
+    """Two busy VMs on h1, b2 pinned there (affinity with an idle i1), DRS
+    manual: b1 to h2 is the one move DRS recommends."""
+    two_hosts(lab)
+    lab.cli("cluster", "set", "drs=manual")
+    lab.create("b1", append=BUSY, host="h1", mem=64)
+    lab.create("b2", append=BUSY, host="h1", mem=64)
+    lab.create("i1", host="h1", mem=64)
+    lab.cli("cluster", "rule", "add", "pin", "--affinity", "b2,i1")
+    return wait_until(lambda: drs(lab)["recommendations"], 90, "a DRS recommendation")
+
+
 def test_drs_manual_partial():
     with Lab() as lab:
-        two_hosts(lab)
-        lab.cli("cluster", "set", "drs=manual")
-        lab.create("b1", append=BUSY, host="h1", mem=64)
-        lab.create("b2", append=BUSY, host="h1", mem=64)
-        rec = wait_until(lambda: drs(lab)["recommendations"], 90, "a DRS recommendation")
-        assert len(rec) == 1 and rec[0]["vm"] in ("b1", "b2") and \
+        rec = busy_pair_manual(lab)
+        assert len(rec) == 1 and rec[0]["vm"] == "b1" and \
             (rec[0]["from"], rec[0]["to"]) == ("h1", "h2"), rec
         assert rec[0]["imbalance_after"] < rec[0]["imbalance_before"], rec
         after_passes(lab, 5)
@@ -137,17 +154,43 @@ def test_drs_manual_partial():
         assert status["recommendations"] and not migrations(lab), status
         # applying the recommendation by hand moves the VM
         rid = status["recommendations"][0]["id"]
-        vm = status["recommendations"][0]["vm"]
         applied = lab.cli("cluster", "drs", "apply", rid)
         assert len(applied["tasks"]) == 1, applied
         t = lab.wait_task(applied["tasks"][0])
-        assert t["state"] == "succeeded" and t["user"] == "admin", t
-        assert lab.vm(vm)["host"] == "h2"
+        assert t["state"] == "succeeded" and t["user"] == "admin" and t["vm"] == "b1", t
+        assert lab.vm("b1")["host"] == "h2"
+
+
+def test_drs_console():
+    """The web console's DRS panel (tests/browser/drs.test.js in Chromium):
+    the recommendation shown, no Apply for a read-only token, Apply by the
+    admin queues the migration, which moves the VM."""
+    from test_console import BROWSER_DIR, npm_ci
+    need_tool("chromium", "chromium")
+    need_tool("node", "nodejs")
+    npm_ci()
+    with Lab() as lab:
+        rec = busy_pair_manual(lab)
+        assert rec[0]["vm"] == "b1", rec
+        shots = Path(os.environ.get("FERRY_SHOTS") or lab.dir / "shots")
+        shots.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, CENTER_URL=lab.url, TOKEN=lab.token, TOKEN_RO=lab.token_ro,
+                   VM="b1", TO="h2", SHOTS=str(shots), CHROMIUM=shutil.which("chromium"),
+                   HOME=str(lab.dir))
+        run = subprocess.run(["ip", "netns", "exec", lab.name + "-client", "node",
+                              "drs.test.js"], cwd=BROWSER_DIR, env=env, capture_output=True,
+                             text=True, timeout=150)
+        print(run.stderr)
+        assert run.returncode == 0, "the browser test failed"
+        seen = json.loads(run.stdout.strip().splitlines()[-1])
+        t = lab.wait_task(seen["task"])
+        assert (t["vm"], t["user"], t["destination"], t["state"]) == \
+            ("b1", "admin", "h2", "succeeded"), t
+        assert lab.vm("b1")["host"] == "h2"
 
 
 def etcd_value(lab, key):
     """A key's value in etcd (the lab's h1 member, from LAB-client), or None."""
-    import subprocess
     body = json.dumps({"key": base64.b64encode(key.encode()).decode()})
     out = subprocess.run(["ip", "netns", "exec", lab.name + "-client", "curl", "-s", "-X",
                           "POST", "http://10.88.0.11:2379/v3/kv/range", "-d", body],
@@ -224,7 +267,6 @@ def test_dpm_standby_wake():
         err = refused(lab, "vm", "create", "x", "--kernel", "shared:Image", "--mem", "64",
                       "--host", asleep)
         assert "standby" in err, err
-        import subprocess
         out = subprocess.run(
             ["ip", "netns", "exec", lab.name + "-client", "curl", "-s", "-w", "\n%{http_code}",
              "-X", "POST", "-H", "Authorization: Bearer " + lab.token,
