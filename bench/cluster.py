@@ -14,7 +14,11 @@ etcd-server needed):
    every 10 ms until completed. The plane's overhead is the difference of
    the medians (ferry-center's queue and scheduler, two ferryds, HTTP and
    the polling at each hop).
-2. evacuation: N idle 128 MiB guests on h1 migrated to h2/h3 (the wizard
+2. ferry-center's CPU while it follows a long migration: a 256 MiB guest
+   running memload migrated h1 -> h2 capped at --cpu-mbps (default 40
+   Mbit/s, some seconds), ferry-center's user+system CPU time (from /proc)
+   over the migration, against the same span idle (its inventory sweeps).
+3. evacuation: N idle 128 MiB guests on h1 migrated to h2/h3 (the wizard
    picks) with migrations_per_host = 1, 2 and 4: wall time until every
    task has succeeded, and the worst downtime any of them reported.
 
@@ -137,6 +141,37 @@ def direct_runs(runs, tmp):
     return walls, totals
 
 
+def center_cpu_s():
+    """ferry-center's user+system CPU seconds (it runs in LAB-center)."""
+    pids = subprocess.run(["ip", "netns", "pids", LAB + "-center"], capture_output=True,
+                          text=True).stdout.split()
+    for pid in pids:
+        try:
+            if b"ferry-center" not in Path("/proc/%s/cmdline" % pid).read_bytes():
+                continue
+            f = Path("/proc/%s/stat" % pid).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    raise bl.BenchError("no ferry-center in %s-center" % LAB)
+
+
+def center_cpu(mbps):
+    """ferry-center's CPU over a capped migration, and over as long idle."""
+    ferry("vm", "create", "cpu1", "--kernel", "shared:Image", "--initrd", "shared:initrd.img",
+          "--append", "console=ttyS0 quiet ferry.run=memload,--mib,16,--rate,2", "--mem", 256,
+          "--host", "h1")
+    time.sleep(4)
+    c0, t0 = center_cpu_s(), time.monotonic()
+    t = ferry("vm", "migrate", "cpu1", "--to", "h2", "--bandwidth-mbps", mbps, "--wait")
+    wall, busy = time.monotonic() - t0, center_cpu_s() - c0
+    c0 = center_cpu_s()
+    time.sleep(wall)
+    idle = center_cpu_s() - c0
+    ferry("vm", "delete", "cpu1")
+    return wall, busy, idle, t["state"]
+
+
 def evacuate(n, limit):
     names = ["e%d" % i for i in range(n)]
     for name in names:
@@ -164,6 +199,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--evacuate-vms", type=int, default=8, help="0 skips the evacuations")
+    ap.add_argument("--cpu-mbps", type=int, default=40,
+                    help="the capped migration of part 2 (0 skips it)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/cluster.py: needs root (network namespaces)")
@@ -187,9 +224,15 @@ def main():
         for i, (et, at, ed, ad) in enumerate(est):
             print("     run %d: estimate %d / actual %d; downtime estimate %d / actual %d%s" % (
                 i + 1, et, at, ed, ad, "  (no migration measured yet: default)" if i == 0 else ""))
+        if args.cpu_mbps:
+            wall, busy, idle, state = center_cpu(args.cpu_mbps)
+            print("\n2. ferry-center's CPU following one migration capped at %d Mbit/s (%s, %.1f s):"
+                  " %.0f ms (%.1f %% of a core); the same span idle: %.0f ms (%.1f %%)" % (
+                      args.cpu_mbps, state, wall, busy * 1e3, 100 * busy / wall, idle * 1e3,
+                      100 * idle / wall))
         if not args.evacuate_vms:   # 0: the plane's overhead only
             return 0
-        print("\n2. evacuate %d idle 128 MiB guests from h1 (wizard picks h2/h3)" % args.evacuate_vms)
+        print("\n3. evacuate %d idle 128 MiB guests from h1 (wizard picks h2/h3)" % args.evacuate_vms)
         rows = []
         for limit in (1, 2, 4):
             wall, worst_dt, worst_total = evacuate(args.evacuate_vms, limit)

@@ -160,6 +160,19 @@ class Lab:
         text, _, status = out.rpartition("\n")
         return int(status), (json.loads(text) if text.strip() else None)
 
+    def agent(self, host, path, timeout=30):
+        """GET ferryd's /agent/v1/PATH on host, from LAB-client with the agent token."""
+        if not hasattr(self, "agent_token"):
+            lines = (self.dir / "tokens").read_text().splitlines()
+            self.agent_token = [l.split()[1] for l in lines if l.startswith("present ")][0]
+            self.host_urls = {h["name"]: h["url"] for h in self.cli("host", "list")["hosts"]}
+        out = subprocess.run(["ip", "netns", "exec", self.name + "-client", "curl", "-sf",
+                              "-m", str(timeout), "-H", "Authorization: Bearer " +
+                              self.agent_token, self.host_urls[host] + "/agent/v1" + path],
+                             capture_output=True, text=True, timeout=timeout + 5)
+        assert out.returncode == 0, (path, out.returncode, out.stderr)
+        return json.loads(out.stdout)
+
     def echo(self, ip, port, data):
         """Sends data to a TCP echo service from LAB-client; returns the answer."""
         prog = ("import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), "
@@ -338,9 +351,20 @@ def test_cluster_cancel_and_errors():
                                    text=True).stdout
         if "secret-file" in help_text:   # every migration gets a secret of its own
             assert "secret-file=" in incoming[0][1], incoming
+        # ferryd's long poll (what ferry-center follows a migration with):
+        # held until the migration has news past the generation given
+        m = lab.agent("h1", "/vms/db1/migration")
+        assert m["status"] not in ("completed", "failed", "cancelled") and not m["done"], m
+        news = lab.agent("h1", "/vms/db1/migration?wait=8000&since=%d" % m["generation"])
+        assert news["generation"] > m["generation"] and not news["done"], (m, news)
         lab.cli("task", "cancel", t["id"])
         t = lab.wait_task(t["id"])
         assert t["state"] == "cancelled", t
+        m = lab.agent("h1", "/vms/db1/migration")
+        assert m["done"] and m["status"] == "cancelled", m
+        # a migration that has ended answers at once, whatever it is asked to wait
+        assert lab.agent("h1", "/vms/db1/migration?wait=8000&since=%d" % m["generation"],
+                         timeout=5)["done"]
         vm = lab.vm("db1")
         assert vm["host"] == "h1" and vm["state"] == "running", vm
         assert lab.procs("h1", "ferry-vm"), "the VM's process is gone from h1"

@@ -3,13 +3,16 @@
  *
  * Power operations (create, start, stop, delete) run at once in the API
  * call and are recorded as tasks. Migrations are queued and the scheduler
- * (every 250 ms) does two things:
- * - follows each running migration on its source's ferryd, turning
- *   query-migrate's figures into progress (the percent never goes back),
- *   and finishes the task when the migration ends;
+ * (every 250 ms, or at once when woken) does three things:
  * - starts queued migrations, high priority first then oldest first, when
  *   their time has come and both hosts are under their limit of concurrent
- *   migrations; a task that waits says why in `waiting`.
+ *   migrations; a task that waits says why in `waiting`;
+ * - gives each running migration a follower thread: it long-polls the
+ *   source's ferryd (GET .../migration?wait=MS&since=GEN, answered when
+ *   the migration has news), turns query-migrate's figures into progress
+ *   (the percent never goes back) and finishes the task when the
+ *   migration ends, then wakes the scheduler (a slot is free);
+ * - passes cancels on to the ferryds and shares bandwidth by priority.
  * Everything lives in SQLite, so a restart of ferry-center picks up queued,
  * scheduled and running tasks where they were.
  */
@@ -18,6 +21,7 @@
 
 #include "cluster/common/util.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,7 +248,42 @@ static void await_running(const char *vm, const char *dst)
 	}
 }
 
-static void follow_one(json_t *task)
+/* A cancel asked of a running migration (cancel = 1) goes to its source's
+ * ferryd (cancel = 2: sent). */
+static void send_cancel(json_t *task)
+{
+	long long id = json_integer_value(json_object_get(task, "id"));
+	const char *vm = json_string_value(json_object_get(task, "vm"));
+	const char *src = json_string_value(json_object_get(task, "source"));
+	pthread_mutex_lock(&db_lock);
+	char url[200];
+	snprintf(url, sizeof(url), "%s", host_url(src));
+	pthread_mutex_unlock(&db_lock);
+	char path[300], err[512];
+	long status;
+	snprintf(path, sizeof(path), "/agent/v1/vms/%s/migrate-cancel", vm);
+	json_decref(ferryd_call(url, "POST", path, json_object(), &status, err, sizeof(err)));
+	pthread_mutex_lock(&db_lock);
+	db_exec("UPDATE tasks SET cancel = 2 WHERE id = ?", json_pack("[I]", (json_int_t)id));
+	pthread_mutex_unlock(&db_lock);
+}
+
+/* How long a follower's long poll may wait for news (a progress bar wants
+ * figures about this often even when ferryd has none). */
+#define FOLLOW_WAIT_MS 1000
+
+enum follow_result {
+	FOLLOW_NEWS,     /* asked again at once, with the generation seen */
+	FOLLOW_RETRY,    /* no answer, or no long poll there: ask again shortly */
+	FOLLOW_ENDED,    /* the task has ended */
+};
+
+/*
+ * One look at a running migration: the source ferryd's answer, held until
+ * it has news after generation *gen (updated), made into the task's
+ * progress, and the task finished when the migration is done.
+ */
+static enum follow_result follow_one(json_t *task, unsigned long long *gen, bool *have_gen)
 {
 	long long id = json_integer_value(json_object_get(task, "id"));
 	const char *vm = json_string_value(json_object_get(task, "vm"));
@@ -257,15 +296,16 @@ static void follow_one(json_t *task)
 	pthread_mutex_unlock(&db_lock);
 	char path[300], err[512];
 	long status;
-	if (cancel == 1) {
-		snprintf(path, sizeof(path), "/agent/v1/vms/%s/migrate-cancel", vm);
-		json_decref(ferryd_call(url, "POST", path, json_object(), &status, err, sizeof(err)));
-		pthread_mutex_lock(&db_lock);
-		db_exec("UPDATE tasks SET cancel = 2 WHERE id = ?", json_pack("[I]", (json_int_t)id));
-		pthread_mutex_unlock(&db_lock);
-	}
-	snprintf(path, sizeof(path), "/agent/v1/vms/%s/migration", vm);
+	if (*have_gen)
+		snprintf(path, sizeof(path), "/agent/v1/vms/%s/migration?wait=%d&since=%llu", vm,
+			 FOLLOW_WAIT_MS, *gen);
+	else
+		snprintf(path, sizeof(path), "/agent/v1/vms/%s/migration", vm);
 	json_t *mig = ferryd_call(url, "GET", path, NULL, &status, err, sizeof(err));
+	json_t *g = json_object_get(mig, "generation");
+	*have_gen = status == 200 && json_is_integer(g);   /* an adopted migration has none */
+	*gen = (unsigned long long)json_integer_value(g);
+	bool ended = false;
 	if (mig && status == 200 && json_is_true(json_object_get(mig, "done")) &&
 	    !strcmp(json_string_value(json_object_get(mig, "status")) ?: "", "completed"))
 		await_running(vm, dst);
@@ -281,7 +321,7 @@ static void follow_one(json_t *task)
 			pthread_mutex_unlock(&db_lock);
 			json_decref(mig);
 			settle_orphan(id, vm, src, dst, url);
-			return;
+			return FOLLOW_RETRY;
 		} else if (!alive) {
 			/* its lease is gone: the host is lost, and the VM with it */
 			snprintf(e, sizeof(e), "the source host %s stopped answering (no heartbeat "
@@ -294,7 +334,7 @@ static void follow_one(json_t *task)
 		/* else: the source does not answer now; try again */
 		pthread_mutex_unlock(&db_lock);
 		json_decref(mig);
-		return;
+		return FOLLOW_RETRY;
 	}
 	json_t *old = parse_or_null(json_object_get(task, "progress"));
 	json_t *mem = db_row("SELECT json_extract(spec, '$.mem_mib') AS m FROM vms WHERE name = ?",
@@ -345,10 +385,81 @@ static void follow_one(json_t *task)
 		}
 		logf_("task %lld (migrate %s %s -> %s): %s", id, vm, src, dst, st);
 		json_decref(details);
+		ended = true;
 	}
 	pthread_mutex_unlock(&db_lock);
 	json_decref(prog);
 	json_decref(mig);
+	return ended ? FOLLOW_ENDED : *have_gen ? FOLLOW_NEWS : FOLLOW_RETRY;
+}
+
+/* The running tasks that have a follower thread. */
+static pthread_mutex_t followers_lock = PTHREAD_MUTEX_INITIALIZER;
+static long long *followed;
+static size_t nfollowed, followed_cap;
+
+static bool followed_has(long long id)
+{
+	for (size_t i = 0; i < nfollowed; i++)
+		if (followed[i] == id)
+			return true;
+	return false;
+}
+
+static json_t *running_task(long long id)
+{
+	pthread_mutex_lock(&db_lock);
+	json_t *t = db_row("SELECT * FROM tasks WHERE id = ? AND state = 'running'",
+			   json_pack("[I]", (json_int_t)id));
+	pthread_mutex_unlock(&db_lock);
+	return t;
+}
+
+/* A follower: one running migration followed to its end (or until its
+ * task ends some other way). */
+static void *follower(void *arg)
+{
+	long long id = (long long)(intptr_t)arg;
+	unsigned long long gen = 0;
+	bool have_gen = false;
+	json_t *t;
+	while ((t = running_task(id))) {
+		enum follow_result r = follow_one(t, &gen, &have_gen);
+		json_decref(t);
+		if (r == FOLLOW_ENDED)
+			break;
+		if (r == FOLLOW_RETRY)
+			usleep(20000);   /* (a ferryd without the long poll: as before) */
+	}
+	pthread_mutex_lock(&followers_lock);
+	for (size_t i = 0; i < nfollowed; i++)
+		if (followed[i] == id)
+			followed[i] = followed[--nfollowed];
+	pthread_mutex_unlock(&followers_lock);
+	tasks_wake();   /* a slot is free: the queue may move */
+	return NULL;
+}
+
+/* Gives a running migration a follower unless it has one. */
+static void follow(json_t *task)
+{
+	long long id = json_integer_value(json_object_get(task, "id"));
+	pthread_mutex_lock(&followers_lock);
+	bool start = !followed_has(id);
+	if (start) {
+		if (nfollowed == followed_cap) {
+			followed_cap = followed_cap ? followed_cap * 2 : 16;
+			followed = realloc(followed, followed_cap * sizeof(*followed));
+			if (!followed)
+				abort();
+		}
+		pthread_t th;
+		if (pthread_create(&th, NULL, follower, (void *)(intptr_t)id) == 0) {
+			pthread_detach(th);
+			followed[nfollowed++] = id;
+		}
+	}
+	pthread_mutex_unlock(&followers_lock);
 }
 
 /* Starts one migration on its source; false with err set. */
@@ -637,19 +748,19 @@ void *tasks_loop(void *arg)
 		pthread_mutex_unlock(&db_lock);
 		size_t i;
 		json_t *t;
-		json_array_foreach(running, i, t)
-			follow_one(t);
+		json_array_foreach(running, i, t) {
+			if (json_integer_value(json_object_get(t, "cancel")) == 1)
+				send_cancel(t);
+			follow(t);
+		}
 		share_bandwidth(running);
-		bool busy = json_array_size(running) > 0;
 		json_decref(running);
-		/* one just started is followed closely too (it was the 250 ms
-		 * idle sleep before its first look: most of the plane's overhead) */
-		busy = start_queued() || busy;
+		/* one just started gets its follower at once (the next pass);
+		 * else wait for news: a new task, a cancel, a task's end */
+		bool started = start_queued();
 		ft_tick();   /* ft-enable tasks, VMs that failed over (ft.c) */
-		/* follow running migrations closely (an end is heard 10 ms after
-		 * ferryd has it, on average: the plane's overhead); otherwise
-		 * wait for news */
-		tasks_sleep(busy ? 20 : 250);
+		if (!started)
+			tasks_sleep(250);
 	}
 	return NULL;
 }

@@ -69,7 +69,11 @@ static void vm_routes(const struct http_request *req, struct http_response *resp
 		else
 			reply_error(resp, rc, err, NULL);
 	} else if (!strcmp(action, "migration") && is(req, "GET")) {
-		json_t *j = migration_status(name);
+		/* ?wait=MS&since=GEN: a long poll (migration.c), at most 10 s */
+		const char *wait = http_query(req, "wait"), *since = http_query(req, "since");
+		long wait_ms = wait ? strtol(wait, NULL, 10) : 0;
+		json_t *j = migration_status_wait(name, since ? strtoull(since, NULL, 10) : 0,
+						  wait_ms < 0 ? 0 : wait_ms > 10000 ? 10000 : wait_ms);
 		if (j)
 			reply_json(resp, 200, j);
 		else

@@ -130,6 +130,9 @@ bool ft_route(const struct http_request *req, struct http_response *resp, const 
 /* migration.c */
 int migration_start(const char *name, json_t *req, char *err, size_t errlen);
 json_t *migration_status(const char *name);
+/* The long poll: waits up to wait_ms for news (a generation other than
+ * since) of a migration this ferryd runs; "generation" in the reply. */
+json_t *migration_status_wait(const char *name, unsigned long long since, long wait_ms);
 int migration_cancel(const char *name, char *err, size_t errlen);
 /* Changes a running migration's bandwidth cap ({"bandwidth_mbps": N}, 0: none). */
 int migration_set_bandwidth(const char *name, json_t *req, char *err, size_t errlen);

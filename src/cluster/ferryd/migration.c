@@ -12,6 +12,12 @@
  *
  * When ferry-vm supports it (--incoming ...,secret-file=), every migration
  * gets a fresh random secret that only the two ferryds know.
+ *
+ * GET .../migration?wait=MS&since=GEN is a long poll: each migration has a
+ * generation, bumped when its status, error or end changes, and when its
+ * figures change (at most every PROGRESS_NEWS_MS: the figures move on
+ * every query-migrate); the reply waits up to MS for a generation other
+ * than GEN. ferry-center follows a migration with it, woken by news.
  */
 #include "cluster/ferryd/ferryd.h"
 
@@ -27,9 +33,11 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_MIGRATIONS 256
+#define PROGRESS_NEWS_MS 100
 
 struct migration {
 	char name[64];
@@ -43,9 +51,12 @@ struct migration {
 	char error[512];
 	bool done;
 	bool cancel;
+	unsigned long long gen;   /* bumped on news (above); under mig_lock */
+	int64_t figures_news_ms;  /* when new figures were last news */
 };
 
 static pthread_mutex_t mig_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t mig_news = PTHREAD_COND_INITIALIZER;   /* some gen moved */
 static struct migration *migs[MAX_MIGRATIONS];
 static int nmigs;
 
@@ -57,17 +68,35 @@ static struct migration *mig_find(const char *name)
 	return NULL;
 }
 
+/* Under mig_lock: wake the long polls. */
+static void news(struct migration *m)
+{
+	m->gen++;
+	pthread_cond_broadcast(&mig_news);
+}
+
 static void mig_set(struct migration *m, const char *status, json_t *figures, const char *error)
 {
 	pthread_mutex_lock(&mig_lock);
-	if (status)
+	bool changed = false;
+	if (status && strcmp(m->status, status)) {
 		snprintf(m->status, sizeof(m->status), "%s", status);
+		changed = true;
+	}
 	if (figures) {
 		json_decref(m->last);
 		m->last = json_deep_copy(figures);
+		if (mono_ms() - m->figures_news_ms >= PROGRESS_NEWS_MS) {
+			m->figures_news_ms = mono_ms();
+			changed = true;
+		}
 	}
-	if (error)
+	if (error && strcmp(m->error, error)) {
 		snprintf(m->error, sizeof(m->error), "%s", error);
+		changed = true;
+	}
+	if (changed)
+		news(m);
 	pthread_mutex_unlock(&mig_lock);
 }
 
@@ -249,6 +278,7 @@ out:
 	free(ctl);
 	pthread_mutex_lock(&mig_lock);
 	m->done = true;
+	news(m);
 	pthread_mutex_unlock(&mig_lock);
 	return NULL;
 }
@@ -362,23 +392,42 @@ static json_t *adopted_status(const char *name)
 
 json_t *migration_status(const char *name)
 {
-	pthread_mutex_lock(&mig_lock);
+	return migration_status_wait(name, 0, 0);
+}
+
+/* Until name's migration has a generation other than since, or wait_ms
+ * have passed; its migration then (re-found: a wait lets go of mig_lock). */
+static struct migration *await_news(const char *name, unsigned long long since, long wait_ms)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += (wait_ms % 1000) * 1000000L;
+	until.tv_sec += wait_ms / 1000 + until.tv_nsec / 1000000000L;
+	until.tv_nsec %= 1000000000L;
 	struct migration *m = mig_find(name);
+	while (m && !m->done && m->gen == since &&
+	       pthread_cond_timedwait(&mig_news, &mig_lock, &until) == 0)
+		m = mig_find(name);
+	return m;
+}
+
+json_t *migration_status_wait(const char *name, unsigned long long since, long wait_ms)
+{
+	pthread_mutex_lock(&mig_lock);
+	struct migration *m = wait_ms > 0 ? await_news(name, since, wait_ms) : mig_find(name);
 	if (!m) {
 		pthread_mutex_unlock(&mig_lock);
 		return adopted_status(name);
 	}
-	json_t *j = NULL;
-	if (m) {
-		j = m->last ? json_deep_copy(m->last) : json_object();
-		json_object_set_new(j, "status", json_string(m->status));
-		json_object_set_new(j, "done", json_boolean(m->done));
-		json_object_set_new(j, "destination", json_string(m->dest_url));
-		if (m->error[0])
-			json_object_set_new(j, "error", json_string(m->error));
-		else
-			json_object_del(j, "error");
-	}
+	json_t *j = m->last ? json_deep_copy(m->last) : json_object();
+	json_object_set_new(j, "status", json_string(m->status));
+	json_object_set_new(j, "done", json_boolean(m->done));
+	json_object_set_new(j, "destination", json_string(m->dest_url));
+	json_object_set_new(j, "generation", json_integer((json_int_t)m->gen));
+	if (m->error[0])
+		json_object_set_new(j, "error", json_string(m->error));
+	else
+		json_object_del(j, "error");
 	pthread_mutex_unlock(&mig_lock);
 	return j;
 }
