@@ -62,12 +62,15 @@ bool db_open(const char *path, char *err, size_t errlen)
 	}
 	/* the facts the wizard ranks by, as columns (inventory.c writes them
 	 * from each report); a database from before them gains them here */
-	/* and DPM's standby (drs.h), each VM's CPU use (drs.c samples it) */
+	/* and DPM's standby (drs.h), each VM's CPU use (drs.c samples it), and
+	 * why a host's ferryd did not answer its last report, since when */
 	const char *columns[] = { "hosts ADD COLUMN free_mib INTEGER", "hosts ADD COLUMN isa TEXT",
 				  "hosts ADD COLUMN load REAL",
 				  "hosts ADD COLUMN standby INTEGER DEFAULT 0",
 				  "vms ADD COLUMN cpu_pid INTEGER", "vms ADD COLUMN cpu_s REAL",
-				  "vms ADD COLUMN cpu_at INTEGER", "vms ADD COLUMN cpu_rate REAL" };
+				  "vms ADD COLUMN cpu_at INTEGER", "vms ADD COLUMN cpu_rate REAL",
+				  "hosts ADD COLUMN unreachable TEXT",
+				  "hosts ADD COLUMN unreachable_since INTEGER" };
 	for (size_t i = 0; i < sizeof(columns) / sizeof(columns[0]); i++) {
 		char sql[128];
 		snprintf(sql, sizeof(sql), "ALTER TABLE %s", columns[i]);

@@ -6,7 +6,14 @@
  * each live host's ferryd is asked for its report (CPU, memory, datastores,
  * networks, its VMs). The rows for hosts, datastores, networks and the
  * state of each VM (running, exited with its status and console's last
- * lines) are updated from that.
+ * lines) are updated from that, one transaction per host.
+ *
+ * The hosts are asked concurrently and independently: each second every
+ * live host not already waiting or being asked joins a queue, which
+ * SWEEP_WORKERS threads work through, each report with a timeout of
+ * REPORT_TIMEOUT_MS. A host whose ferryd accepts connections but does not
+ * answer holds one worker for that long and is marked unreachable with the
+ * reason (HOST's "unreachable"); the others go on being refreshed.
  */
 #include "cluster/center/center.h"
 
@@ -19,12 +26,22 @@
 #include <time.h>
 #include <unistd.h>
 
-json_t *ferryd_call(const char *url, const char *method, const char *path, json_t *body,
-		    long *status, char *err, size_t errlen)
+#define SWEEP_WORKERS 8
+#define REPORT_TIMEOUT_MS 5000
+
+static json_t *ferryd_call_within(const char *url, const char *method, const char *path,
+				  json_t *body, long timeout_ms, long *status, char *err,
+				  size_t errlen)
 {
 	char full[600];
 	snprintf(full, sizeof(full), "%s%s", url, path);
-	return http_json(method, full, ctr.auth.present, body, 20000, status, err, errlen);
+	return http_json(method, full, ctr.auth.present, body, timeout_ms, status, err, errlen);
+}
+
+json_t *ferryd_call(const char *url, const char *method, const char *path, json_t *body,
+		    long *status, char *err, size_t errlen)
+{
+	return ferryd_call_within(url, method, path, body, 20000, status, err, errlen);
 }
 
 int host_migrations_running(const char *host)
@@ -64,6 +81,10 @@ json_t *host_json(json_t *row)
 							  json_is_true(json_object_get(rep, "standby"))));
 	json_object_set_new(rep, "entering_standby", json_boolean(standby == 2));
 	iso_or_null(rep, "last_seen", json_object_get(row, "last_seen"));
+	json_t *why = json_object_get(row, "unreachable");
+	json_object_set_new(rep, "reachable", json_boolean(!json_is_string(why)));
+	json_object_set(rep, "unreachable", json_is_string(why) ? why : json_null());
+	iso_or_null(rep, "unreachable_since", json_object_get(row, "unreachable_since"));
 	json_t *n = db_row("SELECT count(*) AS n FROM vms WHERE host = ?", json_pack("[s]", name));
 	json_object_set(rep, "vms", json_object_get(n, "n"));
 	json_decref(n);
@@ -164,6 +185,34 @@ static void update_vms(const char *host, json_t *vm_list, json_t *strays)
 	}
 }
 
+/* The hosts with a lease at the last look at etcd (name -> their key's
+ * value), under db_lock: a report that comes back after its host's lease
+ * went (a sweep worker is slower than the loop) must not make it alive
+ * again. */
+static json_t *live_hosts;
+
+/* A host whose ferryd did not answer its report: unreachable, with why
+ * (said in the log when it starts). Under db_lock. */
+static void mark_unreachable(const char *name, const char *url, const char *address,
+			     json_t *reply, long status, const char *err)
+{
+	char why[600];
+	if (reply)
+		snprintf(why, sizeof(why), "its ferryd answered HTTP %ld to GET /agent/v1/host",
+			 status);
+	else
+		snprintf(why, sizeof(why), "its ferryd does not answer: %s", err);
+	json_t *was = db_row("SELECT unreachable FROM hosts WHERE name = ?", json_pack("[s]", name));
+	if (!json_is_string(json_object_get(was, "unreachable")))
+		logf_("host %s: %s", name, why);
+	json_decref(was);
+	db_exec("INSERT INTO hosts(name, url, address, alive, unreachable, unreachable_since)"
+		" VALUES(?, ?, ?, 1, ?, ?) ON CONFLICT(name) DO UPDATE SET url = excluded.url,"
+		" address = excluded.address, alive = 1, unreachable = excluded.unreachable,"
+		" unreachable_since = coalesce(unreachable_since, excluded.unreachable_since)",
+		json_pack("[s, s, s, s, I]", name, url, address, why, (json_int_t)time(NULL)));
+}
+
 static void refresh_host(const char *name, json_t *info)
 {
 	json_t *strays = json_array();
@@ -173,9 +222,13 @@ static void refresh_host(const char *name, json_t *info)
 		return;
 	long status;
 	char err[512];
-	json_t *rep = ferryd_call(url, "GET", "/agent/v1/host", NULL, &status, err, sizeof(err));
+	json_t *rep = ferryd_call_within(url, "GET", "/agent/v1/host", NULL, REPORT_TIMEOUT_MS,
+					 &status, err, sizeof(err));
 	pthread_mutex_lock(&db_lock);
-	if (rep && status == 200) {
+	db_exec("BEGIN", NULL);   /* one commit for the host's rows */
+	if (!json_object_get(live_hosts, name)) {
+		/* its lease went while it was asked: the loop has marked it dead */
+	} else if (rep && status == 200) {
 		char *text = json_dumps(rep, JSON_COMPACT);
 		/* free memory, ISA and load also as columns: the wizard reads
 		 * them for every host on every call */
@@ -183,7 +236,8 @@ static void refresh_host(const char *name, json_t *info)
 			" isa, load) VALUES(?, ?, ?, 1, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE"
 			" SET url = excluded.url, address = excluded.address, alive = 1,"
 			" last_seen = excluded.last_seen, report = excluded.report,"
-			" free_mib = excluded.free_mib, isa = excluded.isa, load = excluded.load",
+			" free_mib = excluded.free_mib, isa = excluded.isa, load = excluded.load,"
+			" unreachable = NULL, unreachable_since = NULL",
 			json_pack("[s, s, s, I, s, O, O, O]", name, url, address,
 				  (json_int_t)time(NULL), text, json_object_get(rep, "free_mib") ?: json_null(),
 				  json_object_get(rep, "isa") ?: json_null(),
@@ -204,13 +258,11 @@ static void refresh_host(const char *name, json_t *info)
 					  json_is_true(json_object_get(d, "present"))));
 		update_vms(name, json_object_get(rep, "vm_list"), strays);
 	} else {
-		/* its lease says it lives: a ferryd restarting, or busy; the host
-		 * counts as dead only when the lease goes (below) */
-		static __thread time_t last_said;
-		if (time(NULL) - last_said > 10)
-			logf_("host %s: its ferryd does not answer: %s", name, err);
-		last_said = time(NULL);
+		/* its lease says it lives: a ferryd restarting, busy or hung; the
+		 * host counts as dead only when the lease goes (below) */
+		mark_unreachable(name, url, address, rep, status, err);
 	}
+	db_exec("COMMIT", NULL);
 	pthread_mutex_unlock(&db_lock);
 	json_decref(rep);
 	size_t i;
@@ -230,9 +282,53 @@ static void refresh_host(const char *name, json_t *info)
 	json_decref(strays);
 }
 
+/* The sweep's queue: hosts to ask, each at most once in it or in hand. */
+static pthread_mutex_t sweep_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t sweep_more = PTHREAD_COND_INITIALIZER;
+static json_t *sweep_queue;   /* [[name, info]...], oldest first */
+static json_t *sweep_busy;    /* name -> true while queued or being asked */
+
+static void sweep_add(const char *name, json_t *info)
+{
+	pthread_mutex_lock(&sweep_lock);
+	if (!json_object_get(sweep_busy, name)) {
+		json_object_set_new(sweep_busy, name, json_true());
+		json_array_append_new(sweep_queue, json_pack("[s, O]", name, info));
+		pthread_cond_signal(&sweep_more);
+	}
+	pthread_mutex_unlock(&sweep_lock);
+}
+
+static void *sweep_worker(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		pthread_mutex_lock(&sweep_lock);
+		while (!json_array_size(sweep_queue))
+			pthread_cond_wait(&sweep_more, &sweep_lock);
+		json_t *job = json_incref(json_array_get(sweep_queue, 0));
+		json_array_remove(sweep_queue, 0);
+		pthread_mutex_unlock(&sweep_lock);
+		const char *name = json_string_value(json_array_get(job, 0));
+		refresh_host(name, json_array_get(job, 1));
+		pthread_mutex_lock(&sweep_lock);
+		json_object_del(sweep_busy, name);
+		pthread_mutex_unlock(&sweep_lock);
+		json_decref(job);
+	}
+	return NULL;
+}
+
 void *inventory_loop(void *arg)
 {
 	(void)arg;
+	sweep_queue = json_array();
+	sweep_busy = json_object();
+	for (int i = 0; i < SWEEP_WORKERS; i++) {
+		pthread_t t;
+		pthread_create(&t, NULL, sweep_worker, NULL);
+		pthread_detach(t);
+	}
 	bool complained = false;
 	for (;;) {
 		char err[512];
@@ -247,34 +343,34 @@ void *inventory_loop(void *arg)
 		complained = false;
 		const char *key;
 		json_t *value;
-		json_t *names = json_array();
+		json_t *names = json_object();   /* the live hosts: name -> their key's value */
 		json_object_foreach(live, key, value) {
 			json_t *info = json_loads(json_string_value(value), 0, NULL);
 			const char *name = json_string_value(json_object_get(info, "name"));
-			if (name) {
-				refresh_host(name, info);
-				json_array_append_new(names, json_string(name));
-			}
+			if (name && json_is_string(json_object_get(info, "url")) &&
+			    json_is_string(json_object_get(info, "address")))
+				json_object_set(names, name, info);
 			json_decref(info);
 		}
 		/* hosts whose lease is gone */
 		pthread_mutex_lock(&db_lock);
+		json_decref(live_hosts);
+		live_hosts = json_incref(names);
 		json_t *rows = db_query("SELECT name FROM hosts WHERE alive = 1", NULL);
 		json_t *lost = json_array();
-		size_t i, j;
-		json_t *r, *n;
+		size_t i;
+		json_t *r;
 		json_array_foreach(rows, i, r) {
 			const char *h = json_string_value(json_object_get(r, "name"));
-			bool found = false;
-			json_array_foreach(names, j, n)
-				found = found || !strcmp(json_string_value(n), h);
-			if (!found) {
+			if (!json_object_get(names, h)) {
 				logf_("host %s: no heartbeat in etcd", h);
 				db_exec("UPDATE hosts SET alive = 0 WHERE name = ?", json_pack("[s]", h));
 				json_array_append_new(lost, json_string(h));
 			}
 		}
 		pthread_mutex_unlock(&db_lock);
+		json_object_foreach(names, key, value)
+			sweep_add(key, value);
 		json_array_foreach(lost, i, r)
 			ha_host_lost(json_string_value(r));
 		json_decref(lost);

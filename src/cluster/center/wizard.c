@@ -123,15 +123,15 @@ static int by_rank(const void *a, const void *b)
 }
 
 /* One row per host, by name: name, alive, maintenance, free_mib, isa,
- * load, whether the network is there, then whether each datastore is
- * (host.c reports a datastore it cannot see with free_mib -1), then
- * DPM's standby. */
+ * load, why its ferryd is unreachable (NULL: it answers), whether the
+ * network is there, then whether each datastore is (host.c reports a
+ * datastore it cannot see with free_mib -1), then DPM's standby. */
 static sqlite3_stmt *host_facts(char dsnames[][64], int nds, const char *network,
 				const char *only_host)
 {
 	char sql[4096];
 	size_t n = (size_t)snprintf(sql, sizeof(sql),
-		"SELECT name, alive, maintenance, free_mib, isa, load,"
+		"SELECT name, alive, maintenance, free_mib, isa, load, unreachable,"
 		" EXISTS(SELECT 1 FROM networks n WHERE n.host = h.name AND n.name = ?1 AND"
 		" n.present)");
 	for (int d = 0; d < nds; d++)
@@ -192,7 +192,9 @@ static void refusal(sqlite3_stmt *st, const struct needs *vm, int running, int l
 		snprintf(reason, len, "not responding (no heartbeat in etcd)");
 	else if (sqlite3_column_int(st, 2))
 		snprintf(reason, len, "in maintenance");
-	else if (sqlite3_column_int(st, 7 + vm->ndatastores))
+	else if (sqlite3_column_type(st, 6) != SQLITE_NULL)
+		snprintf(reason, len, "not answering: %s", sqlite3_column_text(st, 6));
+	else if (sqlite3_column_int(st, 8 + vm->ndatastores))
 		snprintf(reason, len, "in standby (DPM)");
 	else if (src_isa && (!isa || strcmp(isa, src_isa)))
 		snprintf(reason, len, "ISA %s cannot run a guest from %s", isa ? isa : "unknown",
@@ -201,9 +203,9 @@ static void refusal(sqlite3_stmt *st, const struct needs *vm, int running, int l
 		snprintf(reason, len, "not enough free memory: %lld MiB free, the VM needs %lld MiB",
 			 free_mib, mem);
 	for (int d = 0; d < vm->ndatastores && !reason[0]; d++)
-		if (!sqlite3_column_int(st, 7 + d))
+		if (!sqlite3_column_int(st, 8 + d))
 			snprintf(reason, len, "datastore %s is not visible there", vm->datastores[d]);
-	if (!reason[0] && network[0] && !sqlite3_column_int(st, 6))
+	if (!reason[0] && network[0] && !sqlite3_column_int(st, 7))
 		snprintf(reason, len, "network %s is not there", network);
 	if (!reason[0])
 		rules_permit(vm->rules, vm->name, name, NULL, NULL, reason, len);

@@ -167,13 +167,14 @@ static int cmd_host_list(int argc, char **argv)
 	if (json_out) {
 		print_json(r);
 	} else {
-		printf("%-8s %-6s %-5s %-8s %5s %9s %9s %5s %4s %s\n", "HOST", "ALIVE", "MAINT",
+		printf("%-8s %-7s %-5s %-8s %5s %9s %9s %5s %4s %s\n", "HOST", "ALIVE", "MAINT",
 		       "STANDBY", "HARTS", "MEM MiB", "FREE MiB", "LOAD", "VMS", "MIGRATIONS");
 		size_t i;
 		json_t *h;
 		json_array_foreach(json_object_get(r, "hosts"), i, h)
-			printf("%-8s %-6s %-5s %-8s %5lld %9lld %9lld %5.2f %4lld %lld/%lld\n",
-			       str(h, "name"), json_is_true(json_object_get(h, "alive")) ? "yes" : "NO",
+			printf("%-8s %-7s %-5s %-8s %5lld %9lld %9lld %5.2f %4lld %lld/%lld\n",
+			       str(h, "name"), !json_is_true(json_object_get(h, "alive")) ? "NO"
+			       : json_is_string(json_object_get(h, "unreachable")) ? "UNREACH" : "yes",
 			       json_is_true(json_object_get(h, "maintenance")) ? "yes" : "no",
 			       json_is_true(json_object_get(h, "entering_standby")) ? "entering"
 			       : json_is_true(json_object_get(h, "standby")) ? "yes" : "no",
@@ -184,6 +185,10 @@ static int cmd_host_list(int argc, char **argv)
 			       json_integer_value(json_object_get(h, "vms")),
 			       json_integer_value(json_object_get(h, "migrations_running")),
 			       json_integer_value(json_object_get(h, "migration_limit")));
+		json_array_foreach(json_object_get(r, "hosts"), i, h)
+			if (json_is_string(json_object_get(h, "unreachable")))
+				printf("  %s: %s (since %s)\n", str(h, "name"), str(h, "unreachable"),
+				       str(h, "unreachable_since"));
 	}
 	json_decref(r);
 	return 0;
