@@ -28,6 +28,10 @@ What is proved, and how it would fail:
   primary runs on, `vm show` says unprotected and why (its history keeps
   it), the stream verifies, FT comes back on the third host; maintenance
   of the primary's host refuses to evacuate it, with the reason;
+- the primary's host cut off, its processes alive
+  (test_ft_cluster_primary_cut_off): its self-fence kills the primary
+  before its lease can expire, the secondary takes over; at every poll
+  at most one process runs the guest; the stream verifies;
 - bad input: ft enable of an unknown VM (404), with the primary's own host
   as secondary (409, the wizard's reason), twice (409); a migration of an
   FT VM is refused (409); ft disable removes the secondary's process and
@@ -94,17 +98,18 @@ def guest_procs(lab):
 def vm_status(lab, host, control):
     """query-status of the ferry-vm behind a control socket (in LAB-host);
     retried on a loaded machine, an error when it never answers."""
-    prog = ("import socket,sys,json; s=socket.socket(socket.AF_UNIX); s.settimeout(20);"
-            "s.connect(sys.argv[1]); f=s.makefile('rw'); f.readline();"
+    prog = ("import socket,sys,json; s=socket.socket(socket.AF_UNIX); s.settimeout(20);\n"
+            "try: s.connect(sys.argv[1])\n"
+            "except (ConnectionRefusedError, FileNotFoundError): print('{\"return\": {}}'); "
+            "sys.exit()\n"
+            "f=s.makefile('rw'); f.readline();"
             "f.write(json.dumps({'execute':'query-status'})+'\\n'); f.flush();"
             "print(next(l for l in f if 'return' in l))")
     for _ in range(3):
         r = subprocess.run(["ip", "netns", "exec", "%s-%s" % (lab.name, host), "python3", "-c",
                             prog, control], capture_output=True, text=True)
-        if r.stdout.strip():
+        if r.stdout.strip():   # {} when nobody listens: it has ended
             return json.loads(r.stdout)["return"].get("status")
-        if not os.path.exists(control):
-            return None   # it has ended meanwhile
         time.sleep(0.5)
     raise AssertionError("ferry-vm at %s does not answer: %s" % (control, r.stderr))
 
@@ -289,3 +294,33 @@ def test_ft_cluster_secondary_host_dies():
         assert not h["evacuation"]["tasks"] and lab.vm("ft3")["host"] == "h1"
         print("stream: %d bytes intact; the primary ran on unprotected, then h3 "
               "protected it" % sent)
+
+
+def test_ft_cluster_primary_cut_off():
+    """The primary's host cut off with every process alive: its ferryd's
+    self-fence kills the primary before its lease can expire, and only
+    then may the secondary win the key and run the guest: at no poll do
+    two run."""
+    with Lab() as lab:
+        ft_vm(lab, "ft4", "h1")
+        t = lab.cli("vm", "ft", "enable", "ft4", "--secondary", "h2", "--wait")
+        assert t["state"] == "succeeded", t
+        wait_protected(lab, "ft4", secondary="h2")
+        with Stream(LabTopo(lab), GUEST_IP) as stream:
+            stream.wait_flowing(what="protected")
+            subprocess.run(["ip", "netns", "exec", lab.name + "-h1", "ip", "link", "set", "eth0",
+                            "down"], check=True)
+            deadline = time.monotonic() + 60
+            while True:
+                copies = running_copies(lab, "ft4")
+                assert len(copies) <= 1, "two copies run: %s" % copies
+                if copies == ["h2"]:
+                    break
+                assert time.monotonic() < deadline, "ft4 did not run on h2: %s" % copies
+                time.sleep(0.05)
+            log = (lab.dir / "logs" / "ferryd-h1.log").read_text()
+            assert re.search(r"self-fence: VM ft4 \(pid \d+\) killed", log), log[-2000:]
+            stream.wait_flowing(what="after the failover")
+            sent = finish(lab, "ft4", stream)
+            assert lab.vm("ft4")["host"] == "h2"
+        print("stream: %d bytes intact; the cut-off primary fenced itself" % sent)

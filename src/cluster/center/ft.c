@@ -30,6 +30,7 @@
 
 #define FT_PREFIX "/ferry/ft/"
 #define FT_ENABLE_MS 120000
+#define FT_GRACE_S 40   /* the ferryd's call may take 30 s before it writes a key */
 
 static json_t *etcd_json(const char *key)
 {
@@ -256,7 +257,9 @@ static void follow_enable(json_t *task)
 	long long started = json_integer_value(json_object_get(task, "started"));
 	if (!strcmp(state, "protected")) {
 		task_finish(id, "succeeded", NULL);
-	} else if (!s) {
+	} else if (!s && time(NULL) - started > FT_GRACE_S) {
+		/* (before that, the ferryd may not have written a key yet: the
+		 * task runs from before the call to it) */
 		task_finish(id, "failed", "fault tolerance ended before the VM was protected "
 			    "(ferry vm show NAME; the ferryd logs say why)");
 	} else if (time(NULL) - started > FT_ENABLE_MS / 1000) {
@@ -264,7 +267,7 @@ static void follow_enable(json_t *task)
 		snprintf(why, sizeof(why), "not protected after %d s: %s", FT_ENABLE_MS / 1000,
 			 json_string_value(json_object_get(s, "error")) ?: state);
 		task_finish(id, "failed", why);
-	} else {
+	} else if (s) {
 		json_t *p = json_pack("{s:s, s:s}", "phase", state, "status", state);
 		char *text = json_dumps(p, JSON_COMPACT);
 		json_decref(p);

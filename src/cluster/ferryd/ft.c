@@ -72,7 +72,7 @@
 
 #define FT_PREFIX "/ferry/ft/"
 #define FT_POLL_MS 200
-#define FT_LINK_TIMEOUT_MS 2000     /* link silence before either side calls the other lost */
+#define FT_LINK_TIMEOUT_MS 1000     /* link silence before either side calls the other lost */
 #define FT_RETRY_MS 3000            /* after losing a secondary, before starting another */
 #define FT_SECONDARY_WAIT_MS 12000  /* a secondary whose primary lives ends itself after */
 #define FT_STATUS_EVERY_MS 1000
