@@ -7,7 +7,8 @@
 # a restore into a real board, through the grammar and every CPU and
 # device loader) are built with clang -fsanitize=fuzzer,address,undefined
 # straight from the sources, not by Meson. fuzz_stream's seed corpus is
-# the sample streams tests/unit/test_stream.c writes; fuzz_load writes its
+# the sample streams tests/unit/test_stream.c writes and the FT streams of
+# tests/unit/test_ft.c; fuzz_load writes its
 # own seed (a saved stream of its board). Everything goes to build/fuzz/
 # (FERRY_FUZZ_DIR overrides): corpus/, load-corpus/, crashes/, fuzz.log,
 # load.log.
@@ -61,6 +62,11 @@ if stale "$load" fuzz/fuzz_load.c fuzz/fix_checksums.h $tree src/cpu/fpu.c src/*
 		-o "$load" fuzz/fuzz_load.c $tree "$out/fpu.o" $libs -lfdt -lm -lpthread
 fi
 FERRY_STREAM_SEEDS="$out/corpus" "$seeder" >/dev/null 2>&1
+ft_seeder="$out/ft_seeds"     # FT streams with guest writes (tests/unit/test_ft.c)
+if stale "$ft_seeder" tests/unit/test_ft.c tests/unit/stream_sample.h $lib_src $lib_hdr; then
+	$CC $cflags -o "$ft_seeder" tests/unit/test_ft.c $lib_src $libs -lcmocka -lpthread
+fi
+FERRY_STREAM_SEEDS="$out/corpus" "$ft_seeder"
 
 # fuzz TARGET CORPUS LOG NAME: run one target; exits on a finding
 fuzz() {

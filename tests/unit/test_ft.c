@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -70,12 +71,11 @@ static int write_token(struct mig_stream *w, const char *t, const uint8_t *ram)
 	return -1;
 }
 
-/* "" when every section was accepted, else the refusal. */
-static const char *ft_run(const char *script, char *err, size_t errlen)
+static uint8_t ram[SAMPLE_RAM];
+
+/* The sample configuration, then the sections the script names, into fd. */
+static void write_script(int fd, const char *script)
 {
-	static uint8_t ram[SAMPLE_RAM];
-	int fd = memfd_create("ft", MFD_CLOEXEC);
-	assert_true(fd >= 0);
 	struct mig_config cfg;
 	struct mig_stream *w = mig_stream_new(fd);
 	sample_config(&cfg);
@@ -87,6 +87,15 @@ static const char *ft_run(const char *script, char *err, size_t errlen)
 		assert_int_equal(write_token(w, t, ram), 0);
 	assert_int_equal(mig_flush(w), 0);
 	mig_stream_free(w);
+}
+
+/* "" when every section was accepted, else the refusal. */
+static const char *ft_run(const char *script, char *err, size_t errlen)
+{
+	int fd = memfd_create("ft", MFD_CLOEXEC);
+	assert_true(fd >= 0);
+	struct mig_config cfg;
+	write_script(fd, script);
 	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
 
 	struct mig_stream *r = mig_stream_new(fd);
@@ -170,8 +179,39 @@ static void ft_places_guest_writes_among_an_epochs_pages(void **state)
 	assert_contains(ft_run("epoch1 write@reserved", err, sizeof(err)), "reserved");
 }
 
+/* FERRY_STREAM_SEEDS=DIR: FT streams for the fuzzer's corpus (fuzz/run-short.sh),
+ * their sizes with bit 2 set, which is how fuzz_stream picks the FT grammar. */
+static int write_seeds(const char *dir)
+{
+	static const char *const seeds[][2] = {
+		{ "ft-epochs", "ram epoch1 ram " BODY " epoch2 " BODY },
+		{ "ft-writes", "ram epoch1 write ram write " BODY " epoch2 write " BODY },
+	};
+	for (size_t i = 0; i < sizeof(seeds) / sizeof(seeds[0]); i++) {
+		char path[512];
+		snprintf(path, sizeof(path), "%s/%s", dir, seeds[i][0]);
+		int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		if (fd < 0) {
+			perror(path);
+			return 1;
+		}
+		write_script(fd, seeds[i][1]);
+		static const uint8_t pad[8];
+		off_t size = lseek(fd, 0, SEEK_END);
+		if (!(size & 4) && write(fd, pad, 4) != 4) {
+			perror(path);
+			return 1;
+		}
+		close(fd);
+	}
+	return 0;
+}
+
 int main(void)
 {
+	const char *seed_dir = getenv("FERRY_STREAM_SEEDS");
+	if (seed_dir)
+		return write_seeds(seed_dir);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(ft_accepts_epochs_in_sequence),
 		cmocka_unit_test(ft_refuses_epochs_out_of_sequence),
