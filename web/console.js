@@ -474,7 +474,7 @@ function ftFacts(ft) {
 				`${ft.checkpoints_per_s.toFixed(1)} /s`), ` (every ${ms(ft.epoch_ms)}, epoch ${ft.epoch})`),
 			fact('Bytes per epoch', el('span', { class: 'ft-bytes' }, bytes(ft.bytes_per_epoch))),
 			fact('Added output latency', el('span', { class: 'ft-latency' },
-				`${ft.added_latency_ms.toFixed(1)} ms`), ` (half an epoch, then ${ft.commit_ms.toFixed(1)} ms to the acknowledgement)`),
+				`${ft.added_latency_ms.toFixed(1)} ms`), ` (to its epoch's end, then ${ft.commit_ms.toFixed(1)} ms to the acknowledgement)`),
 			fact('Primary slowdown', el('span', { class: 'ft-slowdown' },
 				`${ft.slowdown_pct.toFixed(1)} %`), ` paused (${ft.pause_ms.toFixed(2)} ms a checkpoint)`));
 	if (ft.last_failover)

@@ -317,9 +317,12 @@ static json_t *status_json(struct ft_vm *f)
 		double epoch_ms = (double)fig(q, "epoch_ms");
 		double commit_ms = (double)fig(q, "commit_us_avg") / 1000.0;
 		double pause_ms = (double)fig(q, "pause_us_avg") / 1000.0;
-		/* a frame waits for its epoch's end (half an epoch on average)
-		 * and then for that checkpoint's acknowledgement */
-		double latency = epoch_ms / 2 + commit_ms;
+		/* a frame waits for its epoch's end and then for that
+		 * checkpoint's acknowledgement; the end comes min_epoch_ms after
+		 * the epoch began when output waits (early epochs), else half an
+		 * epoch away on average */
+		double min_epoch = (double)fig(q, "min_epoch_ms");
+		double latency = (min_epoch > 0 ? min_epoch : epoch_ms / 2) + commit_ms;
 		/* the guest stands still pause_ms per checkpoint */
 		double rate = f->rate > 0 ? f->rate : 1000.0 / epoch_ms;
 		json_object_set_new(s, "epoch_ms", json_integer((json_int_t)epoch_ms));
