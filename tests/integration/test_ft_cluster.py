@@ -32,6 +32,9 @@ What is proved, and how it would fail:
   (test_ft_cluster_primary_cut_off): its self-fence kills the primary
   before its lease can expire, the secondary takes over; at every poll
   at most one process runs the guest; the stream verifies;
+- ferryds restarted (test_ft_cluster_ferryd_restart): the primary's and
+  the secondary's ferryd find their FT roles again; the primary's then
+  handles the secondary's host dying (unprotected, restored on h3);
 - bad input: ft enable of an unknown VM (404), with the primary's own host
   as secondary (409, the wizard's reason), twice (409); a migration of an
   FT VM is refused (409); ft disable removes the secondary's process and
@@ -324,3 +327,44 @@ def test_ft_cluster_primary_cut_off():
             sent = finish(lab, "ft4", stream)
             assert lab.vm("ft4")["host"] == "h2"
         print("stream: %d bytes intact; the cut-off primary fenced itself" % sent)
+
+
+def restart_ferryd(lab, host):
+    i = int(host[1:])
+    lab.restart(host, "ferryd", [
+        "--name", host, "--listen", "10.88.0.%d:7700" % (10 + i), "--etcd",
+        "http://10.88.0.%d:2379" % (10 + i), "--state-dir", str(lab.dir / ("%s-state" % host)),
+        "--datastore", "shared=%s" % (lab.dir / "shared"), "--datastore",
+        "local=%s" % (lab.dir / ("%s-local" % host)), "--network", "lan=br0",
+        "--token-file", str(lab.dir / "tokens")])
+
+
+def test_ft_cluster_ferryd_restart():
+    """Both ferryds restarted (their VMs run on): each finds its FT role
+    again (the primary from the owner key, the secondary from its spec);
+    the primary's then handles the secondary's host dying."""
+    with Lab() as lab:
+        ft_vm(lab, "ft5", "h1")
+        t = lab.cli("vm", "ft", "enable", "ft5", "--secondary", "h2", "--wait")
+        assert t["state"] == "succeeded", t
+        wait_protected(lab, "ft5", secondary="h2")
+        procs = guest_procs(lab)
+        restart_ferryd(lab, "h1")
+        restart_ferryd(lab, "h2")
+        assert guest_procs(lab) == procs, "a VM died with its ferryd"
+        for host, role in (("h1", "primary"), ("h2", "secondary")):
+            log = (lab.dir / "logs" / ("ferryd-%s.restart.log" % host))
+            wait_until(lambda: log.exists() and "found VM ft5" in log.read_text(), 20,
+                       "ferryd on %s to find ft5" % host)
+        wait_until(lambda: "FT: VM ft5 found again" in (lab.dir / "logs" /
+                                                       "ferryd-h1.restart.log").read_text(),
+                   20, "the primary's FT agent to find ft5")
+        since = ft_of(lab, "ft5")["updated_ms"]
+        wait_until(lambda: ft_of(lab, "ft5")["updated_ms"] > since, 20,
+                   "the restarted primary's ferryd to write the status")
+        assert ft_of(lab, "ft5")["state"] == "protected"
+        kill_host(lab, "h2")
+        wait_until(lambda: [h for h in ft_of(lab, "ft5").get("history", [])
+                            if h["state"] == "unprotected"], 30, "unprotected")
+        ft = wait_protected(lab, "ft5", secondary="h3")
+        assert ft["primary"] == "h1" and lab.vm("ft5")["host"] == "h1", ft
