@@ -283,3 +283,38 @@ def test_dpm_standby_wake():
         lab.create("y", host=asleep, mem=64)
         assert lab.vm("y")["state"] == "running"
         assert lab.cli("audit", "--verify")["ok"] is True
+
+
+def test_dpm_ha_admission():
+    """DPM and HA admission control (ha.host_failures_tolerated): a host in
+    standby is woken when the layout no longer passes admission, and DPM
+    does not put a host in standby when admission would then fail."""
+    with Lab(vm_memory_mib=512) as lab:
+        lab.create("v1", host="h1", mem=64)
+        lab.cli("cluster", "set", "dpm=on", "dpm.delay_s=0", "dpm.min_hosts=2",
+                "drs.interval_s=1")
+
+        def standby():
+            return [h["name"] for h in lab.cli("host", "list")["hosts"] if h["standby"]]
+        asleep = wait_until(lambda: standby() if len(standby()) == 1 else None, 90,
+                            "DPM to put one host in standby")[0]
+        awake = [h for h in ("h1", "h2", "h3") if h != asleep]
+        assert "h1" in awake   # v1 is there; the sleeper is an empty host
+        # an HA VM of 240 MiB on each awake host (h1: 304 of 512 MiB used, the
+        # other 240, both under DPM's 63%); if the other fails, its HA VM does
+        # not fit in h1's 208 MiB left: admission needs the sleeper
+        for i, h in enumerate(awake):
+            lab.cli("vm", "create", "ha%d" % i, "--kernel", "shared:Image", "--initrd",
+                    "shared:initrd.img", "--append", IDLE, "--mem", "240", "--host", h,
+                    "--ha", "high")
+        after_passes(lab, 3)
+        assert standby() == [asleep]   # admission is off: nothing to wake for
+        lab.cli("cluster", "set", "ha.host_failures_tolerated=1")
+        wait_until(lambda: not standby(), 60, "DPM to wake %s for HA admission" % asleep)
+        wake = [r for r in lab.cli("audit")["records"] if r["action"] == "dpm.wake"]
+        assert wake and wake[0]["target"] == asleep and \
+            "admission" in wake[0]["details"]["reason"], wake
+        # and no host goes back to standby: admission would fail without it
+        status = after_passes(lab, 5)
+        assert not standby(), lab.cli("host", "list")
+        assert "admission" in status["dpm"].get("refused", {}).get("reason", ""), status["dpm"]

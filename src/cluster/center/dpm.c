@@ -15,7 +15,8 @@
  *   least load) that was not woken in the last dpm.delay_s is a candidate:
  *   its VMs are placed in the model, each on the least loaded host the
  *   wizard and the rules allow; if they all fit and no host ends above
- *   DPM_TARGET, and this has held for dpm.delay_s, the host is marked
+ *   DPM_TARGET, HA admission control still passes without the host (tried
+ *   in a rolled-back savepoint), and this has held for dpm.delay_s, the host is marked
  *   "entering standby" (the wizard refuses it from then on) and its VMs
  *   get migration tasks (user "dpm"); once it holds no VM, its ferryd is
  *   told to enter standby (it refuses VM starts and incoming migrations,
@@ -199,6 +200,28 @@ static struct mhost *plan_standby(struct model *m, long long delay, json_t *move
 	return best;
 }
 
+/* Would HA admission control still pass with host h in standby and its
+ * VMs where the plan puts them? Tried in the database inside a savepoint
+ * that is rolled back (admission.c reads the layout from there). */
+static bool admitted_without(const char *host, json_t *moves, char *why, size_t len)
+{
+	if (db_setting_int("ha.host_failures_tolerated", 0) <= 0)
+		return true;
+	db_exec("SAVEPOINT dpm_plan", NULL);
+	set_standby(host, 1);
+	size_t i;
+	json_t *mv;
+	json_array_foreach(moves, i, mv)
+		db_exec("UPDATE vms SET host = ? WHERE name = ?", json_pack("[O, O]",
+			json_object_get(mv, "to"), json_object_get(mv, "vm")));
+	json_t *none = json_pack("{s:i}", "mem_mib", 0);
+	bool ok = admission_check("", none, "", why, len);
+	json_decref(none);
+	db_exec("ROLLBACK TO dpm_plan", NULL);
+	db_exec("RELEASE dpm_plan", NULL);
+	return ok;
+}
+
 /* A host entering standby: empty -> standby; a VM left with no task -> give up. */
 static void finish_entering(struct mhost *h)
 {
@@ -261,6 +284,11 @@ void dpm_run(struct model *m, bool on, json_t *status)
 	json_t *moves = json_array();
 	struct mhost *h = plan_standby(m, delay, moves);
 	time_t now = time(NULL);
+	if (h && !admitted_without(h->name, moves, buf, sizeof(buf))) {
+		json_object_set_new(st, "refused", json_pack("{s:s, s:s}", "host", h->name, "reason",
+							      buf));
+		h = NULL;
+	}
 	if (!h) {
 		low_since = 0;
 		json_decref(moves);
