@@ -173,6 +173,11 @@ class Lab:
         assert out.returncode == 0, (path, out.returncode, out.stderr)
         return json.loads(out.stdout)
 
+    def guest_status(self, host, vm):
+        """ferry-vm's own query-status of vm on host, through its ferryd ("running",
+        "paused", ...): a VM left paused says so here, not in ferry-center's state."""
+        return self.agent(host, "/vms/%s" % vm).get("vm_status")
+
     def echo(self, ip, port, data):
         """Sends data to a TCP echo service from LAB-client; returns the answer."""
         prog = ("import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), "
@@ -368,6 +373,7 @@ def test_cluster_cancel_and_errors():
         vm = lab.vm("db1")
         assert vm["host"] == "h1" and vm["state"] == "running", vm
         assert lab.procs("h1", "ferry-vm"), "the VM's process is gone from h1"
+        assert lab.guest_status("h1", "db1") == "running"   # not left paused
         wait_until(lambda: not lab.procs("h2", "ferry-vm"), 15, "h2's incoming process to go")
         # and it can still migrate afterwards
         t = lab.cli("vm", "migrate", "db1", "--to", "h2", "--wait")
@@ -416,6 +422,26 @@ def test_cluster_cancel_and_errors():
         s, d = lab.http("POST", "/api/v1/vms/db1/migrate", raw="{not json")
         assert s == 400, (s, d)
         err(400, d, "bad_request")
+        s, d = lab.http("POST", "/api/v1/vms/db1/migrate", raw="[1, 2]")   # not an object
+        assert s == 400, (s, d)
+        err(400, d, "bad_request")
+        s, d = lab.http("POST", "/api/v1/vms/db1/migrate", {"to": 5})      # a wrong type
+        assert s == 400, (s, d)
+        err(400, d, "bad_request")
+        s, d = lab.http("POST", "/api/v1/vms", {"name": "x1", "kernel": "shared:Image",
+                                                "mem_mib": "lots"})
+        assert s == 400, (s, d)
+        err(400, d, "bad_request")
+        s, d = lab.http("GET", "/api/v1/tasks/abc")
+        assert s == 404, (s, d)
+        err(404, d, "not_found")
+        s, d = lab.http("POST", "/api/v1/tasks/99999/cancel", {})
+        assert s == 404, (s, d)
+        err(404, d, "not_found")
+        s, d = lab.http("GET", "/api/v1/nosuchcall")
+        assert s == 404, (s, d)
+        err(404, d, "not_found")
+        assert lab.vm("db1")["host"] == "h2" and lab.guest_status("h2", "db1") == "running"
         s, d = lab.http("GET", "/api/v1/vms/nosuchvm")
         assert s == 404, (s, d)
         err(404, d, "not_found")
@@ -556,6 +582,7 @@ def test_cluster_schedule_restart():
         t = lab.wait_task(t["id"], timeout=60)
         assert t["state"] == "succeeded", t
         assert lab.vm("s1")["host"] == "h1"
+        assert lab.guest_status("h1", "s1") == "running"
         t = lab.cli("vm", "migrate", "s1", "--to", "h2", "--wait")
         assert t["state"] == "succeeded", t
 
@@ -619,6 +646,8 @@ def test_cluster_host_failure():
         vm = lab.vm("f1")
         assert vm["host"] == "h1" and vm["state"] == "running", vm
         assert lab.procs("h1", "ferry-vm"), "the VM's process is gone from h1"
+        wait_until(lambda: lab.guest_status("h1", "f1") == "running", 30,
+                   "f1's guest to run on h1 (not left paused)")
         wait_until(lambda: [h["alive"] for h in lab.cli("host", "list")["hosts"]] ==
                    [True, False, True], 30, "h2 to be seen dead (its lease expired)")
         rec = lab.cli("vm", "recommend", "f1")

@@ -1,4 +1,12 @@
-"""Faults of the cluster plane beyond test_cluster.py's: a host that hangs.
+"""Faults of the cluster plane beyond test_cluster.py's.
+
+Issue 8's "Bad input and faults", where each is tested: a malformed
+request, an unknown VM, a wrong token (test_cluster_cancel_and_errors);
+the destination host vanishing mid-migration (test_cluster_host_failure);
+ferry-center restarted mid-task (test_cluster_schedule_restart); and here
+the source host vanishing mid-migration, one etcd member lost on its own,
+and a host that hangs. Each checks the guest itself (ferry-vm's
+query-status through its ferryd) is not left paused.
 
 - a hung host (test_cluster_hung_host): a "host" registered in etcd the
   way a ferryd registers itself, whose URL is a socket in the lab's client
@@ -14,11 +22,13 @@
 
 import base64
 import json
+import os
+import signal
 import subprocess
 import time
 
 from ferrylib import wait_until
-from test_cluster import FERRY, Lab
+from test_cluster import FERRY, MEMLOAD, Lab, memload_passes
 
 TIMEOUT = 180
 
@@ -93,3 +103,69 @@ def test_cluster_hung_host():
             silent.kill()
             silent.wait()
 
+
+
+def kill_host(lab, host):
+    """Every process in LAB-host killed (its etcd member too), its link cut."""
+    for pid in lab.ns_pids(lab.name + "-" + host):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["ip", "netns", "exec", lab.name + "-" + host, "ip", "link", "set", "eth0",
+                    "down"], check=True)
+
+
+def test_cluster_source_host_dies():
+    """The source host of a running migration vanishes: the task fails
+    saying so, the VM (HA off) is marked lost, the destination keeps no
+    half-arrived copy, and the other VMs and hosts go on. ~25 s."""
+    with Lab() as lab:
+        lab.create("src1", append=MEMLOAD, host="h1")
+        lab.create("other1", host="h3")
+        wait_until(lambda: memload_passes(lab.console("src1")), 90, "memload on h1",
+                   interval=0.5)
+        t = lab.cli("vm", "migrate", "src1", "--to", "h2", "--bandwidth-mbps", "4")
+        wait_until(lambda: ((lab.task(t["id"])["progress"] or {}).get("transferred_bytes")
+                            or 0) > 0, 30, "the migration to send its first bytes")
+        kill_host(lab, "h1")
+        t = lab.wait_task(t["id"], timeout=60)
+        assert t["state"] == "failed" and "h1" in t["error"], t
+        assert lab.vm("src1")["state"] == "lost", lab.vm("src1")
+        wait_until(lambda: not lab.procs("h2", "ferry-vm"), 30,
+                   "the half-arrived copy on h2 to go")
+        assert lab.guest_status("h3", "other1") == "running"
+        t = lab.cli("vm", "migrate", "other1", "--to", "h2", "--wait")
+        assert t["state"] == "succeeded", t
+        assert lab.guest_status("h2", "other1") == "running"
+
+
+def test_cluster_etcd_member_down():
+    """One etcd member (h3's) is stopped, its host runs on: the two left
+    keep quorum, h3's ferryd renews its lease through them, so no host is
+    seen dead or fences itself, and migrations to and from h3 succeed. ~30 s."""
+    with Lab() as lab:
+        lab.create("e1", append=MEMLOAD, host="h1")
+        lab.create("e3", host="h3")
+        wait_until(lambda: memload_passes(lab.console("e1")), 90, "memload on h1",
+                   interval=0.5)
+        etcd = [pid for pid, cmd in lab.procs("h3", "etcd") if cmd.startswith("etcd ")]
+        assert len(etcd) == 1, lab.procs("h3", "etcd")
+        os.kill(etcd[0], signal.SIGKILL)
+        # longer than a lease (4 s) twice over: every host stays alive
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 10:
+            hs = hosts(lab)
+            assert all(hs[h]["alive"] for h in ("h1", "h2", "h3")), hs
+            time.sleep(0.5)
+        assert lab.guest_status("h3", "e3") == "running", "h3 fenced its VM"
+        t = lab.cli("vm", "migrate", "e1", "--to", "h3", "--wait")
+        assert t["state"] == "succeeded", t
+        assert lab.guest_status("h3", "e1") == "running"
+        before = len(memload_passes(lab.console("e1")))
+        wait_until(lambda: len(memload_passes(lab.console("e1"))) > before, 90,
+                   "memload passes on h3", interval=0.5)
+        t = lab.cli("vm", "migrate", "e3", "--to", "h2", "--wait")
+        assert t["state"] == "succeeded", t
+        assert lab.guest_status("h2", "e3") == "running"
+        assert lab.cli("audit", "--verify")["ok"] is True
