@@ -35,6 +35,15 @@ before its migration is printed, and a third column migrates QEMU's guest
 with memload limited to the rate ferry-vm's guest reached (--rate R): the
 same load for both migrations (--no-same-rate leaves it out).
 
+ferry-vm runs with the CPU FERRY_CPU names (jit, interp, or unset: the
+decoded executor), printed at the top: run it as `FERRY_CPU=jit
+bench/migrate.py` for a guest that dirties memory at a rate nearer QEMU's.
+
+QEMU 7.2's own migration of this guest is broken (bench/README.md,
+"Migration": bench/qemu_ramdiff.py compares both sides' RAM): a QEMU guest
+that is not "ok" is QEMU's fault, not memload's, and its figures are those
+of a migration that did not work.
+
 Each migration has a time limit (--limit, default 300 s); past it the
 migration is cancelled and reported as "did not finish". With --runs N each
 column is migrated N times: the figures are medians over the completed runs.
@@ -44,6 +53,7 @@ and total time at most half of QEMU's; on the large case, it must finish.
 """
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -376,6 +386,8 @@ def main(argv=None):
     bl.need_guest()
     print("== migrate: ferry-vm and QEMU on loopback, same kernel and memload, "
           "1 hart each")
+    print(f"ferry-vm CPU: FERRY_CPU={os.environ.get('FERRY_CPU') or '(unset: decoded executor)'}; "
+          f"{bl.machine_description()[1]}")
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
     try:
         return {name: run_case(name, args, work)
