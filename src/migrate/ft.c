@@ -24,10 +24,11 @@
  * disks"): virtio-blk holds the writes of epoch n in memory (the guest
  * reads its own writes from there), they travel in epoch n as FT_WRITE
  * sections, and only after EPOCH_ACK(n) are they written to the shared
- * image, which is flushed before epoch n+1's END: so the image never holds
- * a write of an epoch the secondary might not resume from, and the
- * secondary, which keeps the writes of its last committed epoch, writes
- * them again at takeover in case the primary died before it did.
+ * image and flushed, before epoch n's frames go out: so the image never holds
+ * a write of an epoch the secondary might not resume from, no client hears
+ * of a write that is not stable on the image, and the secondary, which
+ * keeps the writes of its last committed epoch, writes them again at
+ * takeover in case the primary died before it did.
  * Output waits for the ACK of its epoch, so an epoch that ends on the clock
  * adds up to epoch_ms to every answer the guest sends. Instead, the first
  * frame held in an epoch wakes the epoch thread, which ends the epoch as
@@ -553,10 +554,16 @@ static int ft_run(struct ft *ft, struct mig_stream *s, char *err, size_t errlen)
 			return -1;
 		if (writes)
 			ft_fault("ft-after-ack", s, epoch);
-		if (ft->vmm->net)
-			virtio_net_hold_release(ft->vmm->net, epoch);
+		/* the epoch's writes are on the image, and stable if it had any,
+		 * before its output tells anyone they were made */
 		if (ft_apply_writes(ft, epoch, err, errlen))
 			return -1;
+		if (writes && ft_flush_disks(ft)) {
+			snprintf(err, errlen, "flushing the guest's disks: %s", strerror(errno));
+			return -1;
+		}
+		if (ft->vmm->net)
+			virtio_net_hold_release(ft->vmm->net, epoch);
 		ft_note_epoch(ft, epoch, n, mig_stream_bytes_out(s) - before, pause_us,
 			      now_us() - t0, writes, write_bytes, early);
 	}
