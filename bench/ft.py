@@ -2,7 +2,7 @@
 """ft.py - what fault tolerance costs and what a failover looks like.
 
     sudo bench/ft.py [--runs N] [--epochs 20,50,100] [--min-epochs 0,3]
-                     [--only gap|latency|compute]
+                     [--only gap|latency|compute|disk|colo]
 
 Three figures, each printed with the machine (timings are for reading,
 never asserted: this host is shared):
@@ -27,6 +27,13 @@ never asserted: this host is shared):
   whole epoch (plus the commit). With min_epoch_ms M (the default 3) the
   first held frame ends the epoch once it has run M ms: each setting of
   --min-epochs is run at each epoch interval.
+- disk: bench/iolat.c (as bench/diskmove.py builds it) in a guest writing
+  4 KiB O_DIRECT|O_DSYNC blocks as fast as it can (--rate 5000) to a raw
+  image, FT off and on (the secondary on loopback, the same image): writes
+  a second and the slowest write a second, medians over the seconds.
+  Under FT a write completes from the primary's hold and the guest's
+  FLUSH at once (docs/stream.md "Output commit for disks"); off, each
+  O_DSYNC write costs the host an fdatasync.
 - compute: bench/compute.c (as bench/compute.py builds it) in a guest,
   FT off against FT on at each epoch interval (the secondary on
   loopback); the time is the host's, from the console's "compute: start"
@@ -64,12 +71,14 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 import benchlib as bl  # noqa: E402  (puts tests/integration on sys.path)
 import compute  # noqa: E402
+import diskmove  # noqa: E402
 import topology  # noqa: E402
 from ferrylib import VM, free_tcp_port  # noqa: E402
 from test_hosts import ECHO_PORT, MAC, Datastore, Stream  # noqa: E402
 
 MEM = 128
 FT_PORT = 47200
+DEFAULT_EPOCH_MS = 20   # ft.h's FT_EPOCH_MS_DEFAULT
 BOOT_S = 90
 
 RR_CLIENT = r'''
@@ -238,6 +247,62 @@ def bench_latency(args):
     bl.print_table(["FT", "median ms", "p95 ms", "added ms", "commit ms (pause to ack)",
                     "bound: epoch + commit", "epochs in the run", "pause avg us"], rows)
     print("aim: added latency at most one epoch plus the acknowledgement's round trip\n")
+
+
+def iolat_window(vm, seconds):
+    """iolat's per-second lines over the next `seconds`: (writes, max_ms)."""
+    seen = len(diskmove.iolat_seconds(vm.console()))
+    deadline = time.monotonic() + seconds + 30
+    while len(diskmove.iolat_seconds(vm.console())) < seen + seconds + 1:
+        if time.monotonic() > deadline or not vm.running():
+            raise bl.BenchError(f"iolat stopped reporting:\n{vm.tail()}")
+        time.sleep(0.2)
+    lines = re.findall(r"^iolat: t=\d+ writes=(\d+) max_ms=([0-9.]+)", vm.console(), re.M)
+    return [(int(w), float(ms)) for w, ms in lines[seen + 1:seen + 1 + seconds]]
+
+
+def bench_disk(args):
+    diskmove.build()
+    secs = 6
+    print(f"== disk writes: iolat (4 KiB, O_DIRECT|O_DSYNC, --rate 5000) in a {MEM} MiB "
+          f"guest, {secs} s each, FT off and on (secondary on loopback, epoch "
+          f"{DEFAULT_EPOCH_MS} ms); medians over the seconds")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ferry-ftdisk-") as tmp, ExitStack() as vms:
+        image = Path(tmp) / "disk.raw"
+        with open(image, "wb") as f:
+            f.truncate(64 << 20)
+        append = ("console=ttyS0 quiet ferry.run=iolat,/dev/vda,--rate,5000,--bytes,4096,"
+                  "--span,16")
+        vm = vms.enter_context(VM(append=append, mem=MEM, disk=image,
+                                  initrd=diskmove.INITRD, name="iolat"))
+        vm.wait_for(r"^iolat: start", BOOT_S)
+        q = vm.qmp()
+        for ft in (False, True):
+            if ft:
+                port = free_tcp_port()
+                uri = f"tcp:127.0.0.1:{port}"
+                sec = vms.enter_context(VM(mem=MEM, disk=image, name="secondary",
+                                           args=["--ft-secondary",
+                                                 f"{uri},timeout-ms=5000"]))
+                wait_port(port, sec)
+                q.cmd("ft-start", uri=uri, epoch_ms=DEFAULT_EPOCH_MS)
+                q.wait_event("FT_PROTECTED", timeout=60)
+                e0 = q.cmd("query-ft")
+            got = iolat_window(vm, secs)
+            extra = ""
+            if ft:
+                st = q.cmd("query-ft")
+                n = max(1, st["epoch"] - e0["epoch"])
+                extra = (f"{n / secs:.0f} epochs/s, {st['write_bytes_per_epoch'] // 1024} "
+                         f"KiB of writes an epoch, commit avg {st['commit_us_avg']} us")
+            rows.append(["on" if ft else "off",
+                         f"{statistics.median(w for w, _ in got):.0f}",
+                         f"{statistics.median(ms for _, ms in got):.1f}", extra])
+        q.cmd("ft-stop")
+    bl.print_table(["FT", "writes/s", "slowest write ms (median of seconds)",
+                    "checkpoints"], rows)
+    print()
 
 
 def cpu_s(pid):
@@ -497,7 +562,7 @@ def main(argv=None):
                          "on the clock only)")
     ap.add_argument("--gap-epoch", type=int, default=50)
     ap.add_argument("--scale", type=int, default=1)
-    ap.add_argument("--only", choices=("gap", "latency", "compute", "colo"))
+    ap.add_argument("--only", choices=("gap", "latency", "compute", "colo", "disk"))
     args = ap.parse_args(argv)
     args.epochs = [int(x) for x in args.epochs.split(",")]
     args.min_epochs = [int(x) for x in args.min_epochs.split(",")]
@@ -513,6 +578,8 @@ def main(argv=None):
         bench_gap(args)
     if args.only in (None, "latency"):
         bench_latency(args)
+    if args.only in (None, "disk"):
+        bench_disk(args)
     if args.only in (None, "compute"):
         bench_compute(args)
 
