@@ -15,7 +15,8 @@ What is proved, and how it would fail:
   gap the client saw is printed, not asserted), the echo server's count
   matches what the client sent; ferry-center moves the VM to the former
   secondary's host (task ft-failover, audit ft.failover) and FT is
-  restored on the third host (`vm show`: protected, secondary h3). Without
+  restored on the third host (`vm show`: protected, secondary h3); the VM
+  asked for HA too, and HA leaves it to FT (no ha-restart). Without
   the takeover the stream stalls; without output commit it breaks;
 - the FT link cut with both hosts alive (test_ft_cluster_link_cut): the
   secondary's replies on the FT connection are blackholed (a routing rule
@@ -69,13 +70,13 @@ class LabTopo:
         return ["ip", "netns", "exec", ns]
 
 
-def ft_vm(lab, name, host):
+def ft_vm(lab, name, host, ha=None):
     """An echo guest on `lan` with a disk on the shared datastore, on host."""
     subprocess.run([str(BUILD / "ferry-img"), "create", str(lab.dir / "shared" / (name + ".img")),
                     "8M"], check=True, capture_output=True)
     lab.cli("vm", "create", name, "--kernel", "shared:Image", "--initrd", "shared:initrd.img",
             "--append", APPEND, "--mem", "128", "--net", "lan,mac=52:54:00:88:00:31",
-            "--disk", "shared:%s.img" % name, "--host", host)
+            "--disk", "shared:%s.img" % name, "--host", host, *(["--ha", ha] if ha else []))
     wait_until(lambda: "tcpserve: listening" in lab.console(name), 90, "tcpserve in " + name,
                interval=0.5)
 
@@ -98,35 +99,52 @@ def guest_procs(lab):
     return {h: lab.procs(h, str(BUILD / "ferry-vm")) for h in ("h1", "h2", "h3")}
 
 
-def vm_status(lab, host, control):
-    """query-status of the ferry-vm behind a control socket (in LAB-host);
-    retried on a loaded machine, an error when it never answers."""
-    prog = ("import socket,sys,json; s=socket.socket(socket.AF_UNIX); s.settimeout(20);\n"
+def vm_status(lab, host, control, pid):
+    """query-status of the ferry-vm pid behind a control socket (in
+    LAB-host); None once it has ended; retried on a loaded machine, an
+    error when a live one never answers."""
+    prog = ("import socket,sys,json; s=socket.socket(socket.AF_UNIX)\n"
             "try: s.connect(sys.argv[1])\n"
-            "except (ConnectionRefusedError, FileNotFoundError): print('{\"return\": {}}'); "
-            "sys.exit()\n"
-            "f=s.makefile('rw'); f.readline();"
+            "except OSError as e: print(json.dumps({'error': str(e)})); sys.exit()\n"
+            "s.settimeout(20); f=s.makefile('rw'); f.readline();"
             "f.write(json.dumps({'execute':'query-status'})+'\\n'); f.flush();"
             "print(next(l for l in f if 'return' in l))")
-    for _ in range(3):
+    said = ""
+    for _ in range(5):
         r = subprocess.run(["ip", "netns", "exec", "%s-%s" % (lab.name, host), "python3", "-c",
                             prog, control], capture_output=True, text=True)
-        if r.stdout.strip():   # {} when nobody listens: it has ended
-            return json.loads(r.stdout)["return"].get("status")
+        reply = json.loads(r.stdout) if r.stdout.strip() else {}
+        if "return" in reply:
+            return reply["return"].get("status")
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None   # it has ended
+        said = reply.get("error") or r.stderr
         time.sleep(0.5)
-    raise AssertionError("ferry-vm at %s does not answer: %s" % (control, r.stderr))
+    raise AssertionError("ferry-vm %d at %s does not answer: %s" % (pid, control, said))
+
+
+class Copies(list):
+    """running_copies' answer; says every process's status when printed."""
+
+    def __repr__(self):
+        return "%s (statuses %s)" % (list.__repr__(self), self.seen)
 
 
 def running_copies(lab, name):
     """Hosts whose ferry-vm runs the guest (query-status running), by its
     control socket; the secondary answers inmigrate until it takes over."""
-    hosts = []
+    hosts = Copies()
+    hosts.seen = []
     for host, procs in guest_procs(lab).items():
-        for _, cmd in procs:
+        for pid, cmd in procs:
             m = re.search(r"--control (\S+)", cmd)
-            if m and "/vms/%s/" % name in m.group(1) and \
-                    vm_status(lab, host, m.group(1)) == "running":
-                hosts.append(host)
+            if m and "/vms/%s/" % name in m.group(1):
+                status = vm_status(lab, host, m.group(1), pid)
+                hosts.seen.append((host, pid, status))
+                if status == "running":
+                    hosts.append(host)
     return hosts
 
 
@@ -152,7 +170,9 @@ def finish(lab, name, stream):
 
 def test_ft_cluster_primary_host_dies():
     with Lab() as lab:
-        ft_vm(lab, "ft1", "h1")
+        # HA asked for too: while FT protects the VM, HA must not start a
+        # copy of its own when h1 dies
+        ft_vm(lab, "ft1", "h1", ha="high")
         # bad input first
         st, doc, _ = lab.run("vm", "ft", "enable", "nosuch", check=False)
         assert st == 1 and doc["error"]["status"] == 404, doc
@@ -200,6 +220,9 @@ def test_ft_cluster_primary_host_dies():
             sent = finish(lab, "ft1", stream)
         print("stream: %d bytes sent and echoed intact across the failover" % sent)
         tasks = lab.cli("task", "list", "--vm", "ft1")["tasks"]
+        assert not [t for t in tasks if t["kind"] == "ha-restart"], tasks
+        assert "HA: VM ft1 restarted" not in "".join(
+            p.read_text() for p in (lab.dir / "logs").glob("ferryd-*.log"))
         fo_task = [t for t in tasks if t["kind"] == "ft-failover"]
         assert fo_task and fo_task[0]["source"] == "h1" and fo_task[0]["destination"] == sec
         rec = [r for r in lab.cli("audit", "--vm", "ft1")["records"]

@@ -279,13 +279,13 @@ static void follow_enable(json_t *task)
 }
 
 /* The VM runs on the host that took it over: the inventory follows. */
-static void adopt(const char *name, json_t *owner, json_t *status)
+static bool adopt(const char *name, json_t *owner, json_t *status)
 {
 	const char *host = json_string_value(json_object_get(owner, "host"));
 	json_t *fo = json_object_get(status, "last_failover");
 	const char *to = json_string_value(json_object_get(fo, "to"));
 	if (!host || !to || strcmp(host, to) || json_object_get(owner, "gave_up"))
-		return;
+		return false;
 	json_t *row = db_row("SELECT host FROM vms WHERE name = ?", json_pack("[s]", name));
 	const char *at = json_string_value(json_object_get(row, "host"));
 	json_t *alive = host_alive_row(host);
@@ -305,8 +305,24 @@ static void adopt(const char *name, json_t *owner, json_t *status)
 		json_decref(details);
 		logf_("FT: VM %s failed over from %s to %s", name, from, host);
 	}
+	bool here = row && at && !strcmp(at, host);   /* (adopted now or before) */
+	bool moved = alive && row && at && strcmp(at, host);
 	json_decref(alive);
 	json_decref(row);
+	return here || moved;
+}
+
+bool ft_adopt(const char *name)
+{
+	char key[200];
+	snprintf(key, sizeof(key), FT_PREFIX "%s/owner", name);
+	json_t *owner = etcd_json(key);
+	snprintf(key, sizeof(key), FT_PREFIX "%s/status", name);
+	json_t *status = owner ? etcd_json(key) : NULL;
+	bool adopted = owner && status && adopt(name, owner, status);
+	json_decref(owner);
+	json_decref(status);
+	return adopted;
 }
 
 void ft_tick(void)

@@ -5,6 +5,7 @@
 #define FERRY_CENTER_FT_H
 
 #include <jansson.h>
+#include <stdbool.h>
 
 /* The VM's FT status (etcd /ferry/ft/NAME/status, written by the owner's
  * ferryd), or NULL when FT is off. */
@@ -16,6 +17,12 @@ json_t *ft_status(const char *name);
  * *hint, may stay NULL). *details gets what the audit record keeps. */
 int ft_request(json_t *row, const char *name, json_t *body, const char *user, json_t **reply,
 	       json_t **details, char *err, size_t errlen, const char **hint);
+
+/* A VM that runs on a host other than the inventory's: if its FT owner
+ * key names that host (its secondary took over), it is moved there
+ * (task ft-failover, audit ft.failover) and true is returned. Under
+ * db_lock. The inventory asks before taking such a VM for HA's. */
+bool ft_adopt(const char *name);
 
 /* From the task scheduler: ft-enable tasks end when the VM is protected;
  * a VM that failed over is adopted on its new host (task ft-failover,

@@ -16,6 +16,7 @@
  * reason (HOST's "unreachable"); the others go on being refreshed.
  */
 #include "cluster/center/center.h"
+#include "cluster/center/ft.h"
 
 #include "cluster/common/http_client.h"
 #include "cluster/common/util.h"
@@ -138,7 +139,8 @@ static bool stray(const char *host, const char *name)
 		if (ok && !v) {
 			char dead[64];
 			snprintf(dead, sizeof(dead), "%s", at);
-			ha_adopt(name, host, dead);
+			if (!ft_adopt(name))   /* its FT secondary took over (ft.c) */
+				ha_adopt(name, host, dead);
 			is_stray = false;
 		} else if (!ok) {
 			is_stray = false;   /* no word from etcd: decide nothing */
