@@ -28,7 +28,8 @@ What is proved, and how it would fail:
   refused with the rule's name; DRS in full mode, facing a busy h1 whose
   only movable VM is a1, moves nothing over several passes; the rule is
   in etcd (/ferry/rules/NAME, for the HA decider); once the rule is
-  deleted DRS moves a1 to h2.
+  deleted DRS moves a1 to h2; the rule added again is broken (both on h2)
+  and DRS mends it by moving a2 back to h1.
 - the web console (test_drs_console): tests/browser/drs.test.js in
   Chromium sees the recommendation in the hosts view, no Apply button for
   a read-only token, and the admin's Apply queues the migration (the task
@@ -140,6 +141,13 @@ def busy_pair_manual(lab):
 
 def test_drs_manual_partial():
     with Lab() as lab:
+        # bad settings: 400 with what is wanted, nothing changed
+        for bad, want in (("drs=sometimes", "off manual partial full"),
+                          ("drs.threshold=9", "1 to 5"), ("dpm=yes", "off on"),
+                          ("drs.cooldown_s=-1", "0 to")):
+            err = refused(lab, "cluster", "set", "drs=full", bad)
+            assert want in err, (bad, err)
+        assert lab.cli("cluster", "show")["settings"]["drs"] == "off"
         rec = busy_pair_manual(lab)
         assert len(rec) == 1 and rec[0]["vm"] == "b1" and \
             (rec[0]["from"], rec[0]["to"]) == ("h1", "h2"), rec
@@ -240,6 +248,18 @@ def test_drs_anti_affinity():
         wait_until(lambda: lab.vm("a1")["host"] == "h2", 90, "DRS to move a1 once the rule went")
         wait_until(lambda: etcd_value(lab, "/ferry/rules/apart") is None, 20,
                    "the rule to leave etcd")
+        # the rule added again is broken by the placement (both on h2): DRS mends
+        # it, moving a2 (a1 is in its cool-down) to h1
+        wait_until(lambda: lab.vm("a1")["state"] == "running", 30, "a1 to run on h2")
+        rule = lab.cli("cluster", "rule", "add", "apart", "--anti-affinity", "a1,a2")
+        assert rule["violated"] is True, rule
+        wait_until(lambda: hosts_of(lab, "a1", "a2") == ["h2", "h1"], 90,
+                   "DRS to mend the anti-affinity rule")
+        rules = {r["name"]: r for r in lab.cli("cluster", "rule", "list")["rules"]}
+        assert rules["apart"]["violated"] is False, rules
+        mend = [r for r in lab.cli("audit", "--vm", "a2")["records"]
+                if r["action"] == "drs.migrate"]
+        assert mend and "anti-affinity rule apart" in mend[0]["details"]["reason"], mend
 
 
 def test_dpm_standby_wake():

@@ -94,15 +94,15 @@ int drs_setting_check(const char *key, json_t *v, char *text, size_t tlen, char 
 {
 	const char *s = json_string_value(v);
 	if (!strcmp(key, "drs") || !strcmp(key, "dpm")) {
-		bool drs = key[1] == 'r';
-		const char *ok[] = { "off", "manual", "partial", "full", "on" };
-		for (int i = drs ? 0 : 0; i < 5; i++)
-			if (s && !strcmp(s, ok[i]) && (drs ? i < 4 : (i == 0 || i == 4))) {
-				snprintf(text, tlen, "%s", s);
-				return 1;
-			}
-		snprintf(err, errlen, drs ? "drs: want off, manual, partial or full"
-					  : "dpm: want on or off");
+		const char *words = !strcmp(key, "drs") ? " off manual partial full " : " off on ";
+		char word[32];
+		snprintf(word, sizeof(word), " %s ", s ? s : "");
+		if (s && *s && !strchr(s, ' ') && strstr(words, word)) {
+			snprintf(text, tlen, "%s", s);
+			return 1;
+		}
+		snprintf(err, errlen, "%s: want one of%s", key, words);
+		err[strlen(err) - 1] = 0;
 		return 0;
 	}
 	for (size_t i = 0; i < NINT; i++) {
