@@ -16,6 +16,7 @@
  */
 #include "vmm.h"
 #include "control/control.h"
+#include "machine/heartbeat.h"
 #include "machine/vm.h"
 #include "migrate/channel.h"
 #include "migrate/migrate.h"
@@ -137,6 +138,9 @@ static json_t *cmd_query_status(void *ctx, json_t *args, const char **cls, char 
 		json_object_set_new(r, "reason", json_string(reason));
 		json_object_set_new(r, "description", json_string(desc));
 	}
+	json_t *beat = guest_heartbeat(v->machine);   /* machine/heartbeat.c */
+	if (beat)
+		json_object_set_new(r, "heartbeat", beat);
 	return r;
 }
 

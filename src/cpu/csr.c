@@ -321,6 +321,8 @@ void hart_sret(struct hart *h)
 	h->mstatus = s;
 	h->priv = prev;
 	h->pc = h->sepc;
+	if (prev == PRV_U)
+		hart_beat(h);
 	hart_update_tlb_context(h);
 }
 
@@ -337,6 +339,8 @@ void hart_mret(struct hart *h)
 	h->mstatus = s;
 	h->priv = prev;
 	h->pc = h->mepc;
+	if (prev == PRV_U)
+		hart_beat(h);
 	tlb_flush_all(h);     /* MPRV may have changed */
 	hart_update_tlb_context(h);
 }

@@ -154,6 +154,7 @@ struct hart {
 	bool lr_valid;
 
 	bool wfi;                   /* sleeping in WFI */
+	uint64_t beats;             /* returns to U mode and WFIs (hart_beat) */
 	uint64_t sleep_debt_ns;     /* migration throttle */
 	unsigned id;
 	const struct cpu_bus *bus; /* all the hart knows of its board (bus.h) */
@@ -205,6 +206,13 @@ void hart_trap(struct hart *h, uint64_t cause, uint64_t tval, bool interrupt);
 /* Take a pending, enabled interrupt if any; returns true if one was taken. */
 bool hart_check_interrupts(struct hart *h);
 void hart_sret(struct hart *h);
+/* The guest kernel showed it is alive: it went back to user mode or to
+ * sleep in WFI (machine/heartbeat.c reads the count from another thread;
+ * only this hart writes it). */
+static inline void hart_beat(struct hart *h)
+{
+	__atomic_store_n(&h->beats, h->beats + 1, __ATOMIC_RELAXED);
+}
 void hart_mret(struct hart *h);
 void hart_update_tlb_context(struct hart *h);
 uint64_t hart_read_time(struct hart *h);

@@ -695,6 +695,7 @@ static bool exec_system(struct hart *h, uint32_t insn, uint64_t *next_pc)
 		}
 		h->pc = *next_pc;
 		h->wfi = true;
+		hart_beat(h);
 		return true;
 	}
 	illegal(h, insn);

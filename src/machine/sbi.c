@@ -140,6 +140,7 @@ static struct sbiret sbi_hsm(struct hart *h, uint64_t fid, uint64_t a0, uint64_t
 		if (a0 != 0)
 			return (struct sbiret){ SBI_ERR_NOT_SUPPORTED, 0 };
 		h->wfi = true;
+		hart_beat(h);
 		return (struct sbiret){ 0, 0 };
 	}
 	return (struct sbiret){ SBI_ERR_NOT_SUPPORTED, 0 };

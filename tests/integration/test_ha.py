@@ -28,9 +28,14 @@ HA on the cluster plane: what keeps a VM from running on two hosts.
   dead host's VM dies, or stalls, before starting it (test hook
   FERRYD_TEST_HA_AFTER_CLAIM); the claim's own lease lapses and the VM is
   claimed again and started, once.
+- a hung guest (test_ha_hung_guest): ferry-vm alive, its kernel panicked
+  with panic=0; ferry-vm's heartbeat (returns to user mode and WFIs, on
+  the guest clock) stalls, ferryd restarts it, audited ha.monitor; not
+  fired for an idle guest, paused, or migrated.
 """
 
 import calendar
+import json
 import os
 import re
 import signal
@@ -38,7 +43,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ferrylib import wait_until
+from ferrylib import QMP, wait_until
 from test_cluster import IDLE, Lab
 
 TIMEOUT = 150
@@ -282,7 +287,8 @@ def test_ha_partition_heals_one_copy():
             found = [h for h in hosts for _ in lab.procs(h, "ferry-vm")]
             assert len(found) <= 1, "two copies at once: %s" % found
             return found
-        wait_until(lambda: copies() and copies() != ["h3"], 60, "pc to run off h3")
+        wait_until(lambda: (lambda found: found and found != ["h3"])(copies()), 60,
+                   "pc to run off h3")
         leases = log_h3.read_text().count("heartbeat: /ferry/hosts/h3 held by lease")
         subprocess.run(cut + ["up"], check=True)
         wait_until(lambda: log_h3.read_text().count("heartbeat: /ferry/hosts/h3 held by "
@@ -357,3 +363,53 @@ def test_ha_claim_expires_decider_stalls():
     assert "claim expired before the start (a stall): not started now" in logs[stalled]
     assert "the claim of %s has expired" % stalled in logs[stalled]
     assert any("HA: VM cl restarted on %s" % where in text for text in logs.values())
+
+
+def test_ha_hung_guest():
+    """VM monitoring of a hung guest: ferry-vm alive, its kernel stuck.
+    hg's guest runs `ft sleep 3` as its init and then panics ("Attempted to
+    kill init!") with panic=0: it spins in the kernel forever, its harts
+    never again going back to user mode nor to WFI, so ferry-vm's
+    heartbeat (query-status) stalls; ferryd kills it and starts it again,
+    and ferry-center audits it (ha.monitor). Not fired meanwhile: an idle
+    HA guest, the same paused 13 s (stop/cont: its guest clock stands
+    still) and then live-migrated to h2."""
+    with Lab() as lab:
+        lab.cli("vm", "create", "hg", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", "console=ttyS0 quiet panic=0 rdinit=/bin/ft "
+                "-- sleep 3", "--mem", "64", "--host", "h1", "--ha", "high")
+        lab.cli("vm", "create", "idle1", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h1",
+                "--ha", "high")
+
+        def pid_of(host, name):
+            found = lab.procs(host, "/vms/%s/control.sock" % name)
+            return found[0][0] if found else None
+        first = wait_until(lambda: pid_of("h1", "hg"), 20, "hg's ferry-vm")
+        idle_pid = wait_until(lambda: pid_of("h1", "idle1"), 20, "idle1's ferry-vm")
+        wait_until(lambda: "Attempted to kill init" in lab.console("hg"), 60, "hg to panic")
+        ctl = lab.dir / "h1-state" / "vms" / "idle1" / "control.sock"
+        with QMP(str(ctl)) as q:
+            q.execute("stop")
+            time.sleep(13)
+            q.execute("cont")
+        log = lab.dir / "logs" / "ferryd-h1.log"
+        wait_until(lambda: "VM monitoring: VM hg hung: no guest heartbeat for" in
+                   log.read_text(), 40, "ferryd to find hg hung")
+        second = wait_until(lambda: (lambda p: p if p and p != first else None)(
+            pid_of("h1", "hg")), 20, "hg to start again")
+        assert second != first
+        assert "VM hg hung: no guest heartbeat for 1" in log.read_text()   # 10 s or more
+        rec = wait_until(lambda: [r for r in lab.cli("audit", "--vm", "hg")["records"]
+                                  if r["action"] == "ha.monitor"], 20, "the ha.monitor record")
+        assert rec[0]["user"] == "ferryd-h1" and rec[0]["result"] == "ok", rec
+        assert "hung" in json.dumps(rec[0]), rec
+        # the idle guest: never taken for hung, paused or migrated
+        t = lab.cli("vm", "migrate", "idle1", "--to", "h2", "--wait")
+        assert t["state"] == "succeeded", t
+        time.sleep(3)
+        assert "VM idle1" not in "".join(
+            line for line in log.read_text().splitlines() if "VM monitoring" in line)
+        assert "VM monitoring" not in (lab.dir / "logs" / "ferryd-h2.log").read_text()
+        assert idle_pid and pid_of("h2", "idle1")
+        assert lab.cli("audit", "--verify")["ok"] is True

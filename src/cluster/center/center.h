@@ -83,6 +83,8 @@ json_t *audit_verify(void);
 
 /* ha.c: a host's lease is gone; restart its HA VMs elsewhere */
 void ha_host_lost(const char *host);
+/* VM monitoring's events in a host report -> ha.monitor audit records */
+void ha_audit_monitor(const char *host, json_t *events);
 /* a VM runs on host, restarted there by the HA decider (under db_lock) */
 void ha_adopt(const char *name, const char *host, const char *dead);
 

@@ -74,3 +74,64 @@ void ha_host_lost(const char *host)
 	json_decref(rows);
 	pthread_mutex_unlock(&db_lock);
 }
+
+/* VM monitoring's restarts (a guest hung, a ferry-vm died) happen on the
+ * VM's own host without ferry-center; each host report carries its ferryd's
+ * last events ("monitor_events"), and each new one becomes an ha.monitor
+ * audit record (user ferryd-HOST). New: later than the last one recorded
+ * for that host, remembered here and, after a restart of ferry-center,
+ * read back from the audit trail once. Under db_lock. */
+struct monitor_seen {
+	char host[64];
+	json_int_t last_at_ms;
+};
+static struct monitor_seen monitor_seen[256];
+
+static struct monitor_seen *monitor_seen_of(const char *host)
+{
+	for (size_t i = 0; i < sizeof(monitor_seen) / sizeof(monitor_seen[0]); i++) {
+		struct monitor_seen *m = &monitor_seen[i];
+		if (!strcmp(m->host, host))
+			return m;
+		if (!m->host[0]) {
+			snprintf(m->host, sizeof(m->host), "%s", host);
+			json_t *row = db_row("SELECT max(json_extract(details, '$.at_ms')) AS at FROM "
+					     "audit WHERE action = 'ha.monitor' AND "
+					     "json_extract(details, '$.host') = ?",
+					     json_pack("[s]", host));
+			m->last_at_ms = json_integer_value(json_object_get(row, "at"));
+			json_decref(row);
+			return m;
+		}
+	}
+	return NULL;
+}
+
+void ha_audit_monitor(const char *host, json_t *events)
+{
+	if (!json_array_size(events))
+		return;
+	struct monitor_seen *seen = monitor_seen_of(host);
+	if (!seen)
+		return;
+	size_t i;
+	json_t *ev;
+	json_array_foreach(events, i, ev) {
+		json_int_t at = json_integer_value(json_object_get(ev, "at_ms"));
+		const char *vm = json_string_value(json_object_get(ev, "vm"));
+		if (at <= seen->last_at_ms || !vm)
+			continue;
+		seen->last_at_ms = at;
+		char user[80];
+		snprintf(user, sizeof(user), "ferryd-%s", host);
+		json_t *details = json_pack("{s:s, s:O, s:O, s:I}", "host", host, "why",
+					    json_object_get(ev, "why"), "outcome",
+					    json_object_get(ev, "outcome"), "at_ms", at);
+		audit_append(user, "-", "ha.monitor", vm,
+			     json_is_true(json_object_get(ev, "ok")) ? "ok" : "failed", details);
+		logf_("VM monitoring on %s: VM %s %s: %s", host, vm,
+		      json_string_value(json_object_get(ev, "why")) ?: "?",
+		      json_string_value(json_object_get(ev, "outcome")) ?: "?");
+		json_decref(details);
+	}
+}

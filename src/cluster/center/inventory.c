@@ -259,6 +259,7 @@ static void refresh_host(const char *name, json_t *info)
 					  json_object_get(d, "bridge"),
 					  json_is_true(json_object_get(d, "present"))));
 		update_vms(name, json_object_get(rep, "vm_list"), strays);
+		ha_audit_monitor(name, json_object_get(rep, "monitor_events"));
 	} else {
 		/* its lease says it lives: a ferryd restarting, busy or hung; the
 		 * host counts as dead only when the lease goes (below) */

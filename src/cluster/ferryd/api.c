@@ -121,6 +121,7 @@ void api_handle(void *ctx, const struct http_request *req, struct http_response 
 		json_t *list = vms_list();
 		host_add_cpu(list);
 		json_object_set_new(h, "vm_list", list);
+		json_object_set_new(h, "monitor_events", ha_monitor_events());
 		reply_json(resp, 200, h);
 	} else if (!strcmp(rest, "standby") && is(req, "POST")) {
 		json_t *body = parse_body(req, resp);

@@ -119,6 +119,7 @@ long test_delay_ms(const char *var);
 /* ha_agent.c: HA records in etcd, the election, the holder's HA pass */
 void ha_agent_start(const char *etcd_urls);
 void ha_publish(void);   /* this host's running HA VMs' records, now */
+json_t *ha_monitor_events(void);   /* VM monitoring's last restarts (host report) */
 
 /* ft.c: fault tolerance (a VM's primary and secondary, failover decided
  * through etcd); its HTTP calls are answered by ft_route */

@@ -39,9 +39,11 @@
 
 #include "cluster/common/etcd.h"
 #include "cluster/common/http_client.h"
+#include "cluster/common/qmp_client.h"
 #include "cluster/common/util.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -283,6 +285,33 @@ static void restart_fenced(void)
 	json_decref(todo);
 }
 
+/* What VM monitoring did, for ferry-center's audit trail: the last
+ * MONITOR_EVENTS events, in the host report (ha_monitor_events). */
+#define MONITOR_EVENTS 16
+static json_t *monitor_events;
+static pthread_mutex_t events_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void monitor_event(const char *name, const char *why, const char *outcome, bool ok)
+{
+	pthread_mutex_lock(&events_lock);
+	if (!monitor_events)
+		monitor_events = json_array();
+	json_array_append_new(monitor_events, json_pack("{s:s, s:s, s:s, s:b, s:I}", "vm", name,
+							"why", why, "outcome", outcome, "ok", ok,
+							"at_ms", (json_int_t)now_ms()));
+	while (json_array_size(monitor_events) > MONITOR_EVENTS)
+		json_array_remove(monitor_events, 0);
+	pthread_mutex_unlock(&events_lock);
+}
+
+json_t *ha_monitor_events(void)
+{
+	pthread_mutex_lock(&events_lock);
+	json_t *copy = monitor_events ? json_deep_copy(monitor_events) : json_array();
+	pthread_mutex_unlock(&events_lock);
+	return copy;
+}
+
 /* VM monitoring: an HA VM whose ferry-vm died (a signal, or vanished) on
  * this live host, not by the fence nor by a stop, starts again here, at
  * most MONITOR_RESTARTS_PER_HOUR times an hour; a guest that powered
@@ -306,6 +335,16 @@ static struct restarts *restarts_of(const char *name)
 	if (free_slot)
 		snprintf(free_slot->name, sizeof(free_slot->name), "%s", name);
 	return free_slot;
+}
+
+/* Room for one more restart this hour? (not counted) */
+static bool restart_allowed_peek(const char *name)
+{
+	struct restarts *r = restarts_of(name);
+	for (int i = 0; r && i < MONITOR_RESTARTS_PER_HOUR; i++)
+		if (!r->at_ms[i] || now_ms() - r->at_ms[i] > 3600 * 1000)
+			return true;
+	return false;
 }
 
 /* Room for one more restart this hour? Then it is counted. */
@@ -343,20 +382,121 @@ static void restart_crashed(void)
 	const char *name;
 	json_t *what;
 	json_object_foreach(todo, name, what) {
+		char why[128];
+		snprintf(why, sizeof(why), "died (%s)",
+			 json_string_value(json_object_get(what, "how")));
 		if (!restart_allowed(name)) {
-			logf_("VM monitoring: VM %s died (%s): not restarted, %d restarts in the last "
-			      "hour already", name, json_string_value(json_object_get(what, "how")),
-			      MONITOR_RESTARTS_PER_HOUR);
+			logf_("VM monitoring: VM %s %s: not restarted, %d restarts in the last "
+			      "hour already", name, why, MONITOR_RESTARTS_PER_HOUR);
+			monitor_event(name, why, "not restarted: the limit an hour", false);
 			continue;
 		}
 		char err[512];
 		int rc = vm_start(name, json_incref(json_object_get(what, "spec")), NULL, NULL, err,
 				  sizeof(err));
-		logf_("VM monitoring: VM %s died (%s): %s", name,
-		      json_string_value(json_object_get(what, "how")),
+		logf_("VM monitoring: VM %s %s: %s", name, why,
 		      rc == 201 ? "started again here" : err);
+		monitor_event(name, why, rc == 201 ? "started again here" : err, rc == 201);
 		if (rc == 201)
 			ha_publish();
+	}
+	json_decref(todo);
+}
+
+/* Hung guests: ferry-vm alive, its guest's kernel stalled. ferry-vm's
+ * query-status gives a heartbeat once the guest has one
+ * (machine/heartbeat.c: returns to user mode and WFIs, on the guest
+ * clock, which stops while paused); an HA VM running whose heartbeat has
+ * stalled HUNG_AFTER_MS is killed and started again here, within the
+ * same limit an hour as a crash. Looked at every HUNG_LOOK_MS. */
+#define HUNG_AFTER_MS 10000
+#define HUNG_LOOK_MS 1000
+
+/* The VM's heartbeat stall (ms) if it runs with one, else -1. */
+static json_int_t heartbeat_stall(const char *ctl)
+{
+	char e[256];
+	json_t *st = qmp_call(ctl, "query-status", NULL, e, sizeof(e));
+	json_t *beat = json_object_get(st, "heartbeat");
+	bool running = json_is_true(json_object_get(st, "running"));
+	json_int_t stall = running && beat ? json_integer_value(json_object_get(beat,
+									  "stalled_ms")) : -1;
+	json_decref(st);
+	return stall;
+}
+
+/* Kills a hung VM's ferry-vm and starts it again here. */
+static void restart_hung(const char *name, json_t *spec, json_int_t stall_ms)
+{
+	char why[128], err[512];
+	snprintf(why, sizeof(why), "hung: no guest heartbeat for %lld s (ferry-vm alive)",
+		 (long long)(stall_ms / 1000));
+	if (!restart_allowed(name)) {
+		logf_("VM monitoring: VM %s %s: not restarted, %d restarts in the last hour "
+		      "already", name, why, MONITOR_RESTARTS_PER_HOUR);
+		monitor_event(name, why, "not restarted: the limit an hour", false);
+		return;
+	}
+	pthread_mutex_lock(&vms_lock);
+	struct vm *vm = vm_find(name);
+	if (vm && !vm->exited) {
+		vm->monitor_done = true;   /* not a crash for restart_crashed */
+		kill(vm->pid, SIGKILL);
+	}
+	pthread_mutex_unlock(&vms_lock);
+	bool ended = false;
+	for (int i = 0; i < 200 && !ended; i++) {   /* 10 s: the monitor notes the end */
+		usleep(50 * 1000);
+		pthread_mutex_lock(&vms_lock);
+		vm = vm_find(name);
+		ended = !vm || vm->exited;
+		pthread_mutex_unlock(&vms_lock);
+	}
+	int rc = ended ? vm_start(name, json_incref(spec), NULL, NULL, err, sizeof(err)) : 0;
+	if (!ended)
+		snprintf(err, sizeof(err), "its ferry-vm did not end after SIGKILL");
+	logf_("VM monitoring: VM %s %s: %s", name, why, rc == 201 ? "started again here" : err);
+	monitor_event(name, why, rc == 201 ? "started again here" : err, rc == 201);
+	if (rc == 201)
+		ha_publish();
+}
+
+static void watch_heartbeats(void)
+{
+	static int64_t last_look;
+	static json_t *given_up;   /* name -> pid left hung (over the limit) */
+	if (mono_ms() - last_look < HUNG_LOOK_MS)
+		return;
+	last_look = mono_ms();
+	if (!given_up)
+		given_up = json_object();
+	json_t *todo = json_object();
+	pthread_mutex_lock(&vms_lock);
+	struct vm **list;
+	int n = vms_snapshot(&list);
+	for (int i = 0; i < n; i++) {
+		struct vm *vm = list[i];
+		if (vm->exited || vm->incoming || vm->leaving || vm->fenced || vm->pid <= 0 ||
+		    !ha_wanted(vm->spec))
+			continue;
+		char *ctl = vm_control_path(vm);
+		json_object_set_new(todo, vm->name, json_pack("{s:s, s:O, s:i}", "ctl", ctl, "spec",
+							      vm->spec, "pid", (int)vm->pid));
+		free(ctl);
+	}
+	pthread_mutex_unlock(&vms_lock);
+	const char *name;
+	json_t *what;
+	json_object_foreach(todo, name, what) {
+		json_int_t pid = json_integer_value(json_object_get(what, "pid"));
+		if (json_integer_value(json_object_get(given_up, name)) == pid)
+			continue;
+		json_int_t stall = heartbeat_stall(json_string_value(json_object_get(what, "ctl")));
+		if (stall < HUNG_AFTER_MS)
+			continue;
+		if (!restart_allowed_peek(name))
+			json_object_set_new(given_up, name, json_integer(pid));
+		restart_hung(name, json_object_get(what, "spec"), stall);
 	}
 	json_decref(todo);
 }
@@ -598,6 +738,7 @@ static void *ha_agent_loop(void *arg)
 			ha_publish();
 			restart_fenced();
 			restart_crashed();
+			watch_heartbeats();
 		}
 		char err[512];
 		json_t *records = etcd_get_prefix(&etcd_ha, HA_PREFIX, err, sizeof(err));
