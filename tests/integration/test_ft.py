@@ -51,7 +51,9 @@ What is proved, and how it would fail:
   own records ahead of it); the primary dies just after an ACK, before
   writing that epoch's writes (ft-after-ack:N): the secondary writes them
   at takeover (without that, a record the guest wrote is missing). Then a
-  fresh boot's `ft disklog-check` finds every acknowledged record.
+  fresh boot's `ft disklog-check` finds every acknowledged record; and
+  ft-stop, then a killed secondary, each write out what the primary held
+  (dropping it instead, the guest's read-back of an earlier record fails).
 - early epochs: with epoch_ms 1500, each of 20 echo round trips one
   after another ends its epoch early (query-ft counts them), min_epoch_ms
   after the last, instead of waiting out the 1.5 s epoch.
@@ -574,3 +576,47 @@ def test_ft_disk_primary_dies_after_ack_secondary_writes_the_epoch():
     a gap, or the guest's read-back of an earlier record fails)."""
     ev, _ = disk_failover("ft-after-ack")
     assert ev["replayed_writes"] > 0, ev
+
+
+def test_ft_stop_and_a_lost_secondary_write_out_what_was_held():
+    """ft-stop, and later a secondary killed, each end the hold: what the
+    primary held goes to the image before the guest's writes go straight
+    there again (the guest reads earlier records back as it goes, and a
+    fresh boot finds every acknowledged record in order)."""
+    need_namespaces()
+    initrd = guest_initrd("ftdisklog")
+    with topology.Topology() as topo, Datastore() as store, ExitStack() as vms:
+        image = store.image("log.raw", 16)
+        counter = Counter(topo)
+        vms.callback(counter.close)
+        append = (f"console=ttyS0 quiet ferry.ip={topo.guest_ip}/24 ferry.run=ftdisklog,"
+                  f"/dev/vda,{topo.client_ip},{UDP_PORT},{DISK_LOG_RATE}")
+        prim = vms.enter_context(VM(append=append, mem=MEM, disk=image, initrd=initrd,
+                                    net=f"tap=tap0,mac={MAC}", name="primary",
+                                    prefix=topo.exec_prefix(topo.hosts["a"])))
+        prim.wait_for(r"^ftdisklog: /dev/vda", BOOT)
+        qp = prim.qmp()
+        for end in ("ft-stop", "secondary killed"):
+            sec, uri = secondary(topo, image, name=f"secondary-{end.split()[0]}")
+            vms.enter_context(sec)
+            protect(prim, uri)
+            wait_log_past(prim, counter, counter.last + DISK_LOG_RATE, "protected")
+            if end == "ft-stop":
+                qp.cmd("ft-stop")
+                qp.wait_event("FT_STOPPED", timeout=30)
+                sec.wait_exit(30)
+            else:
+                sec.kill()
+                qp.wait_event("FT_UNPROTECTED", timeout=30)
+            st = qp.cmd("query-ft")
+            assert st["held_writes"] == 0 and st["held_frames"] == 0, st
+            wait_log_past(prim, counter, counter.last + DISK_LOG_RATE, f"after {end}")
+        qp.cmd("stop")
+        time.sleep(0.2)
+        acked = counter.last
+        counter.finish()
+        qp.cmd("quit")
+        assert prim.wait_exit(30) == 0, prim.tail()
+        found = check_log_on_a_fresh_boot(image, acked)
+    print(f"disk: {acked} records acknowledged through ft-stop and a lost secondary, "
+          f"{found} on the image")
