@@ -2,6 +2,7 @@
 """migrate.py - live migration, ferry-vm against QEMU, same guest and load.
 
     bench/migrate.py [--limit S] [--runs N] [--case small|large] [--no-same-rate]
+                     [--no-ram-check]
     (or: bench/run migrate)
 
 Two cases, each migrated by ferry-vm and by QEMU, one after the other,
@@ -40,9 +41,15 @@ decoded executor), printed at the top: run it as `FERRY_CPU=jit
 bench/migrate.py` for a guest that dirties memory at a rate nearer QEMU's.
 
 QEMU 7.2's own migration of this guest is broken (bench/README.md,
-"Migration": bench/qemu_ramdiff.py compares both sides' RAM): a QEMU guest
-that is not "ok" is QEMU's fault, not memload's, and its figures are those
-of a migration that did not work.
+"Migration"). So QEMU's RAM is also checked outside the guest, as
+bench/qemu_ramdiff.py does: the destination starts with -S, and once the
+source says "completed" both sides are paused at the same instant of the
+guest; pmemsave dumps all RAM on both, every page is compared, then the
+destination is told "cont" and memload's health is checked as above. A
+QEMU migration whose RAM differs is shown as such ("RAM differs k/N" in
+the status). The source's figures do not depend on when the destination
+starts. --no-ram-check leaves this out (ferry-vm's destination checks a
+digest of all RAM before every handoff anyway).
 
 Each migration has a time limit (--limit, default 300 s); past it the
 migration is cancelled and reported as "did not finish". With --runs N each
@@ -53,6 +60,7 @@ and total time at most half of QEMU's; on the large case, it must finish.
 """
 
 import argparse
+import functools
 import os
 import shutil
 import sys
@@ -62,6 +70,7 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True
 import benchlib as bl  # noqa: E402
+import qemu_ramdiff as rd  # noqa: E402
 
 DOWNTIME_MS = 300
 QEMU_MAX_BANDWIDTH = 100 << 30      # bytes/s: uncapped for any loopback
@@ -82,6 +91,7 @@ class Result:
         self.total_ms = self.downtime_ms = self.bytes = self.rounds = None
         self.write_mib_s = None
         self.verified = False
+        self.ram_pages = None       # QEMU: pages whose RAM differs (None: not checked)
         self.note = ""
 
     @property
@@ -187,7 +197,7 @@ def ferry_wait(q, limit):
 
 # ---- QEMU -------------------------------------------------------------------
 
-def qemu_migrate(case, rate, limit, work):
+def qemu_migrate(case, rate, limit, work, ram_check=True):
     res = Result()
     src_sock, dst_sock = work / "qemu-src.sock", work / "qemu-dst.sock"
     append = append_for(case, rate)
@@ -198,8 +208,9 @@ def qemu_migrate(case, rate, limit, work):
         src.wait_for(PASS_RE, READY_S)
         res.write_mib_s = guest_rate(src)
         port = bl.free_tcp_port()
-        dst = bl.Machine("qemu-dst", bl.qemu_cmd(append, mem=case["mem"], qmp=dst_sock,
-                                                 incoming=f"tcp:127.0.0.1:{port}"),
+        dst_cmd = bl.qemu_cmd(append, mem=case["mem"], qmp=dst_sock,
+                              incoming=f"tcp:127.0.0.1:{port}")
+        dst = bl.Machine("qemu-dst", dst_cmd + (["-S"] if ram_check else []),
                          work, dst_sock)
         wait_listening(port, "QEMU destination")
         q = src.qmp()
@@ -216,12 +227,36 @@ def qemu_migrate(case, rate, limit, work):
         if not res.finished:
             res.note = info.get("error-desc", "")
             return res
+        if ram_check:
+            qemu_compare_ram(q, dst.qmp(), case["mem"], work, res)
         destination_healthy(dst, res)
+        if res.ram_pages:
+            res.note = (f"RAM differs in {res.ram_pages} page(s) after 'completed'"
+                        + (f"; {res.note}" if res.note else ""))
         return res
     finally:
         src.kill()
         if dst:
             dst.kill()
+
+
+def qemu_compare_ram(q_src, q_dst, mem_mib, work, res):
+    """Both sides paused after "completed" (the destination was started
+    with -S): dump and compare all RAM, then let the destination run."""
+    wait_until_status(q_dst, lambda s: s != "inmigrate", "QEMU destination loaded")
+    src_ram, dst_ram = work / "qemu-src.ram", work / "qemu-dst.ram"
+    try:
+        rd.dump(q_src, mem_mib, src_ram)
+        rd.dump(q_dst, mem_mib, dst_ram)
+        res.ram_pages = len(rd.diff_pages(src_ram, dst_ram))
+    finally:
+        for f in (src_ram, dst_ram):
+            f.unlink(missing_ok=True)
+    q_dst.cmd("cont")
+
+
+def wait_until_status(q, ok, what):
+    bl.wait_until(lambda: ok(q.cmd("query-status")["status"]), 30, what)
 
 
 def qemu_wait(q, limit):
@@ -265,12 +300,15 @@ class Column:
         n = len(self.runs)
         good = sum(r.finished and r.verified for r in self.runs)
         done = len(self.done())
+        checked = [r for r in self.runs if r.ram_pages is not None]
+        ram = (f", RAM differs {sum(r.ram_pages > 0 for r in checked)}/{len(checked)}"
+               if checked else "")
         if n == 1:
             r = self.runs[0]
             if not r.finished:
                 return r.status
-            return "completed, guest ok" if r.verified else "completed, GUEST BAD"
-        return f"{done}/{n} completed, {good}/{n} guest ok"
+            return ("completed, guest ok" if r.verified else "completed, GUEST BAD") + ram
+        return f"{done}/{n} completed, {good}/{n} guest ok{ram}"
 
 
 def migrate_column(label, fn, case, rate, limit, work, runs):
@@ -359,12 +397,13 @@ def run_case(name, args, work):
           f"{args.runs} run{'s' if args.runs > 1 else ''} a column")
     sys.stdout.flush()
     f = migrate_column("ferry-vm", ferry_migrate, case, 0, args.limit, work, args.runs)
-    q = migrate_column("qemu", qemu_migrate, case, 0, args.limit, work, args.runs)
+    qemu = functools.partial(qemu_migrate, ram_check=args.ram_check)
+    q = migrate_column("qemu", qemu, case, 0, args.limit, work, args.runs)
     cols = [f, q]
     rate = f.med("write_mib_s")
     if args.same_rate and rate:
         rate = max(1, int(round(rate)))
-        cols.append(migrate_column(f"qemu --rate {rate}", qemu_migrate, case, rate,
+        cols.append(migrate_column(f"qemu --rate {rate}", qemu, case, rate,
                                    args.limit, work, args.runs))
     print_case(name, cols)
     print_aims(name, f, q)
@@ -382,6 +421,8 @@ def main(argv=None):
                     help="run only this case (repeatable; default both)")
     ap.add_argument("--no-same-rate", dest="same_rate", action="store_false",
                     help="leave out QEMU at ferry-vm's guest write rate")
+    ap.add_argument("--no-ram-check", dest="ram_check", action="store_false",
+                    help="do not compare QEMU's RAM on both sides after each migration")
     args = ap.parse_args(argv)
     bl.need_guest()
     print("== migrate: ferry-vm and QEMU on loopback, same kernel and memload, "
