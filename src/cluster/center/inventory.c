@@ -27,7 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SWEEP_WORKERS 8
+#define SWEEP_WORKERS 4
 #define REPORT_TIMEOUT_MS 5000
 
 static json_t *ferryd_call_within(const char *url, const char *method, const char *path,
@@ -193,6 +193,42 @@ static void update_vms(const char *host, json_t *vm_list, json_t *strays)
  * again. */
 static json_t *live_hosts;
 
+/* The datastores and networks last written for each host (name -> their
+ * report's text), under db_lock: rewritten only when they change, which
+ * at 2,500 hosts spares the API most of the sweep's writes. */
+static json_t *devices_written;
+
+static void write_devices(const char *name, json_t *rep)
+{
+	json_t *devices = json_pack("[O?, O?]", json_object_get(rep, "datastores"),
+				    json_object_get(rep, "networks"));
+	char *text = json_dumps(devices, JSON_COMPACT);
+	json_decref(devices);
+	if (!devices_written)
+		devices_written = json_object();
+	const char *was = json_string_value(json_object_get(devices_written, name));
+	if (text && was && !strcmp(was, text)) {
+		free(text);
+		return;
+	}
+	db_exec("DELETE FROM datastores WHERE host = ?", json_pack("[s]", name));
+	db_exec("DELETE FROM networks WHERE host = ?", json_pack("[s]", name));
+	size_t i;
+	json_t *d;
+	json_array_foreach(json_object_get(rep, "datastores"), i, d)
+		db_exec("INSERT OR REPLACE INTO datastores VALUES(?, ?, ?, ?)",
+			json_pack("[s, O, O, O]", name, json_object_get(d, "name"),
+				  json_object_get(d, "path"), json_object_get(d, "free_mib")));
+	json_array_foreach(json_object_get(rep, "networks"), i, d)
+		db_exec("INSERT OR REPLACE INTO networks VALUES(?, ?, ?, ?)",
+			json_pack("[s, O, O, b]", name, json_object_get(d, "name"),
+				  json_object_get(d, "bridge"),
+				  json_is_true(json_object_get(d, "present"))));
+	if (text)
+		json_object_set_new(devices_written, name, json_string(text));
+	free(text);
+}
+
 /* A host whose ferryd did not answer its report: unreachable, with why
  * (said in the log when it starts). Under db_lock. */
 static void mark_unreachable(const char *name, const char *url, const char *address,
@@ -245,19 +281,7 @@ static void refresh_host(const char *name, json_t *info)
 				  json_object_get(rep, "isa") ?: json_null(),
 				  json_object_get(rep, "load") ?: json_null()));
 		free(text);
-		db_exec("DELETE FROM datastores WHERE host = ?", json_pack("[s]", name));
-		db_exec("DELETE FROM networks WHERE host = ?", json_pack("[s]", name));
-		size_t i;
-		json_t *d;
-		json_array_foreach(json_object_get(rep, "datastores"), i, d)
-			db_exec("INSERT OR REPLACE INTO datastores VALUES(?, ?, ?, ?)",
-				json_pack("[s, O, O, O]", name, json_object_get(d, "name"),
-					  json_object_get(d, "path"), json_object_get(d, "free_mib")));
-		json_array_foreach(json_object_get(rep, "networks"), i, d)
-			db_exec("INSERT OR REPLACE INTO networks VALUES(?, ?, ?, ?)",
-				json_pack("[s, O, O, b]", name, json_object_get(d, "name"),
-					  json_object_get(d, "bridge"),
-					  json_is_true(json_object_get(d, "present"))));
+		write_devices(name, rep);
 		update_vms(name, json_object_get(rep, "vm_list"), strays);
 		ha_audit_monitor(name, json_object_get(rep, "monitor_events"));
 	} else {
