@@ -2,7 +2,8 @@
 """qemu_ramdiff.py - does QEMU's own migration deliver the guest's RAM intact?
 
     bench/qemu_ramdiff.py [--runs N] [--mem MiB] [--run CMD] [--qemu-args "..."]
-                          [--initrd FILE] [--keep DIR]
+                          [--initrd FILE] [--keep DIR] [--qemu-defaults]
+                          [--no-compare]
 
 A check that needs no guest workload to be right. One QEMU migration on
 loopback, as bench/migrate.py does it, but the destination is started with
@@ -17,8 +18,12 @@ says afterwards (memload's lines, or an ERROR) is shown next to it.
 
 --run is the guest's ferry.run (default memload,--mib,16,--rate,0);
 --qemu-args adds arguments to both QEMU processes (e.g.
-"-accel tcg,thread=single -cpu rv64,sstc=off"). Exit status 0 when every
-migration left the two RAM images identical, 1 otherwise.
+"-accel tcg,thread=single -cpu rv64,sstc=off"); --qemu-defaults keeps
+QEMU's own bandwidth cap instead of migrate.py's 100 GiB/s; --keep DIR
+keeps both RAM images of a migration whose RAM differs; --no-compare lets
+the destination run at once, as migrate.py did before, with no dumps.
+Exit status 0 when every migration left the two RAM images identical, 1
+otherwise. Findings: bench/README.md, "Migration".
 """
 
 import argparse
