@@ -271,15 +271,19 @@ static void print_task(json_t *t)
 {
 	printf("task %lld: %s %s", json_integer_value(json_object_get(t, "id")), str(t, "kind"),
 	       str(t, "vm"));
-	if (!strcmp(str(t, "kind"), "migrate"))
+	if (!strcmp(str(t, "kind"), "migrate") || !strcmp(str(t, "kind"), "ft-failover"))
 		printf(" %s -> %s", str(t, "source"), str(t, "destination"));
+	else if (!strcmp(str(t, "kind"), "ft-enable"))
+		printf(" primary %s, secondary %s", str(t, "source"), str(t, "destination"));
 	printf(" (%s priority)\n  state: %s\n", str(t, "priority"), str(t, "state"));
 	if (json_is_string(json_object_get(t, "waiting")))
 		printf("  waiting: %s\n", str(t, "waiting"));
 	if (json_is_string(json_object_get(t, "at")))
 		printf("  at: %s\n", str(t, "at"));
 	json_t *p = json_object_get(t, "progress");
-	if (json_is_object(p))
+	if (json_is_object(p) && !json_object_get(p, "percent"))   /* ft-enable: a phase */
+		printf("  phase: %s\n", str(p, "phase"));
+	else if (json_is_object(p))
 		printf("  progress: %lld%%, %lld bytes sent, %lld left, %.0f Mbit/s, %s\n",
 		       json_integer_value(json_object_get(p, "percent")),
 		       json_integer_value(json_object_get(p, "transferred_bytes")),
