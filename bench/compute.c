@@ -11,7 +11,11 @@
  *   matmul  an integer matrix product, repeated (loads, multiply-adds,
  *           nested loops with short blocks);
  *   sort    qsort() of pseudo-random words, repeated (calls through a
- *           function pointer, unpredictable branches, stores).
+ *           function pointer, unpredictable branches, stores);
+ *   mix     a CoreMark-like mix: a linked list (find, reverse, pointer
+ *           chasing), a small int16 matrix (add, multiply, bit fields),
+ *           a state machine scanning text for numbers (byte loads, a
+ *           switch), and a CRC-16 over all their results (bit loops).
  * Each kernel is timed with clock_gettime(CLOCK_MONOTONIC) and folded into
  * one checksum. The output, for bench/compute.py to parse:
  *
@@ -19,6 +23,7 @@
  *   compute: hash 0.812 s
  *   compute: matmul 0.655 s
  *   compute: sort 0.701 s
+ *   compute: mix 0.420 s
  *   compute: total 2.168 s checksum 0x0123456789abcdef
  *
  * --scale multiplies the work of every kernel (default 1). The checksum
@@ -38,6 +43,10 @@
 #define MAT_REPEAT	60
 #define SORT_WORDS	(1u << 16)
 #define SORT_REPEAT	4
+#define MIX_ROUNDS	6000
+#define LIST_NODES	256
+#define MIX_N		16
+#define TEXT_BYTES	2048
 
 static uint64_t compute_mix(uint64_t x)
 {
@@ -121,6 +130,166 @@ static uint64_t compute_sort(unsigned scale)
 	return sum;
 }
 
+/* ---- mix: CoreMark's four kinds of work ------------------------------- */
+
+struct mix_node {
+	struct mix_node *next;
+	uint16_t key, data;
+};
+
+static uint16_t mix_crc(uint16_t crc, uint16_t v)
+{
+	for (int i = 0; i < 16; i++) {
+		unsigned bit = (crc ^ v) & 1;
+
+		crc >>= 1;
+		v >>= 1;
+		if (bit)
+			crc ^= 0xa001;
+	}
+	return crc;
+}
+
+static struct mix_node *mix_reverse(struct mix_node *l)
+{
+	struct mix_node *prev = NULL;
+
+	while (l) {
+		struct mix_node *next = l->next;
+
+		l->next = prev;
+		prev = l;
+		l = next;
+	}
+	return prev;
+}
+
+/* find a few keys, reverse the list, fold the data seen */
+static uint16_t mix_list(struct mix_node **head, unsigned round, uint16_t crc)
+{
+	for (unsigned f = 0; f < 8; f++) {
+		uint16_t want = (uint16_t)((round * 7 + f * 31) % LIST_NODES);
+		unsigned steps = 0;
+		struct mix_node *n = *head;
+
+		while (n && n->key != want) {
+			n = n->next;
+			steps++;
+		}
+		crc = mix_crc(crc, (uint16_t)(n ? n->data + steps : steps));
+	}
+	*head = mix_reverse(*head);
+	return mix_crc(crc, (*head)->key);
+}
+
+static uint16_t mix_matrix(int16_t a[MIX_N][MIX_N], int16_t b[MIX_N][MIX_N],
+			   int32_t c[MIX_N][MIX_N], int16_t v, uint16_t crc)
+{
+	for (int i = 0; i < MIX_N; i++)
+		for (int j = 0; j < MIX_N; j++)
+			a[i][j] = (int16_t)(a[i][j] + v);
+	for (int i = 0; i < MIX_N; i++)
+		for (int j = 0; j < MIX_N; j++) {
+			int32_t acc = 0;
+
+			for (int k = 0; k < MIX_N; k++)
+				acc += a[i][k] * b[k][j];
+			c[i][j] = acc;
+		}
+	int32_t sum = 0;
+
+	for (int i = 0; i < MIX_N; i++)
+		for (int j = 0; j < MIX_N; j++)
+			sum += (c[i][j] >> 2) & 0x7f;
+	return mix_crc(crc, (uint16_t)sum);
+}
+
+enum mix_state { MS_START, MS_INT, MS_FRAC, MS_EXP, MS_BAD };
+
+/* count the numbers of each kind in the text, as CoreMark's core_state */
+static uint16_t mix_state(const char *text, uint16_t crc)
+{
+	unsigned counts[5] = { 0 };
+	enum mix_state st = MS_START;
+
+	for (const char *p = text; *p; p++) {
+		char ch = *p;
+
+		if (ch == ',') {
+			counts[st]++;
+			st = MS_START;
+			continue;
+		}
+		switch (st) {
+		case MS_START:
+			st = (ch >= '0' && ch <= '9') || ch == '-' ? MS_INT : MS_BAD;
+			break;
+		case MS_INT:
+			if (ch == '.')
+				st = MS_FRAC;
+			else if (ch == 'e')
+				st = MS_EXP;
+			else if (ch < '0' || ch > '9')
+				st = MS_BAD;
+			break;
+		case MS_FRAC:
+			if (ch == 'e')
+				st = MS_EXP;
+			else if (ch < '0' || ch > '9')
+				st = MS_BAD;
+			break;
+		case MS_EXP:
+			if ((ch < '0' || ch > '9') && ch != '-')
+				st = MS_BAD;
+			break;
+		case MS_BAD:
+			break;
+		}
+	}
+	for (int i = 0; i < 5; i++)
+		crc = mix_crc(crc, (uint16_t)counts[i]);
+	return crc;
+}
+
+static uint64_t compute_mix_kernel(unsigned scale)
+{
+	static struct mix_node nodes[LIST_NODES];
+	static int16_t a[MIX_N][MIX_N], b[MIX_N][MIX_N];
+	static int32_t c[MIX_N][MIX_N];
+	static char text[TEXT_BYTES + 1];
+	static const char *const words[] = { "5012", "1234", "-874", "3.14", "1e-5",
+					      "0.5e3", "x19", "-1.2e", "77", "8.88" };
+	struct mix_node *head = NULL;
+	uint16_t crc = 0;
+	size_t len = 0;
+
+	for (unsigned i = 0; i < LIST_NODES; i++) {
+		nodes[i] = (struct mix_node){ head, (uint16_t)((i * 97) % LIST_NODES),
+					      (uint16_t)compute_mix(i) };
+		head = &nodes[i];
+	}
+	for (int i = 0; i < MIX_N; i++)
+		for (int j = 0; j < MIX_N; j++) {
+			a[i][j] = (int16_t)(compute_mix((uint64_t)i * MIX_N + j) & 0xff);
+			b[i][j] = (int16_t)(compute_mix((uint64_t)j * MIX_N + i + 999) & 0xff);
+		}
+	for (unsigned i = 0; len + 8 < TEXT_BYTES; i++) {
+		const char *w = words[compute_mix(i) % 10];
+		size_t n = strlen(w);
+
+		memcpy(text + len, w, n);
+		text[len + n] = ',';
+		len += n + 1;
+	}
+	text[len] = 0;
+	for (unsigned r = 0; r < MIX_ROUNDS * scale; r++) {
+		crc = mix_list(&head, r, crc);
+		crc = mix_matrix(a, b, c, (int16_t)(r & 7), crc);
+		crc = mix_state(text + (r % 16), crc);
+	}
+	return crc;
+}
+
 static unsigned compute_parse(int argc, char **argv)
 {
 	char *end;
@@ -147,6 +316,7 @@ int main(int argc, char **argv)
 		{ "hash", compute_hash },
 		{ "matmul", compute_matmul },
 		{ "sort", compute_sort },
+		{ "mix", compute_mix_kernel },
 	};
 	unsigned scale = compute_parse(argc, argv);
 	uint64_t checksum = 0;

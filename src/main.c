@@ -70,7 +70,10 @@ static void usage(FILE *f)
 		"  --tls-creds DIR         migrate over TLS 1.3 with DIR's certificates\n"
 		"  --console stdio|none|FILE\n"
 		"                          where the serial console goes (default stdio)\n"
-		"  --help, --version\n", MAX_HARTS);
+		"  --help, --version\n"
+		"environment: FERRY_CPU=jit|decoded|interp  the CPU's executor: the x86-64\n"
+		"  JIT (default), the decoded executor alone, or the reference interpreter\n",
+		MAX_HARTS);
 }
 
 static void bad_arg(const char *fmt, const char *what)
@@ -337,6 +340,8 @@ int main(int argc, char **argv)
 {
 	struct options o;
 	parse_options(argc, argv, &o);
+	if (cpu_executor_error())
+		bad_arg("%s", cpu_executor_error());
 	signal(SIGPIPE, SIG_IGN);
 
 	struct vmm vmm = VMM_INIT;

@@ -3,10 +3,10 @@
  *
  * A hart thread loops: handle requests from other threads, update the
  * timer interrupt, take a pending interrupt, then execute a burst of up to
- * BURST instructions, with the decoded executor (exec.c) or, when
- * FERRY_CPU=interp is in the environment, with the reference interpreter
- * (interp.c). Interrupts are taken only between bursts, so always at an
- * instruction boundary; a burst also ends early when an instruction
+ * BURST instructions, with the JIT (jit.c, through the decoded executor,
+ * exec.c), the decoded executor alone (FERRY_CPU=decoded) or the
+ * reference interpreter (FERRY_CPU=interp, interp.c). Interrupts are
+ * taken only between bursts, so always at an instruction boundary; a burst also ends early when an instruction
  * changes what the loop must look at (WFI, a CSR write, xRET) or another
  * thread posts a request.
  */
@@ -19,7 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-#define BURST 2048
+#define BURST 8192
 
 void hart_run_burst(struct hart *h, uint64_t budget)
 {
@@ -31,15 +31,41 @@ void hart_run_burst(struct hart *h, uint64_t budget)
 
 /* ---- the hart thread ---------------------------------------------------- */
 
+/* FERRY_CPU picks the executor: "jit" (the default on x86-64 hosts),
+ * "decoded" (the decoded executor alone, the default elsewhere) or
+ * "interp" (the reference interpreter). */
+enum executor { EXECUTOR_JIT, EXECUTOR_DECODED, EXECUTOR_INTERP, EXECUTOR_BAD };
+
+static enum executor executor_from_env(void)
+{
+	const char *cpu = getenv("FERRY_CPU");
+	if (!cpu || !*cpu || !strcmp(cpu, "jit"))
+		return EXECUTOR_JIT;
+	if (!strcmp(cpu, "decoded"))
+		return EXECUTOR_DECODED;
+	if (!strcmp(cpu, "interp"))
+		return EXECUTOR_INTERP;
+	return EXECUTOR_BAD;
+}
+
+const char *cpu_executor_error(void)
+{
+	if (executor_from_env() == EXECUTOR_BAD)
+		return "FERRY_CPU must be jit (the default), decoded or interp";
+	return NULL;
+}
+
 void hart_init(struct hart *h, const struct cpu_bus *bus, unsigned id)
 {
 	memset(h, 0, offsetof(struct hart, tlbs));
 	h->bus = bus;
 	h->id = id;
 	h->dpages = xcalloc(bus->ram_size >> PAGE_SHIFT, sizeof(*h->dpages), "decoded code");
-	const char *cpu = getenv("FERRY_CPU");
-	h->reference = cpu && !strcmp(cpu, "interp");
-	h->jit = cpu && !strcmp(cpu, "jit");
+	enum executor ex = executor_from_env();
+	h->reference = ex == EXECUTOR_INTERP;
+#if defined(__x86_64__)
+	h->jit = ex == EXECUTOR_JIT || ex == EXECUTOR_BAD;   /* ferry-vm refused a bad one */
+#endif
 	hart_reset_csrs(h);
 	h->jtc_filled = (1u << TLBCTX_COUNT) - 1;   /* so that the flush empties them */
 	tlb_flush_all(h);

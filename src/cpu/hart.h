@@ -183,6 +183,9 @@ struct hart {
 };
 
 void hart_init(struct hart *h, const struct cpu_bus *bus, unsigned id);
+/* NULL, or why FERRY_CPU names no executor (hart_init then uses the
+ * default). */
+const char *cpu_executor_error(void);
 /* Run up to budget instructions now, on the calling thread (the hart
  * loop's burst; unit tests drive harts with it). */
 void hart_run_burst(struct hart *h, uint64_t budget);

@@ -55,11 +55,10 @@
  */
 #include "cpu/internal.h"
 
-#include <stdarg.h>
 #include <stddef.h>
 #include <sys/mman.h>
 
-#define JIT_ARENA (4u << 20)
+#define JIT_ARENA (32u << 20)
 #define JIT_MAX_INSNS 48
 #define JIT_REGS 10
 /* per instruction at most a probe, a load and an exit stub */
@@ -102,7 +101,15 @@ struct emitter {
 #define JTC_OFFSET ((int32_t)(offsetof(struct hart, jtc) - offsetof(struct hart, x)))
 #define REQUESTS_OFFSET ((int32_t)(offsetof(struct hart, requests) - offsetof(struct hart, x)))
 
-static void emit(struct emitter *em, unsigned n, ...);
+static void emit_bytes(struct emitter *em, const uint8_t *bytes, size_t n)
+{
+	memcpy(em->p, bytes, n);
+	em->p += n;
+}
+
+/* EMIT(em, bytes...): append the bytes */
+#define EMIT(em, ...) emit_bytes((em), (const uint8_t[]){ __VA_ARGS__ }, \
+				 sizeof((const uint8_t[]){ __VA_ARGS__ }))
 
 static void byte(struct emitter *em, uint8_t b) { *em->p++ = b; }
 static void u32le(struct emitter *em, uint32_t v)
@@ -176,20 +183,12 @@ static void shift_rax_cl(struct emitter *em, unsigned digit, bool wide)
  * movzx eax, al) */
 static void set_flag(struct emitter *em, bool is_signed)
 {
-	emit(em, 6, 0x0f, is_signed ? 0x9c : 0x92, 0xc0, 0x0f, 0xb6, 0xc0);
+	EMIT(em, 0x0f, is_signed ? 0x9c : 0x92, 0xc0, 0x0f, 0xb6, 0xc0);
 }
 
-static void sext_eax(struct emitter *em) { emit(em, 3, 0x48, 0x63, 0xc0); }  /* movsxd rax, eax */
-static void zext_eax(struct emitter *em) { emit(em, 2, 0x89, 0xc0); }        /* mov eax, eax */
+static void sext_eax(struct emitter *em) { EMIT(em, 0x48, 0x63, 0xc0); }  /* movsxd rax, eax */
+static void zext_eax(struct emitter *em) { EMIT(em, 0x89, 0xc0); }        /* mov eax, eax */
 
-static void emit(struct emitter *em, unsigned n, ...)
-{
-	va_list ap;
-	va_start(ap, n);
-	for (unsigned i = 0; i < n; i++)
-		byte(em, (uint8_t)va_arg(ap, int));
-	va_end(ap);
-}
 
 /* The host register holding guest register g, loading it on first use
  * (load false: g is only written). -1 when none is free. */
@@ -257,8 +256,8 @@ static void u32at(uint8_t *at, uint32_t v) { memcpy(at, &v, 4); }
  * and return (eax holds the result). */
 static void epilogue(struct emitter *em)
 {
-	emit(em, 4, 0x48, 0x83, 0xc4, 0x10);              /* add rsp, 16 */
-	emit(em, 10, 0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b);
+	EMIT(em, 0x48, 0x83, 0xc4, 0x10);              /* add rsp, 16 */
+	EMIT(em, 0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b);
 	byte(em, 0xc3);
 }
 
@@ -293,18 +292,18 @@ static void compile_mem(struct emitter *em, const struct dinsn *d, int a, int b)
 	mov_rr(em, RAX, (unsigned)a);
 	alu_rax_imm(em, 0, d->imm);                       /* rax = va */
 	mov_rr(em, RCX, RAX);
-	emit(em, 4, 0x48, 0xc1, 0xe9, PAGE_SHIFT);        /* shr rcx, 12 */
-	emit(em, 2, 0x89, 0xca);                          /* mov edx, ecx */
-	emit(em, 2, 0x81, 0xe2); u32le(em, TLB_SIZE - 1); /* and edx, TLB_SIZE-1 */
-	emit(em, 3, 0xc1, 0xe2, 4);                       /* shl edx, 4 */
-	emit(em, 4, 0x48, 0x3b, 0x8c, 0x16); u32le(em, set); /* cmp rcx, [rsi+rdx+set] */
-	emit(em, 2, 0x0f, 0x85); uint8_t *j1 = em->p; u32le(em, 0); /* jne stub */
+	EMIT(em, 0x48, 0xc1, 0xe9, PAGE_SHIFT);        /* shr rcx, 12 */
+	EMIT(em, 0x89, 0xca);                          /* mov edx, ecx */
+	EMIT(em, 0x81, 0xe2); u32le(em, TLB_SIZE - 1); /* and edx, TLB_SIZE-1 */
+	EMIT(em, 0xc1, 0xe2, 4);                       /* shl edx, 4 */
+	EMIT(em, 0x48, 0x3b, 0x8c, 0x16); u32le(em, set); /* cmp rcx, [rsi+rdx+set] */
+	EMIT(em, 0x0f, 0x85); uint8_t *j1 = em->p; u32le(em, 0); /* jne stub */
 	uint8_t *j2 = NULL;
 	if (sz > 1) {
-		emit(em, 2, 0x89, 0xc1);                  /* mov ecx, eax */
-		emit(em, 2, 0x81, 0xe1); u32le(em, 0xfff); /* and ecx, 0xfff */
-		emit(em, 2, 0x81, 0xf9); u32le(em, (uint32_t)(PAGE_SIZE - sz)); /* cmp ecx, */
-		emit(em, 2, 0x0f, 0x87); j2 = em->p; u32le(em, 0); /* ja stub */
+		EMIT(em, 0x89, 0xc1);                  /* mov ecx, eax */
+		EMIT(em, 0x81, 0xe1); u32le(em, 0xfff); /* and ecx, 0xfff */
+		EMIT(em, 0x81, 0xf9); u32le(em, (uint32_t)(PAGE_SIZE - sz)); /* cmp ecx, */
+		EMIT(em, 0x0f, 0x87); j2 = em->p; u32le(em, 0); /* ja stub */
 	}
 	byte(em, 0xe9); uint8_t *j3 = em->p; u32le(em, 0);   /* jmp hit */
 	uint8_t *stub = em->p;
@@ -314,25 +313,25 @@ static void compile_mem(struct emitter *em, const struct dinsn *d, int a, int b)
 	if (j2)
 		u32at(j2, (uint32_t)(stub - (j2 + 4)));
 	u32at(j3, (uint32_t)(hit - (j3 + 4)));
-	emit(em, 4, 0x48, 0x8b, 0x8c, 0x16); u32le(em, set + 8); /* mov rcx, [rsi+rdx+set+8] */
+	EMIT(em, 0x48, 0x8b, 0x8c, 0x16); u32le(em, set + 8); /* mov rcx, [rsi+rdx+set+8] */
 	if (st) {
 		mov_rr(em, RDX, (unsigned)b);
 		switch (sz) {                              /* mov [rax+rcx], dl/dx/edx/rdx */
-		case 1: emit(em, 3, 0x88, 0x14, 0x08); break;
-		case 2: emit(em, 4, 0x66, 0x89, 0x14, 0x08); break;
-		case 4: emit(em, 3, 0x89, 0x14, 0x08); break;
-		case 8: emit(em, 4, 0x48, 0x89, 0x14, 0x08); break;
+		case 1: EMIT(em, 0x88, 0x14, 0x08); break;
+		case 2: EMIT(em, 0x66, 0x89, 0x14, 0x08); break;
+		case 4: EMIT(em, 0x89, 0x14, 0x08); break;
+		case 8: EMIT(em, 0x48, 0x89, 0x14, 0x08); break;
 		}
 		return;
 	}
 	switch (d->op) {                                  /* rax = [rax+rcx], extended */
-	case OP_LB: emit(em, 5, 0x48, 0x0f, 0xbe, 0x04, 0x08); break;
-	case OP_LH: emit(em, 5, 0x48, 0x0f, 0xbf, 0x04, 0x08); break;
-	case OP_LW: emit(em, 4, 0x48, 0x63, 0x04, 0x08); break;
-	case OP_LD: emit(em, 4, 0x48, 0x8b, 0x04, 0x08); break;
-	case OP_LBU: emit(em, 4, 0x0f, 0xb6, 0x04, 0x08); break;
-	case OP_LHU: emit(em, 4, 0x0f, 0xb7, 0x04, 0x08); break;
-	case OP_LWU: emit(em, 3, 0x8b, 0x04, 0x08); break;
+	case OP_LB: EMIT(em, 0x48, 0x0f, 0xbe, 0x04, 0x08); break;
+	case OP_LH: EMIT(em, 0x48, 0x0f, 0xbf, 0x04, 0x08); break;
+	case OP_LW: EMIT(em, 0x48, 0x63, 0x04, 0x08); break;
+	case OP_LD: EMIT(em, 0x48, 0x8b, 0x04, 0x08); break;
+	case OP_LBU: EMIT(em, 0x0f, 0xb6, 0x04, 0x08); break;
+	case OP_LHU: EMIT(em, 0x0f, 0xb7, 0x04, 0x08); break;
+	case OP_LWU: EMIT(em, 0x8b, 0x04, 0x08); break;
 	}
 }
 
@@ -358,16 +357,16 @@ static void chain(struct emitter *em, int32_t target)
 	if (!to)
 		return;
 	uint32_t k = em->count + em->pending;
-	emit(em, 4, 0x48, 0x8b, 0x0c, 0x24);              /* mov rcx, [rsp] */
-	emit(em, 3, 0x48, 0x81, 0x39); u32le(em, k);      /* cmp qword [rcx], k */
-	emit(em, 2, 0x0f, 0x8e); uint8_t *j1 = em->p; u32le(em, 0);  /* jle out */
-	emit(em, 2, 0x81, 0xbf); u32le(em, (uint32_t)REQUESTS_OFFSET); u32le(em, 0); /* cmp dword [rdi+req], 0 */
-	emit(em, 2, 0x0f, 0x85); uint8_t *j2 = em->p; u32le(em, 0);  /* jne out */
-	emit(em, 3, 0x48, 0x81, 0x29); u32le(em, k);      /* sub qword [rcx], k */
-	emit(em, 4, 0x48, 0x81, 0x41, 0x10); u32le(em, k); /* add qword [rcx+16], k */
-	emit(em, 5, 0x48, 0x81, 0x44, 0x24, 0x08); u32le(em, (uint32_t)target); /* add [rsp+8], t */
-	emit(em, 5, 0x48, 0x8b, 0x44, 0x24, 0x08);        /* mov rax, [rsp+8] */
-	emit(em, 4, 0x48, 0x89, 0x41, 0x08);              /* mov [rcx+8], rax */
+	EMIT(em, 0x48, 0x8b, 0x0c, 0x24);              /* mov rcx, [rsp] */
+	EMIT(em, 0x48, 0x81, 0x39); u32le(em, k);      /* cmp qword [rcx], k */
+	EMIT(em, 0x0f, 0x8e); uint8_t *j1 = em->p; u32le(em, 0);  /* jle out */
+	EMIT(em, 0x81, 0xbf); u32le(em, (uint32_t)REQUESTS_OFFSET); u32le(em, 0); /* cmp dword [rdi+req], 0 */
+	EMIT(em, 0x0f, 0x85); uint8_t *j2 = em->p; u32le(em, 0);  /* jne out */
+	EMIT(em, 0x48, 0x81, 0x29); u32le(em, k);      /* sub qword [rcx], k */
+	EMIT(em, 0x48, 0x81, 0x41, 0x10); u32le(em, k); /* add qword [rcx+16], k */
+	EMIT(em, 0x48, 0x81, 0x44, 0x24, 0x08); u32le(em, (uint32_t)target); /* add [rsp+8], t */
+	EMIT(em, 0x48, 0x8b, 0x44, 0x24, 0x08);        /* mov rax, [rsp+8] */
+	EMIT(em, 0x48, 0x89, 0x41, 0x08);              /* mov [rcx+8], rax */
 	byte(em, 0xe9); u32le(em, (uint32_t)(to - (em->p + 4)));  /* jmp to */
 	u32at(j1, (uint32_t)(em->p - (j1 + 4)));
 	u32at(j2, (uint32_t)(em->p - (j2 + 4)));
@@ -386,28 +385,28 @@ static void chain_table(struct emitter *em)
 {
 	uint32_t k = em->count + em->pending;
 	uint8_t *out[4];
-	emit(em, 3, 0x48, 0x8b, 0x97); u32le(em, (uint32_t)JTC_OFFSET); /* mov rdx, h->jtc */
-	emit(em, 2, 0x89, 0xc1);                          /* mov ecx, eax */
-	emit(em, 2, 0xd1, 0xe9);                          /* shr ecx, 1 */
-	emit(em, 2, 0x81, 0xe1); u32le(em, JTC_SIZE - 1); /* and ecx, JTC_SIZE-1 */
-	emit(em, 3, 0xc1, 0xe1, 5);                       /* shl ecx, 5 */
-	emit(em, 3, 0x48, 0x01, 0xca);                    /* add rdx, rcx */
-	emit(em, 3, 0x48, 0x3b, 0x02);                    /* cmp rax, [rdx]: pc */
-	emit(em, 2, 0x0f, 0x85); out[0] = em->p; u32le(em, 0);   /* jne out */
-	emit(em, 4, 0x48, 0x8b, 0x4a, 0x08);              /* mov rcx, [rdx+8]: word */
-	emit(em, 2, 0x8b, 0x09);                          /* mov ecx, [rcx] */
-	emit(em, 3, 0x3b, 0x4a, 0x10);                    /* cmp ecx, [rdx+16]: expect */
-	emit(em, 2, 0x0f, 0x85); out[1] = em->p; u32le(em, 0);   /* jne out */
-	emit(em, 4, 0x48, 0x8b, 0x0c, 0x24);              /* mov rcx, [rsp] */
-	emit(em, 3, 0x48, 0x81, 0x39); u32le(em, k);      /* cmp qword [rcx], k */
-	emit(em, 2, 0x0f, 0x8e); out[2] = em->p; u32le(em, 0);   /* jle out */
-	emit(em, 2, 0x81, 0xbf); u32le(em, (uint32_t)REQUESTS_OFFSET); u32le(em, 0);
-	emit(em, 2, 0x0f, 0x85); out[3] = em->p; u32le(em, 0);   /* jne out */
-	emit(em, 3, 0x48, 0x81, 0x29); u32le(em, k);      /* sub qword [rcx], k */
-	emit(em, 4, 0x48, 0x81, 0x41, 0x10); u32le(em, k); /* add qword [rcx+16], k */
-	emit(em, 5, 0x48, 0x89, 0x44, 0x24, 0x08);        /* mov [rsp+8], rax */
-	emit(em, 4, 0x48, 0x89, 0x41, 0x08);              /* mov [rcx+8], rax */
-	emit(em, 3, 0xff, 0x62, 0x18);                    /* jmp [rdx+24]: code */
+	EMIT(em, 0x48, 0x8b, 0x97); u32le(em, (uint32_t)JTC_OFFSET); /* mov rdx, h->jtc */
+	EMIT(em, 0x89, 0xc1);                          /* mov ecx, eax */
+	EMIT(em, 0xd1, 0xe9);                          /* shr ecx, 1 */
+	EMIT(em, 0x81, 0xe1); u32le(em, JTC_SIZE - 1); /* and ecx, JTC_SIZE-1 */
+	EMIT(em, 0xc1, 0xe1, 5);                       /* shl ecx, 5 */
+	EMIT(em, 0x48, 0x01, 0xca);                    /* add rdx, rcx */
+	EMIT(em, 0x48, 0x3b, 0x02);                    /* cmp rax, [rdx]: pc */
+	EMIT(em, 0x0f, 0x85); out[0] = em->p; u32le(em, 0);   /* jne out */
+	EMIT(em, 0x48, 0x8b, 0x4a, 0x08);              /* mov rcx, [rdx+8]: word */
+	EMIT(em, 0x8b, 0x09);                          /* mov ecx, [rcx] */
+	EMIT(em, 0x3b, 0x4a, 0x10);                    /* cmp ecx, [rdx+16]: expect */
+	EMIT(em, 0x0f, 0x85); out[1] = em->p; u32le(em, 0);   /* jne out */
+	EMIT(em, 0x48, 0x8b, 0x0c, 0x24);              /* mov rcx, [rsp] */
+	EMIT(em, 0x48, 0x81, 0x39); u32le(em, k);      /* cmp qword [rcx], k */
+	EMIT(em, 0x0f, 0x8e); out[2] = em->p; u32le(em, 0);   /* jle out */
+	EMIT(em, 0x81, 0xbf); u32le(em, (uint32_t)REQUESTS_OFFSET); u32le(em, 0);
+	EMIT(em, 0x0f, 0x85); out[3] = em->p; u32le(em, 0);   /* jne out */
+	EMIT(em, 0x48, 0x81, 0x29); u32le(em, k);      /* sub qword [rcx], k */
+	EMIT(em, 0x48, 0x81, 0x41, 0x10); u32le(em, k); /* add qword [rcx+16], k */
+	EMIT(em, 0x48, 0x89, 0x44, 0x24, 0x08);        /* mov [rsp+8], rax */
+	EMIT(em, 0x48, 0x89, 0x41, 0x08);              /* mov [rcx+8], rax */
+	EMIT(em, 0xff, 0x62, 0x18);                    /* jmp [rdx+24]: code */
 	for (unsigned i = 0; i < 4; i++)
 		u32at(out[i], (uint32_t)(em->p - (out[i] + 4)));
 }
@@ -431,7 +430,7 @@ static void leave_to(struct emitter *em, int32_t target, bool direct)
 /* rax = the run's pc + off */
 static void pc_plus(struct emitter *em, int32_t off)
 {
-	emit(em, 5, 0x48, 0x8b, 0x44, 0x24, 0x08);        /* mov rax, [rsp+8] */
+	EMIT(em, 0x48, 0x8b, 0x44, 0x24, 0x08);        /* mov rax, [rsp+8] */
 	alu_rax_imm(em, 0, off);
 }
 
@@ -458,13 +457,13 @@ static void leave_through(struct emitter *em)
 static void self_loop(struct emitter *em)
 {
 	uint32_t k = em->count + 1;
-	emit(em, 4, 0x48, 0x8b, 0x0c, 0x24);              /* mov rcx, [rsp] */
-	emit(em, 3, 0x48, 0x81, 0x39); u32le(em, k);      /* cmp qword [rcx], k */
-	emit(em, 2, 0x0f, 0x8e); uint8_t *j1 = em->p; u32le(em, 0);  /* jle out */
-	emit(em, 2, 0x81, 0xbf); u32le(em, (uint32_t)REQUESTS_OFFSET); u32le(em, 0);
-	emit(em, 2, 0x0f, 0x85); uint8_t *j2 = em->p; u32le(em, 0);  /* jne out */
-	emit(em, 3, 0x48, 0x81, 0x29); u32le(em, k);      /* sub qword [rcx], k */
-	emit(em, 4, 0x48, 0x81, 0x41, 0x10); u32le(em, k); /* add qword [rcx+16], k */
+	EMIT(em, 0x48, 0x8b, 0x0c, 0x24);              /* mov rcx, [rsp] */
+	EMIT(em, 0x48, 0x81, 0x39); u32le(em, k);      /* cmp qword [rcx], k */
+	EMIT(em, 0x0f, 0x8e); uint8_t *j1 = em->p; u32le(em, 0);  /* jle out */
+	EMIT(em, 0x81, 0xbf); u32le(em, (uint32_t)REQUESTS_OFFSET); u32le(em, 0);
+	EMIT(em, 0x0f, 0x85); uint8_t *j2 = em->p; u32le(em, 0);  /* jne out */
+	EMIT(em, 0x48, 0x81, 0x29); u32le(em, k);      /* sub qword [rcx], k */
+	EMIT(em, 0x48, 0x81, 0x41, 0x10); u32le(em, k); /* add qword [rcx+16], k */
 	byte(em, 0xe9); u32le(em, (uint32_t)(em->loop_entry - (em->p + 4)));  /* jmp */
 	u32at(j1, (uint32_t)(em->p - (j1 + 4)));
 	u32at(j2, (uint32_t)(em->p - (j2 + 4)));
@@ -478,8 +477,8 @@ static void compile_branch(struct emitter *em, const struct dinsn *d, int a, int
 {
 	static const uint8_t jcc[] = { 0x84, 0x85, 0x8c, 0x8d, 0x82, 0x83 }; /* eq ne l ge b ae */
 	mov_rr(em, RAX, (unsigned)a);
-	emit(em, 3, 0x48 | (b >= 8 ? 4 : 0), 0x39, 0xc0 | (b & 7) << 3);  /* cmp rax, b */
-	emit(em, 2, 0x0f, jcc[d->op - OP_BEQ]);
+	EMIT(em, 0x48 | (b >= 8 ? 4 : 0), 0x39, 0xc0 | (b & 7) << 3);  /* cmp rax, b */
+	EMIT(em, 0x0f, jcc[d->op - OP_BEQ]);
 	uint8_t *j = em->p;
 	u32le(em, 0);
 	em->count++;                        /* not taken: done, with the branch */
@@ -510,12 +509,12 @@ static void compile_jump(struct emitter *em, const struct dinsn *d, int a)
 	if (indirect) {                                   /* rax = (rs1 + imm) & ~1 */
 		mov_rr(em, RAX, (unsigned)a);
 		alu_rax_imm(em, 0, d->imm);
-		emit(em, 4, 0x48, 0x83, 0xe0, 0xfe);      /* and rax, -2 */
+		EMIT(em, 0x48, 0x83, 0xe0, 0xfe);      /* and rax, -2 */
 	}
 	if (d->rd != 32) {
 		int r = reg(em, d->rd, false);
-		emit(em, 5, 0x48, 0x8b, 0x4c, 0x24, 0x08); /* mov rcx, [rsp+8] */
-		emit(em, 3, 0x48, 0x81, 0xc1);            /* add rcx, imm32 */
+		EMIT(em, 0x48, 0x8b, 0x4c, 0x24, 0x08); /* mov rcx, [rsp+8] */
+		EMIT(em, 0x48, 0x81, 0xc1);            /* add rcx, imm32 */
 		u32le(em, em->bytes + d->len);
 		mov_rr(em, (unsigned)r, RCX);
 		em->dirty[em->slot_of[d->rd]] = true;
@@ -590,21 +589,21 @@ static bool compile_one(struct emitter *em, const struct dinsn *d)
 	case OP_ADDW: alu_rax(em, 0x01, (unsigned)b); sext_eax(em); break;
 	case OP_SUBW: alu_rax(em, 0x29, (unsigned)b); sext_eax(em); break;
 	case OP_MUL: case OP_MULW:     /* imul rax, b */
-		emit(em, 4, 0x48 | (b >= 8 ? 1 : 0), 0x0f, 0xaf, 0xc0 | (b & 7));
+		EMIT(em, 0x48 | (b >= 8 ? 1 : 0), 0x0f, 0xaf, 0xc0 | (b & 7));
 		if (d->op == OP_MULW)
 			sext_eax(em);
 		break;
 	case OP_MULH: case OP_MULHU:   /* imul/mul b: rdx:rax */
-		emit(em, 3, 0x48 | (b >= 8 ? 1 : 0), 0xf7,
+		EMIT(em, 0x48 | (b >= 8 ? 1 : 0), 0xf7,
 		     (d->op == OP_MULH ? 0xe8 : 0xe0) | (b & 7));
-		emit(em, 3, 0x48, 0x89, 0xd0);             /* mov rax, rdx */
+		EMIT(em, 0x48, 0x89, 0xd0);             /* mov rax, rdx */
 		break;
 	case OP_SLT: case OP_SLTU:     /* cmp rax, b; setl/setb al */
-		emit(em, 3, 0x48 | (b >= 8 ? 4 : 0), 0x39, 0xc0 | (b & 7) << 3);
+		EMIT(em, 0x48 | (b >= 8 ? 4 : 0), 0x39, 0xc0 | (b & 7) << 3);
 		set_flag(em, d->op == OP_SLT);
 		break;
 	case OP_SLTI: case OP_SLTIU:   /* cmp rax, imm32 */
-		emit(em, 3, 0x48, 0x81, 0xf8); u32le(em, (uint32_t)d->imm);
+		EMIT(em, 0x48, 0x81, 0xf8); u32le(em, (uint32_t)d->imm);
 		set_flag(em, d->op == OP_SLTI);
 		break;
 	case OP_SLL: case OP_SRL: case OP_SRA:
@@ -641,7 +640,7 @@ static struct run compile_run(struct hart *h, struct dpage *dp, unsigned i,
 			      .pending = 1,
 			      .body = h->jit_arena + h->jit_used + JIT_PROLOGUE };
 	memset(em.slot_of, -1, sizeof(em.slot_of));
-	emit(&em, 10, 0x53, 0x55, 0x41, 0x54, 0x41, 0x55, 0x41, 0x56, 0x41, 0x57);  /* push */
+	EMIT(&em, 0x53, 0x55, 0x41, 0x54, 0x41, 0x55, 0x41, 0x56, 0x41, 0x57);  /* push */
 	byte(&em, 0x52);                  /* push rdx: the run's pc, [rsp+8] */
 	byte(&em, 0x51);                  /* push rcx: the jit_io, [rsp] */
 	if (first_pass) {

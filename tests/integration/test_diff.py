@@ -224,38 +224,40 @@ def test_diff_code_smp2():
     compare_in_guest("code", smp=2)
 
 
-# ---- the same under the JIT (FERRY_CPU=jit, src/cpu/jit.c) ------------------
+# ---- the same with the decoded executor alone (FERRY_CPU=decoded) ------------
+# The tests above run the default executor, the JIT (src/cpu/jit.c), or the
+# one FERRY_CPU names (make test runs them again under FERRY_CPU=interp).
 
-def test_diff_int_jit():
-    compare_in_guest("int", cpu="jit")
-
-
-def test_diff_muldiv_jit():
-    compare_in_guest("muldiv", cpu="jit")
+def test_diff_int_decoded():
+    compare_in_guest("int", cpu="decoded")
 
 
-def test_diff_fp_jit():
-    compare_in_guest("fp", cpu="jit")
+def test_diff_muldiv_decoded():
+    compare_in_guest("muldiv", cpu="decoded")
 
 
-def test_diff_atomics_smp4_jit():
-    compare_in_guest("atomics", smp=4, cpu="jit")
+def test_diff_fp_decoded():
+    compare_in_guest("fp", cpu="decoded")
 
 
-def test_diff_misaligned_jit():
-    compare_in_guest("misaligned", cpu="jit")
+def test_diff_atomics_smp4_decoded():
+    compare_in_guest("atomics", smp=4, cpu="decoded")
 
 
-def test_diff_csr_jit():
-    compare_in_guest("csr", cpu="jit")
+def test_diff_misaligned_decoded():
+    compare_in_guest("misaligned", cpu="decoded")
 
 
-def test_diff_code_jit():
-    compare_in_guest("code", cpu="jit")
+def test_diff_csr_decoded():
+    compare_in_guest("csr", cpu="decoded")
 
 
-def test_diff_code_smp2_jit():
-    compare_in_guest("code", smp=2, cpu="jit")
+def test_diff_code_decoded():
+    compare_in_guest("code", cpu="decoded")
+
+
+def test_diff_code_smp2_decoded():
+    compare_in_guest("code", smp=2, cpu="decoded")
 
 
 def test_diff_qemu_is_deterministic():

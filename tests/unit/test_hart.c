@@ -126,6 +126,8 @@ static int setup(void **state)
 	t->harts[0] = f->h;
 	f->t = t;
 	f->code = (uint32_t *)t->ram;
+	f->h->jit = false;                     /* the decoded executor, whatever */
+	f->h->reference = false;               /* FERRY_CPU says (setup_jit) */
 	f->h->pc = RAM_BASE;
 	f->h->mtvec = TRAP_VEC;
 	f->h->stvec = TRAP_VEC;
@@ -349,6 +351,38 @@ static void loop_leaving_at_a_load_keeps_its_registers(void **state)
 		assert_int_equal(f->h->instret, 5 + 100 * 6 + 1);
 		assert_int_equal(f->h->pc, RAM_BASE + 12 * 4);
 	}
+}
+
+/* FERRY_CPU picks the executor: the JIT by default (on x86-64), the
+ * decoded executor or the reference interpreter by name; anything else
+ * is an error ferry-vm reports (and hart_init takes the default). */
+static void ferry_cpu_picks_the_executor(void **state)
+{
+	struct fixture *f = *state;
+	static const struct { const char *env; bool jit, reference, bad; } cases[] = {
+		{ NULL, true, false, false }, { "jit", true, false, false },
+		{ "decoded", false, false, false }, { "interp", false, true, false },
+		{ "qemu", true, false, true },
+	};
+	char *saved = getenv("FERRY_CPU") ? strdup(getenv("FERRY_CPU")) : NULL;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		if (cases[i].env)
+			setenv("FERRY_CPU", cases[i].env, 1);
+		else
+			unsetenv("FERRY_CPU");
+		hart_free_code(f->h);
+		hart_init(f->h, &f->t->bus, 0);
+#if defined(__x86_64__)
+		assert_int_equal(f->h->jit, cases[i].jit);
+#endif
+		assert_int_equal(f->h->reference, cases[i].reference);
+		assert_int_equal(cpu_executor_error() != NULL, cases[i].bad);
+	}
+	if (saved)
+		setenv("FERRY_CPU", saved, 1);
+	else
+		unsetenv("FERRY_CPU");
+	free(saved);
 }
 
 /* The JIT's templates against the decoded executor: one run of ALU
@@ -612,6 +646,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(loop_counts_and_retires_exactly, setup, teardown),
 		cmocka_unit_test_setup_teardown(jit_run_matches_the_executor, setup, teardown),
 		cmocka_unit_test_setup_teardown(calls_and_chained_runs_count_exactly, setup, teardown),
+		cmocka_unit_test_setup_teardown(ferry_cpu_picks_the_executor, setup, teardown),
 		cmocka_unit_test_setup_teardown(calls_across_pages_run_rewritten_callees, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(loop_leaving_at_a_load_keeps_its_registers, setup,
