@@ -67,6 +67,23 @@ def after_passes(lab, n):
                       30 + 5 * n, "%d DRS passes" % n, interval=0.3)
 
 
+def watch_passes(lab, n):
+    """The status of each of the next n DRS passes (polled; a pass may be
+    missed on a slow machine, the last one is always there). The busy
+    guests' CPU share moves with the machine's load, so a test looks for
+    what it expects in any of them."""
+    seen = {}
+    start = drs(lab)["passes"]
+
+    def done():
+        d = drs(lab)
+        if d["passes"] > start:
+            seen[d["passes"]] = d
+        return d["passes"] >= start + n
+    wait_until(done, 30 + 5 * n, "%d DRS passes" % n, interval=0.3)
+    return [seen[k] for k in sorted(seen)]
+
+
 def migrations(lab):
     return [t for t in lab.cli("task", "list")["tasks"] if t["kind"] == "migrate"]
 
@@ -113,12 +130,12 @@ def test_drs_full_cooldown():
         lab.create("b3", append=BUSY, host="h2", mem=64)
         lab.cli("cluster", "rule", "add", "pin", "--affinity", "b3,i2")
         lab.cli("vm", "stop", stayed)
-        status = after_passes(lab, 8)
+        passes = watch_passes(lab, 8)
         assert hosts_of(lab, moved, "b3", "i2") == ["h2", "h2", "h2"]
         assert len(migrations(lab)) == 1, migrations(lab)
-        assert status["imbalance"] > status["tolerance"], status
-        assert any(s["vm"] == moved and "cool-down" in s["reason"] for s in status["skipped"]), \
-            status
+        assert any(p["imbalance"] > p["tolerance"] and
+                   any(s["vm"] == moved and "cool-down" in s["reason"] for s in p["skipped"])
+                   for p in passes), passes
         # without the cool-down it does go back: the scenario calls for it
         lab.cli("cluster", "set", "drs.cooldown_s=0")
         wait_until(lambda: lab.vm(moved)["host"] == "h1" and lab.vm(moved)["state"] == "running",
@@ -158,8 +175,10 @@ def test_drs_manual_partial():
         lab.cli("cluster", "set", "drs=partial")
         lab.create("p1", mem=64)
         assert lab.vm("p1")["host"] == "h2"
-        status = after_passes(lab, 3)
-        assert status["recommendations"] and not migrations(lab), status
+        status = wait_until(lambda: (lambda d: d if d["mode"] == "partial" and
+                                     d["recommendations"] else None)(drs(lab)), 60,
+                            "a recommendation in partial mode", interval=0.3)
+        assert not migrations(lab), migrations(lab)
         # applying the recommendation by hand moves the VM
         rid = status["recommendations"][0]["id"]
         applied = lab.cli("cluster", "drs", "apply", rid)
@@ -239,10 +258,10 @@ def test_drs_anti_affinity():
         assert etcd_value(lab, "/ferry/rules/apart")["vms"] == ["a1", "a2"]
         # DRS: h1 is busy, but a1 may not join a2 and b, i1 are pinned together
         lab.cli("cluster", "set", "drs=full")
-        status = after_passes(lab, 8)
+        passes = watch_passes(lab, 8)
         assert not migrations(lab), migrations(lab)
         assert hosts_of(lab, "a1", "a2") == ["h1", "h2"]
-        assert status["imbalance"] > status["tolerance"], status
+        assert any(p["imbalance"] > p["tolerance"] for p in passes), passes
         # the rule is what held a1: deleted, DRS moves it
         lab.cli("cluster", "rule", "delete", "apart")
         wait_until(lambda: lab.vm("a1")["host"] == "h2", 90, "DRS to move a1 once the rule went")
@@ -335,6 +354,7 @@ def test_dpm_ha_admission():
         assert wake and wake[0]["target"] == asleep and \
             "admission" in wake[0]["details"]["reason"], wake
         # and no host goes back to standby: admission would fail without it
-        status = after_passes(lab, 5)
+        passes = watch_passes(lab, 5)
         assert not standby(), lab.cli("host", "list")
-        assert "admission" in status["dpm"].get("refused", {}).get("reason", ""), status["dpm"]
+        assert any("admission" in p["dpm"].get("refused", {}).get("reason", "")
+                   for p in passes), [p["dpm"] for p in passes]

@@ -31,7 +31,6 @@ struct mvm {
 	double cpu, mem;
 	bool measured;   /* its CPU rate is known */
 	bool running;    /* state running: may be moved */
-	json_t *row;     /* its vms row */
 };
 
 struct model {
