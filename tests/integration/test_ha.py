@@ -32,6 +32,10 @@ HA on the cluster plane: what keeps a VM from running on two hosts.
   with panic=0; ferry-vm's heartbeat (returns to user mode and WFIs, on
   the guest clock) stalls, ferryd restarts it, audited ha.monitor; not
   fired for an idle guest, paused, or migrated.
+- the HA lock and the disk lock (test_ha_disk_lock): a host that only
+  looks dead (ferryd stopped, its ferry-vm running on): HA holds its lock,
+  every restart is refused by the disk image's lock, audited as failed
+  and retried; once the copy is gone the VM starts elsewhere, once.
 """
 
 import calendar
@@ -340,6 +344,8 @@ def claim_then(mode):
             assert len(found) <= 1, "two copies at once: %s" % found
             return found
         where = wait_until(copies, 60, "cl to run again after the claim lapsed")
+        wait_until(lambda: any("HA: VM cl restarted on %s" % where[0] in ferryd_log(lab, h)
+                               for h in ("h1", "h2")), 20, "the decider to log the restart")
         return {h: ferryd_log(lab, h) for h in ("h1", "h2")}, hooked[0], where[0]
 
 
@@ -413,3 +419,54 @@ def test_ha_hung_guest():
         assert "VM monitoring" not in (lab.dir / "logs" / "ferryd-h2.log").read_text()
         assert idle_pid and pid_of("h2", "idle1")
         assert lab.cli("audit", "--verify")["ok"] is True
+
+
+def test_ha_disk_lock():
+    """A host that only looks dead: h3's ferryd is stopped (SIGSTOP), so its
+    lease expires and it cannot fence, while its ferry-vm runs on holding
+    the disk image's lock. HA takes h3's HA lock and tries the restart;
+    ferry-vm refuses the locked image on every host, which HA reports as a
+    failed restart (audited ha.restart failed, naming the lock) and
+    retries later, within its limit; once h3's copy is gone (powered off
+    by hand) the next try starts dl elsewhere. h3's ferryd, let go again,
+    starts no copy of its own."""
+    with Lab() as lab:
+        subprocess.run(["truncate", "-s", "16M", str(lab.dir / "shared" / "dl.img")],
+                       check=True)
+        lab.cli("vm", "create", "dl", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h3",
+                "--disk", "shared:dl.img", "--ha", "high")
+        wait_until(lambda: "VM dl runs here: its HA record" in ferryd_log(lab, "h3"), 20,
+                   "dl's HA record in etcd")
+        old = lab.procs("h3", "/vms/dl/control.sock")[0][0]
+        ferryd = [p for p, cmd in lab.procs("h3", "/ferryd ") if "ferryd-monitor" not in cmd]
+        assert len(ferryd) == 1, ferryd
+        os.kill(ferryd[0], signal.SIGSTOP)
+        try:
+            failed = wait_until(lambda: [r for r in lab.cli("audit", "--vm", "dl")["records"]
+                                         if r["action"] == "ha.restart" and
+                                         r["result"] == "failed"], 60,
+                                "a restart refused by the disk lock")
+            assert "locked" in json.dumps(failed[0]["details"]), failed[0]
+            assert failed[0]["user"] in ("ferryd-h1", "ferryd-h2"), failed[0]
+            decider = failed[0]["user"][len("ferryd-"):]
+            log = ferryd_log(lab, decider)
+            assert "holds the HA lock of host h3" in log
+            assert log.index("holds the HA lock of host h3") < log.index(
+                "HA: VM dl (host h3 gone) could not restart, attempt 1")
+            assert lab.procs("h3", "/vms/dl/control.sock")[0][0] == old   # runs on
+            os.kill(old, signal.SIGKILL)   # h3's copy powered off by hand
+            where = wait_until(lambda: [h for h in ("h1", "h2")
+                                        if lab.procs(h, "/vms/dl/control.sock")], 60,
+                               "dl to start elsewhere once the image is free")
+            wait_until(lambda: "HA: VM dl restarted on %s" % where[0] in
+                       ferryd_log(lab, decider), 20, "the decider to log the restart")
+            wait_until(lambda: "released the HA lock of host h3" in ferryd_log(lab, decider),
+                       20, "the decider to release h3's HA lock")
+        finally:
+            os.kill(ferryd[0], signal.SIGCONT)
+        end = time.monotonic() + 5
+        while time.monotonic() < end:   # h3's ferryd back: no copy of its own
+            assert not lab.procs("h3", "/vms/dl/control.sock"), "h3 started dl again"
+            time.sleep(0.1)
+        assert len([h for h in ("h1", "h2") if lab.procs(h, "/vms/dl/control.sock")]) == 1

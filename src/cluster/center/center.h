@@ -87,6 +87,8 @@ void ha_host_lost(const char *host);
 void ha_audit_monitor(const char *host, json_t *events);
 /* a VM runs on host, restarted there by the HA decider (under db_lock) */
 void ha_adopt(const char *name, const char *host, const char *dead);
+/* Does VM name's HA record in etcd put it on host? (the decider moved it) */
+bool ha_record_names(const char *name, const char *host);
 
 /* admission.c: would the layout with VM (spec) on host still restart
  * every HA VM after ha.host_failures_tolerated failures? false with the

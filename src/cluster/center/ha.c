@@ -45,6 +45,20 @@ void ha_adopt(const char *name, const char *host, const char *dead)
 	json_decref(rec);
 }
 
+bool ha_record_names(const char *name, const char *host)
+{
+	char key[128], err[256];
+	snprintf(key, sizeof(key), "/ferry/ha/%s", name);
+	bool ok;
+	char *text = etcd_get(&ctr.etcd, key, &ok, err, sizeof(err));
+	json_t *rec = text ? json_loads(text, 0, NULL) : NULL;
+	free(text);
+	bool names = rec && json_object_get(rec, "restarted_by") &&
+		     !strcmp(json_string_value(json_object_get(rec, "host")) ?: "", host);
+	json_decref(rec);
+	return names;
+}
+
 void ha_host_lost(const char *host)
 {
 	pthread_mutex_lock(&db_lock);
@@ -76,9 +90,10 @@ void ha_host_lost(const char *host)
 }
 
 /* VM monitoring's restarts (a guest hung, a ferry-vm died) happen on the
- * VM's own host without ferry-center; each host report carries its ferryd's
- * last events ("monitor_events"), and each new one becomes an ha.monitor
- * audit record (user ferryd-HOST). New: later than the last one recorded
+ * VM's own host without ferry-center, and the HA decider's failed restarts
+ * on no host at all; each host report carries its ferryd's last such
+ * events ("monitor_events"), and each new one becomes an audit record
+ * (its "action": ha.monitor, or ha.restart failed; user ferryd-HOST). New: later than the last one recorded
  * for that host, remembered here and, after a restart of ferry-center,
  * read back from the audit trail once. Under db_lock. */
 struct monitor_seen {
@@ -96,7 +111,7 @@ static struct monitor_seen *monitor_seen_of(const char *host)
 		if (!m->host[0]) {
 			snprintf(m->host, sizeof(m->host), "%s", host);
 			json_t *row = db_row("SELECT max(json_extract(details, '$.at_ms')) AS at FROM "
-					     "audit WHERE action = 'ha.monitor' AND "
+					     "audit WHERE action IN ('ha.monitor', 'ha.restart') AND "
 					     "json_extract(details, '$.host') = ?",
 					     json_pack("[s]", host));
 			m->last_at_ms = json_integer_value(json_object_get(row, "at"));
@@ -127,9 +142,10 @@ void ha_audit_monitor(const char *host, json_t *events)
 		json_t *details = json_pack("{s:s, s:O, s:O, s:I}", "host", host, "why",
 					    json_object_get(ev, "why"), "outcome",
 					    json_object_get(ev, "outcome"), "at_ms", at);
-		audit_append(user, "-", "ha.monitor", vm,
+		const char *action = json_string_value(json_object_get(ev, "action"));
+		audit_append(user, "-", action ? action : "ha.monitor", vm,
 			     json_is_true(json_object_get(ev, "ok")) ? "ok" : "failed", details);
-		logf_("VM monitoring on %s: VM %s %s: %s", host, vm,
+		logf_("%s by %s: VM %s %s: %s", action ? action : "ha.monitor", host, vm,
 		      json_string_value(json_object_get(ev, "why")) ?: "?",
 		      json_string_value(json_object_get(ev, "outcome")) ?: "?");
 		json_decref(details);

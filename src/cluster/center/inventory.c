@@ -144,6 +144,12 @@ static bool stray(const char *host, const char *name)
 			is_stray = false;
 		} else if (!ok) {
 			is_stray = false;   /* no word from etcd: decide nothing */
+		} else if (ha_record_names(name, host)) {
+			/* its host is back, but the HA decider had restarted it here */
+			char dead[64];
+			snprintf(dead, sizeof(dead), "%s", at);
+			ha_adopt(name, host, dead);
+			is_stray = false;
 		}
 		free(v);
 	}

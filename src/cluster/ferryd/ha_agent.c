@@ -54,7 +54,9 @@
 #define HA_MAX_ATTEMPTS 5
 #define HA_PERIOD_MS 500   /* the loop: records, election, a pass */
 #define CLAIM_TTL_S 10     /* a claim not followed by a start lapses */
-#define START_TIMEOUT_MS 8000   /* a host's answer to a start, within the claim */
+#define START_TIMEOUT_MS 6000   /* a host's answer to a start, within the claim */
+#define START_CONFIRM_MS 3000   /* then ferry-vm running, or ended at once */
+#define RETRY_AFTER_MS 2000     /* a failed restart is tried again after N x this */
 #define VM_OVERHEAD_MIB 32
 
 static struct etcd etcd_ha;
@@ -247,6 +249,8 @@ static void test_hook_after_claim(const char *name)
 /* After a self-fence, once the lease is renewed: a killed HA VM whose
  * record still names this host (the lease never expired, or no decider
  * acted) is started again here; one whose record moved runs elsewhere. */
+static int own_host_locked(void);
+
 static void restart_fenced(void)
 {
 	json_t *todo = json_object();
@@ -257,6 +261,14 @@ static void restart_fenced(void)
 		if (list[i]->fenced && list[i]->exited && ha_wanted(list[i]->spec))
 			json_object_set(todo, list[i]->name, list[i]->spec);
 	pthread_mutex_unlock(&vms_lock);
+	if (json_object_size(todo) && own_host_locked() != 0) {
+		static int64_t said;
+		if (mono_ms() - said > 10000)
+			logf_("HA: the HA decider holds this host's HA lock: its fenced VMs are "
+			      "HA's to restart, not this host's");
+		said = mono_ms();
+		json_object_clear(todo);
+	}
 	const char *name;
 	json_t *spec;
 	json_object_foreach(todo, name, spec) {
@@ -285,23 +297,31 @@ static void restart_fenced(void)
 	json_decref(todo);
 }
 
-/* What VM monitoring did, for ferry-center's audit trail: the last
+/* What VM monitoring did (ha.monitor) and the HA decider's failed
+ * restarts (ha.restart, failed), for ferry-center's audit trail: the last
  * MONITOR_EVENTS events, in the host report (ha_monitor_events). */
 #define MONITOR_EVENTS 16
 static json_t *monitor_events;
 static pthread_mutex_t events_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void monitor_event(const char *name, const char *why, const char *outcome, bool ok)
+static void ha_event(const char *action, const char *name, const char *why,
+		     const char *outcome, bool ok)
 {
 	pthread_mutex_lock(&events_lock);
 	if (!monitor_events)
 		monitor_events = json_array();
-	json_array_append_new(monitor_events, json_pack("{s:s, s:s, s:s, s:b, s:I}", "vm", name,
-							"why", why, "outcome", outcome, "ok", ok,
-							"at_ms", (json_int_t)now_ms()));
+	json_array_append_new(monitor_events, json_pack("{s:s, s:s, s:s, s:s, s:b, s:I}", "action",
+							action, "vm", name, "why", why, "outcome",
+							outcome, "ok", ok, "at_ms",
+							(json_int_t)now_ms()));
 	while (json_array_size(monitor_events) > MONITOR_EVENTS)
 		json_array_remove(monitor_events, 0);
 	pthread_mutex_unlock(&events_lock);
+}
+
+static void monitor_event(const char *name, const char *why, const char *outcome, bool ok)
+{
+	ha_event("ha.monitor", name, why, outcome, ok);
 }
 
 json_t *ha_monitor_events(void)
@@ -556,6 +576,49 @@ static int by_room(const void *a, const void *b)
 	return ra < rb ? 1 : ra > rb ? -1 : 0;
 }
 
+/* After a host answered 201: does the VM run there, or did ferry-vm end
+ * at once? (above all: its disk image is locked by a copy still running
+ * somewhere, the second line of fencing after the lease). Watched up to
+ * START_CONFIRM_MS; still starting then counts as started. */
+static bool start_confirmed(const char *url, const char *name, char *why, size_t whylen)
+{
+	char full[400], err[256];
+	snprintf(full, sizeof(full), "%s/agent/v1/vms/%s", url, name);
+	int64_t end = mono_ms() + START_CONFIRM_MS;
+	while (mono_ms() < end) {
+		long status;
+		json_t *vm = http_json("GET", full, fd_cfg.auth.present, NULL, 3000, &status, err,
+				       sizeof(err));
+		const char *state = json_string_value(json_object_get(vm, "state"));
+		bool running = state && !strcmp(state, "running") &&
+			       json_object_get(vm, "vm_status");
+		bool ended = state && !strcmp(state, "exited");
+		if (ended) {
+			const char *out = json_string_value(json_object_get(vm, "last_output"));
+			char last[300] = "";
+			if (out) {   /* its last line */
+				const char *nl = out + strlen(out);
+				while (nl > out && nl[-1] == '\n')
+					nl--;
+				const char *start = nl;
+				while (start > out && start[-1] != '\n')
+					start--;
+				snprintf(last, sizeof(last), "%.*s", (int)(nl - start), start);
+			}
+			snprintf(why, whylen, "ferry-vm ended at once (%s)%s%s",
+				 json_string_value(json_object_get(vm, "exit")) ?: "?",
+				 last[0] ? ": " : "", last);
+		}
+		json_decref(vm);
+		if (running)
+			return true;
+		if (ended)
+			return false;
+		usleep(100 * 1000);
+	}
+	return true;
+}
+
 /* Starts one VM on the roomiest live host that accepts it; the host or NULL. */
 static const char *restart_on_some_host(const char *name, json_t *spec, json_t *reports,
 					int64_t claim_lease, char *why, size_t whylen)
@@ -586,7 +649,15 @@ static const char *restart_on_some_host(const char *name, json_t *spec, json_t *
 		json_t *r = http_json("POST", url, fd_cfg.auth.present, body, START_TIMEOUT_MS, &status, err,
 				      sizeof(err));
 		json_decref(body);
-		if (r && (status == 201 || status == 409)) {   /* 409: it runs there already */
+		char failed[600];
+		if (r && status == 201 && !start_confirmed(json_string_value(json_object_get(
+				order[i], "url")), name, failed, sizeof(failed))) {
+			snprintf(why, whylen, "host %s: %s", host, failed);
+			snprintf(url, sizeof(url), "%s/agent/v1/vms/%s", json_string_value(
+				 json_object_get(order[i], "url")), name);   /* tidy: forget it */
+			json_decref(http_json("DELETE", url, fd_cfg.auth.present, NULL, 5000, &status,
+					      err, sizeof(err)));
+		} else if (r && (status == 201 || status == 409)) {   /* 409: runs there already */
 			chosen = host;
 			json_object_set_new(order[i], "planned_mib",
 				json_integer(json_integer_value(json_object_get(order[i],
@@ -623,6 +694,69 @@ static const char *runs_on(json_t *reports, const char *name)
 	return NULL;
 }
 
+/* The HA lock of a dead host, /ferry/ha-lock/HOST: the decider restarts a
+ * host's VMs only once that host's lease has expired AND it holds this
+ * lock (created only if absent, held by the decider's heartbeat lease, so
+ * it goes with a decider that dies). The host, its lease back, starts
+ * none of its fenced VMs again while the lock is there (restart_fenced):
+ * they are HA's. Released once no record names the host. True when held
+ * by this host now. */
+#define LOCK_PREFIX "/ferry/ha-lock/"
+static bool host_locked(const char *host)
+{
+	char key[128], err[256];
+	snprintf(key, sizeof(key), LOCK_PREFIX "%s", host);
+	bool created, ok;
+	etcd_create(&etcd_ha, key, fd_cfg.name, heartbeat_lease(), &created, err, sizeof(err));
+	char *holder = etcd_get(&etcd_ha, key, &ok, err, sizeof(err));
+	bool mine = holder && !strcmp(holder, fd_cfg.name);
+	if (created)
+		logf_("HA: holds the HA lock of host %s (%s)", host, key);
+	free(holder);
+	return mine;
+}
+
+/* Releases the locks this decider holds of hosts that left HA's hands:
+ * back alive, or no record it may still restart names them. */
+static void release_locks(json_t *records, json_t *live)
+{
+	char err[256];
+	json_t *locks = etcd_get_prefix(&etcd_ha, LOCK_PREFIX, err, sizeof(err));
+	const char *key, *rkey;
+	json_t *value, *rvalue;
+	json_object_foreach(locks, key, value) {
+		const char *host = key + strlen(LOCK_PREFIX);
+		if (strcmp(json_string_value(value) ?: "", fd_cfg.name))
+			continue;
+		char hkey[128];
+		snprintf(hkey, sizeof(hkey), "/ferry/hosts/%s", host);
+		bool pending = false;
+		json_object_foreach(records, rkey, rvalue) {
+			json_t *rec = json_loads(json_string_value(rvalue), 0, NULL);
+			pending = pending || (!strcmp(json_string_value(json_object_get(rec, "host"))
+						      ?: "", host) &&
+					      json_integer_value(json_object_get(rec, "attempts")) <
+					      HA_MAX_ATTEMPTS);
+			json_decref(rec);
+		}
+		if ((!pending || json_object_get(live, hkey)) &&
+		    etcd_delete(&etcd_ha, key, err, sizeof(err)))
+			logf_("HA: released the HA lock of host %s", host);
+	}
+	json_decref(locks);
+}
+
+/* Does HA hold this host's lock? (then its fenced VMs are HA's) -1: unknown */
+static int own_host_locked(void)
+{
+	char key[128], err[256];
+	snprintf(key, sizeof(key), LOCK_PREFIX "%s", fd_cfg.name);
+	bool ok;
+	char *holder = etcd_get(&etcd_ha, key, &ok, err, sizeof(err));
+	free(holder);
+	return !ok ? -1 : holder != NULL;
+}
+
 /* The holder's pass: restart the HA VMs of hosts whose lease has gone.
  * *hosts_rev: the revision at which the live hosts were read. */
 static void ha_pass(json_t *records, int64_t *hosts_rev)
@@ -641,7 +775,9 @@ static void ha_pass(json_t *records, int64_t *hosts_rev)
 		char hkey[128];
 		snprintf(hkey, sizeof(hkey), "/ferry/hosts/%s", host ? host : "");
 		json_int_t attempts = json_integer_value(json_object_get(rec, "attempts"));
-		if (host && !json_object_get(live, hkey) && attempts < HA_MAX_ATTEMPTS) {
+		json_int_t retry_at = json_integer_value(json_object_get(rec, "retry_at_ms"));
+		if (host && !json_object_get(live, hkey) && attempts < HA_MAX_ATTEMPTS &&
+		    now_ms() >= retry_at && host_locked(host)) {
 			json_object_set_new(rec, "name", json_string(key + strlen(HA_PREFIX)));
 			json_array_append(orphans, rec);
 		}
@@ -649,6 +785,7 @@ static void ha_pass(json_t *records, int64_t *hosts_rev)
 	}
 	size_t n = json_array_size(orphans);
 	if (!n) {
+		release_locks(records, live);
 		json_decref(orphans);
 		json_decref(live);
 		return;
@@ -696,13 +833,23 @@ static void ha_pass(json_t *records, int64_t *hosts_rev)
 			json_int_t attempts = json_integer_value(json_object_get(rec, "attempts")) + 1;
 			json_object_set_new(next, "attempts", json_integer(attempts));
 			json_object_set_new(next, "error", json_string(why));
+			json_object_set_new(next, "retry_at_ms", json_integer(now_ms() +
+					    attempts * RETRY_AFTER_MS));
 			logf_("HA: VM %s (host %s gone) could not restart, attempt %lld of %d: %s",
 			      name, from, (long long)attempts, HA_MAX_ATTEMPTS, why);
+			char what[128];
+			snprintf(what, sizeof(what), "restart after host %s died, attempt %lld of %d",
+				 from, (long long)attempts, HA_MAX_ATTEMPTS);
+			ha_event("ha.restart", name, what, why, false);
 		}
 		record_put(name, next);
 		json_decref(next);
 	}
 	free(order);
+	json_t *now = etcd_get_prefix(&etcd_ha, HA_PREFIX, err, sizeof(err));
+	if (now)   /* as they are after this pass */
+		release_locks(now, live);
+	json_decref(now);
 	json_decref(reports);
 	json_decref(orphans);
 	json_decref(live);

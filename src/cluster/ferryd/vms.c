@@ -574,6 +574,10 @@ json_t *vm_json(struct vm *vm, bool with_status)
 		json_object_set_new(j, "exit_status", json_integer(vm->exit_status));
 		json_object_set_new(j, "last_console", json_string(t));
 		free(t);
+		vm_path(vm, "output.log", p, sizeof(p));   /* ferry-vm's own words: why it ended */
+		t = file_tail(p, 3, 2048);
+		json_object_set_new(j, "last_output", json_string(t));
+		free(t);
 	} else if (with_status) {
 		char *ctl = vm_control_path(vm);
 		char e[256];
