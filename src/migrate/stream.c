@@ -80,6 +80,7 @@ struct mig_stream {
 	size_t payload_cap;
 	ZSTD_DCtx *dctx;
 	uint8_t scratch[PAGE];          /* one decoded page */
+	uint8_t *extent;                /* one decoded ZSTD disk extent */
 	mig_page_sink sink;
 	void *sink_opaque;
 };
@@ -244,6 +245,7 @@ void mig_stream_free(struct mig_stream *s)
 	free(s->wbuf);
 	free(s->batch);
 	free(s->payload);
+	free(s->extent);
 	ZSTD_freeCCtx(s->cctx);
 	ZSTD_freeDCtx(s->dctx);
 	mig_channel_close(s->ch);
@@ -584,6 +586,24 @@ int mig_write_digest(struct mig_stream *s, uint64_t digest)
 	return mig_write_section(s, MIG_SEC_DIGEST, b, sizeof(b));
 }
 
+/* zstd of a disk extent into dst (room for len bytes), if that saves more
+ * than 1/8 of it: its size, or 0. */
+static size_t extent_compress(struct mig_stream *s, uint8_t *dst, const void *data,
+			      uint64_t len)
+{
+	if (!s->cctx && !(s->cctx = ZSTD_createCCtx()))
+		return 0;
+	size_t keep = (size_t)(len - len / 8 - 1);
+	size_t c = ZSTD_compressCCtx(s->cctx, dst, keep, data, (size_t)len, s->zstd_level);
+	if (ZSTD_isError(c) || c > keep) {
+		s->stats.disk_zstd_rejected++;
+		return 0;
+	}
+	s->stats.disk_zstd++;
+	s->stats.disk_zstd_bytes += c;
+	return c;
+}
+
 int mig_write_disk(struct mig_stream *s, uint32_t disk, uint64_t off, const void *data,
 		   uint64_t len)
 {
@@ -594,12 +614,19 @@ int mig_write_disk(struct mig_stream *s, uint32_t disk, uint64_t off, const void
 	uint8_t *p = stream_alloc(s, n, "a disk extent");
 	if (!p)
 		return -1;
+	uint32_t kind = data ? MIG_DISK_DATA : MIG_DISK_ZERO;
+	/* the pages' rule: zstd when on and it saves more than 1/8 */
+	size_t c = data && s->compress ? extent_compress(s, p + MIG_DISK_HDR, data, len) : 0;
+	if (c) {
+		kind = MIG_DISK_ZSTD;
+		n = MIG_DISK_HDR + c;
+	} else if (data) {
+		memcpy(p + MIG_DISK_HDR, data, (size_t)len);
+	}
 	put_le32(p, disk);
-	put_le32(p + 4, data ? MIG_DISK_DATA : MIG_DISK_ZERO);
+	put_le32(p + 4, kind);
 	put_le64(p + 8, off);
 	put_le64(p + 16, len);
-	if (data)
-		memcpy(p + MIG_DISK_HDR, data, (size_t)len);
 	int r = mig_write_section(s, MIG_SEC_DISK, p, n);
 	free(p);
 	return r;
@@ -986,6 +1013,28 @@ uint64_t mig_section_pfn(const struct mig_section *sec, uint32_t i)
 	return get_le64(sec->data + 8 * (size_t)i);
 }
 
+/* A ZSTD extent's data, decoded into the stream's extent buffer: exactly
+ * disk_len bytes, or the stream fails. */
+static int extent_decompress(struct mig_stream *s, struct mig_section *sec)
+{
+	if (!s->extent && !(s->extent = stream_alloc(s, MIG_DISK_EXTENT_MAX,
+						     "a compressed disk extent")))
+		return -1;
+	if (!s->dctx && !(s->dctx = ZSTD_createDCtx()))
+		return fail(s, "migration stream: out of memory for zstd");
+	size_t got = ZSTD_decompressDCtx(s->dctx, s->extent, (size_t)sec->disk_len,
+					 sec->data + MIG_DISK_HDR,
+					 (size_t)sec->len - MIG_DISK_HDR);
+	if (ZSTD_isError(got) || got != sec->disk_len)
+		return fail(s, "migration stream: 'disk' section at offset %llu: compressed "
+			    "extent does not decompress to its %llu bytes%s%s",
+			    (unsigned long long)sec->offset, (unsigned long long)sec->disk_len,
+			    ZSTD_isError(got) ? ": " : "",
+			    ZSTD_isError(got) ? ZSTD_getErrorName(got) : "");
+	sec->disk_data = s->extent;
+	return 0;
+}
+
 /* The extent's shape; its bounds against the image are the grammar's. */
 static int decode_disk(struct mig_stream *s, struct mig_section *sec)
 {
@@ -996,18 +1045,20 @@ static int decode_disk(struct mig_stream *s, struct mig_section *sec)
 	sec->disk_zero = kind == MIG_DISK_ZERO;
 	sec->disk_data = sec->data + MIG_DISK_HDR;
 	const char *bad = NULL;
-	if (kind != MIG_DISK_ZERO && kind != MIG_DISK_DATA)
+	uint64_t data_len = sec->len - MIG_DISK_HDR;
+	if (kind != MIG_DISK_ZERO && kind != MIG_DISK_DATA && kind != MIG_DISK_ZSTD)
 		bad = "unknown extent kind";
 	else if (!sec->disk_len || sec->disk_len > MIG_DISK_EXTENT_MAX)
 		bad = "extent length 0 or over 1 MiB";
 	else if (sec->disk_off % MIG_DISK_BLOCK)
 		bad = "extent not on a 64 KiB block";
-	else if (sec->len != MIG_DISK_HDR + (sec->disk_zero ? 0 : sec->disk_len))
+	else if (kind == MIG_DISK_ZSTD ? !data_len || data_len >= sec->disk_len
+		 : data_len != (sec->disk_zero ? 0 : sec->disk_len))
 		bad = "payload length does not match the extent";
 	if (bad)
 		return fail(s, "migration stream: 'disk' section at offset %llu: %s",
 			    (unsigned long long)sec->offset, bad);
-	return 0;
+	return kind == MIG_DISK_ZSTD ? extent_decompress(s, sec) : 0;
 }
 
 int mig_read_section(struct mig_stream *s, struct mig_section *sec, void *ram,

@@ -85,7 +85,8 @@ enum mig_page_encoding {
 #define MIG_DISK_BLOCK          (64u << 10)
 #define MIG_DISK_EXTENT_MAX     (1u << 20)
 #define MIG_DISK_HDR            24
-enum mig_disk_kind { MIG_DISK_ZERO = 0, MIG_DISK_DATA = 1 };
+enum mig_disk_kind { MIG_DISK_ZERO = 0, MIG_DISK_DATA = 1,
+		     MIG_DISK_ZSTD = 2 };        /* zstd of length bytes, smaller by > 1/8 */
 /* Fault tolerance: FT_WRITE carries one guest write of an epoch, u32 disk,
  * u32 0, u64 offset, then the data: whole sectors (ft_grammar.c checks). */
 #define MIG_FT_WRITE_HDR        16
@@ -166,7 +167,7 @@ int mig_stream_wait_readable(struct mig_stream *s, int timeout_ms);
 void mig_stream_set_timeout(struct mig_stream *s, int timeout_ms);
 /* Cap the write rate with a token bucket (0: no cap); any time. */
 void mig_stream_set_rate(struct mig_stream *s, uint64_t bytes_per_sec);
-/* zstd for pages (off by default): at level 1 it costs about 30 us of CPU
+/* zstd for pages and disk extents (off by default): at level 1 it costs about 30 us of CPU
  * a non-zero page (~130 MB/s) and sends 32-40% of the bytes
  * (docs/stream.md), so it pays on links slower than about 1 Gbit/s. */
 void mig_stream_set_compress(struct mig_stream *s, bool on);
@@ -229,6 +230,7 @@ struct mig_page_stats {
 	uint64_t zero, raw, zstd;       /* pages sent each way */
 	uint64_t zstd_bytes;            /* compressed bytes of the zstd pages */
 	uint64_t zstd_rejected;         /* compressed, did not pay, sent raw */
+	uint64_t disk_zstd, disk_zstd_bytes, disk_zstd_rejected;  /* disk extents alike */
 };
 void mig_stream_page_stats(const struct mig_stream *s, struct mig_page_stats *st);
 

@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -64,6 +65,17 @@ static int bad_uri(const char *uri, char *err, size_t errlen)
 	return -1;
 }
 
+/* For benchmarks: FERRY_TEST_FLOW_MBPS=N paces every connection we open
+ * to N Mbit/s (SO_MAX_PACING_RATE, TCP's own pacing), as a network that
+ * shapes each flow would (bench/channels.py). */
+static void test_flow_cap(int fd)
+{
+	const char *mbps = getenv("FERRY_TEST_FLOW_MBPS");
+	unsigned long long bps = mbps ? strtoull(mbps, NULL, 10) * 1000000 / 8 : 0;
+	if (bps)
+		setsockopt(fd, SOL_SOCKET, SO_MAX_PACING_RATE, &bps, sizeof(bps));
+}
+
 int mig_tcp_connect(const char *uri, char *host, size_t hostlen, char *err, size_t errlen)
 {
 	char port[32];
@@ -81,6 +93,7 @@ int mig_tcp_connect(const char *uri, char *host, size_t hostlen, char *err, size
 		if (fd < 0)
 			continue;
 		mig_socket_tune(fd);
+		test_flow_cap(fd);
 		if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
 			break;
 		last = errno;

@@ -926,14 +926,17 @@ static void write_seed(const char *dir, const char *name, struct blob b)
 
 /* A shared-nothing stream (disks: copy): extents of the sample's 1 GiB
  * disk among the pages, its digest, then the state. */
-static int disks_copy_writer(int fd, bool arg)
+static uint8_t disk_block[2 * MIG_DISK_BLOCK];  /* two alike: what the seed's disk holds */
+
+static int disks_copy_writer(int fd, bool compress)
 {
-	(void)arg;
-	static uint8_t ram[SAMPLE_RAM], block[2 * MIG_DISK_BLOCK];     /* two alike */
+	static uint8_t ram[SAMPLE_RAM];
+	uint8_t *block = disk_block;
 	const uint8_t hart[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
 	struct mig_config cfg;
 	struct mig_stream *s = mig_stream_new(fd);
 	uint64_t hashes[4];
+	mig_stream_set_compress(s, compress);
 	sample_config(&cfg);
 	cfg.copy_disks = true;
 	cfg.disks[0].size = 4 * MIG_DISK_BLOCK - 512;   /* a short last block */
@@ -959,34 +962,78 @@ static int disks_copy_writer(int fd, bool arg)
 	return r ? -1 : 0;
 }
 
-/* The seed above reads back through the grammar, whole. */
-static void disks_copy_stream_reads_back(void **state)
+/* The seed above reads back through the grammar, whole, its extents as
+ * written (compressed: decoded to the same bytes, and smaller). */
+static void disks_copy_reads_back(bool compress)
 {
-	(void)state;
 	static uint8_t ram[SAMPLE_RAM];
-	struct blob b = capture(disks_copy_writer, false);
+	struct blob b = capture(disks_copy_writer, compress);
 	int fd = memfd_with(b.data, b.len);
 	struct mig_stream *r = mig_stream_new(fd);
 	struct mig_config cfg;
 	struct mig_grammar g;
 	struct mig_section sec;
 	char err[256] = "";
-	unsigned extents = 0;
+	unsigned extents = 0, compressed = 0;
 	assert_int_equal(mig_read_config(r, &cfg), 0);
 	assert_true(cfg.copy_disks);
 	mig_grammar_init(&g, &cfg, true);
 	for (;;) {
 		assert_int_equal(mig_read_section(r, &sec, ram, SAMPLE_RAM), 0);
 		assert_int_equal(mig_grammar_step(&g, &sec, err, sizeof(err)), 0);
-		if (sec.type == MIG_SEC_DISK)
+		if (sec.type == MIG_SEC_DISK) {
 			extents++;
+			if (!sec.disk_zero)
+				assert_memory_equal(sec.disk_data, disk_block, sec.disk_len);
+			if (!sec.disk_zero && sec.len < MIG_DISK_HDR + sec.disk_len)
+				compressed++;
+		}
 		if (sec.type == MIG_SEC_END)
 			break;
 	}
 	assert_int_equal(extents, 4);
+	assert_int_equal(compressed, compress ? 3 : 0);
 	mig_stream_free(r);
 	close(fd);
 	free(b.data);
+}
+
+static void disks_copy_stream_reads_back(void **state)
+{
+	(void)state;
+	disks_copy_reads_back(false);
+	disks_copy_reads_back(true);
+}
+
+/* A ZSTD extent that decodes to other than its length is refused. */
+static void disk_zstd_extent_checked(void **state)
+{
+	(void)state;
+	static uint8_t data[MIG_DISK_BLOCK], payload[MIG_DISK_HDR + MIG_DISK_BLOCK];
+	size_t c = ZSTD_compress(payload + MIG_DISK_HDR, MIG_DISK_BLOCK, data,
+				 MIG_DISK_BLOCK / 2, 1);       /* half a block */
+	assert_false(ZSTD_isError(c));
+	uint32_t hdr[2] = { 0, MIG_DISK_ZSTD };
+	uint64_t ext[2] = { 0, MIG_DISK_BLOCK };        /* claims a whole block */
+	memcpy(payload, hdr, 8);
+	memcpy(payload + 8, ext, 16);
+	int fd = memfd_create("zstd-extent", MFD_CLOEXEC);
+	struct mig_stream *w = mig_stream_new(fd);
+	struct mig_config cfg;
+	sample_config(&cfg);
+	cfg.copy_disks = true;
+	assert_int_equal(mig_write_config(w, &cfg), 0);
+	assert_int_equal(mig_write_section(w, MIG_SEC_DISK, payload, MIG_DISK_HDR + c), 0);
+	assert_int_equal(mig_flush(w), 0);
+	mig_stream_free(w);
+	lseek(fd, 0, SEEK_SET);
+	struct mig_stream *r = mig_stream_new(fd);
+	struct mig_section sec;
+	assert_int_equal(mig_read_config(r, &cfg), 0);
+	assert_int_equal(mig_read_section(r, &sec, NULL, 0), -1);
+	assert_non_null(strstr(mig_stream_error(r), "does not decompress to its"));
+	mig_stream_free(r);
+	close(fd);
 }
 
 /* ---- page channels (channels: N) --------------------------------------------------- */
@@ -1125,6 +1172,7 @@ static void channel_sections_refused(void **state)
 static void write_seeds(const char *dir)
 {
 	write_seed(dir, "disks-copy", capture(disks_copy_writer, false));
+	write_seed(dir, "disks-copy-zstd", capture(disks_copy_writer, true));
 	write_seed(dir, "sample-raw", capture(sample_write, false));
 	write_seed(dir, "sample-zstd", capture(sample_write, true));
 	write_seed(dir, "control", capture(control_writer, false));
@@ -1247,7 +1295,8 @@ static void disk_section_shapes(void **state)
 	(void)state;
 	char buf[512];
 	struct { uint32_t kind; uint64_t off, len; size_t data; const char *why; } bad[] = {
-		{ 2, 0, 4096, 0, "unknown extent kind" },
+		{ 3, 0, 4096, 0, "unknown extent kind" },
+		{ 2, 0, 4096, 0, "does not match" },       /* zstd of nothing */
 		{ 0, 4096, 4096, 0, "not on a 64 KiB block" },
 		{ 0, 0, 0, 0, "length 0" },
 		{ 0, 0, 2u << 20, 0, "over 1 MiB" },
@@ -1421,6 +1470,7 @@ int main(void)
 		cmocka_unit_test(config_check_disks_copy),
 		cmocka_unit_test(grammar_refuses_missing_state),
 		cmocka_unit_test(channel_streams_read_back),
+		cmocka_unit_test(disk_zstd_extent_checked),
 		cmocka_unit_test(channel_sections_refused),
 		cmocka_unit_test(grammar_refuses_repeats_and_disorder),
 		cmocka_unit_test(grammar_postcopy_only_once_and_only_live),
