@@ -172,6 +172,25 @@ static uint64_t delivered_bytes(struct migration *mg, struct mig_stream *s)
 	return written > queued ? written - queued : 0;
 }
 
+/* The destination's ACK of our configuration (or its ERROR, with why it
+ * refuses): read when it has come, or, with wait, waited for (before the
+ * guest pauses: never switch over to a destination that has not said
+ * yes). 0, or -1 with the migration failed. */
+static int collect_ack(struct migration *mg, struct mig_stream *s, bool wait)
+{
+	char why[256];
+	if (mg->config_acked)
+		return 0;
+	if (!wait && mig_stream_wait_readable(s, 0) != 1)
+		return 0;
+	if (mig_expect(s, MIG_SEC_ACK, why, sizeof(why))) {
+		fail(mg, "destination refused: %s", why);
+		return -1;
+	}
+	mg->config_acked = true;
+	return 0;
+}
+
 /* While the page channels carry a round: the outgoing thread's own
  * bookkeeping; true stops the round (cancel, a deadline fired). */
 struct round_tick {
@@ -190,7 +209,8 @@ static bool channels_tick(void *opaque)
 	pthread_mutex_lock(&mg->lock);
 	mg->transferred = sent_bytes(mg, rt->s);
 	pthread_mutex_unlock(&mg->lock);
-	return cancelled(mg) || mig_watchdog_fired(mg->watchdog, NULL, 0);
+	return cancelled(mg) || mig_watchdog_fired(mg->watchdog, NULL, 0) ||
+	       collect_ack(mg, rt->s, false);
 }
 
 /* A round over the page channels, then its SYNC on the main stream. */
@@ -251,7 +271,7 @@ static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint
 			}
 		}
 		if ((w & 63) == 63) {
-			if (cancelled(mg)) {
+			if (cancelled(mg) || collect_ack(mg, s, false)) {
 				free(resident);
 				return -1;
 			}
@@ -267,6 +287,7 @@ static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint
 }
 
 /* ---- the flow ---------------------------------------------------------------------- */
+
 
 /* The configurations, checked both ways; *remote is the destination's. */
 static int handshake(struct migration *mg, struct mig_stream *s, struct mig_config *remote_out)
@@ -292,12 +313,16 @@ static int handshake(struct migration *mg, struct mig_stream *s, struct mig_conf
 		fail_stream(mg, s, "handshake", NULL);
 		return -1;
 	}
-	if (mig_expect(s, MIG_SEC_ACK, why, sizeof(why))) {
-		fail(mg, "destination refused: %s", why);
-		return -1;
-	}
-	return 0;
+	/* Pre-copy starts now, without waiting the round trip for the
+	 * destination's ACK: it checks our configuration exactly as we
+	 * checked its own, so it says yes; pages sent to one that refuses
+	 * anyway are only lost bytes. collect_ack() reads it on the way.
+	 * With disks: copy it also checks its images, a likelier refusal
+	 * whose reason a broken pipe would hide: wait for it then. */
+	mg->config_acked = false;
+	return mg->copy_disks ? collect_ack(mg, s, true) : 0;
 }
+
 
 /* After the handshake: the page channels the configuration announced. */
 static int open_channels(struct migration *mg, struct mig_stream *s,
@@ -645,6 +670,8 @@ static void *outgoing_thread(void *arg)
 		/* its switchover has the same pause bound, up to the
 		 * destination's confirmation; postcopy_run disarms the deadlines
 		 * there, since from then on the guest needs this link */
+		if (collect_ack(mg, s, true))
+			goto failed;
 		uint64_t t_pc = mig_now_ms();
 		arm_pause_bound(mg, t_pc);
 		if (close_channels(mg, s)) {
@@ -665,6 +692,8 @@ static void *outgoing_thread(void *arg)
 		goto failed;
 	}
 
+	if (collect_ack(mg, s, true))
+		goto failed;
 	t_stop = mig_now_ms();
 	arm_pause_bound(mg, t_stop);
 	machine_pause(m);
@@ -820,7 +849,7 @@ static int write_saved_stream(struct vmm *v, int fd, char *err, size_t errlen)
 		free(all);
 		return -1;
 	}
-	struct migration dummy = { .vmm = v };
+	struct migration dummy = { .vmm = v, .config_acked = true };  /* a file says nothing */
 	pthread_mutex_init(&dummy.lock, NULL);
 	int r = -1;
 	if (mig_write_config(s, &cfg) == 0 && send_pages(&dummy, s, all) >= 0 &&
