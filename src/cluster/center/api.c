@@ -1031,7 +1031,7 @@ void api_handle(void *ctx, const struct http_request *req, struct http_response 
 			    "use an admin token");
 		return;
 	}
-	pthread_mutex_lock(&db_lock);
+	db_lock_api();
 	route(&c, req->path + strlen(PREFIX));
 	if (changes) {
 		char result[400] = "ok";

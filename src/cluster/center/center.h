@@ -29,6 +29,11 @@ struct center {
 
 extern struct center ctr;
 extern pthread_mutex_t db_lock;
+/* db_lock for an API call, and for background writers (the inventory
+ * sweep), which first let waiting API calls go (up to 50 ms): at 2,500
+ * hosts the sweep's writes would otherwise keep the API waiting. */
+void db_lock_api(void);
+void db_lock_background(void);
 
 /* db.c */
 bool db_open(const char *path, char *err, size_t errlen);

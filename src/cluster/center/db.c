@@ -6,11 +6,28 @@
 
 #include "cluster/common/util.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 pthread_mutex_t db_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int api_waiting;   /* API calls waiting for db_lock */
+
+void db_lock_api(void)
+{
+	atomic_fetch_add(&api_waiting, 1);
+	pthread_mutex_lock(&db_lock);
+	atomic_fetch_sub(&api_waiting, 1);
+}
+
+void db_lock_background(void)
+{
+	for (int i = 0; i < 100 && atomic_load(&api_waiting) > 0; i++)
+		usleep(500);
+	pthread_mutex_lock(&db_lock);
+}
 
 static const char schema[] =
 	"PRAGMA journal_mode=WAL;"

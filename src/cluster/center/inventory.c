@@ -268,7 +268,7 @@ static void refresh_host(const char *name, json_t *info)
 	char err[512];
 	json_t *rep = ferryd_call_within(url, "GET", "/agent/v1/host", NULL, REPORT_TIMEOUT_MS,
 					 &status, err, sizeof(err));
-	pthread_mutex_lock(&db_lock);
+	db_lock_background();
 	db_exec("BEGIN", NULL);   /* one commit for the host's rows */
 	if (!json_object_get(live_hosts, name)) {
 		/* its lease went while it was asked: the loop has marked it dead */
