@@ -164,6 +164,8 @@ dispatch:
 			uint32_t r = ((uint32_t (*)(uint64_t *, struct tlb_set *, uint64_t,
 						    struct jit_io *))(const void *)code)(x, tlb, pc, &io);
 			n += io.chained + (r & 0xff);
+			if (r >> 29 & 1)           /* an F/D instruction trapped */
+				goto next_block;   /* or wrote code: h->pc is set */
 			if (r >> 30 & 1)
 				JUMP(x[32]);
 			if (unlikely(r == 0)) {

@@ -62,7 +62,7 @@
 #define JIT_MAX_INSNS 48
 #define JIT_REGS 10
 /* per instruction at most a probe, a load and an exit stub */
-#define JIT_MAX_BYTES (512 + JIT_MAX_INSNS * 200)
+#define JIT_MAX_BYTES (512 + JIT_MAX_INSNS * 256)
 
 /* host registers that may hold guest registers; rax, rcx and rdx are
  * scratch, rdi holds x and rsi the TLB set. The callee-saved ones are
@@ -243,6 +243,25 @@ static bool jit_op(uint8_t op)
 		return true;
 	}
 	return false;
+}
+
+/* An F or D instruction (loads, stores, arithmetic, fused multiply-add),
+ * which the run hands to the reference interpreter (compile_fp()). */
+static bool fp_insn(const struct dinsn *d)
+{
+	if (d->op != OP_INTERP)
+		return false;
+	switch (d->insn & 0x7f) {
+	case 0x07: case 0x27: case 0x53: case 0x43: case 0x47: case 0x4b: case 0x4f:
+		return true;
+	}
+	return false;
+}
+
+/* what a run may hold */
+static bool jit_insn(const struct dinsn *d)
+{
+	return jit_op(d->op) || fp_insn(d);
 }
 
 static bool has_rs2(uint8_t op)
@@ -528,8 +547,61 @@ static void compile_jump(struct emitter *em, const struct dinsn *d, int a)
 
 /* Emit one instruction; false if it needs more host registers than are
  * free (nothing emitted then). */
+/* The reference interpreter's F/D code, for a run (called with x, the
+ * instruction's pc, its bits and length): 0 when it went on, 1 when it
+ * trapped (the hart is at its handler), 2 when it wrote a page holding
+ * decoded code (h->pc is past it, where the run must stop). */
+static uint32_t jit_fp(uint64_t *x, uint64_t pc, uint32_t insn, uint32_t len)
+{
+	struct hart *h = (struct hart *)(void *)((uint8_t *)x - offsetof(struct hart, x));
+	h->pc = pc;
+	h->code_written = false;
+	if (cpu_step(h, insn, len) == STEP_TRAP)
+		return 1;
+	if (h->code_written) {
+		h->code_written = false;
+		return 2;
+	}
+	return 0;
+}
+
+/* An F/D instruction: the registers written back, a call to jit_fp()
+ * (rdi and rsi kept, the stack aligned), every register the run holds
+ * loaded again (the instruction may write one: fmv.x.d, feq, fcvt...);
+ * when it trapped or wrote code, the run returns with bit 29 set, the
+ * hart's pc already where to go on, and its count without or with it. */
+static void compile_fp(struct emitter *em, const struct dinsn *d)
+{
+	uint64_t helper = (uint64_t)(uintptr_t)jit_fp;
+	write_back(em);
+	EMIT(em, 0x57, 0x56, 0x48, 0x83, 0xec, 0x08);     /* push rdi; push rsi; sub rsp, 8 */
+	EMIT(em, 0x48, 0x8b, 0x74, 0x24, 0x20);           /* mov rsi, [rsp+32]: the run's pc */
+	EMIT(em, 0x48, 0x81, 0xc6); u32le(em, em->bytes); /* add rsi, bytes */
+	byte(em, 0xba); u32le(em, d->insn);               /* mov edx, insn */
+	byte(em, 0xb9); u32le(em, d->len);                /* mov ecx, len */
+	EMIT(em, 0x48, 0xb8); u32le(em, (uint32_t)helper); u32le(em, (uint32_t)(helper >> 32));
+	EMIT(em, 0xff, 0xd0);                             /* call rax */
+	EMIT(em, 0x48, 0x83, 0xc4, 0x08, 0x5e, 0x5f);     /* add rsp, 8; pop rsi; pop rdi */
+	for (unsigned s = 0; s < em->used; s++)
+		load_guest(em, host_reg[s], em->guest_of[s]);
+	EMIT(em, 0x85, 0xc0);                             /* test eax, eax */
+	EMIT(em, 0x0f, 0x84); uint8_t *on = em->p; u32le(em, 0);   /* jz on */
+	EMIT(em, 0x83, 0xf8, 0x01);                       /* cmp eax, 1 */
+	EMIT(em, 0x0f, 0x85); uint8_t *written = em->p; u32le(em, 0);  /* jne written */
+	byte(em, 0xb8); u32le(em, 1u << 29 | em->bytes << 8 | em->count);  /* trapped */
+	epilogue(em);
+	u32at(written, (uint32_t)(em->p - (written + 4)));
+	byte(em, 0xb8); u32le(em, 1u << 29 | (em->bytes + d->len) << 8 | (em->count + 1));
+	epilogue(em);
+	u32at(on, (uint32_t)(em->p - (on + 4)));
+}
+
 static bool compile_one(struct emitter *em, const struct dinsn *d)
 {
+	if (fp_insn(d)) {
+		compile_fp(em, d);
+		return true;
+	}
 	/* make sure every register it names has a home first */
 	unsigned need = 0;
 	bool st = d->op >= OP_SB && d->op <= OP_SD;
@@ -656,7 +728,7 @@ static struct run compile_run(struct hart *h, struct dpage *dp, unsigned i,
 	unsigned count = 0, bytes = 0, at = i;
 	bool ended = false;
 	struct dinsn d = dp->slot[i];
-	while (count < JIT_MAX_INSNS && bytes + d.len <= 240 && jit_op(d.op)) {
+	while (count < JIT_MAX_INSNS && bytes + d.len <= 240 && jit_insn(&d)) {
 		if (!compile_one(&em, &d))
 			break;
 		if (final_op(d.op)) {
@@ -675,7 +747,7 @@ static struct run compile_run(struct hart *h, struct dpage *dp, unsigned i,
 		/* decode the next one without touching its slot */
 		code_decode_at(dp->host, at, &d);
 	}
-	bool stopped_at_op = at < DPAGE_SLOTS && !jit_op(d.op);
+	bool stopped_at_op = at < DPAGE_SLOTS && !jit_insn(&d);
 	if (!ended && stopped_at_op)
 		exit_stub(&em);               /* the end: all of it done, and the
 					       * executor's work next */
@@ -691,7 +763,7 @@ static struct run compile_run(struct hart *h, struct dpage *dp, unsigned i,
 void jit_compile(struct hart *h, struct dpage *dp, unsigned i)
 {
 	struct dinsn *first = &dp->slot[i];
-	if (!jit_op(first->op))
+	if (!jit_insn(first))
 		return;
 	if (!h->jit_arena) {
 		void *a = mmap(NULL, JIT_ARENA, PROT_READ | PROT_WRITE | PROT_EXEC,

@@ -192,7 +192,7 @@ static uint32_t enc_j(unsigned rd, int off)
 #define WFI                0x10500073u
 #define ECALL              0x00000073u
 #define FENCE_I            0x0000100fu
-enum { A0 = 10, A1 = 11, A2 = 12, A3 = 13, T0 = 5, T1 = 6, RA = 1 };
+enum { A0 = 10, A1 = 11, A2 = 12, A3 = 13, A4 = 14, A5 = 15, T0 = 5, T1 = 6, RA = 1 };
 
 /* rd = RAM_BASE + off, from code placed at RAM_BASE + at (auipc + addi). */
 static void la(uint32_t *w, unsigned rd, uint64_t at, uint64_t off)
@@ -383,6 +383,84 @@ static void ferry_cpu_picks_the_executor(void **state)
 	else
 		unsetenv("FERRY_CPU");
 	free(saved);
+}
+
+/* F/D instructions inside a run of integer ones (the JIT hands them to
+ * the reference interpreter from the run): a register the run holds and
+ * an F/D instruction writes (fmv.x.d) is seen afresh after it; with the
+ * FPU off (mstatus.FS = 0) the first one traps precisely: mepc, mcause,
+ * the instructions before it retired, none after it run; an F/D store
+ * into the instructions after it makes them run as written. */
+static void fp_inside_a_run_is_exact(void **state)
+{
+	struct fixture *f = *state;
+	uint32_t prog[] = {
+		ADDI(A0, 0, 5), ADDI(A1, 0, 2), ADDI(A3, 0, 100),
+		0xf20500d3,                                   /* fmv.d.x f1, a0 */
+		0xe20086d3,                                   /* fmv.x.d a3, f1 */
+		(0x33 | A3 << 7 | A3 << 15 | A1 << 20),       /* add a3, a3, a1 */
+		ADDI(A2, 0, 3), WFI,
+	};
+	for (int mode = 0; mode < 6; mode++) {  /* decoded, reference, JIT; FPU on, off */
+		bool fpu = mode < 3;
+		memcpy(f->code, prog, sizeof(prog));
+		hart_drop_code(f->h);
+		f->h->reference = mode % 3 == 1;
+		f->h->jit = mode % 3 == 2;
+		f->h->pc = RAM_BASE;
+		f->h->wfi = false;
+		f->h->instret = 0;
+		f->h->mcause = 0;
+		f->h->x[A2] = 0;
+		f->h->mstatus = (f->h->mstatus & ~(3ULL << 13)) | (fpu ? 1ULL << 13 : 0);
+		run(f, 1000);
+		if (fpu) {
+			assert_int_equal(f->h->x[A3], 7);
+			assert_int_equal(f->h->f[1], 5);
+			assert_int_equal(f->h->x[A2], 3);
+			assert_int_equal(f->h->instret, 8);
+			assert_int_equal(f->h->pc, RAM_BASE + 8 * 4);
+		} else {
+			assert_int_equal(f->h->mcause, 2);            /* illegal instruction */
+			assert_int_equal(f->h->mepc, RAM_BASE + 12);
+			assert_int_equal(f->h->x[A3], 100);
+			assert_int_equal(f->h->x[A2], 0);
+			assert_int_equal(f->h->instret, 3 + 1);       /* + the wfi at mtvec */
+			assert_int_equal(f->h->pc, TRAP_VEC + 4);
+		}
+	}
+
+	/* an F/D store into code after it, code that ran (and was compiled)
+	 * the round before: the new bytes run */
+	uint32_t smc[] = {
+		0, 0, 0, 0,                                   /* la a4, word 8; la a5, data */
+		ADDI(A1, 0, 2),
+		0x0007b087,                                   /* loop: fld f1, 0(a5) */
+		0x00173027,                                   /* fsd f1, 0(a4) */
+		ADDI(A5, A5, 8),
+		ADDI(A2, 0, 3), ADDI(A2, A2, 50),             /* round 2: a2 = 9, a2 += 1 */
+		ADDI(A1, A1, -1), BNE(A1, 0, -24),
+		WFI,
+	};
+	la(&smc[0], A4, 0, 32);
+	la(&smc[2], A5, 8, 0x3000);
+	uint64_t words[2] = { smc[8] | (uint64_t)smc[9] << 32,
+			      ADDI(A2, 0, 9) | (uint64_t)ADDI(A2, A2, 1) << 32 };
+	for (int mode = 0; mode < 3; mode++) {
+		memcpy(f->code, smc, sizeof(smc));
+		memcpy(f->t->ram + 0x3000, words, sizeof(words));
+		hart_drop_code(f->h);
+		f->h->reference = mode == 1;
+		f->h->jit = mode == 2;
+		f->h->pc = RAM_BASE;
+		f->h->wfi = false;
+		f->h->instret = 0;
+		f->h->mstatus |= 1ULL << 13;
+		run(f, 1000);
+		assert_int_equal(f->h->x[A2], 10);
+		assert_int_equal(f->h->x[A1], 0);
+		assert_int_equal(f->h->instret, 5 + 2 * 7 + 1);
+	}
 }
 
 /* The JIT's templates against the decoded executor: one run of ALU
@@ -647,6 +725,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(jit_run_matches_the_executor, setup, teardown),
 		cmocka_unit_test_setup_teardown(calls_and_chained_runs_count_exactly, setup, teardown),
 		cmocka_unit_test_setup_teardown(ferry_cpu_picks_the_executor, setup, teardown),
+		cmocka_unit_test_setup_teardown(fp_inside_a_run_is_exact, setup, teardown),
 		cmocka_unit_test_setup_teardown(calls_across_pages_run_rewritten_callees, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(loop_leaving_at_a_load_keeps_its_registers, setup,
