@@ -50,8 +50,12 @@
  * changed yet this time round is harmless), so that going round keeps
  * them all in host registers (self_loop()).
  *
- * Not yet: F/D (the executor hands them to the reference interpreter),
- * div/rem, registers kept across runs other than a loop's own.
+ * F/D instructions are in runs too, as calls to the reference
+ * interpreter's code (compile_fp()).
+ *
+ * Not yet: F/D in host SSE registers, div/rem, registers kept across runs
+ * other than a loop's own, chain exits patched once their target is
+ * compiled (they go through the jump-target cache meanwhile).
  */
 #include "cpu/internal.h"
 
