@@ -36,6 +36,8 @@ HA on the cluster plane: what keeps a VM from running on two hosts.
   looks dead (ferryd stopped, its ferry-vm running on): HA holds its lock,
   every restart is refused by the disk image's lock, audited as failed
   and retried; once the copy is gone the VM starts elsewhere, once.
+- etcd without quorum (test_ha_etcd_quorum_lost): no host declared dead,
+  no restart, `ferry cluster show` says why; back: one copy again.
 """
 
 import calendar
@@ -48,7 +50,7 @@ import time
 from pathlib import Path
 
 from ferrylib import QMP, wait_until
-from test_cluster import IDLE, Lab
+from test_cluster import FERRY, IDLE, Lab
 
 TIMEOUT = 150
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -470,3 +472,43 @@ def test_ha_disk_lock():
             assert not lab.procs("h3", "/vms/dl/control.sock"), "h3 started dl again"
             time.sleep(0.1)
         assert len([h for h in ("h1", "h2") if lab.procs(h, "/vms/dl/control.sock")]) == 1
+
+
+def test_ha_etcd_quorum_lost():
+    """etcd loses quorum (the members of h2 and h3 stopped, SIGSTOP): no HA
+    action (no host is declared dead, the VM fenced on h1 is restarted
+    nowhere while it lasts) and `ferry cluster show` says why; once the
+    members are back the VM runs again, one copy, and etcd shows ok."""
+    with Lab() as lab:
+        lab.cli("vm", "create", "q", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h1",
+                "--ha", "high")
+        wait_until(lambda: "VM q runs here: its HA record" in ferryd_log(lab, "h1"), 20,
+                   "q's HA record in etcd")
+        assert lab.cli("cluster", "show")["etcd"] == {"ok": True}
+        members = [pid for h in ("h2", "h3") for pid, cmd in lab.procs(h, "etcd --name")]
+        assert len(members) == 2, members
+        for pid in members:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            etcd = wait_until(lambda: (lambda e: e if not e["ok"] else None)(
+                lab.cli("cluster", "show")["etcd"]), 60, "ferry-center to find etcd silent")
+            assert "no HA action" in etcd["ha"] and etcd["since"], etcd
+            text = subprocess.run([str(FERRY), "--lab", lab.name, "cluster", "show"],
+                                  capture_output=True, text=True).stdout
+            assert "etcd: NOT ANSWERING since" in text and "no HA action" in text, text
+            wait_until(lambda: fence_records(lab, "h1"), 30, "h1 to fence q")
+            end = time.monotonic() + 8
+            while time.monotonic() < end:   # no restart anywhere, no host dead
+                assert not [h for h in ("h1", "h2", "h3") if lab.procs(h, "ferry-vm")]
+                time.sleep(0.2)
+            assert all(h["alive"] for h in lab.cli("host", "list")["hosts"])
+            for h in ("h1", "h2", "h3"):
+                assert "HA: VM q restarted" not in ferryd_log(lab, h)
+        finally:
+            for pid in members:
+                os.kill(pid, signal.SIGCONT)
+        wait_until(lambda: lab.cli("cluster", "show")["etcd"]["ok"], 60, "etcd to answer again")
+        found = wait_until(lambda: [h for h in ("h1", "h2", "h3") if lab.procs(h, "ferry-vm")],
+                           60, "q to run again")
+        assert len(found) == 1, found

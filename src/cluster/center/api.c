@@ -847,6 +847,7 @@ static json_t *cluster_json(void)
 				"tasks_running", json_object_get(n, "running"), "tasks_queued",
 				json_object_get(n, "queued"));
 	json_object_set_new(out, "drs", drs_status_json());
+	json_object_set_new(out, "etcd", ha_etcd_json());
 	json_decref(n);
 	return out;
 }

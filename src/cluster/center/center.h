@@ -94,6 +94,9 @@ void ha_audit_monitor(const char *host, json_t *events);
 void ha_adopt(const char *name, const char *host, const char *dead);
 /* Does VM name's HA record in etcd put it on host? (the decider moved it) */
 bool ha_record_names(const char *name, const char *host);
+/* etcd answered the inventory or not; the state for GET /api/v1/cluster */
+void ha_etcd_state(bool ok, const char *err);
+json_t *ha_etcd_json(void);
 
 /* admission.c: would the layout with VM (spec) on host still restart
  * every HA VM after ha.host_failures_tolerated failures? false with the

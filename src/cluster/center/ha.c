@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* A host reports a VM running that the inventory puts on a host whose
  * lease is gone: the HA decider restarted it there. Under db_lock. */
@@ -150,4 +151,43 @@ void ha_audit_monitor(const char *host, json_t *events)
 		      json_string_value(json_object_get(ev, "outcome")) ?: "?");
 		json_decref(details);
 	}
+}
+
+/* etcd's state as the inventory last found it: while etcd does not answer
+ * (no quorum), nothing HA does can happen (no host is seen dead, the
+ * decider cannot claim a record) and ferry-center says so in
+ * GET /api/v1/cluster ("etcd"), which `ferry cluster show` prints. */
+static pthread_mutex_t etcd_state_lock = PTHREAD_MUTEX_INITIALIZER;
+static char etcd_error[300];
+static time_t etcd_down_since;
+
+void ha_etcd_state(bool ok, const char *err)
+{
+	pthread_mutex_lock(&etcd_state_lock);
+	if (ok) {
+		etcd_down_since = 0;
+		etcd_error[0] = 0;
+	} else {
+		if (!etcd_down_since)
+			etcd_down_since = time(NULL);
+		snprintf(etcd_error, sizeof(etcd_error), "%s", err ? err : "?");
+	}
+	pthread_mutex_unlock(&etcd_state_lock);
+}
+
+json_t *ha_etcd_json(void)
+{
+	pthread_mutex_lock(&etcd_state_lock);
+	json_t *j;
+	if (!etcd_down_since) {
+		j = json_pack("{s:b}", "ok", 1);
+	} else {
+		j = json_pack("{s:b, s:s, s:s}", "ok", 0, "error", etcd_error, "ha",
+			      "no HA action while etcd does not answer (no quorum?): no host is "
+			      "declared dead and no VM restarted until it is back; meanwhile every "
+			      "ferryd that cannot renew its lease fences its own VMs");
+		iso_or_null(j, "since", json_integer(etcd_down_since));
+	}
+	pthread_mutex_unlock(&etcd_state_lock);
+	return j;
 }

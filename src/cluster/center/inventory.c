@@ -366,6 +366,7 @@ void *inventory_loop(void *arg)
 	for (;;) {
 		char err[512];
 		json_t *live = etcd_get_prefix(&ctr.etcd, "/ferry/hosts/", err, sizeof(err));
+		ha_etcd_state(live != NULL, err);
 		if (!live) {
 			if (!complained)
 				logf_("etcd: %s (hosts keep their last state)", err);

@@ -816,6 +816,21 @@ static void print_drs(json_t *d)
 	}
 }
 
+/* etcd's state: without it HA does nothing, and says why */
+static void print_etcd(json_t *etcd)
+{
+	if (!etcd)
+		return;
+	if (json_is_true(json_object_get(etcd, "ok"))) {
+		printf("etcd: ok\n");
+		return;
+	}
+	printf("etcd: NOT ANSWERING since %s (%s)\n  %s\n",
+	       json_string_value(json_object_get(etcd, "since")) ?: "?",
+	       json_string_value(json_object_get(etcd, "error")) ?: "?",
+	       json_string_value(json_object_get(etcd, "ha")) ?: "");
+}
+
 static int cmd_cluster_show(int argc, char **argv)
 {
 	(void)argc; (void)argv;
@@ -824,6 +839,7 @@ static int cmd_cluster_show(int argc, char **argv)
 		return print_reply(r);
 	print_json(json_object_get(r, "settings"));
 	print_drs(json_object_get(r, "drs"));
+	print_etcd(json_object_get(r, "etcd"));
 	json_decref(r);
 	return 0;
 }
