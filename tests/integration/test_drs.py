@@ -306,13 +306,14 @@ def test_dpm_standby_wake():
         err = refused(lab, "vm", "create", "x", "--kernel", "shared:Image", "--mem", "64",
                       "--host", asleep)
         assert "standby" in err, err
-        out = subprocess.run(
-            ["ip", "netns", "exec", lab.name + "-client", "curl", "-s", "-w", "\n%{http_code}",
-             "-X", "POST", "-H", "Authorization: Bearer " + lab.token,
-             "http://10.88.0.%d:7700/agent/v1/vms" % (10 + int(asleep[1:])), "-d",
-             json.dumps({"name": "x", "spec": {"kernel": "shared:Image", "mem_mib": 64}})],
-            capture_output=True, text=True, timeout=30).stdout
-        assert out.rsplit("\n", 1)[1] == "503" and "standby" in out, out
+        for call in ("vms", "incoming", "ft/secondary"):   # start, migration, FT secondary
+            out = subprocess.run(
+                ["ip", "netns", "exec", lab.name + "-client", "curl", "-s", "-w",
+                 "\n%{http_code}", "-X", "POST", "-H", "Authorization: Bearer " + lab.token,
+                 "http://10.88.0.%d:7700/agent/v1/%s" % (10 + int(asleep[1:]), call), "-d",
+                 json.dumps({"name": "x", "spec": {"kernel": "shared:Image", "mem_mib": 64}})],
+                capture_output=True, text=True, timeout=30).stdout
+            assert out.rsplit("\n", 1)[1] == "503" and "standby" in out, (call, out)
         # a big VM fills an awake host's memory past 81%: DPM wakes the sleeper
         lab.create("big", host=awake[0], mem=400)
         wait_until(lambda: not standby(), 60, "DPM to wake " + asleep)

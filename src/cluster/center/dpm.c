@@ -24,7 +24,10 @@
  *   (a failed task) gives up: the host is active again.
  * Every step is audited: dpm.evacuate, dpm.standby, dpm.wake (with the
  * reason). hosts.standby is ferry-center's word (0 active, 1 standby, 2
- * entering standby); a ferryd whose report disagrees is told again.
+ * entering standby); a ferryd whose report disagrees is told again. A
+ * ferryd that refuses standby (it still runs something, such as an FT
+ * secondary, that ferry-center does not list as a VM) is not asked again
+ * for DPM_REFUSED_BACKOFF_S.
  */
 #include "cluster/center/drs.h"
 
@@ -40,6 +43,8 @@
 
 static time_t low_since;          /* since when a standby would fit (0: it would not) */
 static json_t *woken_at;          /* host -> time it was woken */
+static json_t *refused_at;        /* host -> time its ferryd refused standby */
+#define DPM_REFUSED_BACKOFF_S 300   /* e.g. it holds an FT secondary ferry-center does not list */
 
 bool dpm_order(const char *host, bool standby, char *err, size_t errlen)
 {
@@ -174,7 +179,9 @@ static struct mhost *plan_standby(struct model *m, long long delay, json_t *move
 	for (int k = 0; k < m->nhosts; k++) {
 		struct mhost *h = &m->hosts[k];
 		json_t *w = json_object_get(woken_at, h->name);
-		if (!h->active || (w && now - json_integer_value(w) < delay))
+		json_t *r = json_object_get(refused_at, h->name);
+		if (!h->active || (w && now - json_integer_value(w) < delay) ||
+		    (r && now - json_integer_value(r) < DPM_REFUSED_BACKOFF_S))
 			continue;
 		if (!best || h->nvms < best->nvms ||
 		    (h->nvms == best->nvms && host_load(h) < host_load(best)))
@@ -235,8 +242,12 @@ static void finish_entering(struct mhost *h)
 	json_decref(left);
 	if (n == 0) {
 		set_standby(h->name, 1);
-		if (!order(h->name, true, "dpm.standby", NULL))
+		if (!order(h->name, true, "dpm.standby", NULL)) {
 			set_standby(h->name, 0);
+			if (!refused_at)
+				refused_at = json_object();
+			json_object_set_new(refused_at, h->name, json_integer((json_int_t)time(NULL)));
+		}
 	} else if (!moving) {
 		set_standby(h->name, 0);
 		json_t *d = json_pack("{s:I}", "vms_left", (json_int_t)n);

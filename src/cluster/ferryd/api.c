@@ -99,6 +99,20 @@ static void vm_routes(const struct http_request *req, struct http_response *resp
 	}
 }
 
+/* In DPM's standby this host starts no VM: no start, no incoming
+ * migration, no FT secondary. 503, not 409: the HA decider takes a 409
+ * for "runs there already" and tries the next host on anything else. */
+static bool refused_in_standby(const struct http_request *req, struct http_response *resp,
+			       const char *rest)
+{
+	if (!is(req, "POST") || !host_standby() || (strcmp(rest, "vms") &&
+	    strcmp(rest, "incoming") && strcmp(rest, "ft/secondary")))
+		return false;
+	reply_error(resp, 503, "this host is in standby (DPM): it takes no VMs",
+		    "ferry-center wakes it when the cluster needs it");
+	return true;
+}
+
 void api_handle(void *ctx, const struct http_request *req, struct http_response *resp)
 {
 	(void)ctx;
@@ -114,7 +128,7 @@ void api_handle(void *ctx, const struct http_request *req, struct http_response 
 		return;
 	}
 	const char *rest = req->path + strlen(PREFIX);
-	if (ft_route(req, resp, rest))
+	if (refused_in_standby(req, resp, rest) || ft_route(req, resp, rest))
 		return;
 	if (!strcmp(rest, "host") && is(req, "GET")) {
 		json_t *h = host_report();
@@ -135,11 +149,6 @@ void api_handle(void *ctx, const struct http_request *req, struct http_response 
 		else
 			reply_json(resp, 200, host_report());
 		json_decref(body);
-	} else if ((!strcmp(rest, "vms") || !strcmp(rest, "incoming")) && is(req, "POST") &&
-		   host_standby()) {
-		/* 503, not 409: the HA decider takes a 409 for "runs there already" */
-		reply_error(resp, 503, "this host is in standby (DPM): it takes no VMs",
-			    "ferry-center wakes it when the cluster needs it");
 	} else if (!strcmp(rest, "vms") && is(req, "GET")) {
 		reply_json(resp, 200, json_pack("{s:o}", "vms", vms_list()));
 	} else if (!strcmp(rest, "vms") && is(req, "POST")) {
