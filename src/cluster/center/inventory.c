@@ -11,7 +11,7 @@
  * The hosts are asked concurrently and independently: each second every
  * live host not already waiting or being asked joins a queue, which
  * SWEEP_WORKERS threads work through, each report with a timeout of
- * REPORT_TIMEOUT_MS. A host whose ferryd accepts connections but does not
+ * REPORT_TIMEOUT_MS, paced to SWEEP_REPORTS_PER_S. A host whose ferryd accepts connections but does not
  * answer holds one worker for that long and is marked unreachable with the
  * reason (HOST's "unreachable"); the others go on being refreshed.
  */
@@ -29,6 +29,10 @@
 
 #define SWEEP_WORKERS 4
 #define REPORT_TIMEOUT_MS 5000
+/* each host is asked at most every second, and the whole sweep at most
+ * this many reports a second (at 2,500 hosts: each every 5 s, the rate of
+ * the one-at-a-time sweep before, which left the API its CPU) */
+#define SWEEP_REPORTS_PER_S 500
 
 static json_t *ferryd_call_within(const char *url, const char *method, const char *path,
 				  json_t *body, long timeout_ms, long *status, char *err,
@@ -320,11 +324,14 @@ static pthread_mutex_t sweep_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t sweep_more = PTHREAD_COND_INITIALIZER;
 static json_t *sweep_queue;   /* [[name, info]...], oldest first */
 static json_t *sweep_busy;    /* name -> true while queued or being asked */
+static json_t *sweep_next;    /* name -> when it may be asked again (ms) */
+static int64_t sweep_interval_ms = 1000;
 
 static void sweep_add(const char *name, json_t *info)
 {
 	pthread_mutex_lock(&sweep_lock);
-	if (!json_object_get(sweep_busy, name)) {
+	if (!json_object_get(sweep_busy, name) &&
+	    now_ms() >= json_integer_value(json_object_get(sweep_next, name))) {
 		json_object_set_new(sweep_busy, name, json_true());
 		json_array_append_new(sweep_queue, json_pack("[s, O]", name, info));
 		pthread_cond_signal(&sweep_more);
@@ -346,6 +353,9 @@ static void *sweep_worker(void *arg)
 		refresh_host(name, json_array_get(job, 1));
 		pthread_mutex_lock(&sweep_lock);
 		json_object_del(sweep_busy, name);
+		/* (less the loop's jitter: a 1 s interval is every loop, not every other) */
+		json_object_set_new(sweep_next, name,
+				    json_integer(now_ms() + sweep_interval_ms - 200));
 		pthread_mutex_unlock(&sweep_lock);
 		json_decref(job);
 	}
@@ -357,6 +367,7 @@ void *inventory_loop(void *arg)
 	(void)arg;
 	sweep_queue = json_array();
 	sweep_busy = json_object();
+	sweep_next = json_object();
 	for (int i = 0; i < SWEEP_WORKERS; i++) {
 		pthread_t t;
 		pthread_create(&t, NULL, sweep_worker, NULL);
@@ -403,6 +414,10 @@ void *inventory_loop(void *arg)
 			}
 		}
 		pthread_mutex_unlock(&db_lock);
+		int64_t interval = (int64_t)json_object_size(names) * 1000 / SWEEP_REPORTS_PER_S;
+		pthread_mutex_lock(&sweep_lock);
+		sweep_interval_ms = interval > 1000 ? interval : 1000;
+		pthread_mutex_unlock(&sweep_lock);
 		json_object_foreach(names, key, value)
 			sweep_add(key, value);
 		json_array_foreach(lost, i, r)
