@@ -4,7 +4,7 @@ disks: copy against QEMU 7.2's `migrate` with the `block` capability
 (block migration: the disk in the migration stream), same guest, same
 image, loopback.
 
-    bench/nothing.py [--mem 256] [--disk-mib 256] [--data-mib 192] [--runs 1]
+    bench/nothing.py [--mem 256] [--disk-mib 256] [--data-mib 192] [--runs 1] [--tls]
 
 Method. One raw image of --disk-mib MiB is made once: --data-mib MiB of
 incompressible data at its start, the rest a hole. For each run and side
@@ -21,6 +21,8 @@ second at the start of the disk). After its first record the host starts:
   max-bandwidth 10 GB/s (QEMU's default cap is 32 MiB/s), then `migrate`,
   to a `-incoming` QEMU given the empty image; figures from query-migrate
   (total-time, downtime, ram transferred + disk transferred).
+With --tls: ferry-vm without and with --tls-creds on both sides (what TLS
+costs on the disk path), no QEMU rows.
 Each run also says whether the guest went on logging on the destination
 (a new record within 30 s of the end). The page
 cache is not dropped (the host is shared).
@@ -62,18 +64,19 @@ def images(work, master, side, disk_mib):
     return src, dst
 
 
-def ferry_run(work, master, args):
+def ferry_run(work, master, args, certs=None):
     src_img, dst_img = images(work, master, "ferry", args.disk_mib)
     ss, ds = work / "ferry-src.sock", work / "ferry-dst.sock"
+    tls = ["--tls-creds", str(certs)] if certs else []
     src = bl.Machine("ferry-src", bl.ferry_cmd(APPEND, mem=args.mem, control=ss) +
-                     ["--disk", str(src_img)], work, ss)
+                     ["--disk", str(src_img)] + tls, work, ss)
     dst = None
     try:
         src.wait_for(LOG_RE, BOOT_S)
         port = bl.free_tcp_port()
         dst = bl.Machine("ferry-dst", bl.ferry_cmd(None, mem=args.mem, control=ds,
                                                    incoming=f"tcp:127.0.0.1:{port}") +
-                         ["--disk", str(dst_img)], work, ds)
+                         ["--disk", str(dst_img)] + tls, work, ds)
         bl.wait_until(lambda: bl.listening(port), 30, "ferry-vm destination")
         q = src.qmp()
         q.cmd("migrate", uri=f"tcp:127.0.0.1:{port}", disks="copy", downtime_ms=300)
@@ -159,6 +162,7 @@ def main(argv=None):
     ap.add_argument("--disk-mib", type=int, default=256)
     ap.add_argument("--data-mib", type=int, default=192)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--tls", action="store_true")
     args = ap.parse_args(argv)
     bl.need_guest()
     bl.need_program(bl.QEMU_SYSTEM, "qemu-system-misc")
@@ -167,8 +171,14 @@ def main(argv=None):
         master = work / "master.raw"
         make_master(master, args.disk_mib, args.data_mib)
         rows = []
+        sides = (("ferry-vm", ferry_run), ("QEMU 7.2", qemu_run))
+        if args.tls:
+            from channel import make_certs
+            certs = make_certs(work)
+            sides = (("ferry-vm plain", ferry_run),
+                     ("ferry-vm TLS", lambda w, m, a: ferry_run(w, m, a, certs)))
         for run in range(args.runs):
-            for side, fn in (("ferry-vm", ferry_run), ("QEMU 7.2", qemu_run)):
+            for side, fn in sides:
                 r = fn(work, master, args)
                 rows.append([side, str(run + 1), r["status"],
                              bl.fmt_s(r["total_ms"] / 1000) if r["total_ms"] else "-",
