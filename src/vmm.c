@@ -91,6 +91,12 @@ static const char *pause_reason(struct vmm *v, char *desc, size_t desclen)
 			 "resumes here if the migration fails before the handoff");
 		return "migration";
 	}
+	if (ft_is_holding(v->ft)) {
+		snprintf(desc, desclen, "fault tolerance lost its secondary, which may take "
+			 "over; the guest's output is held: ft-continue releases it and runs "
+			 "on unprotected, quit ends the guest here");
+		return "ft-secondary-lost";
+	}
 	snprintf(desc, desclen, "paused by ferry-vm itself");
 	return "internal";
 }
@@ -221,6 +227,11 @@ static json_t *cmd_cont(void *ctx, json_t *args, const char **cls, char *err, si
 	}
 	if (h == VMM_HOLD_HANDOFF_UNKNOWN)
 		return cont_forced(v, args, err, errlen);
+	if (ft_is_holding(v->ft)) {
+		snprintf(err, errlen, "fault tolerance lost its secondary, which may take over: "
+			 "ft-continue runs the guest on here, unprotected, once that is settled");
+		return NULL;
+	}
 	if (h == VMM_HOLD_USER || h == VMM_HOLD_SAVE || !machine_running(v->machine)) {
 		hold_set(v, VMM_HOLD_NONE, NULL);
 		machine_resume(v->machine);
@@ -306,6 +317,7 @@ static const struct control_cmd vmm_commands[] = {
 	{ "ft-stop", ft_cmd_stop },
 	{ "query-ft", ft_cmd_query },
 	{ "ft-takeover", ft_cmd_takeover },
+	{ "ft-continue", ft_cmd_continue },
 	{ NULL, NULL },
 };
 

@@ -36,7 +36,15 @@
  * guest that talks gets short epochs, a guest that only computes keeps
  * epoch_ms.
  * A lost secondary (a failed write, no ACK within timeout_ms) leaves the
- * guest running unprotected: held output goes out, FT_UNPROTECTED says so.
+ * guest running unprotected: held output goes out, FT_UNPROTECTED says so
+ * (`on_loss: "release"`, the default). But the secondary may still be
+ * alive behind a cut link and take over from the last acknowledged epoch,
+ * and output released here is output it will never reproduce; so with
+ * `on_loss: "hold"` (ferryd's FT agent) a primary that loses a secondary
+ * holding a complete checkpoint pauses its guest and keeps its output and
+ * held writes (FT_SECONDARY_LOST) until an arbiter that has settled who
+ * runs says `ft-continue` (release them, run on unprotected) or ends it
+ * (`quit`, a kill: everything held is dropped, the image never gets it).
  *
  * Secondary (`ferry-vm --ft-secondary tcp:H:P[,secret-file=F]`): the same
  * board as the primary, nothing runs. Pages of the initial copy go into
@@ -130,11 +138,12 @@ static uint64_t get_le64(const uint8_t *p)
 /* ======================================================================== */
 /* ---- primary ---------------------------------------------------------------------- */
 
-enum ft_status { FT_SYNCING, FT_PROTECTED, FT_UNPROTECTED, FT_STOPPED };
+enum ft_status { FT_SYNCING, FT_PROTECTED, FT_SECONDARY_LOST, FT_UNPROTECTED, FT_STOPPED };
 
 static const char *const ft_status_names[] = {
 	[FT_SYNCING] = "syncing", [FT_PROTECTED] = "protected",
-	[FT_UNPROTECTED] = "unprotected", [FT_STOPPED] = "stopped",
+	[FT_SECONDARY_LOST] = "secondary-lost", [FT_UNPROTECTED] = "unprotected",
+	[FT_STOPPED] = "stopped",
 };
 
 struct ft {
@@ -145,8 +154,10 @@ struct ft {
 	char error[320];
 	char uri[256];
 	uint64_t epoch_ms, timeout_ms, min_epoch_ms;
+	bool hold_on_loss;              /* on_loss "hold": wait for ft-continue */
 	struct mig_secret secret;
 	atomic_bool stop;
+	atomic_bool go_on;              /* ft-continue: release and run unprotected */
 	atomic_bool output_waiting;     /* a frame was held in the epoch under way */
 	int wake[2];                    /* ft-stop, quit and held output wake the wait */
 
@@ -187,9 +198,20 @@ bool ft_is_active(struct ft *ft)
 	if (!ft)
 		return false;
 	pthread_mutex_lock(&ft->lock);
-	bool on = ft->status == FT_SYNCING || ft->status == FT_PROTECTED;
+	bool on = ft->status == FT_SYNCING || ft->status == FT_PROTECTED ||
+		  ft->status == FT_SECONDARY_LOST;
 	pthread_mutex_unlock(&ft->lock);
 	return on;
+}
+
+bool ft_is_holding(struct ft *ft)
+{
+	if (!ft)
+		return false;
+	pthread_mutex_lock(&ft->lock);
+	bool held = ft->status == FT_SECONDARY_LOST;
+	pthread_mutex_unlock(&ft->lock);
+	return held;
 }
 
 static struct mig_stream *ft_primary_connect(struct ft *ft, char *err, size_t errlen)
@@ -342,6 +364,17 @@ static void ft_release_disks(struct ft *ft)
 		if (ft->vmm->blk[i] && virtio_blk_hold_stop(ft->vmm->blk[i], err, sizeof(err)))
 			fprintf(stderr, "ferry-vm: fault tolerance: the guest's held writes: %s\n",
 				err);
+}
+
+/* The secondary runs the guest (or may): drop what is held, unsent and
+ * unwritten. */
+static void ft_drop_held(struct ft *ft)
+{
+	if (ft->vmm->net)
+		virtio_net_hold_stop(ft->vmm->net, false);
+	for (unsigned i = 0; i < ft->vmm->ndisks; i++)
+		if (ft->vmm->blk[i])
+			virtio_blk_hold_discard(ft->vmm->blk[i]);
 }
 
 /* The epoch's guest writes, as FT_WRITE sections of at most
@@ -569,6 +602,31 @@ static int ft_run(struct ft *ft, struct mig_stream *s, char *err, size_t errlen)
 	}
 }
 
+/* on_loss "hold": the secondary is lost but holds a complete checkpoint
+ * and may yet take over from it. Pause the guest, keep everything held and
+ * wait for ft-continue (true) or the end of the process (false). */
+static bool ft_hold_after_loss(struct ft *ft, const char *why)
+{
+	struct machine *m = ft->vmm->machine;
+	char drain[64];
+	/* the status first: from here `cont` is refused, so the pause is ours */
+	ft_set_status(ft, FT_SECONDARY_LOST, why);
+	machine_pause(m);
+	fprintf(stderr, "ferry-vm: fault tolerance: the secondary is lost (%s); the guest "
+		"is paused, its output held, until ft-continue (or quit)\n", why);
+	vmm_event(ft->vmm, "FT_SECONDARY_LOST",
+		  json_pack("{s:s, s:I}", "reason", why, "epoch", (json_int_t)ft->acked));
+	while (!atomic_load(&ft->go_on) && !atomic_load(&ft->stop)) {
+		struct pollfd p = { .fd = ft->wake[0], .events = POLLIN };
+		if (poll(&p, 1, 1000) > 0)
+			while (read(ft->wake[0], drain, sizeof(drain)) > 0)
+				;
+	}
+	/* ending: the guest stays paused (the machine's threads leave their
+	 * loops on exit paused or not) */
+	return atomic_load(&ft->go_on);
+}
+
 static void *ft_thread(void *arg)
 {
 	struct ft *ft = arg;
@@ -583,6 +641,19 @@ static void *ft_thread(void *arg)
 			r = ft_run(ft, s, err, sizeof(err));
 	}
 	dirty_log_stop(m);
+	/* a secondary with no complete checkpoint has nothing to run: holding
+	 * for it would protect nothing */
+	bool held = r != 0 && ft->hold_on_loss && ft->acked > 0 && !atomic_load(&ft->stop);
+	if (held && !ft_hold_after_loss(ft, err)) {
+		ft_drop_held(ft);
+		ft_set_status(ft, FT_STOPPED, "ended while the secondary was lost: the held "
+			      "output and disk writes were dropped");
+		fprintf(stderr, "ferry-vm: fault tolerance: ended while holding; held output "
+			"and disk writes dropped\n");
+		if (s)
+			mig_stream_free(s);
+		return NULL;
+	}
 	/* unprotected or stopped, the guest runs alone: its output is its own */
 	if (ft->vmm->net)
 		virtio_net_hold_stop(ft->vmm->net, true);
@@ -599,6 +670,8 @@ static void *ft_thread(void *arg)
 			"%s\n", err);
 		vmm_event(ft->vmm, "FT_UNPROTECTED", json_pack("{s:s}", "reason", err));
 	}
+	if (held)
+		machine_resume(m);
 	if (s)
 		mig_stream_free(s);
 	return NULL;
@@ -715,6 +788,13 @@ json_t *ft_cmd_start(void *ctx, json_t *args, const char **cls, char *err, size_
 	min_epoch_ms = epoch_ms < FT_MIN_EPOCH_MS_DEFAULT ? epoch_ms : FT_MIN_EPOCH_MS_DEFAULT;
 	if (!ft_get_uint(args, "min_epoch_ms", &min_epoch_ms, 0, epoch_ms, err, errlen))
 		return NULL;
+	json_t *on_loss = json_object_get(args, "on_loss");
+	const char *loss = on_loss ? json_string_value(on_loss) : "release";
+	if (!loss || (strcmp(loss, "release") && strcmp(loss, "hold"))) {
+		snprintf(err, errlen, "'on_loss' must be \"release\" (run on unprotected at "
+			 "once) or \"hold\" (pause and hold output until ft-continue)");
+		return NULL;
+	}
 	struct ft *ft = ft_new(v);
 	if (!ft) {
 		snprintf(err, errlen, "out of memory");
@@ -732,6 +812,7 @@ json_t *ft_cmd_start(void *ctx, json_t *args, const char **cls, char *err, size_
 	ft->epoch_ms = epoch_ms;
 	ft->min_epoch_ms = min_epoch_ms;
 	ft->timeout_ms = timeout_ms;
+	ft->hold_on_loss = !strcmp(loss, "hold");
 	ft->start_ms = mig_now_ms();
 	ft->status = FT_SYNCING;
 	/* output and disk writes from here on wait for the secondary's
@@ -763,13 +844,38 @@ json_t *ft_cmd_stop(void *ctx, json_t *args, const char **cls, char *err, size_t
 {
 	struct vmm *v = ctx;
 	(void)args;
+	*cls = "GenericError";
 	if (!ft_is_active(v->ft)) {
-		*cls = "GenericError";
 		snprintf(err, errlen, "fault tolerance is not on");
+		return NULL;
+	}
+	if (ft_is_holding(v->ft)) {
+		snprintf(err, errlen, "the secondary is lost and may take over: ft-continue "
+			 "releases the held output and runs on unprotected, quit ends the guest "
+			 "here without it");
 		return NULL;
 	}
 	atomic_store(&v->ft->stop, true);
 	ssize_t w = write(v->ft->wake[1], "x", 1);
+	(void)w;
+	return json_object();
+}
+
+json_t *ft_cmd_continue(void *ctx, json_t *args, const char **cls, char *err,
+			size_t errlen)
+{
+	struct vmm *v = ctx;
+	(void)args;
+	*cls = "GenericError";
+	if (v->ft && atomic_load(&v->ft->go_on))
+		return json_object();   /* said already */
+	if (!ft_is_holding(v->ft)) {
+		snprintf(err, errlen, "no primary here holds its guest for a lost secondary "
+			 "(query-ft)");
+		return NULL;
+	}
+	atomic_store(&v->ft->go_on, true);
+	ssize_t w = write(v->ft->wake[1], "c", 1);
 	(void)w;
 	return json_object();
 }
@@ -806,6 +912,7 @@ static json_t *ft_primary_figures(struct ft *ft)
 	json_object_set_new(r, "held_frames", json_integer((json_int_t)frames));
 	json_object_set_new(r, "held_bytes", json_integer((json_int_t)bytes));
 	json_object_set_new(r, "min_epoch_ms", json_integer((json_int_t)ft->min_epoch_ms));
+	json_object_set_new(r, "on_loss", json_string(ft->hold_on_loss ? "hold" : "release"));
 	json_object_set_new(r, "early_epochs", json_integer((json_int_t)ft->early_epochs));
 	json_object_set_new(r, "held_writes", json_integer((json_int_t)writes));
 	json_object_set_new(r, "held_write_bytes", json_integer((json_int_t)write_bytes));

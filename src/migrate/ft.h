@@ -37,13 +37,19 @@ int ft_secondary_check(const char *spec, char *err, size_t errlen);
 int vmm_ft_secondary(struct vmm *v, const char *spec, enum ft_takeover policy,
 		     char *err, size_t errlen);
 
+/* Syncing, protected, or holding for a lost secondary. */
 bool ft_is_active(struct ft *ft);
+/* The secondary is lost and the guest paused with its output held
+ * (on_loss "hold") until ft-continue or quit. */
+bool ft_is_holding(struct ft *ft);
 void ft_destroy(struct ft *ft);
 void ft_secondary_free(struct ft_secondary *sec);
 
 json_t *ft_cmd_start(void *vmm, json_t *args, const char **cls, char *err, size_t errlen);
 json_t *ft_cmd_stop(void *vmm, json_t *args, const char **cls, char *err, size_t errlen);
 json_t *ft_cmd_query(void *vmm, json_t *args, const char **cls, char *err, size_t errlen);
+json_t *ft_cmd_continue(void *vmm, json_t *args, const char **cls, char *err,
+			size_t errlen);
 json_t *ft_cmd_takeover(void *vmm, json_t *args, const char **cls, char *err,
 			size_t errlen);
 

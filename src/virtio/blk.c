@@ -324,6 +324,18 @@ struct blk_epoch_writes virtio_blk_hold_epoch(struct virtio_dev *d, uint64_t epo
 	return ew;
 }
 
+/* Drop every held write (under the device lock). */
+static void blk_hold_free(struct blk *b)
+{
+	while (b->held) {
+		struct blk_write *w = b->held;
+		b->held = w->next;
+		free(w);
+	}
+	b->held_tail = &b->held;
+	b->held_count = b->held_bytes = 0;
+}
+
 /* Write the held writes of epochs <= upto to the image, oldest first, and
  * drop them; under the device lock, so no read sees a write in neither
  * place. On an I/O error the rest stays held. */
@@ -367,17 +379,21 @@ int virtio_blk_hold_stop(struct virtio_dev *d, char *err, size_t errlen)
 		if (r && !err[0])
 			snprintf(err, errlen, "flushing %s: %s", b->disk.path, strerror(errno));
 		/* what the image refused is lost, as a failed write-back is */
-		while (b->held) {
-			struct blk_write *w = b->held;
-			b->held = w->next;
-			free(w);
-		}
-		b->held_tail = &b->held;
-		b->held_count = b->held_bytes = 0;
+		blk_hold_free(b);
 	}
 	b->holding = false;
 	pthread_mutex_unlock(&d->lock);
 	return r;
+}
+
+void virtio_blk_hold_discard(struct virtio_dev *d)
+{
+	struct blk *b = to_blk(d);
+	pthread_mutex_lock(&d->lock);
+	if (b->holding)
+		blk_hold_free(b);
+	b->holding = false;
+	pthread_mutex_unlock(&d->lock);
 }
 
 void virtio_blk_held(struct virtio_dev *d, uint64_t *writes, uint64_t *bytes)

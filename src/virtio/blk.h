@@ -47,6 +47,9 @@ int virtio_blk_hold_apply(struct virtio_dev *d, uint64_t upto, char *err, size_t
 /* Write everything held to the image, flush, and stop holding. 0, or -1
  * with err (what the image refused is dropped). */
 int virtio_blk_hold_stop(struct virtio_dev *d, char *err, size_t errlen);
+/* Drop everything held, unwritten, and stop holding (an FT primary that
+ * lost the guest to its secondary: the image must not get them). */
+void virtio_blk_hold_discard(struct virtio_dev *d);
 void virtio_blk_held(struct virtio_dev *d, uint64_t *writes, uint64_t *bytes);
 
 #endif

@@ -24,6 +24,11 @@ What is proved, and how it would fail:
 - kill -9 of the secondary: the primary goes on, reports `unprotected`
   (query-ft and FT_UNPROTECTED), releases what it held, and the stream
   keeps flowing and verifies;
+- the same with on_loss "hold" (ferryd's choice), a guest counter over
+  UDP: the primary pauses, reports `secondary-lost`, refuses cont and
+  ft-stop, and not one datagram reaches the receiver until ft-continue,
+  after which the counter goes on; a second time `quit` instead: nothing
+  held ever goes out;
 - the primary dies halfway through sending an epoch (its pages sent, not
   its state: FERRY_TEST_FAULT=ft-mid-epoch:N): the secondary discards
   that epoch, takes over at the one before (`--ft-takeover auto`), and
@@ -333,7 +338,8 @@ def test_ft_bad_input_is_refused_and_the_guest_runs_on():
                             ({"uri": "tcp:127.0.0.1:1", "epoch_ms": 20,
                               "min_epoch_ms": 21}, "min_epoch_ms"),
                             ({"uri": "tcp:127.0.0.1:1", "secret_file": 3},
-                             "secret_file")):
+                             "secret_file"),
+                            ({"uri": "tcp:127.0.0.1:1", "on_loss": "maybe"}, "on_loss")):
             try:
                 q.cmd("ft-start", **args)
                 raise AssertionError(f"ft-start {args} was accepted")
@@ -346,6 +352,11 @@ def test_ft_bad_input_is_refused_and_the_guest_runs_on():
         st = q.cmd("query-ft")
         assert st["status"] == "unprotected" and "cannot connect" in st["error"], st
         assert q.cmd("query-status")["status"] == "running"
+        try:
+            q.cmd("ft-continue")
+            raise AssertionError("ft-continue was accepted with nothing held")
+        except QMPError as e:
+            assert "holds its guest" in e.desc, e.desc
         try:
             q.cmd("ft-takeover")
             raise AssertionError("ft-takeover was accepted on a primary")
@@ -479,6 +490,82 @@ def test_ft_guest_counter_never_repeats_across_failover():
         print(f"counter: {done}; the secondary resumed at epoch {ev['data']['epoch']}, "
               f"the receiver had {before} before the kill")
         assert int(m.group(3)) == 0, f"the receiver saw numbers repeat: {done}"
+
+
+def counter_still(counter, what):
+    """The counter settles (datagrams already on the wire arrive), then must
+    not move for a second: nothing is released. Returns where it stands."""
+    time.sleep(0.5)
+    at = counter.last
+    time.sleep(1.0)
+    assert counter.last == at, f"{what}: the guest's output reached the client " \
+                               f"({at} -> {counter.last})"
+    return at
+
+
+def test_ft_hold_on_loss_keeps_output_until_ft_continue():
+    """on_loss "hold" (ferryd's FT agent uses it): a primary that loses its
+    secondary cannot tell a dead one from a cut link, and a live secondary
+    may take over from the last acknowledged epoch, so the primary pauses
+    its guest and sends none of the output it holds (FT_SECONDARY_LOST;
+    query-status paused, `cont` and `ft-stop` refused) until ft-continue,
+    which releases it and runs on unprotected. A second time, `quit`
+    instead: the process ends and what it held never goes out. A guest
+    counter sends a UDP datagram a millisecond, so any release shows at
+    the receiver (with on_loss "release", the old default, the counter
+    moves on at once and FT_SECONDARY_LOST never comes)."""
+    need_namespaces()
+    initrd = guest_initrd("udpcount")
+    with topology.Topology() as topo, Datastore() as store, ExitStack() as vms:
+        image = store.image("guest.raw", 8)
+        counter = Counter(topo)
+        vms.callback(counter.close)
+        append = (f"console=ttyS0 quiet ferry.ip={topo.guest_ip}/24 "
+                  f"ferry.run=udpcount,{topo.client_ip},{UDP_PORT},1000")
+        prim = vms.enter_context(VM(append=append, mem=MEM, disk=image, initrd=initrd,
+                                    net=f"tap=tap0,mac={MAC}", name="primary",
+                                    prefix=topo.exec_prefix(topo.hosts["a"])))
+        prim.wait_for(r"^udpcount: sending", BOOT)
+        qp = prim.qmp()
+        for end in ("ft-continue", "quit"):
+            sec, uri = secondary(topo, image, name=f"secondary-{end}")
+            vms.enter_context(sec)
+            qp.cmd("ft-start", uri=uri, epoch_ms=EPOCH_MS, on_loss="hold")
+            qp.wait_event("FT_PROTECTED", timeout=60)
+            assert qp.cmd("query-ft")["on_loss"] == "hold"
+            counter.wait_past(counter.last + 300, what=f"protected ({end})")
+            sec.kill()
+            ev = qp.wait_event("FT_SECONDARY_LOST", timeout=30)
+            st = qp.cmd("query-ft")
+            assert st["status"] == "secondary-lost" and st["held_frames"] > 0, st
+            status = qp.cmd("query-status")
+            assert status["status"] == "paused", status
+            assert status["reason"] == "ft-secondary-lost", status
+            for cmd in ("cont", "ft-stop"):
+                try:
+                    qp.cmd(cmd)
+                    raise AssertionError(f"{cmd} was accepted while holding")
+                except QMPError as e:
+                    assert "ft-continue" in e.desc, (cmd, e.desc)
+            held_at = counter_still(counter, f"held ({end})")
+            print(f"{end}: secondary lost at epoch {ev['data']['epoch']}: "
+                  f"{st['held_frames']} frames held, the counter stands at {held_at}")
+            if end == "ft-continue":
+                qp.cmd("ft-continue")
+                qp.wait_event("FT_UNPROTECTED", timeout=30)
+                counter.wait_past(held_at + 300, what="after ft-continue")
+                st = qp.cmd("query-ft")
+                assert st["status"] == "unprotected" and st["held_frames"] == 0, st
+                assert qp.cmd("query-status")["status"] == "running"
+            else:
+                qp.cmd("quit")
+                assert prim.wait_exit(30) == 0, prim.tail()
+                counter_still(counter, "after quit while holding")
+                assert "held output and disk writes dropped" in prim.output(), prim.tail()
+        done = counter.finish()
+        m = re.match(r"done last (\d+) count (\d+) repeats (\d+)", done or "")
+        assert m and int(m.group(3)) == 0, f"the receiver saw numbers repeat: {done}"
+        print(f"counter: {done}")
 
 
 # ---- disk writes under FT: the output-commit rule for disks --------------------

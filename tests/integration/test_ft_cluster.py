@@ -23,6 +23,9 @@ What is proved, and how it would fail:
   on its port), nothing else: both sides call the other lost; the primary
   still owns the key and runs on (same process), the secondary never
   takes over (it cannot win the key while h1's lease lives) and ends;
+  the primary, paused with its output held, goes on only once its ferryd
+  has rewritten the owner key to name no secondary (ft-continue, in
+  ferryd's log; so the secondary can never take over after it);
   at every poll at most one process runs the guest; the stream verifies;
   the VM is reported unprotected with the reason, then protected again;
 - the secondary's host dies (test_ft_cluster_secondary_host_dies): the
@@ -280,6 +283,10 @@ def test_ft_cluster_link_cut():
             assert "lost" in hist[0]["why"], hist
             log = (lab.dir / "logs" / "ferryd-h2.log").read_text()
             assert "won the owner key" not in log and "took over" not in log, log[-2000:]
+            # the primary held its output, paused, until its ferryd had
+            # rewritten the owner key to name no secondary (on_loss hold)
+            log = (lab.dir / "logs" / "ferryd-h1.log").read_text()
+            assert "names no secondary: ft-continue" in log, log[-2000:]
             stream.wait_flowing(what="after the cut")
             ft = wait_protected(lab, "ft2")
             assert ft["primary"] == "h1" and lab.vm("ft2")["host"] == "h1", ft

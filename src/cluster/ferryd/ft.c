@@ -4,8 +4,11 @@
  * another, and the decision of which one runs made through etcd.
  *
  * etcd holds, per FT VM, two keys without a lease (they outlive hosts):
- *   /ferry/ft/NAME/owner  {"host": H[, "gave_up": true]}: the one host that
- *       may run the guest. Changed only by a transaction on its revision.
+ *   /ferry/ft/NAME/owner  {"host": H[, "secondary": S][, "gave_up": true]}:
+ *       the one host that may run the guest, and the one host whose
+ *       secondary may take over from it (none once the primary has run on
+ *       unprotected: that secondary is stale). Changed only by a
+ *       transaction on its revision.
  *   /ferry/ft/NAME/status what `ferry vm show` and the console show
  *       (state, hosts, figures from query-ft, the last transitions),
  *       written by the owner's ferryd.
@@ -15,31 +18,41 @@
  * secondary's ferryd for a secondary (`POST /agent/v1/ft/secondary`: it
  * starts ferry-vm --ft-secondary tcp:ITS_ADDR:PORT,secret-file=F
  * --ft-takeover manual, as for a migration's destination, with a fresh
- * secret), then `ft-start` to it. Every FT_POLL_MS the agent asks query-ft:
+ * secret; the owner key names that host as the secondary first), then
+ * `ft-start` to it with on_loss "hold". Every FT_POLL_MS the agent asks
+ * query-ft:
  * - protected or syncing: figures into the status key;
- * - unprotected (the link broke, or the secondary's host died): the agent
- *   re-reads the owner key and rewrites it by a transaction on its
- *   revision. Still ours: the guest runs on unprotected (said in the
- *   status), the old secondary is told to go, and after FT_RETRY_MS a new
- *   secondary is started on the roomiest other live host. Not ours (the
- *   secondary won it, which it can only do once this host's lease has
- *   expired): the guest here is ended. No answer from etcd: nothing is
- *   decided; the self-fence (fence.c) ends the guest before the lease
- *   can expire, and an FT VM is ended by that fence whatever
- *   --isolation-response says;
+ * - secondary-lost (the link broke, or the secondary's host died): the
+ *   guest is paused there with its output and disk writes held, since the
+ *   secondary may still take over from the last acknowledged epoch. The
+ *   agent re-reads the owner key and rewrites it, by a transaction on its
+ *   revision, to name no secondary. Only once that succeeded does it say
+ *   ft-continue (the held output goes out, the guest runs on unprotected,
+ *   said in the status); the old secondary is told to go, and after
+ *   FT_RETRY_MS a new secondary is started on the roomiest other live
+ *   host. Not ours (the secondary won it, which it can only do once this
+ *   host's lease has expired): the guest here is killed, its held output
+ *   never sent. No answer from etcd: nothing is decided, the guest stays
+ *   paused; the self-fence (fence.c) ends it before the lease can expire,
+ *   and an FT VM is ended by that fence whatever --isolation-response says;
+ * - unprotected (a secondary lost before its first complete checkpoint,
+ *   which has nothing to run): the owner key is rewritten the same way;
  * - the guest ended by itself: FT ends (the secondary goes, keys deleted);
  *   ferry-vm died by a signal (or the fence) on a live host: the owner key
  *   is marked gave_up, so the secondary may take over at once.
  *
  * Secondary. Its ferry-vm never runs the guest on its own (manual
  * takeover). When query-ft says primary-lost, the agent reads the owner
- * key: the primary's host has no key under /ferry/hosts/ (its lease
+ * key: it no longer names this host as the secondary -> the primary ran on
+ * unprotected and released what this secondary would have to reproduce: it
+ * ends. The primary's host has no key under /ferry/hosts/ (its lease
  * expired, so its ferryd fenced its VMs) or the owner gave up -> it
  * rewrites the owner to this host by a transaction on the revision it
  * read and, only if that succeeded, says ft-takeover. The primary's host
  * lives -> the primary runs on; the secondary waits (the primary's ferryd
  * normally ends it first) and ends itself after FT_SECONDARY_WAIT_MS. So
- * of a primary and a secondary cut apart, exactly one runs afterwards.
+ * of a primary and a secondary cut apart, exactly one runs afterwards, and
+ * a secondary never runs after its primary released held output.
  * After taking over, this host is the primary: FT is restored by a new
  * secondary on a third host, if there is one.
  *
@@ -201,6 +214,21 @@ static bool owner_swap(const char *name, json_t *value, int64_t rev)
 	etcd_put_if_rev(&etcd_ft, key, text, rev, &swapped, err, sizeof(err));
 	free(text);
 	return swapped;
+}
+
+/* The owner key names host as the VM's secondary (before it gets any
+ * checkpoint); false if the key is not ours or changed meanwhile. */
+static bool owner_name_secondary(const char *name, const char *host)
+{
+	json_t *owner;
+	int64_t rev;
+	if (!owner_get(name, &owner, &rev))
+		return false;
+	bool mine = owner && !strcmp(owner_host(owner), fd_cfg.name) &&
+		    !json_object_get(owner, "gave_up");
+	json_decref(owner);
+	return mine && owner_swap(name, json_pack("{s:s, s:s}", "host", fd_cfg.name,
+						  "secondary", host), rev);
 }
 
 static void keys_delete(const char *name)
@@ -450,8 +478,10 @@ static bool protect_on(const char *name, const char *host, const char *url, int 
 		json_decref(r);
 		return false;
 	}
-	json_t *args = json_pack("{s:s, s:i}", "uri", json_string_value(json_object_get(r, "uri"))
-				 ?: "", "timeout_ms", FT_LINK_TIMEOUT_MS);
+	/* a lost secondary: the guest waits, its output held, for link_lost */
+	json_t *args = json_pack("{s:s, s:i, s:s}", "uri",
+				 json_string_value(json_object_get(r, "uri")) ?: "", "timeout_ms",
+				 FT_LINK_TIMEOUT_MS, "on_loss", "hold");
 	json_decref(r);
 	if (epoch_ms > 0)
 		json_object_set_new(args, "epoch_ms", json_integer(epoch_ms));
@@ -544,6 +574,12 @@ static void restore(const char *name)
 	json_array_foreach(hosts, i, c) {
 		host = json_string_value(json_object_get(c, "name"));
 		url = json_string_value(json_object_get(c, "url"));
+		if (!owner_name_secondary(name, host)) {
+			snprintf(why + strlen(why), sizeof(why) - strlen(why), "%setcd: the owner "
+				 "key is not this host's or changed", why[0] ? "; " : "");
+			host = NULL;
+			break;
+		}
 		if (protect_on(name, host, url, epoch_ms, err, sizeof(err)))
 			break;
 		snprintf(why + strlen(why), sizeof(why) - strlen(why), "%s%s", why[0] ? "; " : "",
@@ -597,8 +633,21 @@ static void teardown(const char *name, const char *why)
 	logf_("FT: VM %s: fault tolerance ended (%s)", name, why);
 }
 
-/* The link to the secondary is gone: still the owner? Then run on,
- * unprotected; else the secondary runs: end the guest here. */
+/* Kill this host's ferry-vm of the VM at once: nothing it holds goes out. */
+static void kill_guest(const char *name)
+{
+	pthread_mutex_lock(&vms_lock);
+	struct vm *vm = vm_find(name);
+	if (vm && vm->pid > 0 && !vm->exited)
+		kill(vm->pid, SIGKILL);
+	pthread_mutex_unlock(&vms_lock);
+}
+
+/* The link to the secondary is gone (query-ft said secondary-lost or
+ * unprotected). Still the owner? Then rewrite the owner key to name no
+ * secondary, and only then release the held output (ft-continue): the
+ * guest runs on, unprotected. Else the secondary runs: kill the guest
+ * here, unreleased. */
 static void link_lost(const char *name, json_t *figures)
 {
 	json_t *owner;
@@ -607,9 +656,12 @@ static void link_lost(const char *name, json_t *figures)
 		return;   /* etcd silent: decide nothing (the self-fence covers us) */
 	const char *reason = json_string_value(json_object_get(figures, "error")) ?:
 			     "the secondary is lost";
-	if (!owner || strcmp(owner_host(owner), fd_cfg.name)) {
-		logf_("FT: VM %s: the owner is now %s: ending the guest here (exactly one runs)",
-		      name, owner ? owner_host(owner) : "nobody");
+	const char *st = json_string_value(json_object_get(figures, "status")) ?: "";
+	if (!owner || strcmp(owner_host(owner), fd_cfg.name) ||
+	    json_object_get(owner, "gave_up")) {
+		logf_("FT: VM %s: the owner is now %s: ending the guest here unreleased "
+		      "(exactly one runs)", name, owner ? owner_host(owner) : "nobody");
+		kill_guest(name);
 		char err[256];
 		vm_destroy(name, err, sizeof(err));
 		pthread_mutex_lock(&ft_lock);
@@ -620,18 +672,33 @@ static void link_lost(const char *name, json_t *figures)
 		json_decref(owner);
 		return;
 	}
-	json_t *next = json_pack("{s:s, s:I}", "host", fd_cfg.name, "unprotected_ms",
-				 (json_int_t)now_ms());
+	bool named = json_object_get(owner, "secondary") != NULL;
 	json_decref(owner);
-	if (!owner_swap(name, next, rev))
+	/* from here the secondary can never win the key: what this primary
+	 * held may go out */
+	if (named && !owner_swap(name, json_pack("{s:s, s:I}", "host", fd_cfg.name,
+						 "unprotected_ms", (json_int_t)now_ms()), rev))
 		return;   /* changed meanwhile: look again next pass */
+	if (!strcmp(st, "secondary-lost")) {
+		logf_("FT: VM %s: the owner key is this host's and names no secondary: "
+		      "ft-continue (the held output goes out, the guest runs on)", name);
+		char *ctl = NULL, err[256];
+		vm_look(name, &ctl, NULL, 0);
+		json_t *r = ctl ? qmp_call(ctl, "ft-continue", NULL, err, sizeof(err)) : NULL;
+		free(ctl);
+		if (!r) {
+			logf_("FT: VM %s: ft-continue: %s", name, err);
+			return;   /* again next pass: the key is ours already */
+		}
+		json_decref(r);
+	}
 	char url[160] = "";
 	pthread_mutex_lock(&ft_lock);
 	struct ft_vm *f = ft_find(name);
-	if (f) {
+	if (f && f->secondary[0]) {
 		char why[500];
 		snprintf(why, sizeof(why), "secondary on %s lost (%s); the primary runs on",
-			 f->secondary[0] ? f->secondary : "?", reason);
+			 f->secondary, reason);
 		ft_state(f, "unprotected", why);
 		snprintf(url, sizeof(url), "%s", f->secondary_url);
 		snprintf(f->avoid, sizeof(f->avoid), "%s", f->secondary);
@@ -651,9 +718,16 @@ static void give_up(const char *name, const char *how)
 	if (!owner_get(name, &owner, &rev))
 		return;
 	bool mine = owner && !strcmp(owner_host(owner), fd_cfg.name);
+	/* the record's secondary, if any, may take over; none if this primary
+	 * ran on unprotected (its old secondary is stale) */
+	json_t *next = json_pack("{s:s, s:b, s:s}", "host", fd_cfg.name, "gave_up", 1, "why", how);
+	json_t *sec = json_object_get(owner, "secondary");
+	if (sec)
+		json_object_set(next, "secondary", sec);
 	json_decref(owner);
-	if (mine && !owner_swap(name, json_pack("{s:s, s:b, s:s}", "host", fd_cfg.name, "gave_up",
-						 1, "why", how), rev))
+	if (!mine)
+		json_decref(next);
+	else if (!owner_swap(name, next, rev))
 		return;
 	pthread_mutex_lock(&ft_lock);
 	struct ft_vm *f = ft_find(name);
@@ -690,11 +764,7 @@ static void primary_pass(const char *name)
 	if (seen == VM_INCOMING)
 		return;
 	if (fence_isolated()) {   /* leave-running or not, an FT primary goes */
-		pthread_mutex_lock(&vms_lock);
-		struct vm *vm = vm_find(name);
-		if (vm && vm->pid > 0 && !vm->exited)
-			kill(vm->pid, SIGKILL);
-		pthread_mutex_unlock(&vms_lock);
+		kill_guest(name);
 		return;
 	}
 	json_t *q = query_ft(name);
@@ -722,8 +792,8 @@ static void primary_pass(const char *name)
 			ft_state(f, "protected", NULL);
 		else if (!strcmp(st, "syncing"))
 			ft_state(f, "starting", NULL);
-		else if (active)
-			lost = true;
+		else if (active || !strcmp(st, "secondary-lost"))
+			lost = true;   /* the guest waits, paused, for link_lost */
 		else
 			want_restore = now >= f->retry_at;
 	}
@@ -788,8 +858,15 @@ static void decide(const char *name, const char *primary, int64_t lost_at)
 		return;
 	char err[256];
 	bool takeover = owner && !strcmp(owner_host(owner), fd_cfg.name);
+	const char *named = json_string_value(json_object_get(owner, "secondary"));
 	if (!owner) {
 		logf_("FT: VM %s: fault tolerance was disabled: the secondary ends", name);
+		vm_destroy(name, err, sizeof(err));
+	} else if (!takeover && (!named || strcmp(named, fd_cfg.name))) {
+		/* the primary ran on unprotected (or has another secondary): what
+		 * it released, this one's last checkpoint does not hold */
+		logf_("FT: VM %s: the owner key names no secondary here (the primary on %s ran on "
+		      "without it): the secondary ends", name, owner_host(owner));
 		vm_destroy(name, err, sizeof(err));
 	} else if (!takeover) {
 		const char *holder = owner_host(owner);
@@ -1010,10 +1087,11 @@ static int ft_enable(const char *name, json_t *req, char *err, size_t errlen)
 		snprintf(err, errlen, "host %s has %d FT VMs already", fd_cfg.name, FT_MAX);
 		return 409;
 	}
-	char key[160], value[128], e[256];
+	char key[160], value[256], e[256];
 	bool created = false;
 	ft_key(key, sizeof(key), name, "owner");
-	snprintf(value, sizeof(value), "{\"host\":\"%s\"}", fd_cfg.name);
+	snprintf(value, sizeof(value), "{\"host\":\"%s\",\"secondary\":\"%s\"}", fd_cfg.name,
+		 host);
 	int rc = 0;
 	if (!etcd_create(&etcd_ft, key, value, 0, &created, e, sizeof(e))) {
 		snprintf(err, errlen, "etcd: %s", e);
@@ -1023,7 +1101,8 @@ static int ft_enable(const char *name, json_t *req, char *err, size_t errlen)
 		int64_t rev;
 		owner_get(name, &owner, &rev);
 		if (strcmp(owner_host(owner), fd_cfg.name) ||
-		    !owner_swap(name, json_pack("{s:s}", "host", fd_cfg.name), rev)) {
+		    !owner_swap(name, json_pack("{s:s, s:s}", "host", fd_cfg.name, "secondary",
+						host), rev)) {
 			snprintf(err, errlen, "etcd says host %s owns VM %s", owner_host(owner), name);
 			rc = 409;
 		}
