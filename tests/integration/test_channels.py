@@ -256,3 +256,29 @@ def test_rounds_stay_in_order_when_one_channel_lags():
                                                    ("total_ms", "rounds", "downtime_ms")})
             assert r["rounds"] >= 2, r
             assert_whole(r, src, dst, 2)
+
+
+def test_postcopy_after_rounds_on_channels():
+    """A hot set the capped link cannot carry goes post-copy: the channels'
+    rounds end (every channel's END before the POSTCOPY section is acted
+    on), then the main stream pushes and serves the rest; the guest runs
+    on whole."""
+    from test_migrate import assert_guest_healthy, destination, memload_vm as mvm
+    with mvm(mib=64, mem=512, name="src") as src:
+        src.wait_for(PASS_RE, timeout=180)
+        dst, uri = destination(mem=512, name="dst")
+        with dst:
+            q = src.qmp()
+            q.events()
+            q.cmd("migrate", uri=uri, bandwidth_mbps=40, postcopy=True, channels=2)
+            statuses = []
+            while True:
+                ev = q.wait_event("MIGRATION", timeout=300)
+                statuses.append(ev["data"]["status"])
+                if statuses[-1] in ("completed", "failed", "cancelled"):
+                    break
+            assert statuses[-1] == "completed", ev
+            assert "postcopy" in statuses, statuses
+            assert ev["data"]["channels"] == 2, ev
+            assert src.quit() == 0, src.tail()
+            assert_guest_healthy(dst, passes=3)
