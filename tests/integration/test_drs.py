@@ -30,6 +30,9 @@ What is proved, and how it would fail:
   in etcd (/ferry/rules/NAME, for the HA decider); once the rule is
   deleted DRS moves a1 to h2; the rule added again is broken (both on h2)
   and DRS mends it by moving a2 back to h1.
+- fault tolerance (test_drs_skips_ft_vms): an FT-protected busy VM on the
+  busy host is listed as skipped ("fault tolerance on") and DRS moves the
+  other busy VM instead.
 - the web console (test_drs_console): tests/browser/drs.test.js in
   Chromium sees the recommendation in the hosts view, no Apply button for
   a read-only token, and the admin's Apply queues the migration (the task
@@ -359,3 +362,25 @@ def test_dpm_ha_admission():
         assert not standby(), lab.cli("host", "list")
         assert any("admission" in p["dpm"].get("refused", {}).get("reason", "")
                    for p in passes), [p["dpm"] for p in passes]
+
+
+def test_drs_skips_ft_vms():
+    """A fault-tolerant VM is never DRS's to move (ferry-vm refuses to
+    migrate a guest while FT protects it): two busy VMs on h1, one of them
+    FT-protected with its secondary on h2, DRS full: each pass lists the FT
+    VM as skipped, "fault tolerance on" (without that it was a candidate
+    like any other), and the VM DRS moves to h2 is the other one."""
+    with Lab() as lab:
+        two_hosts(lab)
+        lab.create("f1", append=BUSY, host="h1", mem=64)
+        t = lab.cli("vm", "ft", "enable", "f1", "--secondary", "h2", "--wait")
+        assert t["state"] == "succeeded", t
+        lab.create("b1", append=BUSY, host="h1", mem=64)
+        lab.cli("cluster", "set", "drs=full", "drs.cooldown_s=600")
+        passes = watch_passes(lab, 6)
+        assert any(any(s["vm"] == "f1" and "fault tolerance on" in s["reason"]
+                       for s in p["skipped"]) for p in passes), passes
+        wait_until(lambda: lab.vm("b1")["host"] == "h2" and lab.vm("b1")["state"] == "running",
+                   90, "DRS to move b1 (not the FT VM) to h2")
+        assert lab.vm("f1")["host"] == "h1" and (lab.vm("f1")["ft"] or {}).get("primary") == "h1"
+        assert [t["vm"] for t in migrations(lab)] == ["b1"], migrations(lab)

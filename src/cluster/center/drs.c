@@ -463,6 +463,13 @@ static const char *pinned(struct mvm *v, long long cooldown, char *buf, size_t l
 {
 	if (!v->running)
 		return "not running";
+	json_t *ft = ft_status(v->name);   /* ferry-vm refuses to migrate an FT guest */
+	if (ft) {
+		snprintf(buf, len, "fault tolerance on: %s (ft disable to let DRS move it)",
+			 json_string_value(json_object_get(ft, "state")) ?: "starting");
+		json_decref(ft);
+		return buf;
+	}
 	if (!v->measured)
 		return "CPU use not measured yet";
 	long long since = since_migrated(v->name);
