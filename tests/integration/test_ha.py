@@ -36,6 +36,10 @@ HA on the cluster plane: what keeps a VM from running on two hosts.
   looks dead (ferryd stopped, its ferry-vm running on): HA holds its lock,
   every restart is refused by the disk image's lock, audited as failed
   and retried; once the copy is gone the VM starts elsewhere, once.
+- VM rules (test_ha_restart_honours_rules): a dead host's VMs restart
+  away from their anti-affinity partners and next to their affinity
+  partners, though another host has more room (the rules as the DRS
+  decider copies them to etcd).
 - etcd without quorum (test_ha_etcd_quorum_lost): no host declared dead,
   no restart, `ferry cluster show` says why; back: one copy again.
 """
@@ -472,6 +476,35 @@ def test_ha_disk_lock():
             assert not lab.procs("h3", "/vms/dl/control.sock"), "h3 started dl again"
             time.sleep(0.1)
         assert len([h for h in ("h1", "h2") if lab.procs(h, "/vms/dl/control.sock")]) == 1
+
+
+def test_ha_restart_honours_rules():
+    """h3 dies with HA VMs c and e. Room alone would put both on h1 (h2
+    holds a 256 MiB VM); the rules send c away from a (on h1) and e next
+    to b (on h2)."""
+    with Lab(vm_memory_mib=640) as lab:
+        lab.create("a", host="h1", mem=64)
+        lab.create("b", host="h2", mem=256)
+        for name in ("c", "e"):
+            lab.cli("vm", "create", name, "--kernel", "shared:Image", "--initrd",
+                    "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h3",
+                    "--ha", "high")
+        lab.cli("cluster", "rule", "add", "apart", "--anti-affinity", "a,c")
+        lab.cli("cluster", "rule", "add", "with", "--affinity", "b,e")
+        from test_drs import etcd_value
+        wait_until(lambda: etcd_value(lab, "/ferry/rules/apart") and
+                   etcd_value(lab, "/ferry/rules/with"), 30, "the rules in etcd")
+        log_h3 = lab.dir / "logs" / "ferryd-h3.log"
+        wait_until(lambda: all("VM %s runs here: its HA record" % n in log_h3.read_text()
+                               for n in ("c", "e")), 30, "c's and e's HA records in etcd")
+        kill_host(lab, "h3")
+        for name in ("c", "e"):
+            wait_until(lambda: (lambda v: v["host"] != "h3" and v["state"] == "running")(
+                lab.vm(name)), 90, name + " to run again off h3")
+        assert lab.vm("c")["host"] == "h2", "c restarted next to a, its anti-affinity partner"
+        assert lab.vm("e")["host"] == "h2", "e restarted away from b, its affinity partner"
+        logs = ferryd_log(lab, "h1") + ferryd_log(lab, "h2")
+        assert "against anti-affinity" not in logs
 
 
 def test_ha_etcd_quorum_lost():

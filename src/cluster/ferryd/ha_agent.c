@@ -16,8 +16,9 @@
  * runs the HA pass: a record whose host has no key under /ferry/hosts/
  * (its lease has expired, so that host's ferryd has killed its VMs, see
  * fence.c) is started on a live host, high before medium before low, the
- * host with the most free memory first (less what this pass already
- * placed there, so restarts spread), the next host if one refuses (its
+ * VM rules honoured (see rules_load), then the host with the most room
+ * first (less what this pass already placed there, so restarts spread),
+ * the next host if one refuses (its
  * own checks: memory, datastores, networks), up to HA_MAX_ATTEMPTS passes.
  * The decider first claims the record (a transaction on its revision),
  * and so does a host that fenced its VMs during a blip shorter than the
@@ -539,7 +540,24 @@ static bool campaign(void)
 	return was_leader = leader;
 }
 
-/* The live hosts' reports, with "planned_mib" for this pass. */
+/* What a host can still give a VM: the memory it offers VMs less what its
+ * VMs take (as ferry-center counts it), and never more than the machine
+ * has free. */
+static json_int_t offered_room_mib(json_t *rep)
+{
+	json_int_t offered = json_integer_value(json_object_get(rep, "vm_memory_mib"));
+	json_int_t free_mib = json_integer_value(json_object_get(rep, "free_mib"));
+	size_t i;
+	json_t *vm;
+	json_array_foreach(json_object_get(rep, "vm_list"), i, vm)
+		if (strcmp(json_string_value(json_object_get(vm, "state")) ?: "", "exited"))
+			offered -= json_integer_value(json_object_get(json_object_get(vm, "spec"),
+								      "mem_mib")) + VM_OVERHEAD_MIB;
+	return offered > 0 && offered < free_mib ? offered : offered > 0 ? free_mib : 0;
+}
+
+/* The live hosts' reports, with "room_mib", and "planned_mib" and
+ * "planned_vms" for what this pass puts there. */
 static json_t *live_reports(json_t *live)
 {
 	json_t *out = json_array();
@@ -556,6 +574,8 @@ static json_t *live_reports(json_t *live)
 		if (rep && status == 200) {
 			json_object_set(rep, "url", json_object_get(info, "url"));
 			json_object_set_new(rep, "planned_mib", json_integer(0));
+			json_object_set_new(rep, "planned_vms", json_array());
+			json_object_set_new(rep, "room_mib", json_integer(offered_room_mib(rep)));
 			json_array_append(out, rep);
 		}
 		json_decref(rep);
@@ -566,14 +586,99 @@ static json_t *live_reports(json_t *live)
 
 static json_int_t room_mib(json_t *rep)
 {
-	return json_integer_value(json_object_get(rep, "free_mib")) -
+	return json_integer_value(json_object_get(rep, "room_mib")) -
 	       json_integer_value(json_object_get(rep, "planned_mib"));
 }
 
-static int by_room(const void *a, const void *b)
+/*
+ * VM rules: ferry-center's affinity and anti-affinity rules (rules.c),
+ * copied by the DRS decider to /ferry/rules/NAME = {"name", "kind", "vms"}
+ * so that HA honours them while ferry-center is down. A restart goes to a
+ * host that holds none of the VM's anti-affinity partners, preferring the
+ * one holding most of its affinity partners; only when no such host takes
+ * it does it go next to a partner (running beats a rule: the restart is
+ * logged as breaking it, and DRS mends broken rules when it can).
+ */
+static json_t *rules_load(void)
 {
-	json_int_t ra = room_mib(*(json_t *const *)a), rb = room_mib(*(json_t *const *)b);
-	return ra < rb ? 1 : ra > rb ? -1 : 0;
+	char err[256];
+	json_t *kv = etcd_get_prefix(&etcd_ha, "/ferry/rules/", err, sizeof(err));
+	json_t *rules = json_array();
+	const char *key;
+	json_t *value;
+	json_object_foreach(kv, key, value) {
+		json_t *rule = json_loads(json_string_value(value) ?: "", 0, NULL);
+		if (json_is_array(json_object_get(rule, "vms")))
+			json_array_append(rules, rule);
+		json_decref(rule);
+	}
+	json_decref(kv);
+	return rules;
+}
+
+static bool holds_vm(json_t *rep, const char *vm)
+{
+	size_t i;
+	json_t *v;
+	json_array_foreach(json_object_get(rep, "vm_list"), i, v)
+		if (!strcmp(json_string_value(json_object_get(v, "name")) ?: "", vm) &&
+		    strcmp(json_string_value(json_object_get(v, "state")) ?: "", "exited"))
+			return true;
+	json_array_foreach(json_object_get(rep, "planned_vms"), i, v)
+		if (!strcmp(json_string_value(v) ?: "", vm))
+			return true;
+	return false;
+}
+
+/* How many of VM name's anti-affinity (apart) and affinity (together)
+ * partners host rep holds; *rule names the first rule it would break. */
+static void rule_partners(json_t *rules, const char *name, json_t *rep, int *apart,
+			  int *together, const char **rule)
+{
+	size_t i, j;
+	json_t *r, *vm;
+	*apart = *together = 0;
+	*rule = NULL;
+	json_array_foreach(rules, i, r) {
+		json_t *vms = json_object_get(r, "vms");
+		bool member = false;
+		json_array_foreach(vms, j, vm)
+			member |= !strcmp(json_string_value(vm) ?: "", name);
+		if (!member)
+			continue;
+		bool anti = !strcmp(json_string_value(json_object_get(r, "kind")) ?: "",
+				    "anti-affinity");
+		json_array_foreach(vms, j, vm) {
+			const char *other = json_string_value(vm) ?: "";
+			if (!strcmp(other, name) || !holds_vm(rep, other))
+				continue;
+			if (anti) {
+				(*apart)++;
+				*rule = *rule ?: json_string_value(json_object_get(r, "name"));
+			} else {
+				(*together)++;
+			}
+		}
+	}
+}
+
+struct candidate {
+	json_t *rep;
+	int apart, together;
+	const char *rule;   /* the anti-affinity rule a start there breaks */
+};
+
+/* Rules first (no partner to keep apart from, most partners to join),
+ * then room. */
+static int by_rules_then_room(const void *a, const void *b)
+{
+	const struct candidate *x = a, *y = b;
+	if (x->apart != y->apart)
+		return x->apart - y->apart;
+	if (x->together != y->together)
+		return y->together - x->together;
+	json_int_t rx = room_mib(x->rep), ry = room_mib(y->rep);
+	return rx < ry ? 1 : rx > ry ? -1 : 0;
 }
 
 /* After a host answered 201: does the VM run there, or did ferry-vm end
@@ -619,15 +724,23 @@ static bool start_confirmed(const char *url, const char *name, char *why, size_t
 	return true;
 }
 
-/* Starts one VM on the roomiest live host that accepts it; the host or NULL. */
+/* Starts one VM on the live host that accepts it, in the order of the VM
+ * rules, then room; the host or NULL. */
 static const char *restart_on_some_host(const char *name, json_t *spec, json_t *reports,
-					int64_t claim_lease, char *why, size_t whylen)
+					json_t *rules, int64_t claim_lease, char *why,
+					size_t whylen)
 {
 	size_t n = json_array_size(reports);
+	struct candidate *cand = calloc(n ? n : 1, sizeof(*cand));
 	json_t **order = calloc(n ? n : 1, sizeof(json_t *));
+	for (size_t i = 0; i < n; i++) {
+		cand[i].rep = json_array_get(reports, i);
+		rule_partners(rules, name, cand[i].rep, &cand[i].apart, &cand[i].together,
+			      &cand[i].rule);
+	}
+	qsort(cand, n, sizeof(*cand), by_rules_then_room);
 	for (size_t i = 0; i < n; i++)
-		order[i] = json_array_get(reports, i);
-	qsort(order, n, sizeof(json_t *), by_room);
+		order[i] = cand[i].rep;
 	json_int_t need = json_integer_value(json_object_get(spec, "mem_mib")) + VM_OVERHEAD_MIB;
 	const char *chosen = NULL;
 	snprintf(why, whylen, "no live host");
@@ -662,6 +775,12 @@ static const char *restart_on_some_host(const char *name, json_t *spec, json_t *
 			json_object_set_new(order[i], "planned_mib",
 				json_integer(json_integer_value(json_object_get(order[i],
 					"planned_mib")) + need));
+			json_array_append_new(json_object_get(order[i], "planned_vms"),
+					      json_string(name));
+			if (cand[i].apart)
+				logf_("HA: VM %s restarted on %s against anti-affinity rule %s: no "
+				      "other host took it (DRS mends the rule when it can)", name,
+				      host, cand[i].rule);
 		} else {
 			snprintf(why, whylen, "host %s: %s", host, r ? json_string_value(
 				json_object_get(json_object_get(r, "error"), "message")) ?: "refused"
@@ -670,6 +789,7 @@ static const char *restart_on_some_host(const char *name, json_t *spec, json_t *
 		json_decref(r);
 	}
 	free(order);
+	free(cand);
 	return chosen;
 }
 
@@ -795,6 +915,7 @@ static void ha_pass(json_t *records, int64_t *hosts_rev)
 		order[i] = json_array_get(orphans, i);
 	qsort(order, n, sizeof(json_t *), by_rank);
 	json_t *reports = live_reports(live);
+	json_t *rules = rules_load();
 	for (size_t i = 0; i < n; i++) {
 		json_t *rec = order[i];
 		const char *name = json_string_value(json_object_get(rec, "name"));
@@ -820,7 +941,7 @@ static void ha_pass(json_t *records, int64_t *hosts_rev)
 			      "started now", name);
 			continue;
 		}
-		const char *to = restart_on_some_host(name, spec, reports, lease, why,
+		const char *to = restart_on_some_host(name, spec, reports, rules, lease, why,
 							  sizeof(why));
 		json_t *next = json_pack("{s:s, s:O, s:s, s:s, s:I}", "host", to ? to : from,
 					 "spec", spec, "restarted_by", fd_cfg.name, "from", from,
@@ -850,6 +971,7 @@ static void ha_pass(json_t *records, int64_t *hosts_rev)
 	if (now)   /* as they are after this pass */
 		release_locks(now, live);
 	json_decref(now);
+	json_decref(rules);
 	json_decref(reports);
 	json_decref(orphans);
 	json_decref(live);
