@@ -128,8 +128,10 @@ int64_t etcd_lease_ttl(struct etcd *e, int64_t lease, char *err, size_t errlen)
 	json_decref(req);
 	if (!r)
 		return -2;
+	/* proto3's JSON leaves out a zero: no TTL is under one second left;
+	 * an expired or unknown lease says "-1" */
 	const char *ttl = json_string_value(json_object_get(r, "TTL"));
-	int64_t left = ttl ? strtoll(ttl, NULL, 10) : -1;
+	int64_t left = ttl ? strtoll(ttl, NULL, 10) : 0;
 	json_decref(r);
 	return left >= 0 ? left : -1;
 }
