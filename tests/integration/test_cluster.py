@@ -208,6 +208,17 @@ class Lab:
         out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]
 
+    def kill_host(self, host):
+        """Host failure: every process in LAB-host killed (its etcd member
+        too), its link cut."""
+        for pid in self.ns_pids("%s-%s" % (self.name, host)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["ip", "netns", "exec", "%s-%s" % (self.name, host), "ip", "link", "set",
+                        "eth0", "down"], check=True)
+
     def procs(self, host, word):
         """pids in LAB-host whose command line contains word."""
         found = []
@@ -633,14 +644,7 @@ def test_cluster_host_failure():
         t = lab.cli("vm", "migrate", "f1", "--to", "h2", "--bandwidth-mbps", "4")
         wait_until(lambda: lab.task(t["id"])["state"] == "running", 30, "the task to run")
         wait_until(lambda: lab.procs("h2", "ferry-vm"), 30, "the incoming ferry-vm on h2")
-        # host h2 fails: every process in it killed (its etcd member too), link cut
-        for pid in lab.ns_pids(lab.name + "-h2"):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        subprocess.run(["ip", "netns", "exec", lab.name + "-h2", "ip", "link", "set", "eth0",
-                        "down"], check=True)
+        lab.kill_host("h2")   # host h2 fails
         t = lab.wait_task(t["id"], timeout=60)
         assert t["state"] == "failed" and t["error"], t
         vm = lab.vm("f1")

@@ -105,17 +105,6 @@ def test_cluster_hung_host():
 
 
 
-def kill_host(lab, host):
-    """Every process in LAB-host killed (its etcd member too), its link cut."""
-    for pid in lab.ns_pids(lab.name + "-" + host):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    subprocess.run(["ip", "netns", "exec", lab.name + "-" + host, "ip", "link", "set", "eth0",
-                    "down"], check=True)
-
-
 def test_cluster_source_host_dies():
     """The source host of a running migration vanishes: the task fails
     saying so, the VM (HA off) is marked lost, the destination keeps no
@@ -128,7 +117,7 @@ def test_cluster_source_host_dies():
         t = lab.cli("vm", "migrate", "src1", "--to", "h2", "--bandwidth-mbps", "4")
         wait_until(lambda: ((lab.task(t["id"])["progress"] or {}).get("transferred_bytes")
                             or 0) > 0, 30, "the migration to send its first bytes")
-        kill_host(lab, "h1")
+        lab.kill_host("h1")
         t = lab.wait_task(t["id"], timeout=60)
         assert t["state"] == "failed" and "h1" in t["error"], t
         assert lab.vm("src1")["state"] == "lost", lab.vm("src1")

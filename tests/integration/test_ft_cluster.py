@@ -48,7 +48,6 @@ What is proved, and how it would fail:
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 
@@ -152,17 +151,6 @@ def running_copies(lab, name):
     return hosts
 
 
-def kill_host(lab, host):
-    """Every process in LAB-host killed, its link cut."""
-    for pid in lab.ns_pids("%s-%s" % (lab.name, host)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    subprocess.run(["ip", "netns", "exec", "%s-%s" % (lab.name, host), "ip", "link", "set",
-                    "eth0", "down"], check=True)
-
-
 def finish(lab, name, stream):
     sent, _ = stream.finish()
     m = wait_until(lambda: re.search(r"tcpserve: \S+ closed after (\d+) bytes",
@@ -205,7 +193,7 @@ def test_ft_cluster_primary_host_dies():
             assert ft["bytes_per_epoch"] > 0 and ft["epoch_ms"] > 0, ft
             gap = Gap(stream)
             killed = time.monotonic()
-            kill_host(lab, "h1")
+            lab.kill_host("h1")
             vm = wait_until(lambda: (lambda v: v if v["host"] == sec else None)(lab.vm("ft1")),
                             60, "ft1 to run on " + sec, interval=0.3)
             stream.wait_flowing(what="after failover")
@@ -308,7 +296,7 @@ def test_ft_cluster_secondary_host_dies():
         wait_protected(lab, "ft3", secondary="h2")
         with Stream(LabTopo(lab), GUEST_IP) as stream:
             stream.wait_flowing(what="protected")
-            kill_host(lab, "h2")
+            lab.kill_host("h2")
             hist = wait_until(lambda: [h for h in ft_of(lab, "ft3").get("history", [])
                                        if h["state"] == "unprotected"], 30, "unprotected")
             print("unprotected: %s" % hist[0]["why"])
@@ -396,7 +384,7 @@ def test_ft_cluster_ferryd_restart():
         wait_until(lambda: ft_of(lab, "ft5")["updated_ms"] > since, 20,
                    "the restarted primary's ferryd to write the status")
         assert ft_of(lab, "ft5")["state"] == "protected"
-        kill_host(lab, "h2")
+        lab.kill_host("h2")
         wait_until(lambda: [h for h in ft_of(lab, "ft5").get("history", [])
                             if h["state"] == "unprotected"], 30, "unprotected")
         ft = wait_protected(lab, "ft5", secondary="h3")

@@ -135,14 +135,7 @@ def test_ha_center_down():
         for pid, _ in lab.procs("center", "ferry-center"):
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not lab.procs("center", "ferry-center"), 10, "ferry-center to die")
-        # h2 dies: every process killed, link cut
-        for pid in lab.ns_pids(lab.name + "-h2"):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        subprocess.run(["ip", "netns", "exec", lab.name + "-h2", "ip", "link", "set", "eth0",
-                        "down"], check=True)
+        lab.kill_host("h2")   # h2 dies
         found = wait_until(lambda: [h for h in ("h1", "h3") if lab.procs(h, "ferry-vm")], 60,
                            "hb to run again on h1 or h3 (ferry-center down)")
         assert len(found) == 1, found
@@ -311,16 +304,6 @@ def test_ha_partition_heals_one_copy():
             time.sleep(0.05)
 
 
-def kill_host(lab, host):
-    for pid in lab.ns_pids("%s-%s" % (lab.name, host)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    subprocess.run(["ip", "netns", "exec", "%s-%s" % (lab.name, host), "ip", "link", "set",
-                    "eth0", "down"], check=True)
-
-
 def ferryd_log(lab, host):
     return (lab.dir / "logs" / ("ferryd-%s.log" % host)).read_text(errors="replace")
 
@@ -340,7 +323,7 @@ def claim_then(mode):
                 "--ha", "high")
         wait_until(lambda: "VM cl runs here: its HA record" in ferryd_log(lab, "h3"), 20,
                    "cl's HA record in etcd")
-        kill_host(lab, "h3")
+        lab.kill_host("h3")
         hooked = wait_until(lambda: [h for h in ("h1", "h2") if "test hook: " in
                                      ferryd_log(lab, h)], 30, "a decider to claim cl")
         assert len(hooked) == 1, hooked
@@ -497,7 +480,7 @@ def test_ha_restart_honours_rules():
         log_h3 = lab.dir / "logs" / "ferryd-h3.log"
         wait_until(lambda: all("VM %s runs here: its HA record" % n in log_h3.read_text()
                                for n in ("c", "e")), 30, "c's and e's HA records in etcd")
-        kill_host(lab, "h3")
+        lab.kill_host("h3")
         for name in ("c", "e"):
             wait_until(lambda: (lambda v: v["host"] != "h3" and v["state"] == "running")(
                 lab.vm(name)), 90, name + " to run again off h3")
