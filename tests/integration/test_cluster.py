@@ -526,13 +526,16 @@ def test_cluster_limits_priority():
                        "task %d to wait for the limit" % tid)
         assert lab.task(a)["state"] == "running", lab.task(a)
         lab.cli("task", "cancel", a)
-        order = []
-        deadline = time.monotonic() + 90
-        while len(order) < 2 and time.monotonic() < deadline:
-            for tid in (b, c):
-                if tid not in order and lab.task(tid)["state"] != "queued":
-                    order.append(tid)
-            time.sleep(0.1)
+        # the order they left the queue in, from ferry-center's log (an idle
+        # guest migrates in less than a poll: both may be seen gone at once)
+        log = lab.dir / "logs" / "ferry-center.log"
+
+        def start_order():
+            started = [int(m.group(1)) for m in re.finditer(r"task (\d+): migrate ",
+                                                            log.read_text(errors="replace"))]
+            return [t for t in started if t in (b, c)]
+        order = wait_until(lambda: (lambda o: o if len(o) == 2 else None)(start_order()), 90,
+                           "both queued tasks to start")
         assert order == [c, b], "start order %s, expected high (%d) before standard (%d)" % (
             order, c, b)
         assert lab.wait_task(a)["state"] == "cancelled"
