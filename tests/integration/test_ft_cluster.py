@@ -10,7 +10,8 @@ fails on a reset, a stall, or any lost, duplicated or reordered byte.
 What is proved, and how it would fail:
 - the primary's host dies (test_ft_cluster_primary_host_dies): every
   process in LAB-h1 killed and its link cut mid-stream; the secondary's
-  ferryd wins the owner key once h1's lease has expired and takes over:
+  ferryd wins the owner key as soon as it calls h1 lost (it need not wait
+  for h1's lease: h1's primary held its output) and takes over:
   the stream goes on on the same connection with every byte intact (the
   gap the client saw is printed, not asserted), the echo server's count
   matches what the client sent; ferry-center moves the VM to the former
@@ -20,14 +21,17 @@ What is proved, and how it would fail:
   the takeover the stream stalls; without output commit it breaks;
 - the FT link cut with both hosts alive (test_ft_cluster_link_cut): the
   secondary's replies on the FT connection are blackholed (a routing rule
-  on its port), nothing else: both sides call the other lost; the primary
-  still owns the key and runs on (same process), the secondary never
-  takes over (it cannot win the key while h1's lease lives) and ends;
-  the primary, paused with its output held, goes on only once its ferryd
-  has rewritten the owner key to name no secondary (ft-continue, in
-  ferryd's log; so the secondary can never take over after it);
-  at every poll at most one process runs the guest; the stream verifies;
-  the VM is reported unprotected with the reason, then protected again;
+  on its port), nothing else: both sides call the other lost and their
+  ferryds race for the owner key. The primary's side wins: it runs on
+  (same process), paused with its output held until its ferryd has
+  rewritten the key to name no secondary (ft-continue, in ferryd's log;
+  so the secondary can never take over after it), the secondary ends, the
+  VM is reported unprotected with the reason. The secondary's side wins:
+  h1's ferryd kills its held primary unreleased, the secondary takes over
+  only once the primary's disk lock is gone, ferry-center moves the VM to
+  h2 (its stray-stopper must not stop the new primary while h1 lives).
+  Either way at every poll at most one process runs the guest, the
+  stream verifies, and FT is protected again;
 - the secondary's host dies (test_ft_cluster_secondary_host_dies): the
   primary runs on, `vm show` says unprotected and why (its history keeps
   it), the stream verifies, FT comes back on the third host; maintenance
@@ -255,32 +259,57 @@ def test_ft_cluster_link_cut():
                            check=True)
             subprocess.run(ns + ["ip", "rule", "add", "ipproto", "tcp", "sport", str(port),
                                  "table", "100"], check=True)
-            # until the secondary has ended: never two copies running
+            # until one side has ended: never two copies running
             deadline = time.monotonic() + 60
-            while secondary_port_or_none(lab, "h2", port):
-                assert time.monotonic() < deadline, "the cut-off secondary still runs"
+            while True:
                 copies = running_copies(lab, "ft2")
-                assert copies == ["h1"], "running copies: %s" % copies
+                assert len(copies) <= 1, "two copies run: %s" % copies
+                primary_gone = primary_pid not in [p for p, _ in guest_procs(lab)["h1"]]
+                if primary_gone or not secondary_port_or_none(lab, "h2", port):
+                    break
+                assert time.monotonic() < deadline, "neither side ended: %s" % copies
                 time.sleep(0.2)
-            copies = running_copies(lab, "ft2")
-            assert copies == ["h1"], copies
-            assert [p for p, _ in guest_procs(lab)["h1"]] == [primary_pid]
-            hist = wait_until(lambda: [h for h in ft_of(lab, "ft2").get("history", [])
-                                       if h["state"] == "unprotected"], 30, "unprotected")
-            print("unprotected: %s" % hist[0]["why"])
-            assert "lost" in hist[0]["why"], hist
-            log = (lab.dir / "logs" / "ferryd-h2.log").read_text()
-            assert "won the owner key" not in log and "took over" not in log, log[-2000:]
-            # the primary held its output, paused, until its ferryd had
-            # rewritten the owner key to name no secondary (on_loss hold)
-            log = (lab.dir / "logs" / "ferryd-h1.log").read_text()
-            assert "names no secondary: ft-continue" in log, log[-2000:]
+            h2_log = (lab.dir / "logs" / "ferryd-h2.log").read_text()
+            h1_log = (lab.dir / "logs" / "ferryd-h1.log").read_text()
+            if "won the owner key" in h2_log:
+                winner = "h2"
+                # h1's ferryd saw the key move and killed its held primary
+                wait_until(lambda: "ending the guest here unreleased" in (
+                    lab.dir / "logs" / "ferryd-h1.log").read_text(), 30,
+                    "h1's ferryd to end its primary")
+                assert "names no secondary: ft-continue" not in h1_log, h1_log[-2000:]
+                deadline = time.monotonic() + 60
+                while running_copies(lab, "ft2") != ["h2"]:
+                    copies = running_copies(lab, "ft2")
+                    assert len(copies) <= 1, "two copies run: %s" % copies
+                    assert time.monotonic() < deadline, "ft2 did not run on h2: %s" % copies
+                    time.sleep(0.2)
+                wait_until(lambda: lab.vm("ft2")["host"] == "h2", 60,
+                           "ferry-center to show ft2 on h2")
+                assert primary_pid not in [p for p, _ in guest_procs(lab)["h1"]]
+            else:
+                winner = "h1"
+                wait_until(lambda: not secondary_port_or_none(lab, "h2", port), 60,
+                           "the cut-off secondary to end")
+                copies = running_copies(lab, "ft2")
+                assert copies == ["h1"], copies
+                assert [p for p, _ in guest_procs(lab)["h1"]] == [primary_pid]
+                hist = wait_until(lambda: [h for h in ft_of(lab, "ft2").get("history", [])
+                                           if h["state"] == "unprotected"], 30, "unprotected")
+                print("unprotected: %s" % hist[0]["why"])
+                assert "lost" in hist[0]["why"], hist
+                assert "took over" not in h2_log, h2_log[-2000:]
+                # the primary held its output, paused, until its ferryd had
+                # rewritten the owner key to name no secondary (on_loss hold)
+                assert "names no secondary: ft-continue" in h1_log, h1_log[-2000:]
+            print("link cut: the owner key went to %s" % winner)
             stream.wait_flowing(what="after the cut")
             ft = wait_protected(lab, "ft2")
-            assert ft["primary"] == "h1" and lab.vm("ft2")["host"] == "h1", ft
+            assert ft["primary"] == winner and lab.vm("ft2")["host"] == winner, ft
+            assert running_copies(lab, "ft2") == [winner]
             stream.wait_flowing(what="protected again")
             sent = finish(lab, "ft2", stream)
-        print("stream: %d bytes intact; the primary ran on, the secondary ended" % sent)
+        print("stream: %d bytes intact; exactly one of the two ran on" % sent)
 
 
 def secondary_port_or_none(lab, host, port):
@@ -320,10 +349,11 @@ def test_ft_cluster_secondary_host_dies():
 
 
 def test_ft_cluster_primary_cut_off():
-    """The primary's host cut off with every process alive: its ferryd's
-    self-fence kills the primary before its lease can expire, and only
-    then may the secondary win the key and run the guest: at no poll do
-    two run."""
+    """The primary's host cut off with every process alive: the
+    secondary's ferryd wins the key at once (h1's ferryd cannot reach
+    etcd, its primary stays paused and held), but runs the guest only once
+    h1's self-fence has killed the primary (its disk lock gone): at no
+    poll do two run."""
     with Lab() as lab:
         ft_vm(lab, "ft4", "h1")
         t = lab.cli("vm", "ft", "enable", "ft4", "--secondary", "h2", "--wait")

@@ -16,7 +16,11 @@
  * - after a failover the VM runs on the former secondary's host: once the
  *   owner key names that host and the status says it took over, the VM is
  *   moved there in the inventory (task ft-failover and audit record
- *   ft.failover, user ferryd-HOST, with the epoch it resumed from).
+ *   ft.failover, user ferryd-HOST, with the epoch it resumed from);
+ * - the inventory's stray-stopper (inventory.c) asks ft_owned_by first: a
+ *   secondary that took over runs on a host the inventory does not name
+ *   yet, while the old primary's host may still hold its lease (ferryd
+ *   takes over as soon as it wins the owner key), and that copy is the VM.
  */
 #include "cluster/center/ft.h"
 
@@ -323,6 +327,17 @@ bool ft_adopt(const char *name)
 	json_decref(owner);
 	json_decref(status);
 	return adopted;
+}
+
+bool ft_owned_by(const char *name, const char *host)
+{
+	char key[200];
+	snprintf(key, sizeof(key), FT_PREFIX "%s/owner", name);
+	json_t *owner = etcd_json(key);
+	const char *holder = json_string_value(json_object_get(owner, "host"));
+	bool owned = holder && !strcmp(holder, host) && !json_object_get(owner, "gave_up");
+	json_decref(owner);
+	return owned;
 }
 
 void ft_tick(void)

@@ -24,6 +24,12 @@ int ft_request(json_t *row, const char *name, json_t *body, const char *user, js
  * db_lock. The inventory asks before taking such a VM for HA's. */
 bool ft_adopt(const char *name);
 
+/* The VM's FT owner key names host as the one that may run it (not given
+ * up): that host's copy is the VM, never a stray to stop, even while the
+ * inventory still says its old host (a secondary takes over before the
+ * old primary's lease expires). False when etcd does not answer. */
+bool ft_owned_by(const char *name, const char *host);
+
 /* From the task scheduler: ft-enable tasks end when the VM is protected;
  * a VM that failed over is adopted on its new host (task ft-failover,
  * audit ft.failover). Takes db_lock itself. */

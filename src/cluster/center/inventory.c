@@ -122,7 +122,8 @@ json_t *vm_json(json_t *row)
  * (except for VMs in a migration: the task owns those). */
 /* A VM this host runs that ferry-center knows to run elsewhere (it was
  * restarted by HA while this host was cut off) or not at all, and that
- * no migration involves: a copy to stop. */
+ * no migration involves, and that its FT owner key does not give to this
+ * host: a copy to stop. */
 static bool stray(const char *host, const char *name)
 {
 	json_t *row = db_row("SELECT host, state FROM vms WHERE name = ?", json_pack("[s]", name));
@@ -133,6 +134,12 @@ static bool stray(const char *host, const char *name)
 	bool elsewhere = row && strcmp(at, host) &&
 			 (!strcmp(state, "running") || !strcmp(state, "restarting"));
 	bool is_stray = !mig && elsewhere;
+	if (is_stray && ft_owned_by(name, host)) {
+		/* its FT secondary took over here: the owner key, not the old
+		 * host's lease, says which copy is the VM (ft.c) */
+		ft_adopt(name);
+		is_stray = false;
+	}
 	if (is_stray) {
 		/* the host it was on: if its lease is gone (asked now, after this
 		 * report), the HA decider restarted the VM here */

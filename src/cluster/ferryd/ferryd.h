@@ -89,6 +89,8 @@ int vm_start(const char *name, json_t *spec, const char *incoming_uri, const cha
 /* Ends the process and forgets the VM (its directory goes too). */
 int vm_destroy(const char *name, char *err, size_t errlen);
 char *vm_control_path(const struct vm *vm);
+/* "DS:PATH" -> the file on this host (malloc'd); NULL with a message. */
+char *vm_datastore_path(const char *ref, char *err, size_t errlen);
 char *vm_console(const char *name, bool *found);
 void *vms_watch(void *arg);
 

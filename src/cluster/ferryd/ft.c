@@ -45,14 +45,24 @@
  * takeover). When query-ft says primary-lost, the agent reads the owner
  * key: it no longer names this host as the secondary -> the primary ran on
  * unprotected and released what this secondary would have to reproduce: it
- * ends. The primary's host has no key under /ferry/hosts/ (its lease
- * expired, so its ferryd fenced its VMs) or the owner gave up -> it
- * rewrites the owner to this host by a transaction on the revision it
- * read and, only if that succeeded, says ft-takeover. The primary's host
- * lives -> the primary runs on; the secondary waits (the primary's ferryd
- * normally ends it first) and ends itself after FT_SECONDARY_WAIT_MS. So
- * of a primary and a secondary cut apart, exactly one runs afterwards, and
- * a secondary never runs after its primary released held output.
+ * ends. It still names this host -> it races the primary's ferryd for the
+ * key at once: it rewrites the owner to this host by a transaction on the
+ * revision it read, whether or not the primary's host holds its lease.
+ * That is safe because the primary runs with on_loss "hold": once the link
+ * broke it releases nothing (no acknowledgement comes, and once it calls
+ * its secondary lost it pauses, held) until its ferryd has taken the
+ * secondary's name out of the key, which this transaction forbids. So if
+ * this side wins, the primary's ferryd (alive) kills its held guest, or
+ * (cut off) its self-fence does; if the primary's side wins, this
+ * secondary ends. Having won, it says ft-takeover only once the VM's
+ * writable disks are unlocked (their OFD lock goes with the old primary's
+ * process: ferry-vm refuses to run without it, and would end), checked
+ * every pass for at most FT_DISK_WAIT_MS; after that ferry-vm's own lock
+ * check decides. The lease-expiry case (the primary's host died) is the
+ * same race, won by the secondary; a primary that gave up (its ferry-vm
+ * died) leaves the key to the secondary too. So of a primary and a
+ * secondary cut apart, exactly one runs afterwards, and a secondary never
+ * runs after its primary released held output.
  * After taking over, this host is the primary: FT is restored by a new
  * secondary on a third host, if there is one.
  *
@@ -87,7 +97,7 @@
 #define FT_POLL_MS 200
 #define FT_LINK_TIMEOUT_MS 1000     /* link silence before either side calls the other lost */
 #define FT_RETRY_MS 3000            /* after losing a secondary, before starting another */
-#define FT_SECONDARY_WAIT_MS 12000  /* a secondary whose primary lives ends itself after */
+#define FT_DISK_WAIT_MS 15000       /* won the key: how long the old primary may keep the disks */
 #define FT_STATUS_EVERY_MS 1000
 #define FT_HISTORY 8
 #define FT_MAX 64
@@ -106,6 +116,7 @@ struct ft_vm {
 	int64_t retry_at;           /* mono ms: the next try at a new secondary */
 	char avoid[64];             /* the host that just failed as secondary */
 	int64_t lost_at;            /* secondary: when the primary was seen lost */
+	bool disk_wait_said;        /* secondary: "waiting for the disks" logged */
 	json_t *figures;            /* the last query-ft */
 	int64_t rate_at;
 	json_int_t rate_epoch;
@@ -238,17 +249,6 @@ static void keys_delete(const char *name)
 	etcd_delete(&etcd_ft, key, err, sizeof(err));
 	ft_key(key, sizeof(key), name, "status");
 	etcd_delete(&etcd_ft, key, err, sizeof(err));
-}
-
-/* Does host H hold its lease? -1 when etcd did not answer. */
-static int host_alive(const char *host)
-{
-	char key[128], err[256];
-	bool ok;
-	snprintf(key, sizeof(key), "/ferry/hosts/%s", host);
-	char *v = etcd_get(&etcd_ft, key, &ok, err, sizeof(err));
-	free(v);
-	return !ok ? -1 : v != NULL;
 }
 
 /* ---- the VM this host runs ------------------------------------------------ */
@@ -746,10 +746,33 @@ static void give_up(const char *name, const char *how)
 	pthread_mutex_unlock(&ft_lock);
 }
 
+/* The owner key names another host: the secondary won it (its ferryd
+ * races for it as soon as the link breaks), so FT is that host's now and
+ * nothing here may tear it down (remove its keys, stop "our" secondary). */
+static bool owned_elsewhere(const char *name)
+{
+	json_t *owner;
+	int64_t rev;
+	bool elsewhere = owner_get(name, &owner, &rev) && owner &&
+			 strcmp(owner_host(owner), fd_cfg.name);
+	json_decref(owner);
+	return elsewhere;
+}
+
 static void primary_pass(const char *name)
 {
 	char how[64];
 	enum vm_seen seen = vm_look(name, NULL, how, sizeof(how));
+	if ((seen == VM_ABSENT || seen == VM_EXITED) && owned_elsewhere(name)) {
+		logf_("FT: VM %s: its copy here ended and the owner key names another host: "
+		      "FT is that host's now", name);
+		pthread_mutex_lock(&ft_lock);
+		struct ft_vm *f = ft_find(name);
+		if (f)
+			ft_drop(f);
+		pthread_mutex_unlock(&ft_lock);
+		return;
+	}
 	if (seen == VM_ABSENT) {
 		teardown(name, "the VM was stopped or left this host");
 		return;
@@ -849,13 +872,75 @@ static void become_primary(const char *name, json_t *q)
 	status_publish(name, true);
 }
 
-/* The primary is lost: take over only after winning the owner key. */
-static void decide(const char *name, const char *primary, int64_t lost_at)
+/* Does another process hold a writable disk of the VM (the old primary's
+ * ferry-vm, still alive)? Its path in *which. OFD locks, as in
+ * backend/disk.c: F_OFD_GETLK on a descriptor of our own says who else
+ * holds one, and closing ours takes nobody's. */
+static bool disks_locked(const char *name, char *which, size_t len)
+{
+	pthread_mutex_lock(&vms_lock);
+	struct vm *vm = vm_find(name);
+	json_t *disks = vm ? json_deep_copy(json_object_get(vm->spec, "disks")) : NULL;
+	pthread_mutex_unlock(&vms_lock);
+	bool locked = false;
+	size_t i;
+	json_t *d;
+	json_array_foreach(disks, i, d) {
+		const char *ref = json_string_value(d);
+		char err[256];
+		if (!ref || strstr(ref, ",ro"))
+			continue;   /* read-only disks share their lock */
+		char *path = vm_datastore_path(ref, err, sizeof(err));
+		int fd = path ? open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) : -1;
+		struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+		if (fd >= 0 && !fcntl(fd, F_OFD_GETLK, &fl) && fl.l_type != F_UNLCK) {
+			snprintf(which, len, "%s", path);
+			locked = true;
+		}
+		if (fd >= 0)
+			close(fd);
+		free(path);
+		if (locked)
+			break;
+	}
+	json_decref(disks);
+	return locked;
+}
+
+/* The key won: ft-takeover, once the old primary has let go of the disks
+ * (or FT_DISK_WAIT_MS after the primary was lost: ferry-vm checks again). */
+static void take_over(const char *name, int64_t lost_at)
+{
+	char which[PATH_MAX], err[256];
+	if (disks_locked(name, which, sizeof(which)) && mono_ms() - lost_at < FT_DISK_WAIT_MS) {
+		pthread_mutex_lock(&ft_lock);
+		struct ft_vm *f = ft_find(name);
+		bool say = f && !f->disk_wait_said;
+		if (f)
+			f->disk_wait_said = true;
+		pthread_mutex_unlock(&ft_lock);
+		if (say)
+			logf_("FT: VM %s: %s is still locked (the old primary's process lives): "
+			      "ft-takeover once it lets go", name, which);
+		return;
+	}
+	char *ctl = NULL;
+	vm_look(name, &ctl, NULL, 0);
+	json_t *r = ctl ? qmp_call(ctl, "ft-takeover", NULL, err, sizeof(err)) : NULL;
+	free(ctl);
+	if (!r)
+		logf_("FT: VM %s: ft-takeover: %s", name, err);
+	json_decref(r);
+}
+
+/* The primary is lost: race for the owner key; take over only after
+ * winning it. */
+static void decide(const char *name, int64_t lost_at)
 {
 	json_t *owner;
 	int64_t rev;
 	if (!owner_get(name, &owner, &rev))
-		return;
+		return;   /* etcd silent: decide nothing, try again next pass */
 	char err[256];
 	bool takeover = owner && !strcmp(owner_host(owner), fd_cfg.name);
 	const char *named = json_string_value(json_object_get(owner, "secondary"));
@@ -870,34 +955,18 @@ static void decide(const char *name, const char *primary, int64_t lost_at)
 		vm_destroy(name, err, sizeof(err));
 	} else if (!takeover) {
 		const char *holder = owner_host(owner);
-		int alive = host_alive(holder);
-		bool gave_up = json_is_true(json_object_get(owner, "gave_up"));
-		if (alive == 0 || gave_up) {
-			json_t *next = json_pack("{s:s, s:s, s:s, s:I}", "host", fd_cfg.name, "from",
-						 holder, "why", gave_up ? "the primary gave up" :
-						 "the primary's lease expired", "at_ms",
-						 (json_int_t)now_ms());
-			takeover = owner_swap(name, next, rev);
-			if (takeover)
-				logf_("FT: VM %s: won the owner key from %s (%s)", name, holder,
-				      gave_up ? "it gave up" : "its lease expired");
-		} else if (alive == 1 && mono_ms() - lost_at > FT_SECONDARY_WAIT_MS) {
-			logf_("FT: VM %s: the primary on %s lives and owns the guest: the secondary "
-			      "ends", name, holder);
-			vm_destroy(name, err, sizeof(err));
-		}
+		const char *why = json_is_true(json_object_get(owner, "gave_up")) ?
+				  "the primary gave up" : "the FT link broke; the primary holds "
+				  "its output";
+		json_t *next = json_pack("{s:s, s:s, s:s, s:I}", "host", fd_cfg.name, "from",
+					 holder, "why", why, "at_ms", (json_int_t)now_ms());
+		takeover = owner_swap(name, next, rev);
+		if (takeover)
+			logf_("FT: VM %s: won the owner key from %s (%s)", name, holder, why);
 	}
 	json_decref(owner);
-	(void)primary;
-	if (!takeover)
-		return;
-	char *ctl = NULL;
-	vm_look(name, &ctl, NULL, 0);
-	json_t *r = ctl ? qmp_call(ctl, "ft-takeover", NULL, err, sizeof(err)) : NULL;
-	free(ctl);
-	if (!r)
-		logf_("FT: VM %s: ft-takeover: %s", name, err);
-	json_decref(r);
+	if (takeover)
+		take_over(name, lost_at);
 }
 
 static void secondary_pass(const char *name)
@@ -916,12 +985,10 @@ static void secondary_pass(const char *name)
 		return;
 	const char *st = json_string_value(json_object_get(q, "status")) ?: "";
 	const char *role = json_string_value(json_object_get(q, "role")) ?: "";
-	char primary[64] = "";
 	int64_t lost_at = 0;
 	pthread_mutex_lock(&ft_lock);
 	struct ft_vm *f = ft_find(name);
 	if (f) {
-		snprintf(primary, sizeof(primary), "%s", f->primary);
 		if (!strcmp(st, "primary-lost") || !strcmp(st, "taking-over")) {
 			if (!f->lost_at) {
 				f->lost_at = mono_ms();
@@ -937,7 +1004,7 @@ static void secondary_pass(const char *name)
 	if (!strcmp(st, "running") || !strcmp(role, "primary"))
 		become_primary(name, q);
 	else if (!strcmp(st, "primary-lost") && lost_at)
-		decide(name, primary, lost_at);
+		decide(name, lost_at);
 	json_decref(q);
 }
 

@@ -700,3 +700,8 @@ void *vms_watch(void *arg)
 	}
 	return NULL;
 }
+
+char *vm_datastore_path(const char *ref, char *err, size_t errlen)
+{
+	return resolve(ref, err, errlen);
+}
