@@ -95,7 +95,7 @@
 
 #define FT_PREFIX "/ferry/ft/"
 #define FT_POLL_MS 200
-#define FT_LINK_TIMEOUT_MS 1000     /* link silence before either side calls the other lost */
+#define FT_LINK_TIMEOUT_MS 500      /* link silence before either side calls the other lost */
 #define FT_RETRY_MS 3000            /* after losing a secondary, before starting another */
 #define FT_DISK_WAIT_MS 15000       /* won the key: how long the old primary may keep the disks */
 #define FT_STATUS_EVERY_MS 1000
