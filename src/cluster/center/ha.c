@@ -19,9 +19,8 @@
 #include <string.h>
 #include <time.h>
 
-/* A host reports a VM running that the inventory puts on a host whose
- * lease is gone: the HA decider restarted it there. Under db_lock. */
-void ha_adopt(const char *name, const char *host, const char *dead)
+/* VM name's HA record in etcd (/ferry/ha/NAME), or NULL. */
+static json_t *ha_record(const char *name)
 {
 	char key[128], err[256];
 	snprintf(key, sizeof(key), "/ferry/ha/%s", name);
@@ -29,6 +28,14 @@ void ha_adopt(const char *name, const char *host, const char *dead)
 	char *text = etcd_get(&ctr.etcd, key, &ok, err, sizeof(err));
 	json_t *rec = text ? json_loads(text, 0, NULL) : NULL;
 	free(text);
+	return rec;
+}
+
+/* A host reports a VM running that the inventory puts on a host whose
+ * lease is gone: the HA decider restarted it there. Under db_lock. */
+void ha_adopt(const char *name, const char *host, const char *dead)
+{
+	json_t *rec = ha_record(name);
 	const char *by = json_string_value(json_object_get(rec, "restarted_by"));
 	char user[80];
 	snprintf(user, sizeof(user), "ferryd-%s", by ? by : "?");
@@ -48,12 +55,7 @@ void ha_adopt(const char *name, const char *host, const char *dead)
 
 bool ha_record_names(const char *name, const char *host)
 {
-	char key[128], err[256];
-	snprintf(key, sizeof(key), "/ferry/ha/%s", name);
-	bool ok;
-	char *text = etcd_get(&ctr.etcd, key, &ok, err, sizeof(err));
-	json_t *rec = text ? json_loads(text, 0, NULL) : NULL;
-	free(text);
+	json_t *rec = ha_record(name);
 	bool names = rec && json_object_get(rec, "restarted_by") &&
 		     !strcmp(json_string_value(json_object_get(rec, "host")) ?: "", host);
 	json_decref(rec);

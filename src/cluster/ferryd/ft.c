@@ -170,6 +170,16 @@ static void ft_drop(struct ft_vm *f)
 	free(f);
 }
 
+/* Forgets VM name's FT entry, if it has one. Takes ft_lock. */
+static void ft_forget(const char *name)
+{
+	pthread_mutex_lock(&ft_lock);
+	struct ft_vm *f = ft_find(name);
+	if (f)
+		ft_drop(f);
+	pthread_mutex_unlock(&ft_lock);
+}
+
 /* A new state, with why, kept in the history (under ft_lock). */
 static void ft_state(struct ft_vm *f, const char *state, const char *why)
 {
@@ -625,11 +635,7 @@ static void teardown(const char *name, const char *why)
 	secondary_remove(name, url);
 	keys_delete(name);
 	spec_edit(name, give_ha_edit);
-	pthread_mutex_lock(&ft_lock);
-	f = ft_find(name);
-	if (f)
-		ft_drop(f);
-	pthread_mutex_unlock(&ft_lock);
+	ft_forget(name);
 	logf_("FT: VM %s: fault tolerance ended (%s)", name, why);
 }
 
@@ -664,11 +670,7 @@ static void link_lost(const char *name, json_t *figures)
 		kill_guest(name);
 		char err[256];
 		vm_destroy(name, err, sizeof(err));
-		pthread_mutex_lock(&ft_lock);
-		struct ft_vm *f = ft_find(name);
-		if (f)
-			ft_drop(f);
-		pthread_mutex_unlock(&ft_lock);
+		ft_forget(name);
 		json_decref(owner);
 		return;
 	}
@@ -739,11 +741,7 @@ static void give_up(const char *name, const char *how)
 	}
 	pthread_mutex_unlock(&ft_lock);
 	status_publish(name, true);
-	pthread_mutex_lock(&ft_lock);
-	f = ft_find(name);
-	if (f)
-		ft_drop(f);
-	pthread_mutex_unlock(&ft_lock);
+	ft_forget(name);
 }
 
 /* The owner key names another host: the secondary won it (its ferryd
@@ -766,11 +764,7 @@ static void primary_pass(const char *name)
 	if ((seen == VM_ABSENT || seen == VM_EXITED) && owned_elsewhere(name)) {
 		logf_("FT: VM %s: its copy here ended and the owner key names another host: "
 		      "FT is that host's now", name);
-		pthread_mutex_lock(&ft_lock);
-		struct ft_vm *f = ft_find(name);
-		if (f)
-			ft_drop(f);
-		pthread_mutex_unlock(&ft_lock);
+		ft_forget(name);
 		return;
 	}
 	if (seen == VM_ABSENT) {
@@ -973,11 +967,7 @@ static void secondary_pass(const char *name)
 {
 	enum vm_seen seen = vm_look(name, NULL, NULL, 0);
 	if (seen == VM_ABSENT || seen == VM_EXITED) {
-		pthread_mutex_lock(&ft_lock);
-		struct ft_vm *f = ft_find(name);
-		if (f)
-			ft_drop(f);
-		pthread_mutex_unlock(&ft_lock);
+		ft_forget(name);
 		return;
 	}
 	json_t *q = query_ft(name);
