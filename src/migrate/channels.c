@@ -27,6 +27,16 @@
  * and the main stream's SYNC(r) waits the same way, so the digest and
  * everything after the last round see all of its pages.
  * A failed channel fails the migration on both sides before the handoff.
+ *
+ * Test hook, FERRY_TEST_FAULT=lagging-channel (in both processes; off
+ * unless set), the worst order the network may deliver, every time: the
+ * source sends page pfn of round r on channel (pfn + r) % N, so every
+ * page changes channel from one round to the next; the destination's
+ * channel 0 keeps its pages of round r aside and applies them only when
+ * every other channel has read SYNC(r + 1) or END, or waits at the
+ * barrier for channel 0. With the barrier, the others wait and the
+ * order holds; without it, channel 0's old copies land on the others'
+ * newer ones, and the digest refuses the destination.
  */
 #include "migrate/channels.h"
 #include "migrate/channel.h"
@@ -73,6 +83,12 @@ static void deadline_in(struct timespec *ts, unsigned ms)
 	ts->tv_nsec += (long)(ms % 1000) * 1000000;
 	ts->tv_sec += ms / 1000 + ts->tv_nsec / 1000000000;
 	ts->tv_nsec %= 1000000000;
+}
+
+static bool lagging_channel(void)
+{
+	const char *want = getenv("FERRY_TEST_FAULT");
+	return want && !strcmp(want, "lagging-channel");
 }
 
 /* ==== source ====================================================================== */
@@ -151,8 +167,9 @@ static int sender_connect(struct sender *sd)
 	return 0;
 }
 
-/* Pages of bitmap words [w0, w1). */
-static int put_words(struct sender *sd, uint64_t w0, uint64_t w1)
+/* Pages of bitmap words [w0, w1); with `lagging`, only this channel's
+ * pages of the round in the test hook's order. */
+static int put_words(struct sender *sd, uint64_t w0, uint64_t w1, bool lagging)
 {
 	static const uint8_t zeros[MIG_PAGE_SIZE];
 	const struct mig_senders *tx = sd->tx;
@@ -161,6 +178,8 @@ static int put_words(struct sender *sd, uint64_t w0, uint64_t w1)
 		while (bits) {
 			uint64_t pfn = w * 64 + (uint64_t)__builtin_ctzll(bits);
 			bits &= bits - 1;
+			if (lagging && (pfn + tx->round) % tx->n != sd->index)
+				continue;
 			const void *page = tx->resident && !(tx->resident[pfn] & 1)
 					   ? zeros : tx->ram + pfn * MIG_PAGE_SIZE;
 			if (mig_put_page(sd->s, pfn, page))
@@ -174,15 +193,17 @@ static int put_words(struct sender *sd, uint64_t w0, uint64_t w1)
 static int sender_round(struct sender *sd)
 {
 	struct mig_senders *tx = sd->tx;
+	bool lagging = lagging_channel();    /* each walks all, sends its pages */
+	uint64_t own = 0;
 	mig_stream_set_rate(sd->s, atomic_load(&tx->rate));
-	for (;;) {
-		uint64_t w0 = atomic_fetch_add(&tx->cursor, CHUNK_WORDS);
+	for (;; own += CHUNK_WORDS) {
+		uint64_t w0 = lagging ? own : atomic_fetch_add(&tx->cursor, CHUNK_WORDS);
 		if (w0 >= tx->words)
 			break;
 		mig_window_tune(&sd->link);
 		mig_stream_set_compress(sd->s, atomic_load(&tx->compress) || sd->link.compress);
 		uint64_t w1 = w0 + CHUNK_WORDS < tx->words ? w0 + CHUNK_WORDS : tx->words;
-		if (put_words(sd, w0, w1))
+		if (put_words(sd, w0, w1, lagging))
 			return sender_fail(sd, mig_stream_error(sd->s));
 		atomic_store(&sd->bytes, mig_stream_bytes_out(sd->s));
 	}
@@ -401,6 +422,7 @@ void mig_senders_close(struct mig_senders *tx)
 
 struct receiver {                       /* a joined channel */
 	bool joined, ended;
+	bool in_barrier;                /* waiting for the others */
 	uint64_t synced;                /* the last round it applied */
 };
 
@@ -557,31 +579,81 @@ static bool channel_barrier(struct mig_receivers *rx, unsigned index, uint64_t r
 {
 	pthread_mutex_lock(&rx->lock);
 	rx->slots[index].synced = round;
+	rx->slots[index].in_barrier = true;
 	pthread_cond_broadcast(&rx->cond);
 	while (!rx->failed && !rx->stopping && min_synced(rx) < round)
 		pthread_cond_wait(&rx->cond, &rx->lock);
+	rx->slots[index].in_barrier = false;
 	bool go_on = !rx->failed && !rx->stopping;
 	pthread_mutex_unlock(&rx->lock);
 	return go_on;
 }
 
-/* For the tests (FERRY_TEST_FAULT=slow-channel): channel 0 reads each
- * section 100 ms late, so the others run ahead of it into the next round
- * unless the barrier holds them. */
-static void fault_slow_channel(unsigned index)
+/* The test hook's channel 0 (lagging-channel, at the top): its pages of
+ * the round, kept aside until the others are past it. */
+struct lag_queue {
+	struct mig_receivers *rx;
+	uint8_t *entries;               /* u64 pfn, then the page */
+	size_t n, cap;
+};
+
+#define LAG_ENTRY (8 + MIG_PAGE_SIZE)
+
+static void lag_keep(void *opaque, uint64_t pfn, const void *page)
 {
-	const char *want = getenv("FERRY_TEST_FAULT");
-	if (index == 0 && want && !strcmp(want, "slow-channel"))
-		nanosleep(&(struct timespec){ 0, 100 * 1000000 }, NULL);
+	struct lag_queue *q = opaque;
+	if (q->n == q->cap) {
+		size_t cap = q->cap ? q->cap * 2 : 1024;
+		uint8_t *e = realloc(q->entries, cap * LAG_ENTRY);
+		if (!e) {                       /* the hook gives up, not the guest */
+			q->rx->sink(q->rx->opaque, pfn, page);
+			return;
+		}
+		q->entries = e;
+		q->cap = cap;
+	}
+	memcpy(q->entries + q->n * LAG_ENTRY, &pfn, 8);
+	memcpy(q->entries + q->n * LAG_ENTRY + 8, page, MIG_PAGE_SIZE);
+	q->n++;
 }
 
-/* Pages, SYNCs and END of channel `index`, until END or the end. */
-static void channel_read(struct conn *c, unsigned index)
+/* Every channel but `index` has read SYNC(round + 1) or END, or waits at
+ * the barrier (with rx->lock held). */
+static bool others_past(const struct mig_receivers *rx, unsigned index, uint64_t round)
+{
+	for (unsigned i = 0; i < rx->n; i++) {
+		const struct receiver *r = &rx->slots[i];
+		if (i != index && !r->ended && !r->in_barrier && r->synced <= round)
+			return false;
+	}
+	return true;
+}
+
+/* At channel `index`'s SYNC(round): wait until the others are past it,
+ * then apply the pages kept aside. */
+static void lag_release(struct lag_queue *q, unsigned index, uint64_t round)
+{
+	struct mig_receivers *rx = q->rx;
+	pthread_mutex_lock(&rx->lock);
+	while (!rx->failed && !rx->stopping && !others_past(rx, index, round))
+		pthread_cond_wait(&rx->cond, &rx->lock);
+	bool go_on = !rx->failed && !rx->stopping;
+	pthread_mutex_unlock(&rx->lock);
+	for (size_t i = 0; go_on && i < q->n; i++) {
+		uint64_t pfn;
+		memcpy(&pfn, q->entries + i * LAG_ENTRY, 8);
+		rx->sink(rx->opaque, pfn, q->entries + i * LAG_ENTRY + 8);
+	}
+	q->n = 0;
+}
+
+/* Pages, SYNCs and END of channel `index`, until END or the end; lag:
+ * the test hook's queue, or NULL. */
+static void channel_sections(struct conn *c, unsigned index, struct lag_queue *lag)
 {
 	struct mig_receivers *rx = c->rx;
 	struct mig_pages_grammar g = { 0 };
 	char err[400];
-	mig_stream_set_sink(c->s, rx->sink, rx->opaque);
 	for (;;) {
 		/* idle while the main stream carries disks: wait in short
 		 * steps so a stop is seen; liveness is the main stream's */
@@ -591,7 +663,6 @@ static void channel_read(struct conn *c, unsigned index)
 		if (r == 0)
 			continue;
 		struct mig_section sec;
-		fault_slow_channel(index);
 		if (mig_read_section(c->s, &sec, NULL, rx->ram_size)) {
 			rx_fail(rx, "page channel %u: %s", index, mig_stream_error(c->s));
 			return;
@@ -605,6 +676,8 @@ static void channel_read(struct conn *c, unsigned index)
 			rx_fail(rx, "%s", err);
 			return;
 		}
+		if (sec.type == MIG_SEC_SYNC && lag)
+			lag_release(lag, index, sec.round);
 		if (sec.type == MIG_SEC_SYNC && !channel_barrier(rx, index, sec.round))
 			return;
 		if (sec.type == MIG_SEC_END) {
@@ -615,6 +688,16 @@ static void channel_read(struct conn *c, unsigned index)
 			return;
 		}
 	}
+}
+
+static void channel_read(struct conn *c, unsigned index)
+{
+	struct mig_receivers *rx = c->rx;
+	struct lag_queue lag = { .rx = rx };
+	bool lagging = index == 0 && rx->n > 1 && lagging_channel();
+	mig_stream_set_sink(c->s, lagging ? lag_keep : rx->sink, lagging ? &lag : rx->opaque);
+	channel_sections(c, index, lagging ? &lag : NULL);
+	free(lag.entries);
 }
 
 static void *conn_thread(void *arg)
