@@ -7,6 +7,7 @@
  * with the guest: status 0 on power-off or `quit`, 1 on a guest reset or
  * a failure, 2 on a bad argument.
  */
+#include "backend/disk.h"
 #include "machine/vm.h"
 #include "machine/boot.h"
 #include "machine/clint.h"
@@ -23,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define MAX_DISKS 4
@@ -33,6 +35,7 @@ struct options {
 	unsigned smp;
 	const char *disks[MAX_DISKS];
 	bool disk_ro[MAX_DISKS];
+	bool disk_follow[MAX_DISKS];
 	unsigned ndisks;
 	const char *tap;
 	bool tap_create;
@@ -54,7 +57,10 @@ static void usage(FILE *f)
 		"  --append CMDLINE        kernel command line\n"
 		"  --mem MiB               guest RAM (default 256)\n"
 		"  --smp N                 harts, 1 to %d (default 1)\n"
-		"  --disk PATH[,ro]        raw disk image on virtio-blk (repeatable)\n"
+		"  --disk PATH[,ro][,follow=on]\n"
+		"                          raw disk image (regular file or block device) on\n"
+		"                          virtio-blk (repeatable); a symlink only with\n"
+		"                          follow=on (e.g. /dev/disk/by-id/...)\n"
 		"  --net tap=IF[,mac=MAC][,create=on]\n"
 		"                          virtio-net on an existing TAP interface\n"
 		"                          (create=on: create it if missing)\n"
@@ -116,6 +122,57 @@ static void parse_net(struct options *o, char *arg)
 	}
 	if (!o->tap)
 		bad_arg("--net: %s", "tap=IFNAME is required");
+}
+
+/* --disk PATH[,ro][,follow=on]: the path ends at the first comma. */
+static void parse_disk(struct options *o, char *arg)
+{
+	if (o->ndisks == MAX_DISKS)
+		bad_arg("at most %s disks", "4");
+	char *save = NULL, *opts = strchr(arg, ',');
+	if (opts)
+		*opts++ = 0;
+	if (!*arg)
+		bad_arg("--disk: %s", "empty path");
+	for (char *tok = opts ? strtok_r(opts, ",", &save) : NULL; tok;
+	     tok = strtok_r(NULL, ",", &save)) {
+		if (!strcmp(tok, "ro"))
+			o->disk_ro[o->ndisks] = true;
+		else if (!strcmp(tok, "follow=on") || !strcmp(tok, "follow=off"))
+			o->disk_follow[o->ndisks] = !strcmp(tok, "follow=on");
+		else
+			bad_arg("--disk: unknown option '%s' (want PATH[,ro][,follow=on])", tok);
+	}
+	o->disks[o->ndisks++] = arg;
+}
+
+/* A disk path that names the wrong kind of thing is a bad argument; one
+ * followed through a symlink is said, with where it leads. */
+static void check_disk_path(const char *path, bool follow)
+{
+	char line[4200];
+	const char *why = disk_path_refusal(path, follow);
+	if (why) {
+		snprintf(line, sizeof(line), "--disk %s: %s", path, why);
+		bad_arg("%s", line);
+	}
+	struct stat st;
+	char *real = follow && lstat(path, &st) == 0 && S_ISLNK(st.st_mode) ?
+		     realpath(path, NULL) : NULL;
+	if (real)
+		fprintf(stderr, "ferry-vm: disk %s: follows the symlink to %s\n", path, real);
+	free(real);
+}
+
+/* --console FILE is created or truncated, never through a symlink (a
+ * root ferry-vm would truncate whatever it points to); a device or FIFO
+ * is written as it is. */
+static void check_console_path(const char *spec)
+{
+	struct stat st;
+	if (strcmp(spec, "stdio") && strcmp(spec, "none") && lstat(spec, &st) == 0 &&
+	    S_ISLNK(st.st_mode))
+		bad_arg("--console %s: is a symlink: give the real path", spec);
 }
 
 static unsigned long parse_number(const char *s, const char *opt)
@@ -197,22 +254,9 @@ static void parse_options(int argc, char **argv, struct options *o)
 			if (o->smp < 1 || o->smp > MAX_HARTS)
 				bad_arg("--smp %s: want 1 to 8 harts", optarg);
 			break;
-		case OPT_DISK: {
-			if (o->ndisks == MAX_DISKS)
-				bad_arg("at most %s disks", "4");
-			char *comma = strchr(optarg, ',');
-			if (comma) {
-				if (strcmp(comma, ",ro"))
-					bad_arg("--disk: unknown option '%s' (want PATH[,ro])",
-						comma + 1);
-				*comma = 0;
-				o->disk_ro[o->ndisks] = true;
-			}
-			if (!*optarg)
-				bad_arg("--disk: %s", "empty path");
-			o->disks[o->ndisks++] = optarg;
+		case OPT_DISK:
+			parse_disk(o, optarg);
 			break;
-		}
 		case OPT_NET: parse_net(o, optarg); break;
 		case OPT_CONTROL: o->control = optarg; break;
 		case OPT_INCOMING:
@@ -237,6 +281,9 @@ static void parse_options(int argc, char **argv, struct options *o)
 	}
 	if (optind < argc)
 		bad_arg("unexpected argument '%s'", argv[optind]);
+	for (unsigned i = 0; i < o->ndisks; i++)
+		check_disk_path(o->disks[i], o->disk_follow[i]);
+	check_console_path(o->console);
 	if (o->ft_secondary && o->incoming)
 		bad_arg("%s", "--ft-secondary and --incoming exclude each other");
 	if (!o->boot.kernel && !o->incoming && !o->ft_secondary)
@@ -273,9 +320,14 @@ static int open_console(const char *spec, int *in_fd, int *out_fd)
 	} else if (!strcmp(spec, "none")) {
 		*out_fd = -1;
 	} else {
-		*out_fd = open(spec, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-		if (*out_fd < 0) {
-			fprintf(stderr, "ferry-vm: console %s: %s\n", spec, strerror(errno));
+		struct stat st;
+		*out_fd = open(spec, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC, 0644);
+		if (*out_fd < 0 || fstat(*out_fd, &st) ||
+		    (S_ISREG(st.st_mode) && ftruncate(*out_fd, 0))) {
+			fprintf(stderr, "ferry-vm: console %s: %s\n", spec,
+				errno == ELOOP ? "is a symlink: give the real path" : strerror(errno));
+			if (*out_fd >= 0)
+				close(*out_fd);
 			return -1;
 		}
 	}
@@ -301,7 +353,7 @@ static struct machine *build_machine(const struct options *o, struct vmm *vmm)
 	unsigned slot = 0;
 	for (unsigned i = 0; i < o->ndisks; i++)
 		if (!(vmm->blk[i] = virtio_blk_create(m, slot++, o->disks[i], o->disk_ro[i],
-				       o->incoming || o->ft_secondary, err, sizeof(err))))
+				       o->disk_follow[i], o->incoming || o->ft_secondary, err, sizeof(err))))
 			goto fail;
 	if (o->tap && !(vmm->net = virtio_net_create(m, slot++, o->tap, o->tap_create,
 						     o->mac, err, sizeof(err))))

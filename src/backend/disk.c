@@ -77,19 +77,71 @@ int disk_unlock(struct disk *d, char *err, size_t errlen)
 	return ret;
 }
 
-int disk_open(struct disk *d, const char *path, bool readonly, bool defer_lock,
-	      char *err, size_t errlen)
+static const char *disk_kind_refusal(mode_t mode)
 {
-	memset(d, 0, sizeof(*d));
-	d->readonly = readonly;
-	d->path = strdup(path);
-	d->fd = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-	if (!d->path || d->fd < 0) {
-		snprintf(err, errlen, "disk %s: %s", path, strerror(d->path ? errno : ENOMEM));
-		disk_close(d);
+	if (S_ISREG(mode) || S_ISBLK(mode))
+		return NULL;
+	return S_ISDIR(mode) ? "is a directory, not a regular file or block device" :
+	       S_ISFIFO(mode) ? "is a FIFO, not a regular file or block device" :
+	       S_ISCHR(mode) ? "is a character device, not a regular file or block device" :
+	       S_ISSOCK(mode) ? "is a socket, not a regular file or block device" :
+	       "is not a regular file or block device";
+}
+
+static const char disk_link_refusal[] =
+	"is a symlink: give the real path, or add ,follow=on to use what it points to";
+
+const char *disk_path_refusal(const char *path, bool follow)
+{
+	struct stat st;
+	if (lstat(path, &st))
+		return NULL;                    /* the open says why */
+	if (S_ISLNK(st.st_mode) && !follow)
+		return disk_link_refusal;
+	if (S_ISLNK(st.st_mode) && stat(path, &st))
+		return NULL;                    /* dangling: the open says so */
+	return disk_kind_refusal(st.st_mode);
+}
+
+/* Open what disk_path_refusal() accepted; O_NONBLOCK only until the
+ * descriptor is known to be a regular file or block device. */
+static int disk_open_fd(struct disk *d, bool follow, char *err, size_t errlen)
+{
+	const char *why = disk_path_refusal(d->path, follow);
+	if (!why) {
+		d->fd = open(d->path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY |
+			     O_NONBLOCK | (follow ? 0 : O_NOFOLLOW));
+		if (d->fd < 0 && errno == ELOOP && !follow)
+			why = disk_link_refusal;        /* it became one meanwhile */
+	}
+	struct stat st;
+	if (!why && d->fd >= 0 && fstat(d->fd, &st) == 0)
+		why = disk_kind_refusal(st.st_mode);
+	if (why) {
+		snprintf(err, errlen, "disk %s: %s", d->path, why);
 		return -1;
 	}
-	if (disk_size(d, err, errlen) || (!defer_lock && disk_lock(d, err, errlen))) {
+	int fl = d->fd < 0 ? -1 : fcntl(d->fd, F_GETFL);
+	if (fl < 0 || fcntl(d->fd, F_SETFL, fl & ~O_NONBLOCK)) {
+		snprintf(err, errlen, "disk %s: %s", d->path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+int disk_open(struct disk *d, const char *path, bool readonly, bool follow,
+	      bool defer_lock, char *err, size_t errlen)
+{
+	memset(d, 0, sizeof(*d));
+	d->fd = -1;
+	d->readonly = readonly;
+	d->path = strdup(path);
+	if (!d->path) {
+		snprintf(err, errlen, "disk %s: %s", path, strerror(ENOMEM));
+		return -1;
+	}
+	if (disk_open_fd(d, follow, err, errlen) || disk_size(d, err, errlen) ||
+	    (!defer_lock && disk_lock(d, err, errlen))) {
 		disk_close(d);
 		return -1;
 	}

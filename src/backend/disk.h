@@ -31,9 +31,15 @@ struct disk {
 	void *on_write_opaque;
 };
 
-/* Open path; 0, or -1 with "disk PATH: why" in err. */
-int disk_open(struct disk *d, const char *path, bool readonly, bool defer_lock,
-	      char *err, size_t errlen);
+/* Why path cannot be opened as an image: its last component is a
+ * symlink and follow is false, or it names (follow: through the link)
+ * something other than a regular file or block device. NULL when it may
+ * be opened, or when it cannot be looked at (disk_open says why). */
+const char *disk_path_refusal(const char *path, bool follow);
+/* Open path, refused as disk_path_refusal() says; 0, or -1 with
+ * "disk PATH: why" in err. */
+int disk_open(struct disk *d, const char *path, bool readonly, bool follow,
+	      bool defer_lock, char *err, size_t errlen);
 /* Take the lock; 0, or -1 with the reason in err. Taking it twice is fine. */
 int disk_lock(struct disk *d, char *err, size_t errlen);
 /* Flush to stable storage and let go of the lock. 0, or -1 (err). */

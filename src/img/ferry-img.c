@@ -247,7 +247,8 @@ static int inspect(struct image *im, const char *path, int *fd, char *err, size_
 	struct stat lst;
 	if (lstat(path, &lst) == 0 && S_ISLNK(lst.st_mode))
 		im->is_link = true;
-	*fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO is refused below, not waited on */
+	*fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (*fd < 0 || fstat(*fd, &im->st)) {
 		snprintf(err, errlen, "disk %s: %s", path, strerror(errno));
 		return -1;
@@ -404,7 +405,9 @@ static int cmd_check(const char *path)
 	if (access(path, W_OK))
 		problem(notes, "not writable by this user: usable only as --disk %s,ro", path);
 	if (im.is_link)
-		problem(notes, "a symlink: disk-move and migration checks name the real path");
+		problem(notes, "a symlink: ferry-vm takes it only as --disk %s,follow=on (or "
+			"give the real path); disk-move and migration checks name the real path",
+			path);
 	if (im.lock == F_WRLCK)
 		problem(notes, "in use by a running VM (write lock): a copy of it now would not "
 			"be consistent");

@@ -33,7 +33,7 @@ void uart_destroy(struct uart *u);
 /* virtio-mmio devices in slot 0..VIRTIO_SLOTS-1. */
 struct virtio_dev;
 struct virtio_dev *virtio_blk_create(struct machine *m, unsigned slot,
-				     const char *path, bool readonly,
+				     const char *path, bool readonly, bool follow,
 				     bool defer_lock, char *err, size_t errlen);
 /* Attaches to an existing TAP interface; creates it only with create_tap. */
 struct virtio_dev *virtio_net_create(struct machine *m, unsigned slot,

@@ -1,8 +1,9 @@
 /*
  * test_disk.c - disk images: clear errors, the writer's exclusive lock
  * against a second writer (in this process and in another one), shared
- * locks for readers, deferred locking for a migration destination, and
- * virtio-blk's release/acquire handoff.
+ * locks for readers, deferred locking for a migration destination,
+ * virtio-blk's release/acquire handoff, and what disk_open() opens: a
+ * symlink only when told to follow it, never a FIFO or character device.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +14,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -52,15 +54,42 @@ static void missing_file_is_a_clear_error(void **state)
 	(void)state;
 	struct disk d;
 	char err[256];
-	assert_int_equal(disk_open(&d, "/tmp/ferry-no-such-disk.img", false, false, err,
+	assert_int_equal(disk_open(&d, "/tmp/ferry-no-such-disk.img", false, false, false, err,
 				   sizeof(err)), -1);
 	assert_string_equal(err, "disk /tmp/ferry-no-such-disk.img: No such file or directory");
 	struct machine *m = fake_machine_create();
-	assert_null(virtio_blk_create(m, 0, "/tmp/ferry-no-such-disk.img", true, false, err,
+	assert_null(virtio_blk_create(m, 0, "/tmp/ferry-no-such-disk.img", true, false, false, err,
 				      sizeof(err)));
 	assert_string_equal(err, "disk /tmp/ferry-no-such-disk.img: No such file or directory");
 	assert_int_equal(m->nmmio, 0);
 	fake_machine_destroy(m);
+}
+
+static void symlinks_are_followed_only_when_asked(void **state)
+{
+	struct fixture *f = *state;
+	char link[80], fifo[80], err[256];
+	snprintf(link, sizeof(link), "%s.link", f->path);
+	snprintf(fifo, sizeof(fifo), "%s.fifo", f->path);
+	assert_int_equal(symlink(f->path, link), 0);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	struct disk d;
+	for (int ro = 0; ro < 2; ro++) {
+		assert_int_equal(disk_open(&d, link, ro, false, false, err, sizeof(err)), -1);
+		assert_non_null(strstr(err, "is a symlink"));
+	}
+	assert_int_equal(disk_open(&d, link, false, true, false, err, sizeof(err)), 0);
+	assert_int_equal(d.size, 1 << 16);
+	disk_close(&d);
+	/* neither waited on (a FIFO opened for reading would block) nor taken */
+	assert_int_equal(disk_open(&d, fifo, true, false, false, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "is a FIFO"));
+	assert_int_equal(disk_open(&d, "/dev/null", false, true, false, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "is a character device"));
+	assert_int_equal(disk_open(&d, "/tmp", true, true, false, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "is a directory"));
+	unlink(link);
+	unlink(fifo);
 }
 
 static void second_writer_is_refused(void **state)
@@ -68,16 +97,16 @@ static void second_writer_is_refused(void **state)
 	struct fixture *f = *state;
 	struct disk a, b;
 	char err[256] = "";
-	assert_int_equal(disk_open(&a, f->path, false, false, err, sizeof(err)), 0);
+	assert_int_equal(disk_open(&a, f->path, false, false, false, err, sizeof(err)), 0);
 	assert_true(a.locked);
 	assert_int_equal(a.size, 1 << 16);
-	assert_int_equal(disk_open(&b, f->path, false, false, err, sizeof(err)), -1);
+	assert_int_equal(disk_open(&b, f->path, false, false, false, err, sizeof(err)), -1);
 	assert_string_equal(err, f->locked_msg);
 	/* a reader may not watch it change either */
-	assert_int_equal(disk_open(&b, f->path, true, false, err, sizeof(err)), -1);
+	assert_int_equal(disk_open(&b, f->path, true, false, false, err, sizeof(err)), -1);
 	assert_string_equal(err, f->locked_msg);
 	disk_close(&a);
-	assert_int_equal(disk_open(&b, f->path, false, false, err, sizeof(err)), 0);
+	assert_int_equal(disk_open(&b, f->path, false, false, false, err, sizeof(err)), 0);
 	disk_close(&b);
 }
 
@@ -86,12 +115,12 @@ static void another_process_is_refused(void **state)
 	struct fixture *f = *state;
 	struct disk a;
 	char err[256];
-	assert_int_equal(disk_open(&a, f->path, false, false, err, sizeof(err)), 0);
+	assert_int_equal(disk_open(&a, f->path, false, false, false, err, sizeof(err)), 0);
 	pid_t pid = fork();
 	if (pid == 0) {
 		struct disk b;
 		char e[256];
-		int r = disk_open(&b, f->path, false, false, e, sizeof(e));
+		int r = disk_open(&b, f->path, false, false, false, e, sizeof(e));
 		_exit(r == -1 && !strcmp(e, f->locked_msg) ? 0 : 1);
 	}
 	int status;
@@ -106,9 +135,9 @@ static void readers_share(void **state)
 	struct fixture *f = *state;
 	struct disk a, b, c;
 	char err[256];
-	assert_int_equal(disk_open(&a, f->path, true, false, err, sizeof(err)), 0);
-	assert_int_equal(disk_open(&b, f->path, true, false, err, sizeof(err)), 0);
-	assert_int_equal(disk_open(&c, f->path, false, false, err, sizeof(err)), -1);
+	assert_int_equal(disk_open(&a, f->path, true, false, false, err, sizeof(err)), 0);
+	assert_int_equal(disk_open(&b, f->path, true, false, false, err, sizeof(err)), 0);
+	assert_int_equal(disk_open(&c, f->path, false, false, false, err, sizeof(err)), -1);
 	assert_string_equal(err, f->locked_msg);
 	char buf[4] = "abc";
 	assert_int_equal(disk_write(&a, buf, sizeof(buf), 0), -1);     /* read-only */
@@ -121,8 +150,8 @@ static void deferred_lock_waits_for_the_holder(void **state)
 	struct fixture *f = *state;
 	struct disk src, dst;
 	char err[256];
-	assert_int_equal(disk_open(&src, f->path, false, false, err, sizeof(err)), 0);
-	assert_int_equal(disk_open(&dst, f->path, false, true, err, sizeof(err)), 0);
+	assert_int_equal(disk_open(&src, f->path, false, false, false, err, sizeof(err)), 0);
+	assert_int_equal(disk_open(&dst, f->path, false, false, true, err, sizeof(err)), 0);
 	assert_false(dst.locked);
 	assert_int_equal(disk_lock(&dst, err, sizeof(err)), -1);
 	assert_string_equal(err, f->locked_msg);
@@ -142,13 +171,13 @@ static void blk_devices_hand_the_image_over(void **state)
 	const char *why = NULL;
 	struct machine *m1 = fake_machine_create(), *m2 = fake_machine_create();
 	struct machine *m3 = fake_machine_create();
-	struct virtio_dev *a = virtio_blk_create(m1, 0, f->path, false, false, err, sizeof(err));
+	struct virtio_dev *a = virtio_blk_create(m1, 0, f->path, false, false, false, err, sizeof(err));
 	assert_non_null(a);
-	assert_null(virtio_blk_create(m2, 0, f->path, false, false, err, sizeof(err)));
+	assert_null(virtio_blk_create(m2, 0, f->path, false, false, false, err, sizeof(err)));
 	assert_string_equal(err, f->locked_msg);
 	assert_int_equal(m2->nmmio, 0);
 
-	struct virtio_dev *b = virtio_blk_create(m3, 0, f->path, false, true, err, sizeof(err));
+	struct virtio_dev *b = virtio_blk_create(m3, 0, f->path, false, false, true, err, sizeof(err));
 	assert_non_null(b);
 	const struct fake_state *sa = fake_state(m1, "virtio-blk.0");
 	const struct fake_state *sb = fake_state(m3, "virtio-blk.0");
@@ -169,6 +198,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(missing_file_is_a_clear_error),
+		cmocka_unit_test_setup_teardown(symlinks_are_followed_only_when_asked, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(second_writer_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(another_process_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(readers_share, setup, teardown),

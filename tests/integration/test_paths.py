@@ -1,0 +1,165 @@
+"""What ferry-vm and ferry-img open on the host, and what they refuse.
+
+A root ferry-vm opens `--disk` read-write and creates or truncates
+`--console FILE`; a symlink planted at either path would hand it any file
+(the /etc/passwd of the issue). What is proved, and how it would fail:
+- `--disk` whose last component is a symlink is refused with one line on
+  stderr and status 2, read-only too, and the file it points to is left
+  as it was (bytes, mtime, no lock); so are a directory, FIFO, socket and
+  character device, also reached through a link with `follow=on`. A FIFO
+  must be refused, not waited on (ferry_vm's time limit);
+- `,follow=on` takes a link to an image: the guest sees it, and stderr
+  names the real path; as root, a /dev/disk/by-id-style link to a block
+  device (a loop device) with `follow=on` is the guest's disk: what the
+  guest writes is in the file behind the loop device, and the device's
+  own path works too;
+- `--console` that is a symlink is refused (status 2) and its target not
+  truncated; a console file that exists is still truncated and written;
+- ferry-img check refuses a FIFO at once and notes that a symlink needs
+  `follow=on`.
+
+The refusals take no guest; each boot is a few seconds.
+"""
+
+import os
+import socket
+import subprocess
+from contextlib import contextmanager
+
+from ferrylib import BUILD, need_root, need_tool
+from test_vm import Scratch, boot_args, expect_refusal, ferry_vm, run_guest
+
+TIMEOUT = 180
+VICTIM = b"root:x:0:0:root:/root:/bin/bash\n"
+
+
+def victim_state(path):
+    st = os.stat(path)
+    return path.read_bytes(), st.st_mtime_ns
+
+
+def special_files(tmp):
+    """name -> (path, the refusal's words), and the victim file."""
+    victim = tmp / "passwd"
+    victim.write_bytes(VICTIM)
+    (tmp / "link").symlink_to(victim)
+    (tmp / "dangling").symlink_to(tmp / "nothing-here")
+    os.mkfifo(tmp / "fifo")
+    (tmp / "dir").mkdir()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp / "sock"))
+    (tmp / "link-to-fifo").symlink_to(tmp / "fifo")
+    (tmp / "link-to-dir").symlink_to(tmp / "dir")
+    cases = {
+        "link": ("link", "is a symlink"),
+        "link,ro": ("link", "is a symlink"),
+        "dangling": ("dangling", "is a symlink"),
+        "fifo": ("fifo", "is a FIFO"),
+        "fifo,ro": ("fifo", "is a FIFO"),
+        "dir": ("dir", "is a directory"),
+        "sock": ("sock", "is a socket"),
+        "link-to-fifo,follow=on": ("link-to-fifo", "is a FIFO"),
+        "link-to-dir,follow=on,ro": ("link-to-dir", "is a directory"),
+    }
+    return victim, cases, sock
+
+
+def test_disk_symlinks_and_special_files_are_refused():
+    with Scratch() as tmp:
+        victim, cases, sock = special_files(tmp)
+        before = victim_state(victim)
+        try:
+            for spec, (name, words) in cases.items():
+                res = ferry_vm(*boot_args("--disk", f"{tmp / spec}"))
+                expect_refusal(res, 2, f"--disk {tmp / name}:", words)
+            res = ferry_vm(*boot_args("--disk", "/dev/null"))
+            expect_refusal(res, 2, "/dev/null", "is a character device")
+            res = ferry_vm(*boot_args("--disk", f"{tmp / 'link'},follow=maybe"))
+            expect_refusal(res, 2, "unknown option 'follow=maybe'")
+        finally:
+            sock.close()
+        assert victim_state(victim) == before, "the symlink's target changed"
+
+
+def test_follow_on_takes_a_link_to_an_image():
+    with Scratch() as tmp:
+        image = tmp / "real.raw"
+        with open(image, "wb") as f:
+            f.truncate(3 << 20)                 # 6144 sectors
+        (tmp / "by-id").mkdir()
+        link = tmp / "by-id" / "ferry-disk"
+        link.symlink_to(image)
+        status, console = run_guest(["ft", "cat", "/sys/block/vda/size"],
+                                    disk=f"{link},follow=on", name="follow")
+        assert status == 0, console[-2000:]
+        assert "6144" in console.splitlines(), console[-2000:]
+        assert f"disk {link}: follows the symlink to {image}" in console, console[-2000:]
+
+
+@contextmanager
+def loop_device(backing):
+    """A loop device on backing (one we set up, and detach)."""
+    dev = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "--detach", dev], check=False)
+
+
+def test_follow_on_reaches_a_block_device_behind_a_by_id_link():
+    need_root("a loop device")
+    need_tool("losetup", "mount")
+    with Scratch() as tmp:
+        backing = tmp / "backing.raw"
+        with open(backing, "wb") as f:
+            f.truncate(2 << 20)
+        with loop_device(backing) as dev:
+            link = tmp / "by-id" / "virtio-ferry-test"
+            link.parent.mkdir()
+            link.symlink_to(dev)
+            res = ferry_vm(*boot_args("--disk", link))
+            expect_refusal(res, 2, str(link), "is a symlink", "follow=on")
+            status, console = run_guest(["ft", "disklog", "/dev/vda", "--count", "8", ";",
+                                         "ft", "disklog-check", "/dev/vda"],
+                                        disk=f"{link},follow=on", name="by-id")
+            assert status == 0, console[-2000:]
+            assert "ft: disklog-check: 8 records ok" in console, console[-2000:]
+            assert f"follows the symlink to {dev}" in console, console[-2000:]
+            # the device's own path, as before
+            status, console = run_guest(["ft", "disklog-check", "/dev/vda"],
+                                        disk=f"{dev},ro", name="blockdev")
+            assert status == 0 and "8 records ok" in console, console[-2000:]
+        assert backing.read_bytes()[:8] == b"FERRYLOG", "the guest's log is not in the file"
+
+
+def test_console_symlink_is_refused_and_its_target_kept():
+    with Scratch() as tmp:
+        victim = tmp / "passwd"
+        victim.write_bytes(VICTIM)
+        link = tmp / "console.log"
+        link.symlink_to(victim)
+        before = victim_state(victim)
+        res = ferry_vm(*boot_args("--console", link))
+        expect_refusal(res, 2, f"--console {link}:", "is a symlink")
+        assert victim_state(victim) == before, "the console's symlink target changed"
+        link.unlink()
+        link.write_bytes(b"an old console log that is longer than the new one\n" * 4000)
+        res = ferry_vm(*boot_args("--console", link, "--append",
+                                  "console=ttyS0 quiet ferry.run=ft,echo,fresh"))
+        assert res.returncode == 0, res.stderr
+        text = link.read_text()
+        assert "fresh" in text and "old console log" not in text, text[-2000:]
+
+
+def test_ferry_img_check_refuses_a_fifo_and_notes_a_link():
+    with Scratch() as tmp:
+        victim, cases, sock = special_files(tmp)
+        sock.close()
+        img = str(BUILD / "ferry-img")
+        res = subprocess.run([img, "check", str(tmp / "fifo")], capture_output=True,
+                             text=True, timeout=30)
+        assert res.returncode == 1 and "not a regular file" in res.stderr, res
+        res = subprocess.run([img, "check", str(tmp / "link")], capture_output=True,
+                             text=True, timeout=30)
+        assert f"--disk {tmp / 'link'},follow=on" in res.stdout + res.stderr, res
