@@ -17,8 +17,12 @@ A root ferry-vm opens `--disk` read-write and creates or truncates
   truncated; a console file that exists is still truncated and written;
 - ferry-img check refuses a FIFO at once and notes that a symlink needs
   `follow=on`.
+- ferryd refuses at its API a `DS:PATH` with a symlink below the
+  datastore's directory (a directory link out of it, a disk or kernel
+  that is a link), and the file out there is left as it was; a plain
+  image in the datastore still starts.
 
-The refusals take no guest; each boot is a few seconds.
+The refusals take no guest; each boot is a few seconds, the lab about ten.
 """
 
 import os
@@ -163,3 +167,33 @@ def test_ferry_img_check_refuses_a_fifo_and_notes_a_link():
         res = subprocess.run([img, "check", str(tmp / "link")], capture_output=True,
                              text=True, timeout=30)
         assert f"--disk {tmp / 'link'},follow=on" in res.stdout + res.stderr, res
+
+
+def test_ferryd_refuses_a_symlink_on_the_way_in_a_datastore():
+    """ferryd passes no follow=on: a disk, kernel or directory in a
+    datastore that is a symlink is refused at the API (400, naming it),
+    before any ferry-vm runs, so a directory link cannot lead a request
+    out of the datastore (the last component alone is ferry-vm's check)."""
+    from test_cluster import Lab
+    with Scratch() as outside, Lab(hosts=1) as lab:
+        victim = outside / "victim.raw"
+        victim.write_bytes(VICTIM)
+        before = victim_state(victim)
+        shared = lab.dir / "shared"
+        (shared / "escape").symlink_to(outside)
+        (shared / "disk.raw").write_bytes(bytes(1 << 20))
+        (shared / "disk-link.raw").symlink_to(shared / "disk.raw")
+        (shared / "Image-link").symlink_to(shared / "Image")
+        base = {"kernel": "shared:Image", "initrd": "shared:initrd.img", "mem_mib": 64,
+                "host": "h1"}
+        for name, change, link in (
+                ("esc", {"disks": ["shared:escape/victim.raw"]}, shared / "escape"),
+                ("lnk", {"disks": ["shared:disk-link.raw,ro"]}, shared / "disk-link.raw"),
+                ("krn", {"kernel": "shared:Image-link"}, shared / "Image-link")):
+            s, d = lab.http("POST", "/api/v1/vms", dict(base, name=name, **change))
+            assert s == 400, (name, s, d)
+            assert "is a symlink" in d["error"]["message"], d
+            assert str(link) in d["error"]["message"], d
+        assert victim_state(victim) == before
+        s, d = lab.http("POST", "/api/v1/vms", dict(base, name="ok", disks=["shared:disk.raw"]))
+        assert s in (200, 201, 202), (s, d)

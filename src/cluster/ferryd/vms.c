@@ -79,6 +79,23 @@ static bool valid_name(const char *name)
 	return name[0] != '.';
 }
 
+/* The first symlink from the datastore's directory (which may be one)
+ * down to root/rel, written into at; NULL when there is none. ferry-vm
+ * refuses a disk that is a symlink; this also refuses a directory link
+ * on the way, which would lead a request out of the datastore. */
+static const char *link_on_the_way(const char *root, const char *rel, char *at, size_t len)
+{
+	for (const char *end = rel; *end; end++) {
+		if (end[1] && end[1] != '/')
+			continue;
+		struct stat st;
+		snprintf(at, len, "%s/%.*s", root, (int)(end + 1 - rel), rel);
+		if (lstat(at, &st) == 0 && S_ISLNK(st.st_mode))
+			return at;
+	}
+	return NULL;
+}
+
 /* "DS:PATH" -> the file on this host; NULL with a message. */
 static char *resolve(const char *ref, char *err, size_t errlen)
 {
@@ -101,6 +118,13 @@ static char *resolve(const char *ref, char *err, size_t errlen)
 			if (access(p, R_OK) != 0) {
 				snprintf(err, errlen, "%s: %s on host %s: %s", ref, p, fd_cfg.name,
 					 strerror(errno));
+				free(p);
+				return NULL;
+			}
+			char at[PATH_MAX];
+			if (link_on_the_way(fd_cfg.datastores[i].path, rel, at, sizeof(at))) {
+				snprintf(err, errlen, "%s: %s on host %s is a symlink: name the "
+					 "file itself, inside the datastore", ref, at, fd_cfg.name);
 				free(p);
 				return NULL;
 			}
