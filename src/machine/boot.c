@@ -61,11 +61,12 @@ static uint64_t le64(const uint8_t *p)
 	return v;
 }
 
-/* Open a regular file for reading; its size in *size. -1 with err. */
+/* Open a regular file for reading; its size in *size. -1 with err.
+ * O_NONBLOCK: a FIFO is refused below, not waited on for a writer. */
 static int open_regular(const char *path, const char *what, uint64_t *size, char *err,
 			size_t errlen)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0) {
 		snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
 		return -1;

@@ -15,6 +15,8 @@ A root ferry-vm opens `--disk` read-write and creates or truncates
   own path works too;
 - `--console` that is a symlink is refused (status 2) and its target not
   truncated; a console file that exists is still truncated and written;
+- a FIFO given as --kernel or --initrd is refused at once, not waited on
+  for a writer (status 1, as a directory there);
 - ferry-img check refuses a FIFO at once and notes that a symlink needs
   `follow=on`.
 - ferryd refuses at its API a `DS:PATH` with a symlink below the
@@ -83,6 +85,14 @@ def test_disk_symlinks_and_special_files_are_refused():
         finally:
             sock.close()
         assert victim_state(victim) == before, "the symlink's target changed"
+
+
+def test_kernel_or_initrd_that_is_a_fifo_is_refused_not_waited_on():
+    with Scratch() as tmp:
+        os.mkfifo(tmp / "fifo")
+        for args in (boot_args(kernel=tmp / "fifo"), boot_args(initrd=tmp / "fifo")):
+            res = ferry_vm(*args)
+            expect_refusal(res, 1, str(tmp / "fifo"), "not a regular file")
 
 
 def test_follow_on_takes_a_link_to_an_image():
