@@ -53,7 +53,11 @@
  * are the pages written to RAM and the state kept as the committed one,
  * then EPOCH_ACK(n). A stream that breaks mid-epoch leaves RAM and the
  * committed state as of the last complete epoch: never half of one. When
- * the primary is lost (the channel breaks or is silent for timeout-ms),
+ * the primary is lost (the channel breaks or is silent for timeout-ms;
+ * until the first epoch is committed, for MIG_IO_TIMEOUT_S: the initial
+ * copy is a bulk transfer that a loaded host may stall for longer than a
+ * link timeout meant for a protected pair, and a secondary with nothing
+ * committed has nothing to take over with anyway),
  * takeover waits for a decision: `--ft-takeover auto` takes over at once
  * (only where the primary's host is fenced by someone: otherwise a cut
  * link runs the guest twice), `manual` (the default) waits for
@@ -106,6 +110,30 @@ static void ft_fault(const char *point, struct mig_stream *s, uint64_t epoch)
 		mig_flush(s);
 		_exit(9);
 	}
+}
+
+/* The silence either side allows before its peer's first committed epoch
+ * (the initial copy is a bulk transfer; see the design note): the longer
+ * of the link timeout and MIG_IO_TIMEOUT_S. */
+static int ft_copy_timeout_ms(int link_timeout_ms)
+{
+	return link_timeout_ms > MIG_IO_TIMEOUT_S * 1000 ? link_timeout_ms
+							 : MIG_IO_TIMEOUT_S * 1000;
+}
+
+/* FERRY_TEST_FAULT=ft-copy-stall:MS: the side that has it (primary or
+ * secondary) stops for MS halfway through the initial copy, as a host too
+ * loaded to run its FT thread would. The primary first sends what it has
+ * (s; NULL on the secondary). -1 when that fails. */
+static int ft_copy_stall(struct mig_stream *s)
+{
+	const char *want = getenv("FERRY_TEST_FAULT");
+	if (!want || strncmp(want, "ft-copy-stall:", 14))
+		return 0;
+	if (s && (mig_flush_pages(s) || mig_flush(s)))
+		return -1;
+	usleep((useconds_t)strtoul(want + 14, NULL, 10) * 1000);
+	return 0;
 }
 
 static uint64_t now_us(void)
@@ -273,6 +301,8 @@ static int ft_initial_copy(struct ft *ft, struct mig_stream *s)
 		if (mig_put_page(s, pfn, page))
 			return -1;
 		if ((pfn & 4095) == 0 && atomic_load(&ft->stop))
+			return -1;
+		if (pfn == ft->npages / 2 && ft_copy_stall(s))
 			return -1;
 	}
 	return mig_flush_pages(s) || mig_flush(s) ? -1 : 0;
@@ -551,6 +581,7 @@ static int ft_run(struct ft *ft, struct mig_stream *s, char *err, size_t errlen)
 			 ? "stopped" : mig_stream_error(s));
 		return atomic_load(&ft->stop) ? 0 : -1;
 	}
+	mig_stream_set_timeout(s, (int)ft->timeout_ms);     /* the link's, from epoch 1 */
 	pthread_mutex_lock(&ft->lock);
 	ft->initial_bytes = mig_stream_bytes_out(s);
 	pthread_mutex_unlock(&ft->lock);
@@ -635,7 +666,7 @@ static void *ft_thread(void *arg)
 	struct mig_stream *s = ft_primary_connect(ft, err, sizeof(err));
 	int r = -1;
 	if (s) {
-		mig_stream_set_timeout(s, (int)ft->timeout_ms);
+		mig_stream_set_timeout(s, ft_copy_timeout_ms((int)ft->timeout_ms));
 		r = ft_primary_handshake(ft, s, err, sizeof(err));
 		if (r == 0)
 			r = ft_run(ft, s, err, sizeof(err));
@@ -980,6 +1011,7 @@ struct ft_secondary {
 	bool digest_ok;
 	struct ft_state pending, committed_state;
 	struct ft_writes pending_writes, committed_writes;
+	int link_timeout_ms;    /* silence that loses the primary, once committed */
 };
 
 static void ft_writes_clear(struct ft_writes *ws)
@@ -1052,6 +1084,8 @@ static void ft_sink(void *opaque, uint64_t pfn, const void *page)
 	struct ft_secondary *sec = opaque;
 	struct machine *m = sec->vmm->machine;
 	if (!sec->staging) {
+		if (pfn == sec->guest_pages / 2)
+			ft_copy_stall(NULL);
 		uint64_t h = mig_page_hash(page);
 		if (h == sec->zero_hash && sec->hash[pfn] == sec->zero_hash &&
 		    mig_page_is_zero(page))
@@ -1199,6 +1233,8 @@ static int ft_receive(struct ft_secondary *sec, struct mig_stream *s,
 			break;
 		case MIG_SEC_END: {
 			ft_commit(sec, g.epoch, digest);
+			/* something to take over with: the link timeout from now */
+			mig_stream_set_timeout(s, sec->link_timeout_ms);
 			uint8_t num[8];
 			put_le64(num, g.epoch);
 			if (mig_write_section(s, MIG_SEC_EPOCH_ACK, num, 8) || mig_flush(s)) {
@@ -1296,7 +1332,7 @@ static struct mig_stream *ft_accept(struct ft_secondary *sec, int lfd,
 			return NULL;
 		}
 		mig_channel_set_deadline(mig_stream_channel(s), 0);
-		mig_stream_set_timeout(s, timeout_ms);
+		mig_stream_set_timeout(s, ft_copy_timeout_ms(timeout_ms));
 		return s;
 	}
 }
@@ -1530,6 +1566,7 @@ int vmm_ft_secondary(struct vmm *v, const char *spec, enum ft_takeover policy, c
 	bool quit;
 	struct mig_stream *s = ft_accept(sec, lfd, &auth, fs->timeout_ms, &remote, &quit,
 					 err, errlen);
+	sec->link_timeout_ms = fs->timeout_ms;
 	close(lfd);
 	if (!s) {
 		r = quit ? 1 : -1;

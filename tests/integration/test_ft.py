@@ -112,12 +112,12 @@ class Gap:
         return self.longest
 
 
-def secondary(topo, disk, args=(), env=None, name="secondary", host="b"):
+def secondary(topo, disk, args=(), env=None, name="secondary", host="b", timeout_ms=2000):
     """An FT secondary on host listening on its br0 address; returns
     (vm, uri)."""
     uri = f"tcp:{topo.host_ip(host)}:{FT_PORT}"
     vm = VM(mem=MEM, disk=disk, net=f"tap=tap0,mac={MAC}", env=env,
-            args=["--ft-secondary", f"{uri},timeout-ms=2000", *args],
+            args=["--ft-secondary", f"{uri},timeout-ms={timeout_ms}", *args],
             prefix=topo.exec_prefix(topo.hosts[host]), name=name)
     try:
         topo.wait_listening(topo.hosts[host], FT_PORT, alive=vm.running)
@@ -137,7 +137,8 @@ def protect(primary, uri):
     return q
 
 
-def ft_setup(topo, store, vms, primary_env=None, secondary_args=()):
+def ft_setup(topo, store, vms, primary_env=None, secondary_args=(), timeout_ms=2000,
+             secondary_env=None):
     image = store.image("guest.raw", 8)
     append = (f"console=ttyS0 quiet ferry.ip={topo.guest_ip}/24 "
               f"ferry.run=tcpserve,--echo,--port,{ECHO_PORT}")
@@ -146,7 +147,8 @@ def ft_setup(topo, store, vms, primary_env=None, secondary_args=()):
                                 net=f"tap=tap0,mac={MAC}", env=env,
                                 prefix=topo.exec_prefix(topo.hosts["a"]),
                                 name="primary"))
-    sec, uri = secondary(topo, image, secondary_args)
+    sec, uri = secondary(topo, image, secondary_args, timeout_ms=timeout_ms,
+                         env=dict(os.environ, **secondary_env) if secondary_env else None)
     vms.enter_context(sec)
     prim.wait_for(rf"^tcpserve: listening on port {ECHO_PORT}", BOOT)
     return prim, sec, uri
@@ -221,6 +223,42 @@ def test_ft_secondary_dies_primary_goes_on_unprotected():
             sent = finish_on(prim, stream)
         assert prim.qmp().cmd("query-status")["status"] == "running"
         print(f"stream: {sent} bytes intact, the primary ran on unprotected")
+
+
+def initial_copy_outlasts_a_stall(stalled):
+    """The link timeout (here 300 ms, ferryd's is 500) is for a protected
+    pair; the initial copy is a bulk transfer a loaded host may stall for
+    longer (FERRY_TEST_FAULT=ft-copy-stall: the stalled side stops 1.5 s
+    halfway). Both sides allow MIG_IO_TIMEOUT_S there, so FT still becomes
+    protected; then the link timeout holds again (a killed secondary is
+    noticed)."""
+    need_namespaces()
+    stall = {"FERRY_TEST_FAULT": "ft-copy-stall:1500"}
+    with topology.Topology() as topo, Datastore() as store, ExitStack() as vms:
+        prim, sec, uri = ft_setup(topo, store, vms, timeout_ms=300,
+                                  primary_env=stall if stalled == "primary" else None,
+                                  secondary_env=stall if stalled == "secondary" else None)
+        q = prim.qmp()
+        q.cmd("ft-start", uri=uri, epoch_ms=EPOCH_MS, timeout_ms=300)
+        ev = q.wait_event("FT_PROTECTED", timeout=60)
+        assert ev["data"]["sync_ms"] >= 1500, ev
+        print(f"protected after {ev['data']['sync_ms']} ms of initial copy (1.5 s stalled)")
+        sec.kill()
+        cut_host(topo, "b")
+        t0 = time.monotonic()
+        ev = q.wait_event("FT_UNPROTECTED", timeout=30)
+        print(f"the killed secondary noticed after {time.monotonic() - t0:.2f} s: "
+              f"{ev['data']['reason']}")
+        assert "initial copy" not in ev["data"]["reason"], ev
+        assert prim.qmp().cmd("query-status")["status"] == "running"
+
+
+def test_ft_initial_copy_outlasts_a_stalled_primary():
+    initial_copy_outlasts_a_stall("primary")
+
+
+def test_ft_initial_copy_outlasts_a_stalled_secondary():
+    initial_copy_outlasts_a_stall("secondary")
 
 
 def test_ft_primary_dies_mid_epoch_secondary_runs_last_whole_one():
