@@ -3,7 +3,7 @@
 
     bench/wan.py [--rtt-ms 100] [--rate-mbit 200] [--downtime-ms 300]
                  [--mem 256] [--mib 16] [--guest-rate 4] [--runs 1] [--limit 120]
-                 [--mtu 9000] [--only ferry|qemu]
+                 [--mtu 9000] [--only ferry|qemu] [--trace]
 
 The link is tests/integration/test_wan.py's: two network namespaces joined
 by a delay line (delayline.py, TUN devices, half the RTT each way: this
@@ -20,9 +20,12 @@ same}, figures from query-migrate. "link time" is what the bytes each one
 sent take on the link at --rate-mbit (bytes x 8 / rate), without the RTT;
 the aim: ferry-vm's total within 1.2x of its link time, with its pause
 within the downtime target.
+--trace: each ferry-vm run's packets on src's device (bench/wantrace.py,
+this machine has no tcpdump) and the timeline they make.
 """
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +60,27 @@ def healthy(vm, r):
     return "memload: ERROR" not in vm.console()
 
 
+def start_trace(link, work):
+    cap = subprocess.Popen(netns(link, link.src, [sys.executable, str(HERE / "wantrace.py"),
+                                                  "capture", "wan0", str(PORT),
+                                                  str(work / "trace.txt")]),
+                           stdout=subprocess.PIPE, text=True)
+    cap.stdout.readline()       # "capturing"
+    return cap
+
+
+def show_trace(cap, work, a):
+    time.sleep(0.5)             # the FINs
+    cap.terminate()
+    cap.wait()
+    bl.OUT.mkdir(parents=True, exist_ok=True)
+    keep = bl.OUT / time.strftime("wan-trace-%H%M%S.txt")
+    keep.write_bytes((work / "trace.txt").read_bytes())
+    print("trace: %s" % keep)
+    subprocess.run([sys.executable, str(HERE / "wantrace.py"), "show", str(keep),
+                    "--rtt-ms", str(a.rtt_ms), "--rate-mbit", str(a.rate_mbit)])
+
+
 def ferry_run(link, a, work):
     append = f"console=ttyS0 quiet ferry.run=memload,--mib,{a.mib},--rate,{a.guest_rate}"
     s_sock, d_sock = work / "f-src.sock", work / "f-dst.sock"
@@ -69,6 +93,7 @@ def ferry_run(link, a, work):
         dst = bl.Machine("ferry-dst", netns(link, link.dst, bl.ferry_cmd(
             None, mem=a.mem, incoming=uri, control=d_sock)), work, d_sock)
         time.sleep(1)
+        cap = start_trace(link, work) if a.trace else None
         q = src.qmp()
         q.cmd("migrate", uri=uri, downtime_ms=a.downtime_ms)
         deadline = time.monotonic() + a.limit
@@ -83,6 +108,8 @@ def ferry_run(link, a, work):
              "extra": "setup %d ms, rtt %.1f ms, window %.1f MiB, link %.0f Mbit/s, zstd %s" % (
                  d.get("setup_ms", 0), d.get("rtt_ms", 0), d.get("window_bytes", 0) / (1 << 20),
                  d.get("link_rate_bps", 0) * 8 / 1e6, "on" if d.get("compress") else "off")}
+        if cap:
+            show_trace(cap, work, a)
         r["ok"] = d["status"] == "completed" and healthy(dst, r)
         return r
     finally:
@@ -143,6 +170,7 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--limit", type=int, default=120)
     p.add_argument("--only", choices=("ferry", "qemu"))
+    p.add_argument("--trace", action="store_true")
     a = p.parse_args(argv)
     bl.need_guest()
     print("\n".join(bl.machine_description()))

@@ -40,6 +40,7 @@ struct migration {
 	bool copy_disks;                /* disks: copy (diskstream.c) */
 	struct disk_source *disks;      /* its state, outgoing thread only */
 	unsigned channels;              /* page channels asked for (1: pages on the main) */
+	bool remote_config_read;        /* the destination's CONFIG read and checked */
 	bool config_acked;              /* the destination said yes to our CONFIG */
 	struct mig_senders *senders;    /* channels.c, when >1 joined (outgoing thread) */
 	struct mig_secret secret;       /* proves us to the destination (len 0: none) */

@@ -2,9 +2,11 @@
  * outgoing.c - the source side of a live migration, and `save`.
  *
  * One thread per migration runs the flow of DESIGN.md:
- *   1. handshake: the destination states what it can run (its
- *      configuration); we check it against ours and refuse early, with the
- *      reason, before anything stops;
+ *   1. handshake: we state what the guest needs (our configuration) and,
+ *      without waiting, start pre-copy; the destination states what it
+ *      can run (its configuration), which we check against ours on the
+ *      way, and answers ACK; a refusal, with the reason, comes before
+ *      anything stops, since we wait for the ACK before any pause;
  *   2. pre-copy: the dirty log starts with every page dirty; each round
  *      harvests it and sends those pages, measuring the link; the planner
  *      decides after each round: another round, a vCPU throttle, or
@@ -51,6 +53,7 @@
 #define STALL_S MIG_IO_TIMEOUT_S    /* the same for a peer that stops reading */
 #define DIRTY_SAMPLE_MS 250     /* into a round, measure the dirty rate */
 #define HANDOFF_TIMEOUT_S 30
+#define QUICK_START_BYTES (1u << 20)  /* slow start's first round trips carry less */
 
 static const char *status_names[] = {
 	[MIG_NONE] = "none", [MIG_SETUP] = "setup", [MIG_ACTIVE] = "active",
@@ -167,21 +170,64 @@ static uint64_t sent_bytes(struct migration *mg, struct mig_stream *s)
 /* Of them, those the destination acknowledged. */
 static uint64_t delivered_bytes(struct migration *mg, struct mig_stream *s)
 {
-	uint64_t written = sent_bytes(mg, s);
+	uint64_t written = sent_bytes(mg, s) - mig_stream_bytes_buffered(s);
 	uint64_t queued = mig_window_queued(&mg->link) + mig_senders_queued(mg->senders);
 	return written > queued ? written - queued : 0;
 }
 
+/* What this guest needs of a host, as our CONFIG says it. */
+static void local_config(struct migration *mg, struct mig_config *local)
+{
+	vmstate_config(mg->vmm, local);
+	local->copy_disks = mg->copy_disks;
+}
+
+/* The destination's CONFIG checked as it checks ours, so a host that
+ * cannot run the guest is refused with the reason on both sides. */
+static int check_remote(struct migration *mg, struct mig_stream *s,
+			const struct mig_config *remote)
+{
+	struct mig_config local;
+	char why[256];
+	mg->remote_config_read = true;
+	local_config(mg, &local);
+	if (mig_config_check(&local, remote, why, sizeof(why)) == 0)
+		return 0;
+	fail(mg, "destination cannot run this guest: %s", why);
+	mig_send_error(s, why);
+	return -1;
+}
+
+/* The destination's CONFIG, when we sent ours without waiting for it
+ * (handshake()): read when it has come, or, with wait, waited for. 0, or
+ * -1 with the migration failed. */
+static int collect_remote_config(struct migration *mg, struct mig_stream *s, bool wait)
+{
+	struct mig_config remote;
+	if (mg->remote_config_read)
+		return 0;
+	if (!wait && mig_stream_wait_readable(s, 0) != 1)
+		return 0;
+	if (mig_read_config(s, &remote)) {
+		fail_stream(mg, s, "handshake", NULL);
+		return -1;
+	}
+	return check_remote(mg, s, &remote);
+}
+
 /* The destination's ACK of our configuration (or its ERROR, with why it
- * refuses): read when it has come, or, with wait, waited for (before the
- * guest pauses: never switch over to a destination that has not said
- * yes). 0, or -1 with the migration failed. */
+ * refuses), after its own CONFIG: read when it has come, or, with wait,
+ * waited for (before the guest pauses: never switch over to a
+ * destination that has not said yes). 0, or -1 with the migration
+ * failed. */
 static int collect_ack(struct migration *mg, struct mig_stream *s, bool wait)
 {
 	char why[256];
 	if (mg->config_acked)
 		return 0;
-	if (!wait && mig_stream_wait_readable(s, 0) != 1)
+	if (collect_remote_config(mg, s, wait))
+		return -1;
+	if (!mg->remote_config_read || (!wait && mig_stream_wait_readable(s, 0) != 1))
 		return 0;
 	if (mig_expect(s, MIG_SEC_ACK, why, sizeof(why))) {
 		fail(mg, "destination refused: %s", why);
@@ -189,6 +235,32 @@ static int collect_ack(struct migration *mg, struct mig_stream *s, bool wait)
 	}
 	mg->config_acked = true;
 	return 0;
+}
+
+/* Pages go out before the destination's answer; when a write then finds
+ * the connection closed, the destination most likely refused us and said
+ * why before it closed (its CONFIG, its ERROR: still in our socket). True
+ * when that reason is now the migration's error. */
+static bool explain_closed(struct migration *mg, struct mig_stream *s)
+{
+	struct mig_config remote;
+	char why[256];
+	if (mg->config_acked || mig_stream_resume_reads(s))
+		return false;
+	if (!mg->remote_config_read) {
+		if (mig_read_config(s, &remote)) {
+			if (mig_stream_connection_lost(s))
+				return false;
+			fail(mg, "handshake: %s", mig_stream_error(s));
+			return true;
+		}
+		if (check_remote(mg, s, &remote))
+			return true;
+	}
+	if (mig_expect(s, MIG_SEC_ACK, why, sizeof(why)) == 0 || !mig_stream_peer_gave_up(s))
+		return false;
+	fail(mg, "destination refused: %s", why);
+	return true;
 }
 
 /* While the page channels carry a round: the outgoing thread's own
@@ -260,6 +332,12 @@ static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint
 			sample_dirty_rate(mg);
 		if (bits && mig_window_tune(&mg->link))
 			choose_compression(mg, s);
+		/* until the destination's CONFIG came, look for it (or its
+		 * refusal) every 64 pages: before our first write fails */
+		if (!mg->remote_config_read && collect_ack(mg, s, false)) {
+			free(resident);
+			return -1;
+		}
 		while (bits) {
 			uint64_t pfn = w * 64 + (uint64_t)__builtin_ctzll(bits);
 			bits &= bits - 1;
@@ -289,21 +367,38 @@ static int64_t send_pages(struct migration *mg, struct mig_stream *s, const uint
 /* ---- the flow ---------------------------------------------------------------------- */
 
 
-/* The configurations, checked both ways; *remote is the destination's. */
+/* The configurations, checked both ways; *remote is the destination's,
+ * or all zero if we did not wait for it.
+ * Ours goes first when we need nothing of theirs to write it (no page
+ * channels: their join nonce; no disks: copy, below): the destination
+ * then has it one round trip after the connect, and pre-copy starts at
+ * once, the round trip TCP's slow start needs anyway. Theirs is read and
+ * checked on the way (collect_remote_config) and before the guest
+ * pauses; until the destination said ACK nothing of ours stops. */
 static int handshake(struct migration *mg, struct mig_stream *s, struct mig_config *remote_out)
 {
 	struct mig_config local, remote;
-	char why[256];
-	vmstate_config(mg->vmm, &local);
-	local.copy_disks = mg->copy_disks;
+	local_config(mg, &local);
+	memset(remote_out, 0, sizeof(*remote_out));
+	mg->config_acked = false;
+	mg->remote_config_read = false;
+	if (mg->channels < 2 && !mg->copy_disks) {
+		if (mig_write_config(s, &local) || mig_flush(s)) {
+			fail_stream(mg, s, "handshake", NULL);
+			return -1;
+		}
+		return 0;
+	}
 	if (mig_read_config(s, &remote)) {
 		fail_stream(mg, s, "handshake", NULL);
 		return -1;
 	}
+	mg->remote_config_read = true;
 	/* page channels, if the destination takes them (its join nonce) */
 	if (mg->channels > 1 && remote.has_join)
 		local.channels = mg->channels;
 	*remote_out = remote;
+	char why[256];
 	if (mig_config_check(&local, &remote, why, sizeof(why))) {
 		fail(mg, "destination cannot run this guest: %s", why);
 		mig_send_error(s, why);
@@ -319,7 +414,6 @@ static int handshake(struct migration *mg, struct mig_stream *s, struct mig_conf
 	 * anyway are only lost bytes. collect_ack() reads it on the way.
 	 * With disks: copy it also checks its images, a likelier refusal
 	 * whose reason a broken pipe would hide: wait for it then. */
-	mg->config_acked = false;
 	return mg->copy_disks ? collect_ack(mg, s, true) : 0;
 }
 
@@ -448,8 +542,10 @@ static int precopy(struct migration *mg, struct mig_stream *s, uint64_t *bitmap)
 		if (bytes < 0)
 			return -1;
 		/* what the destination acknowledged, not what the buffers took */
-		if (mg->link.open)
-			bytes = (int64_t)(delivered_bytes(mg, s) - delivered0);
+		if (mg->link.open) {
+			uint64_t delivered = delivered_bytes(mg, s);
+			bytes = delivered > delivered0 ? (int64_t)(delivered - delivered0) : 0;
+		}
 		else
 			bytes += disk_bytes;
 		uint64_t dt = mig_now_ms() - t0;
@@ -646,6 +742,11 @@ static void *outgoing_thread(void *arg)
 	mg->watchdog = w;
 	arm_budget(mg);
 	pthread_mutex_unlock(&mg->lock);
+	/* the buffers sized from the connect's RTT, before our first byte;
+	 * on a long link the first pages go out as soon as encoded */
+	mig_window_open(&mg->link, mig_channel_fd(ch));
+	if (mg->link.wan)
+		mig_stream_set_quick_start(s, QUICK_START_BYTES);
 	choose_compression(mg, s);
 	struct mig_config remote;
 	if (handshake(mg, s, &remote) || open_channels(mg, s, &remote))
@@ -655,15 +756,17 @@ static void *outgoing_thread(void *arg)
 		mig_send_error(s, err);
 		goto failed;
 	}
-	mig_window_open(&mg->link, mig_channel_fd(ch));
-	choose_compression(mg, s);
 	mg->setup_ms = mig_now_ms() - mg->start_ms;
 	set_status(mg, MIG_ACTIVE);
 
 	int r = precopy(mg, s, bitmap);
 	if (r < 0) {
-		if (!cancelled(mg))
-			fail_stream(mg, s, "pre-copy", NULL);
+		char was[480];
+		snprintf(was, sizeof(was), "%s%s", mig_stream_error(s), !mg->remote_config_read ?
+			 "; it closed the connection before sending its configuration: does "
+			 "it ask for a secret_file, or not trust our certificate?" : "");
+		if (!cancelled(mg) && !explain_closed(mg, s))
+			fail_stream(mg, s, "pre-copy", was);
 		goto failed;
 	}
 	if (r == 1) {
@@ -849,7 +952,7 @@ static int write_saved_stream(struct vmm *v, int fd, char *err, size_t errlen)
 		free(all);
 		return -1;
 	}
-	struct migration dummy = { .vmm = v, .config_acked = true };  /* a file says nothing */
+	struct migration dummy = { .vmm = v, .config_acked = true, .remote_config_read = true };  /* a file says nothing */
 	pthread_mutex_init(&dummy.lock, NULL);
 	int r = -1;
 	if (mig_write_config(s, &cfg) == 0 && send_pages(&dummy, s, all) >= 0 &&

@@ -52,6 +52,7 @@
 #define ENTRY_MAX       (8 + 1 + PAGE)  /* the largest page entry */
 #define BATCH_CAP       (4 + MIG_BATCH_PAGES * ENTRY_MAX)
 #define GROW_STEP       (1u << 20)      /* payload buffer growth while reading */
+#define QUICK_WRITE     (64u << 10)     /* quick start: write when this much is ready */
 
 struct mig_stream {
 	struct mig_channel *ch;
@@ -60,6 +61,8 @@ struct mig_stream {
 
 	bool failed;
 	bool write_broken;              /* a write failed: sending is pointless */
+	int write_errno;                /* why, when that is the stream's failure (else 0) */
+	bool conn_lost;                 /* the failure is the connection's, not the bytes' */
 	bool peer_gave_up;              /* the failure is an ERROR section the peer sent */
 	char error[320];
 	uint64_t bytes_out, bytes_in;
@@ -71,6 +74,7 @@ struct mig_stream {
 	size_t batch_len;
 	unsigned batch_pages;
 	bool compress;
+	uint64_t quick_until;           /* mig_stream_set_quick_start */
 	int zstd_level;
 	ZSTD_CCtx *cctx;
 	struct mig_page_stats stats;
@@ -269,6 +273,11 @@ void mig_stream_set_compress(struct mig_stream *s, bool on)
 	s->compress = on;
 }
 
+void mig_stream_set_quick_start(struct mig_stream *s, uint64_t bytes)
+{
+	s->quick_until = bytes;
+}
+
 void mig_stream_set_zstd_level(struct mig_stream *s, int level)
 {
 	s->zstd_level = level;
@@ -281,10 +290,24 @@ void mig_stream_set_sink(struct mig_stream *s, mig_page_sink sink, void *opaque)
 }
 
 uint64_t mig_stream_bytes(const struct mig_stream *s) { return s->bytes_out + s->bytes_in; }
+uint64_t mig_stream_bytes_buffered(const struct mig_stream *s) { return s->wlen; }
 uint64_t mig_stream_bytes_out(const struct mig_stream *s) { return s->bytes_out; }
 uint64_t mig_stream_bytes_in(const struct mig_stream *s) { return s->bytes_in; }
 bool mig_stream_failed(const struct mig_stream *s) { return s->failed; }
 bool mig_stream_peer_gave_up(const struct mig_stream *s) { return s->peer_gave_up; }
+
+int mig_stream_resume_reads(struct mig_stream *s)
+{
+	if (!s->failed || (s->write_errno != EPIPE && s->write_errno != ECONNRESET))
+		return -1;
+	s->failed = false;      /* writes stay broken: mig_send_error says nothing */
+	s->write_errno = 0;
+	s->conn_lost = false;
+	s->error[0] = 0;
+	return 0;
+}
+
+bool mig_stream_connection_lost(const struct mig_stream *s) { return s->failed && s->conn_lost; }
 
 const char *mig_stream_error(const struct mig_stream *s)
 {
@@ -369,6 +392,9 @@ static int io_failed(struct mig_stream *s, bool reading)
 static int write_failed(struct mig_stream *s, int err)
 {
 	s->write_broken = true;
+	if (!s->failed)
+		s->write_errno = err;
+	s->conn_lost = s->conn_lost || !s->failed;
 	errno = err;
 	if (io_failed(s, false) == -1)
 		return -1;
@@ -469,6 +495,7 @@ static int in_get(struct mig_stream *s, void *dst, size_t n, const char *what)
 			n -= (size_t)r;
 			continue;
 		}
+		s->conn_lost = s->conn_lost || !s->failed;
 		if (r == 0)
 			return fail(s, "migration stream: truncated at offset %llu, in %s: the "
 				    "peer closed the connection or the file is incomplete",
@@ -759,9 +786,14 @@ int mig_put_page(struct mig_stream *s, uint64_t pfn, const void *page)
 		}
 	}
 	s->batch_len = (size_t)(p - s->batch);
-	if (++s->batch_pages == MIG_BATCH_PAGES)
-		return mig_flush_pages(s);
-	return 0;
+	bool quick = s->bytes_out < s->quick_until;
+	if (++s->batch_pages < (quick ? MIG_QUICK_PAGES : MIG_BATCH_PAGES))
+		return 0;
+	if (mig_flush_pages(s))
+		return -1;
+	/* TCP's first flight is ten segments, whatever their size: write
+	 * full ones, never a section at a time */
+	return quick && s->wlen >= QUICK_WRITE ? flush_wbuf(s) : 0;
 }
 
 /* ---- Reading sections ----------------------------------------------------------- */

@@ -37,6 +37,7 @@
 #define MIG_PAGE_SIZE           4096u
 #define MIG_SECTION_MAX         (64u << 20)     /* no section is longer */
 #define MIG_BATCH_PAGES         256             /* pages in one RAM section we write */
+#define MIG_QUICK_PAGES         16              /* ... at the start (quick start) */
 #define MIG_ZSTD_LEVEL          1               /* default page compression level */
 /* A compressed page is sent only if it saves more than 1/8 of a page. */
 #define MIG_ZSTD_KEEP_MAX       (MIG_PAGE_SIZE - MIG_PAGE_SIZE / 8 - 1)
@@ -173,16 +174,35 @@ void mig_stream_set_rate(struct mig_stream *s, uint64_t bytes_per_sec);
 void mig_stream_set_compress(struct mig_stream *s, bool on);
 /* Compression level when on (default MIG_ZSTD_LEVEL; negative: faster). */
 void mig_stream_set_zstd_level(struct mig_stream *s, int level);
+/* Until `bytes` have been written, pages go MIG_QUICK_PAGES to a section
+ * and the buffer is written whenever 64 KiB are ready, not when a full
+ * batch and the 1 MiB buffer are: a new connection's first flight (ten
+ * segments, whatever their size: so never a small write each) leaves as
+ * soon as its pages are encoded, and TCP's slow start, paced by round
+ * trips from that flight, begins tens of ms earlier on a long link. 0
+ * (the default): never. */
+void mig_stream_set_quick_start(struct mig_stream *s, uint64_t bytes);
 
 /* Bytes written (accepted, sent or buffered) plus bytes read. */
 uint64_t mig_stream_bytes(const struct mig_stream *s);
 uint64_t mig_stream_bytes_out(const struct mig_stream *s);
+/* Of the bytes written, those still in the write buffer (not yet handed
+ * to the channel, so not in the socket's queue either). */
+uint64_t mig_stream_bytes_buffered(const struct mig_stream *s);
 uint64_t mig_stream_bytes_in(const struct mig_stream *s);
 
 bool mig_stream_failed(const struct mig_stream *s);
 /* Did it fail on an ERROR section from the peer (a peer that speaks the
  * protocol and said why), rather than on bytes that make no sense? */
 bool mig_stream_peer_gave_up(const struct mig_stream *s);
+/* After a write found the connection closed by the peer (EPIPE,
+ * ECONNRESET), let reads go on: what the peer sent before it closed (its
+ * ERROR, saying why) is still ours to read. 0, or -1 if the stream did not
+ * fail that way. Writes stay failed. */
+int mig_stream_resume_reads(struct mig_stream *s);
+/* The stream failed because the connection did (closed, reset, silent),
+ * not because of what the peer sent. */
+bool mig_stream_connection_lost(const struct mig_stream *s);
 /* The first error, or "no error". */
 const char *mig_stream_error(const struct mig_stream *s);
 /* Record an error the caller found (the first one wins); returns -1. */

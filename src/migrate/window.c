@@ -4,8 +4,10 @@
  * On a LAN the socket buffers stay small (mig_socket_tune): what the source
  * has written is then close to what the destination has applied. On a
  * long fat pipe that is a cap: 100 ms x 200 Mbit/s holds 2.5 MB in flight
- * and a 256 KiB window carries ~20 Mbit/s. So once the handshake has given
- * TCP its first RTT samples, a connection whose smallest RTT is at least
+ * and a 256 KiB window carries ~20 Mbit/s. So once the connect has given
+ * TCP its first RTT sample (the source opens the window before its first
+ * byte; the destination once it has read the source's configuration,
+ * which comes with the first pages), a connection whose smallest RTT is at least
  * MIG_WAN_RTT_US gets buffers sized to its bandwidth-delay product (from
  * the smoothed RTT, which includes the bottleneck's queue):
  *  - the destination does not know the bandwidth: it opens its receive

@@ -21,7 +21,14 @@ What is proved, and how it would fail:
   they do not, and the test fails;
 - compression is on: the link measured below 1 Gbit/s (window.c's rule).
 - on loopback the send buffer stays 256 KiB and compression off (the
-  LAN behaviour the switchover's honest bandwidth relies on).
+  LAN behaviour the switchover's honest bandwidth relies on);
+- the source does not wait for the destination's configuration to send
+  its own and its first pages (the round trip that saves on a long link):
+  a proxy that holds back everything the destination says until the
+  source has sent 1 MiB lets the migration complete; a source that waited
+  would deadlock with it until the destination's handshake timeout;
+  (that a refusal still names its reason while pages are in flight is
+  test_migrate_refuses_incompatible_destination's).
 Timings (total against the link's transfer time, the pause) are in
 bench/wan.py, not asserted here.
 
@@ -29,9 +36,12 @@ Skipped only when network namespaces or tc are unavailable.
 """
 
 import os
+import select
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import topology
@@ -199,3 +209,104 @@ def test_short_link_keeps_small_buffers_and_no_compression():
             assert r["window_bytes"] == 256 << 10, r
             assert r["compress"] is False, r
             assert src.quit() == 0, src.tail()
+
+
+class HoldingProxy:
+    """Forwards one connection from a listening port to `target`; what the
+    destination says is held back until the source has sent `hold_until`
+    bytes. Use as a context manager; .port is where to connect."""
+
+    def __init__(self, target_port, hold_until):
+        self.target_port, self.hold_until = target_port, hold_until
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(1)
+        self.port = self.lsock.getsockname()[1]
+        self.from_source = 0
+        self.released = threading.Event()
+        self.threads = []
+
+    def __enter__(self):
+        t = threading.Thread(target=self._serve, daemon=True)
+        t.start()
+        self.threads.append(t)
+        return self
+
+    def __exit__(self, *exc):
+        self.lsock.close()
+
+    def _serve(self):
+        try:
+            src, _ = self.lsock.accept()
+        except OSError:
+            return
+        dst = socket.create_connection(("127.0.0.1", self.target_port))
+        for fn, a, b in ((self._up, src, dst), (self._down, dst, src)):
+            t = threading.Thread(target=fn, args=(a, b), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _up(self, src, dst):
+        while True:
+            try:
+                data = src.recv(1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            self.from_source += len(data)
+            if self.from_source >= self.hold_until:
+                self.released.set()
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        self.released.set()
+        for sk in (src, dst):
+            try:
+                sk.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _down(self, dst, src):
+        held = []
+        while True:
+            try:
+                ready = select.select([dst], [], [], 0.05)[0]
+                data = dst.recv(1 << 16) if ready else None
+            except (OSError, ValueError):
+                data = b""
+            if data == b"":
+                break
+            if data:
+                held.append(data)
+            if held and self.released.is_set():
+                try:
+                    src.sendall(b"".join(held))
+                except OSError:
+                    break
+                held = []
+        for sk in (src, dst):
+            try:
+                sk.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def test_source_sends_before_the_destination_speaks():
+    """The source sends its configuration and its first MiB of pages with
+    nothing from the destination yet (its CONFIG and ACK held by the
+    proxy); the migration then completes as usual."""
+    from test_migrate import destination
+    with memload_vm(mib=16, name="src") as src:
+        src.wait_for(PASS_RE, timeout=60)
+        dst, uri = destination(name="dst")
+        with dst, HoldingProxy(int(uri.rsplit(":", 1)[1]), 1 << 20) as proxy:
+            q = src.qmp()
+            q.cmd("migrate", uri="tcp:127.0.0.1:%d" % proxy.port)
+            r = wait_migration(q, timeout=60)
+            assert r["status"] == "completed", r
+            assert proxy.from_source >= 1 << 20
+            assert_guest_healthy(dst)
+            assert src.quit() == 0, src.tail()
+

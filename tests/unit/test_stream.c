@@ -480,6 +480,65 @@ static void closed_peer_is_an_error_not_a_signal(void **state)
 	close(sv[0]);
 }
 
+/* A peer that refused and closed while we were sending: after the write
+ * fails, what it said before closing (its ERROR) can still be read. */
+static void reads_resume_after_the_peer_closed(void **state)
+{
+	(void)state;
+	static uint8_t page[MIG_PAGE_SIZE];
+	int sv[2];
+	char why[256];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	struct mig_stream *a = mig_stream_new(sv[0]), *b = mig_stream_new(sv[1]);
+	mig_send_error(b, "not enough memory here");
+	mig_stream_free(b);
+	close(sv[1]);
+	memset(page, 1, sizeof(page));
+	int r = 0;
+	for (int i = 0; i < 1024 && !r; i++)
+		r = mig_put_page(a, (uint64_t)i, page);
+	assert_int_equal(r || mig_flush(a), 1);
+	assert_true(mig_stream_connection_lost(a));
+	assert_int_equal(mig_stream_resume_reads(a), 0);
+	assert_int_equal(mig_expect(a, MIG_SEC_ACK, why, sizeof(why)), -1);
+	assert_string_equal(why, "not enough memory here");
+	assert_true(mig_stream_peer_gave_up(a));
+	assert_false(mig_stream_connection_lost(a));
+	/* only a write's failure: a stream that failed reading stays failed */
+	assert_int_equal(mig_stream_resume_reads(a), -1);
+	assert_int_equal(mig_put_page(a, 0, page), -1);
+	mig_stream_free(a);
+	close(sv[0]);
+}
+
+/* Quick start: the first pages are written as soon as 64 KiB of them are
+ * ready, not when the 1 MiB buffer fills; zero pages (a few bytes each)
+ * are not written a small section at a time (each would be a packet of
+ * TCP's ten-segment first flight). */
+static void quick_start_writes_the_first_pages_early(void **state)
+{
+	(void)state;
+	static uint8_t page[MIG_PAGE_SIZE], zero[MIG_PAGE_SIZE];
+	for (int quick = 0; quick < 2; quick++) {
+		int sv[2];
+		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+		struct mig_stream *w = mig_stream_new(sv[0]);
+		if (quick)
+			mig_stream_set_quick_start(w, 1 << 20);
+		struct pollfd p = { .fd = sv[1], .events = POLLIN };
+		for (int i = 0; i < 4 * MIG_QUICK_PAGES; i++)
+			assert_int_equal(mig_put_page(w, (uint64_t)i, zero), 0);
+		assert_int_equal(poll(&p, 1, 0), 0);
+		memset(page, 0x5a, sizeof(page));
+		for (int i = 0; i < MIG_QUICK_PAGES; i++)
+			assert_int_equal(mig_put_page(w, (uint64_t)i, page), 0);
+		assert_int_equal(poll(&p, 1, 0), quick);
+		mig_stream_free(w);
+		close(sv[0]);
+		close(sv[1]);
+	}
+}
+
 static void token_bucket(void **state)
 {
 	(void)state;
@@ -1451,6 +1510,8 @@ int main(void)
 		cmocka_unit_test(no_read_ahead),
 		cmocka_unit_test(dead_peer_times_out),
 		cmocka_unit_test(closed_peer_is_an_error_not_a_signal),
+		cmocka_unit_test(reads_resume_after_the_peer_closed),
+		cmocka_unit_test(quick_start_writes_the_first_pages_early),
 		cmocka_unit_test(token_bucket),
 		cmocka_unit_test(digest),
 		cmocka_unit_test(config_check),
