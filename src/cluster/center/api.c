@@ -510,6 +510,35 @@ static void vm_power(struct call *c, json_t *row, const char *name, const char *
 		reply_task(c, 200, task);
 }
 
+/* Why VM row's disks cannot move into datastore ds on its own host (a
+ * storage move), in why; "" when they can. */
+static void storage_move_refusal(json_t *row, const char *ds, char *why, size_t len)
+{
+	const char *host = json_string_value(json_object_get(row, "host")) ?: "";
+	json_t *d = db_row("SELECT free_mib FROM datastores WHERE host = ? AND name = ?",
+			   json_pack("[s, s]", host, ds));
+	json_t *spec = json_loads(json_string_value(json_object_get(row, "spec")) ?: "{}", 0, NULL);
+	int movable = 0;
+	size_t i;
+	json_t *v;
+	json_array_foreach(json_object_get(spec, "disks"), i, v) {
+		const char *ref = json_string_value(v) ?: "";
+		const char *colon = strchr(ref, ':');
+		movable += colon && !strstr(ref, ",ro") &&
+			   (strlen(ds) != (size_t)(colon - ref) || strncmp(ref, ds, colon - ref));
+	}
+	why[0] = 0;
+	if (!d)
+		snprintf(why, len, "host %s has no datastore %s", host, ds);
+	else if (json_integer_value(json_object_get(d, "free_mib")) < 0)
+		snprintf(why, len, "datastore %s is not available on host %s", ds, host);
+	else if (!movable)
+		snprintf(why, len, "no disk of the VM to move: its disks are on %s already, or "
+			 "read-only (those stay where they are)", ds);
+	json_decref(spec);
+	json_decref(d);
+}
+
 static void vm_migrate(struct call *c, json_t *row, const char *name)
 {
 	audit_as(c, "vm.migrate", name);
@@ -519,13 +548,15 @@ static void vm_migrate(struct call *c, json_t *row, const char *name)
 	bool bad = false;
 	const char *to = opt_str(body, "to", &bad), *prio = opt_str(body, "priority", &bad);
 	const char *at_text = opt_str(body, "at", &bad);
+	const char *ds = opt_str(body, "datastore", &bad);
 	json_t *dt = json_object_get(body, "downtime_ms");
 	json_t *bw = json_object_get(body, "bandwidth_mbps");
 	time_t at = at_text ? parse_time(at_text) : 0;
 	if (bad || (dt && (!json_is_integer(dt) || json_integer_value(dt) <= 0)) || at < 0 ||
 	    (bw && (!json_is_integer(bw) || json_integer_value(bw) <= 0)) ||
 	    (prio && strcmp(prio, "high") && strcmp(prio, "standard"))) {
-		reply_error(c->resp, 400, "migrate takes to (a host), priority (high|standard), at "
+		reply_error(c->resp, 400, "migrate takes to (a host), datastore, priority "
+			    "(high|standard), at "
 			    "(ISO time such as 2026-12-02T05:00:00Z, or +10m), downtime_ms and "
 			    "bandwidth_mbps (positive integers)", "see docs/api.md");
 		json_decref(body);
@@ -556,11 +587,28 @@ static void vm_migrate(struct call *c, json_t *row, const char *name)
 		json_decref(body);
 		return;
 	}
-	/* a named destination: that host alone is checked; else the best one */
-	json_t *rec = wizard_recommend_n(row, to ? -1 : 1, -1, to);
-	json_t *pick = NULL;
+	/* a storage move: its disks into ds, on the host it runs on */
+	const char *host = json_string_value(json_object_get(row, "host")) ?: "";
+	json_t *rec = NULL, *pick = NULL;
 	size_t i;
 	json_t *cand;
+	const char *dest = host;
+	if (ds && (!to || !strcmp(to, host))) {
+		char why[400];
+		storage_move_refusal(row, ds, why, sizeof(why));
+		if (why[0]) {
+			reply_error(c->resp, 409, why, "ferry datastore list shows the datastores");
+			goto out;
+		}
+		goto queue;
+	}
+	if (ds) {
+		reply_error(c->resp, 409, "a datastore with another host (shared-nothing migration) "
+			    "is not supported yet", "move the disks first, then migrate");
+		goto out;
+	}
+	/* a named destination: that host alone is checked; else the best one */
+	rec = wizard_recommend_n(row, to ? -1 : 1, -1, to);
 	if (to) {
 		json_array_foreach(json_object_get(rec, "candidates"), i, cand)
 			if (!strcmp(json_string_value(json_object_get(cand, "host")), to))
@@ -595,7 +643,7 @@ static void vm_migrate(struct call *c, json_t *row, const char *name)
 			goto out;
 		}
 	}
-	const char *dest = json_string_value(json_object_get(pick, "host"));
+	dest = json_string_value(json_object_get(pick, "host"));
 	const char *vstate = json_string_value(json_object_get(row, "state")) ?: "";
 	if (!strcmp(vstate, "running") || !strcmp(vstate, "starting")) {
 		char why[600];
@@ -609,8 +657,11 @@ static void vm_migrate(struct call *c, json_t *row, const char *name)
 			goto out;
 		}
 	}
+queue:;
 	json_t *extra = json_pack("{s:O}", "estimate",
 				  json_object_get(pick, "estimate") ?: json_null());
+	if (ds)
+		json_object_set_new(extra, "datastore", json_string(ds));
 	if (dt)
 		json_object_set(extra, "downtime_ms", dt);
 	if (bw)
@@ -618,8 +669,9 @@ static void vm_migrate(struct call *c, json_t *row, const char *name)
 	long long id = task_insert("migrate", name, json_string_value(json_object_get(row, "host")),
 				   dest, "queued", prio && !strcmp(prio, "high"), at, c->user, extra);
 	json_decref(extra);
-	c->details = json_pack("{s:I, s:s, s:s, s:s}", "task", (json_int_t)id, "destination", dest,
-			       "priority", prio ? prio : "standard", "at", at_text ? at_text : "now");
+	c->details = json_pack("{s:I, s:s, s:s, s:s, s:s?}", "task", (json_int_t)id, "destination",
+			       dest, "priority", prio ? prio : "standard", "at",
+			       at_text ? at_text : "now", "datastore", ds);
 	reply_task(c, 202, id);
 	tasks_wake();
 out:

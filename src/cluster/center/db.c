@@ -87,7 +87,8 @@ bool db_open(const char *path, char *err, size_t errlen)
 				  "vms ADD COLUMN cpu_pid INTEGER", "vms ADD COLUMN cpu_s REAL",
 				  "vms ADD COLUMN cpu_at INTEGER", "vms ADD COLUMN cpu_rate REAL",
 				  "hosts ADD COLUMN unreachable TEXT",
-				  "hosts ADD COLUMN unreachable_since INTEGER" };
+				  "hosts ADD COLUMN unreachable_since INTEGER",
+				  "tasks ADD COLUMN datastore TEXT" };
 	for (size_t i = 0; i < sizeof(columns) / sizeof(columns[0]); i++) {
 		char sql[128];
 		snprintf(sql, sizeof(sql), "ALTER TABLE %s", columns[i]);

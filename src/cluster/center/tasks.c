@@ -13,6 +13,12 @@
  *   (the percent never goes back) and finishes the task when the
  *   migration ends, then wakes the scheduler (a slot is free);
  * - passes cancels on to the ferryds and shares bandwidth by priority.
+ * A storage move (a migrate task with a datastore and its VM's own host
+ * as destination) runs on that host's ferryd as a migration does
+ * (migration.c there): the same queue, limits, follower, progress and
+ * cancel; once it ends, the VM's spec is the one the ferryd reports (its
+ * disks where they are now). The limit datastore.NAME.migrations counts a
+ * task on the datastores its VM uses and on the one it moves disks into.
  * Everything lives in SQLite, so a restart of ferry-center picks up queued,
  * scheduled and running tasks where they were.
  */
@@ -39,7 +45,7 @@ json_t *task_json(json_t *row)
 	json_t *j = json_object();
 	const char *copy[] = { "id", "kind", "vm", "source", "destination", "state", "user",
 			       "waiting", "total_ms", "downtime_ms", "error", "bandwidth_mbps",
-			       "yielding" };
+			       "yielding", "datastore" };
 	for (size_t i = 0; i < sizeof(copy) / sizeof(copy[0]); i++) {
 		json_t *v = json_object_get(row, copy[i]);
 		json_object_set(j, copy[i], v ? v : json_null());
@@ -71,16 +77,17 @@ long long task_insert(const char *kind, const char *vm, const char *source, cons
 	char *est_text = est ? json_dumps(est, JSON_COMPACT) : NULL;
 	json_t *dt = json_object_get(extra, "downtime_ms");
 	json_t *bw = json_object_get(extra, "bandwidth_mbps");
+	const char *ds = json_string_value(json_object_get(extra, "datastore"));
 	time_t now = time(NULL);
 	bool running = !strcmp(state, "running");
 	db_exec("INSERT INTO tasks(kind, vm, source, destination, state, priority, at, created,"
-		" started, user, estimate, downtime_target, bandwidth_mbps)"
-		" VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-		json_pack("[s, s, s?, s?, s, i, o, I, o, s, s?, o, o]", kind, vm, source, dest, state,
+		" started, user, estimate, downtime_target, bandwidth_mbps, datastore)"
+		" VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		json_pack("[s, s, s?, s?, s, i, o, I, o, s, s?, o, o, s?]", kind, vm, source, dest, state,
 			  priority, at > 0 ? json_integer(at) : json_null(), (json_int_t)now,
 			  running ? json_integer(now) : json_null(), user, est_text,
 			  json_is_integer(dt) ? json_integer(json_integer_value(dt)) : json_null(),
-			  json_is_integer(bw) ? json_integer(json_integer_value(bw)) : json_null()));
+			  json_is_integer(bw) ? json_integer(json_integer_value(bw)) : json_null(), ds));
 	free(est_text);
 	return sqlite3_last_insert_rowid(ctr.db);
 }
@@ -202,6 +209,15 @@ static void settle_orphan(long long id, const char *vm, const char *src, const c
 	if (!strcmp(there, "incoming"))
 		return;
 	long status;
+	if (!strcmp(src, dst)) {   /* a storage move: ferry-vm carried it on alone */
+		pthread_mutex_lock(&db_lock);
+		task_finish(id, "failed", "the host's ferryd restarted during the storage move; "
+			    "ferry vm show NAME says where the disks are once it reports again");
+		db_exec("UPDATE vms SET state = ? WHERE name = ?",
+			json_pack("[s, s]", there[0] ? "running" : "lost", vm));
+		pthread_mutex_unlock(&db_lock);
+		return;
+	}
 	pthread_mutex_lock(&db_lock);
 	if (!strcmp(there, "running")) {
 		pthread_mutex_unlock(&db_lock);
@@ -339,7 +355,8 @@ static enum follow_result follow_one(json_t *task, unsigned long long *gen, bool
 	json_t *old = parse_or_null(json_object_get(task, "progress"));
 	json_t *mem = db_row("SELECT json_extract(spec, '$.mem_mib') AS m FROM vms WHERE name = ?",
 			     json_pack("[s]", vm));
-	double mem_bytes = (double)json_integer_value(json_object_get(mem, "m")) * 1048576.0;
+	double mem_bytes = strcmp(src, dst) ?   /* a storage move copies no memory */
+			   (double)json_integer_value(json_object_get(mem, "m")) * 1048576.0 : 0;
 	json_decref(mem);
 	json_t *prog = progress_from(mig, old, mem_bytes);
 	json_decref(old);
@@ -356,6 +373,13 @@ static enum follow_result follow_one(json_t *task, unsigned long long *gen, bool
 		json_t *details = json_pack("{s:I, s:s, s:s, s:O, s:O}", "task", (json_int_t)id,
 					    "source", src, "destination", dst, "total_ms",
 					    tm ? tm : json_null(), "downtime_ms", dm ? dm : json_null());
+		json_t *spec = json_object_get(mig, "spec");   /* disks moved (a storage move) */
+		if (json_is_object(spec)) {
+			char *spec_text = json_dumps(spec, JSON_COMPACT);
+			db_exec("UPDATE vms SET spec = ? WHERE name = ?", json_pack("[s, s]",
+										  spec_text, vm));
+			free(spec_text);
+		}
 		if (!strcmp(st, "completed")) {
 			task_finish(id, "succeeded", NULL);
 			db_exec("UPDATE vms SET host = ?, state = 'running' WHERE name = ?",
@@ -462,9 +486,10 @@ static void follow(json_t *task)
 	pthread_mutex_unlock(&followers_lock);
 }
 
-/* Starts one migration on its source; false with err set. */
-static bool start_on_source(const char *vm, const char *src, const char *dst, json_t *dt,
-			    json_t *bw, char *err, size_t errlen)
+/* Starts one migration on its source (a storage move: ds on src itself);
+ * false with err set. */
+static bool start_on_source(const char *vm, const char *src, const char *dst, const char *ds,
+			    json_t *dt, json_t *bw, char *err, size_t errlen)
 {
 	pthread_mutex_lock(&db_lock);
 	char src_url[200], dst_url[200], dst_addr[64];
@@ -475,7 +500,10 @@ static bool start_on_source(const char *vm, const char *src, const char *dst, js
 		 json_string_value(json_object_get(r, "address")) ?: "");
 	json_decref(r);
 	pthread_mutex_unlock(&db_lock);
-	json_t *body = json_pack("{s:s, s:s}", "dest_url", dst_url, "dest_addr", dst_addr);
+	json_t *body = strcmp(src, dst) ? json_pack("{s:s, s:s}", "dest_url", dst_url, "dest_addr",
+						    dst_addr) : json_object();
+	if (ds)
+		json_object_set_new(body, "datastore", json_string(ds));
 	if (json_is_integer(dt))
 		json_object_set(body, "downtime_ms", dt);
 	if (json_is_integer(bw))
@@ -520,16 +548,21 @@ static bool spec_uses(const char *spec_text, const char *ds, const char *net)
  * the running migrations of VMs that use that datastore or network.
  * Says in waiting which one is reached. Under db_lock.
  */
-static void shared_limits(const char *spec_text, char *waiting, size_t len)
+static void shared_limits(const char *spec_text, const char *ds, char *waiting, size_t len)
 {
 	json_t *spec = json_loads(spec_text ? spec_text : "{}", 0, NULL);
-	char names[17][64];
+	char names[18][64];
 	int n;
 	spec_datastores(spec, names, &n);
+	bool uses_ds = false;
+	for (int i = 0; ds && i < n; i++)
+		uses_ds = uses_ds || !strcmp(names[i], ds);
+	if (ds && !uses_ds)   /* the datastore it moves disks into */
+		snprintf(names[n++], 64, "%s", ds);
 	spec_network(spec, names[n], sizeof(names[n]));
 	json_decref(spec);
-	json_t *rows = db_query("SELECT v.spec FROM tasks t JOIN vms v ON v.name = t.vm WHERE "
-				"t.kind = 'migrate' AND t.state = 'running'", NULL);
+	json_t *rows = db_query("SELECT v.spec, t.datastore FROM tasks t JOIN vms v ON v.name = "
+				"t.vm WHERE t.kind = 'migrate' AND t.state = 'running'", NULL);
 	for (int i = 0; i <= n && !waiting[0]; i++) {
 		bool is_net = i == n;
 		if (!names[i][0])
@@ -545,7 +578,9 @@ static void shared_limits(const char *spec_text, char *waiting, size_t len)
 		json_t *r;
 		json_array_foreach(rows, k, r)
 			running += spec_uses(json_string_value(json_object_get(r, "spec")),
-					     is_net ? NULL : names[i], is_net ? names[i] : NULL);
+					     is_net ? NULL : names[i], is_net ? names[i] : NULL) ||
+				   (!is_net && !strcmp(json_string_value(json_object_get(
+					   r, "datastore")) ?: "", names[i]));
 		if (running >= limit)
 			snprintf(waiting, len, "limit: %s %s runs %d of %lld migrations",
 				 is_net ? "network" : "datastore", names[i], running, limit);
@@ -581,7 +616,8 @@ static bool start_queued(void)
 				      json_pack("[s]", vm));
 		const char *src = json_string_value(json_object_get(vrow, "host"));
 		const char *vstate = json_string_value(json_object_get(vrow, "state")) ?: "";
-		if (!vrow || strcmp(vstate, "running") || !src || !dst || !strcmp(src, dst)) {
+		const char *ds = json_string_value(json_object_get(t, "datastore"));
+		if (!vrow || strcmp(vstate, "running") || !src || !dst || (!strcmp(src, dst) && !ds)) {
 			char e[300];
 			snprintf(e, sizeof(e), !vrow ? "the VM was deleted"
 					       : strcmp(vstate, "running") ? "the VM is not running (%s)"
@@ -592,7 +628,7 @@ static bool start_queued(void)
 			continue;
 		}
 		const char *hosts[2] = { src, dst };
-		for (int h = 0; h < 2 && !waiting[0]; h++) {
+		for (int h = 0; h < (strcmp(src, dst) ? 2 : 1) && !waiting[0]; h++) {
 			int running = host_migrations_running(hosts[h]);
 			int limit = host_migration_limit(hosts[h]);
 			if (running >= limit)
@@ -601,7 +637,7 @@ static bool start_queued(void)
 					 limit);
 		}
 		if (!waiting[0])
-			shared_limits(json_string_value(json_object_get(vrow, "spec")), waiting,
+			shared_limits(json_string_value(json_object_get(vrow, "spec")), ds, waiting,
 				      sizeof(waiting));
 		if (waiting[0]) {
 			db_exec("UPDATE tasks SET waiting = ? WHERE id = ?",
@@ -616,12 +652,15 @@ static bool start_queued(void)
 		snprintf(srcname, sizeof(srcname), "%s", src);
 		snprintf(dstname, sizeof(dstname), "%s", dst);
 		snprintf(vmname, sizeof(vmname), "%s", vm);
+		char dsname[64];
+		snprintf(dsname, sizeof(dsname), "%s", ds ? ds : "");
 		json_t *dt = json_incref(json_object_get(t, "downtime_target"));
 		json_t *bw = json_incref(json_object_get(t, "bandwidth_mbps"));
 		json_decref(vrow);
 		pthread_mutex_unlock(&db_lock);
 		char err[600];
-		bool ok = start_on_source(vmname, srcname, dstname, dt, bw, err, sizeof(err));
+		bool ok = start_on_source(vmname, srcname, dstname, dsname[0] ? dsname : NULL, dt, bw,
+					  err, sizeof(err));
 		json_decref(dt);
 		json_decref(bw);
 		pthread_mutex_lock(&db_lock);

@@ -90,7 +90,8 @@ static json_t *estimate(long long mem_mib)
 	json_t *r = db_row("SELECT avg(total_ms * 1.0 / m) AS per_mib, avg(downtime_ms) AS dt FROM"
 			   " (SELECT t.total_ms, t.downtime_ms, json_extract(v.spec, '$.mem_mib') AS m"
 			   "  FROM tasks t JOIN vms v ON v.name = t.vm WHERE t.kind = 'migrate' AND"
-			   "  t.state = 'succeeded' AND t.total_ms > 0 ORDER BY t.id DESC LIMIT 20)",
+			   "  t.state = 'succeeded' AND t.total_ms > 0 AND t.datastore IS NULL"
+			   "  ORDER BY t.id DESC LIMIT 20)",
 			   NULL);
 	double per_mib = json_number_value(json_object_get(r, "per_mib"));
 	double dt = json_number_value(json_object_get(r, "dt"));

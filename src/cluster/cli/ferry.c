@@ -267,6 +267,16 @@ static int cmd_network_list(int argc, char **argv)
 
 /* ---- tasks: show, watch with a progress bar ---------------------------------- */
 
+/* ", disks to datastore DS" when the task moves disks, else "" */
+static const char *datastore_note(json_t *t)
+{
+	static char note[120];
+	json_t *ds = json_object_get(t, "datastore");
+	snprintf(note, sizeof(note), "%s%s", json_is_string(ds) ? ", disks to datastore " : "",
+		 json_is_string(ds) ? json_string_value(ds) : "");
+	return note;
+}
+
 static void print_task(json_t *t)
 {
 	printf("task %lld: %s %s", json_integer_value(json_object_get(t, "id")), str(t, "kind"),
@@ -275,6 +285,7 @@ static void print_task(json_t *t)
 		printf(" %s -> %s", str(t, "source"), str(t, "destination"));
 	else if (!strcmp(str(t, "kind"), "ft-enable"))
 		printf(" primary %s, secondary %s", str(t, "source"), str(t, "destination"));
+	printf("%s", datastore_note(t));
 	printf(" (%s priority)\n  state: %s\n", str(t, "priority"), str(t, "state"));
 	if (json_is_string(json_object_get(t, "waiting")))
 		printf("  waiting: %s\n", str(t, "waiting"));
@@ -633,11 +644,7 @@ static int cmd_vm_migrate(int argc, char **argv)
 		case 'p': json_object_set_new(body, "priority", json_string(optarg)); break;
 		case 'a': json_object_set_new(body, "at", json_string(optarg)); break;
 		case 'w': wait = true; break;
-		case 'd':
-			json_decref(body);
-			fprintf(stderr, "ferry: --datastore (storage migration) is not supported yet; "
-					"the VM's files must be on a datastore both hosts see\n");
-			return 1;
+		case 'd': json_object_set_new(body, "datastore", json_string(optarg)); break;
 		case 'D':
 		case 'B': {
 			char *end;
@@ -669,14 +676,15 @@ static int cmd_vm_migrate(int argc, char **argv)
 		if (json_out)
 			print_json(t);
 		else
-			printf("task %lld: migrate %s %s -> %s, %s\n", id, argv[optind],
-			       str(t, "source"), str(t, "destination"), str(t, "state"));
+			printf("task %lld: migrate %s %s -> %s%s, %s\n", id, argv[optind],
+			       str(t, "source"), str(t, "destination"), datastore_note(t),
+			       str(t, "state"));
 		json_decref(r);
 		return 0;
 	}
 	if (!json_out)
-		printf("migrating %s from %s to %s (task %lld)\n", argv[optind], str(t, "source"),
-		       str(t, "destination"), id);
+		printf("migrating %s from %s to %s%s (task %lld)\n", argv[optind],
+		       str(t, "source"), str(t, "destination"), datastore_note(t), id);
 	json_decref(r);
 	return watch_task(id);
 }

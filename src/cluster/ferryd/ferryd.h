@@ -91,6 +91,10 @@ int vm_destroy(const char *name, char *err, size_t errlen);
 char *vm_control_path(const struct vm *vm);
 /* "DS:PATH" -> the file on this host (malloc'd); NULL with a message. */
 char *vm_datastore_path(const char *ref, char *err, size_t errlen);
+/* "DS:PATH" for a file to be made (no such file yet, no symlink on the way). */
+char *vm_datastore_new_path(const char *ref, char *err, size_t errlen);
+/* A VM's spec changed (its disks moved): kept, and in spec.json. */
+void vm_set_spec(const char *name, json_t *spec);
 char *vm_console(const char *name, bool *found);
 void *vms_watch(void *arg);
 

@@ -10,6 +10,18 @@
  * forgotten here. Failure or cancel: the destination's process is removed
  * and the VM keeps running here (ferry-vm resumes it itself).
  *
+ * A storage move (POST .../migrate with a datastore and no dest_url) is a
+ * migration without a destination host: each writable disk not on that
+ * datastore yet is moved there by ferry-vm's disk-move (the same path
+ * inside the datastore, a file that must not exist yet), one after the
+ * other, followed with query-disk-move; its figures, its cancel and its
+ * long poll are a migration's. The old image is removed once its move
+ * completed (the guest runs on the new one and ferry-vm let go of the old
+ * one's lock); a failed or cancelled move leaves the guest on the old
+ * image, and ferry-vm removes the partial new one. The VM's spec (here and
+ * in the status: spec_after, which ferry-center keeps) names where each
+ * disk is.
+ *
  * When ferry-vm supports it (--incoming ...,secret-file=), every migration
  * gets a fresh random secret that only the two ferryds know.
  *
@@ -46,6 +58,8 @@ struct migration {
 	int downtime_ms;
 	int bandwidth_mbps;    /* 0: uncapped */
 	char secret[65];
+	char datastore[64];    /* a storage move (no dest_url): its disks into this one */
+	json_t *spec_after;    /* the VM's spec once its disks moved (what ferry-center keeps) */
 	json_t *last;          /* the latest query-migrate figures */
 	char status[32];       /* setup, active, ..., completed, failed, cancelled */
 	char error[512];
@@ -172,6 +186,139 @@ static void follow(struct migration *m, struct qmp *q)
 	}
 }
 
+/* ---- a storage move ----------------------------------------------------------- */
+
+/* "DS:REL" -> "NEWDS:REL" in out; false for a disk that stays: read-only
+ * (ferry-vm moves no such disk) or on newds already. */
+static bool moved_ref(const char *ref, const char *ds, char *out, size_t len)
+{
+	const char *colon = ref ? strchr(ref, ':') : NULL;
+	if (!colon || strstr(ref, ",ro"))
+		return false;
+	if (strlen(ds) == (size_t)(colon - ref) && !strncmp(ref, ds, (size_t)(colon - ref)))
+		return false;
+	snprintf(out, len, "%s:%s", ds, colon + 1);
+	return true;
+}
+
+/* Where a storage move is: what the disks moved before copied, since when,
+ * which disk, the longest guest-visible I/O pause so far. */
+struct move_state {
+	long long sent;
+	int64_t start_ms;
+	int disk, ndisks;
+	double pause_ms;
+};
+
+/* query-disk-move's figures as a migration's (progress_from in ferry-center
+ * reads these). */
+static json_t *move_figures(struct migration *m, json_t *dm, const struct move_state *ms)
+{
+	char phase[160];
+	snprintf(phase, sizeof(phase), "disk %d of %d to %s, round %lld", ms->disk + 1,
+		 ms->ndisks, m->datastore, json_integer_value(json_object_get(dm, "rounds")));
+	return json_pack("{s:I, s:I, s:I, s:I, s:s}", "transferred_bytes",
+			 (json_int_t)(ms->sent + json_integer_value(json_object_get(dm,
+									    "copied_bytes"))),
+			 "remaining_bytes", json_integer_value(json_object_get(dm, "remaining_bytes")),
+			 "rounds", json_integer_value(json_object_get(dm, "rounds")),
+			 "total_ms", (json_int_t)(mono_ms() - ms->start_ms), "phase", phase);
+}
+
+/* Moves disk ms->disk to path and follows the move to its end (passing a
+ * cancel on). false with err: the guest stays on the old image. */
+static bool move_disk(struct migration *m, struct qmp *q, const char *path,
+		      struct move_state *ms, char *err, size_t errlen)
+{
+	json_t *args = json_pack("{s:i, s:s}", "disk", ms->disk, "path", path);
+	if (m->bandwidth_mbps > 0)
+		json_object_set_new(args, "bandwidth_mbps", json_integer(m->bandwidth_mbps));
+	json_t *r = qmp_cmd(q, "disk-move", args, 10000, err, errlen);
+	json_decref(args);
+	if (!r)
+		return false;
+	json_decref(r);
+	bool cancel_sent = false;
+	for (;;) {
+		if (m->cancel && !cancel_sent) {
+			json_decref(qmp_cmd(q, "disk-move-cancel", NULL, 5000, err, errlen));
+			cancel_sent = true;
+		}
+		r = qmp_cmd(q, "query-disk-move", NULL, 5000, err, errlen);
+		if (!r)
+			return false;
+		json_t *fig = move_figures(m, r, ms);
+		mig_set(m, NULL, fig, NULL);
+		json_decref(fig);
+		char st[32];
+		snprintf(st, sizeof(st), "%s", json_string_value(json_object_get(r, "status")) ?: "");
+		if (strcmp(st, "active")) {
+			bool ok = !strcmp(st, "completed");
+			if (ok) {
+				ms->sent += json_integer_value(json_object_get(r, "copied_bytes"));
+				double p = json_number_value(json_object_get(r, "pause_ms"));
+				ms->pause_ms = p > ms->pause_ms ? p : ms->pause_ms;
+			} else {
+				snprintf(err, errlen, "disk %d: %s", ms->disk, json_string_value(
+					 json_object_get(r, "error")) ?: st);
+			}
+			json_decref(r);
+			return ok;
+		}
+		json_decref(r);
+		usleep(50000);
+	}
+}
+
+/* The storage move's thread: each disk that moves, one by one; the spec
+ * follows each disk that moved. */
+static void storage_move(struct migration *m, json_t *spec, const char *ctl)
+{
+	char err[512] = "";
+	struct qmp q;
+	if (!qmp_open(&q, ctl, err, sizeof(err))) {
+		mig_set(m, "failed", NULL, err);
+		return;
+	}
+	json_t *after = json_deep_copy(spec);
+	json_t *disks = json_object_get(after, "disks");
+	struct move_state ms = { .start_ms = mono_ms(), .ndisks = (int)json_array_size(disks) };
+	mig_set(m, "active", NULL, NULL);
+	bool ok = true, moved = false;
+	for (ms.disk = 0; ok && ms.disk < ms.ndisks; ms.disk++) {
+		const char *ref = json_string_value(json_array_get(disks, (size_t)ms.disk));
+		char to[PATH_MAX];
+		if (!moved_ref(ref, m->datastore, to, sizeof(to)))
+			continue;
+		char *old = vm_datastore_path(ref, err, sizeof(err));
+		char *path = old ? vm_datastore_new_path(to, err, sizeof(err)) : NULL;
+		ok = path && !m->cancel && move_disk(m, &q, path, &ms, err, sizeof(err));
+		if (ok) {
+			unlink(old);   /* the guest runs on the new image: the old one goes */
+			json_array_set_new(disks, (size_t)ms.disk, json_string(to));
+			vm_set_spec(m->name, after);
+			moved = true;
+			logf_("VM %s: disk %s moved to %s", m->name, ref, to);
+		} else if (m->cancel && !err[0]) {
+			snprintf(err, sizeof(err), "cancelled before the move started");
+		}
+		free(old);
+		free(path);
+	}
+	qmp_close(&q);
+	pthread_mutex_lock(&mig_lock);
+	m->spec_after = after;
+	pthread_mutex_unlock(&mig_lock);
+	json_t *fig = json_pack("{s:I, s:I, s:I, s:i}", "transferred_bytes", (json_int_t)ms.sent,
+				"total_ms", (json_int_t)(mono_ms() - ms.start_ms), "downtime_ms",
+				(json_int_t)(ms.pause_ms + 0.5), "remaining_bytes", 0);
+	if (!ok)
+		logf_("VM %s: storage move to %s: %s%s", m->name, m->datastore, err,
+		      moved ? " (the disks before it moved)" : "");
+	mig_set(m, ok ? "completed" : m->cancel ? "cancelled" : "failed", fig, ok ? NULL : err);
+	json_decref(fig);
+}
+
 static void *migration_thread(void *arg)
 {
 	struct migration *m = arg;
@@ -188,6 +335,10 @@ static void *migration_thread(void *arg)
 	pthread_mutex_unlock(&vms_lock);
 	if (!vm) {
 		mig_set(m, "failed", NULL, "the VM vanished before its migration started");
+		goto out;
+	}
+	if (!m->dest_url[0]) {
+		storage_move(m, spec, ctl);
 		goto out;
 	}
 	/* 1. the destination's incoming ferry-vm */
@@ -287,11 +438,18 @@ int migration_start(const char *name, json_t *req, char *err, size_t errlen)
 {
 	const char *dest_url = json_string_value(json_object_get(req, "dest_url"));
 	const char *dest_addr = json_string_value(json_object_get(req, "dest_addr"));
-	if (!dest_url || !dest_addr) {
-		snprintf(err, errlen, "migrate wants dest_url and dest_addr");
+	const char *ds = json_string_value(json_object_get(req, "datastore"));
+	if (ds && !dest_url && !dest_addr) {   /* a storage move, here */
+		char ref[80], *p;
+		snprintf(ref, sizeof(ref), "%s:", ds);
+		if (!(p = vm_datastore_path(ref, err, errlen)))
+			return 400;
+		free(p);
+		dest_url = dest_addr = "";
+	} else if (!dest_url || !dest_addr) {
+		snprintf(err, errlen, "migrate wants dest_url and dest_addr (or a datastore)");
 		return 400;
-	}
-	if (!strcmp(dest_addr, fd_cfg.address) || !strncmp(dest_addr, "127.", 4)) {
+	} else if (!strcmp(dest_addr, fd_cfg.address) || !strncmp(dest_addr, "127.", 4)) {
 		snprintf(err, errlen, "the destination %s is this host or loopback", dest_addr);
 		return 400;
 	}
@@ -317,6 +475,7 @@ int migration_start(const char *name, json_t *req, char *err, size_t errlen)
 			for (int i = 0; i < nmigs; i++)
 				if (migs[i]->done) {
 					json_decref(migs[i]->last);
+					json_decref(migs[i]->spec_after);
 					free(migs[i]);
 					migs[i] = migs[--nmigs];
 					break;
@@ -331,11 +490,13 @@ int migration_start(const char *name, json_t *req, char *err, size_t errlen)
 		migs[nmigs++] = m;
 	} else {
 		json_decref(m->last);
+		json_decref(m->spec_after);
 		memset(m, 0, sizeof(*m));
 	}
 	snprintf(m->name, sizeof(m->name), "%s", name);
 	snprintf(m->dest_url, sizeof(m->dest_url), "%s", dest_url);
 	snprintf(m->dest_addr, sizeof(m->dest_addr), "%s", dest_addr);
+	snprintf(m->datastore, sizeof(m->datastore), "%s", ds ? ds : "");
 	json_t *dt = json_object_get(req, "downtime_ms");
 	m->downtime_ms = json_is_integer(dt) ? (int)json_integer_value(dt) : 300;
 	json_t *bw = json_object_get(req, "bandwidth_mbps");
@@ -424,6 +585,10 @@ json_t *migration_status_wait(const char *name, unsigned long long since, long w
 	json_object_set_new(j, "done", json_boolean(m->done));
 	json_object_set_new(j, "destination", json_string(m->dest_url));
 	json_object_set_new(j, "generation", json_integer((json_int_t)m->gen));
+	if (m->datastore[0])
+		json_object_set_new(j, "datastore", json_string(m->datastore));
+	if (m->spec_after)
+		json_object_set(j, "spec", m->spec_after);
 	if (m->error[0])
 		json_object_set_new(j, "error", json_string(m->error));
 	else

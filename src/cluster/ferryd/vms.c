@@ -96,8 +96,10 @@ static const char *link_on_the_way(const char *root, const char *rel, char *at, 
 	return NULL;
 }
 
-/* "DS:PATH" -> the file on this host; NULL with a message. */
-static char *resolve(const char *ref, char *err, size_t errlen)
+/* "DS:PATH" -> the file on this host; NULL with a message. fresh: a file
+ * to be made (a disk move's or a copy's destination): it must not exist
+ * yet; else it must be readable. Either way no symlink on the way. */
+static char *locate(const char *ref, bool fresh, char *err, size_t errlen)
 {
 	const char *colon = ref ? strchr(ref, ':') : NULL;
 	if (!colon) {
@@ -115,9 +117,10 @@ static char *resolve(const char *ref, char *err, size_t errlen)
 		    !strncmp(fd_cfg.datastores[i].name, ref, colon - ref)) {
 			char *p = malloc(PATH_MAX);
 			snprintf(p, PATH_MAX, "%s/%s", fd_cfg.datastores[i].path, rel);
-			if (access(p, R_OK) != 0) {
+			struct stat st;
+			if (fresh ? lstat(p, &st) == 0 : access(p, R_OK) != 0) {
 				snprintf(err, errlen, "%s: %s on host %s: %s", ref, p, fd_cfg.name,
-					 strerror(errno));
+					 fresh ? "exists already" : strerror(errno));
 				free(p);
 				return NULL;
 			}
@@ -134,6 +137,11 @@ static char *resolve(const char *ref, char *err, size_t errlen)
 	snprintf(err, errlen, "%s: host %s has no datastore %.*s", ref, fd_cfg.name,
 		 (int)(colon - ref), ref);
 	return NULL;
+}
+
+static char *resolve(const char *ref, char *err, size_t errlen)
+{
+	return locate(ref, false, err, errlen);
 }
 
 static void tap_name(const char *vm, char *out, size_t len)
@@ -305,6 +313,8 @@ static bool build_argv(struct vm *vm, const char *incoming, const char *secret_p
 	}
 	return true;
 }
+
+static void save_spec(struct vm *vm);
 
 static void write_small(const char *path, const char *text)
 {
@@ -487,13 +497,7 @@ int vm_start(const char *name, json_t *spec, const char *incoming_uri, const cha
 		}
 	}
 	struct argv_builder b = { .n = 0 };
-	json_t *saved = json_pack("{s:s, s:O, s:b}", "name", name, "spec", spec, "incoming",
-				  vm->incoming);
-	char *text = json_dumps(saved, JSON_INDENT(2));
-	json_decref(saved);
-	vm_path(vm, "spec.json", path, sizeof(path));
-	write_file(path, text);
-	free(text);
+	save_spec(vm);
 	bool ok = build_argv(vm, incoming_uri, secret_path, &b, err, errlen) &&
 		  spawn(vm, b.argv, err, errlen);
 	args_free(&b);
@@ -728,4 +732,34 @@ void *vms_watch(void *arg)
 char *vm_datastore_path(const char *ref, char *err, size_t errlen)
 {
 	return resolve(ref, err, errlen);
+}
+
+char *vm_datastore_new_path(const char *ref, char *err, size_t errlen)
+{
+	return locate(ref, true, err, errlen);
+}
+
+/* spec.json as vm_start writes it. Under vms_lock. */
+static void save_spec(struct vm *vm)
+{
+	char path[PATH_MAX + 32];
+	json_t *saved = json_pack("{s:s, s:O, s:b}", "name", vm->name, "spec", vm->spec,
+				  "incoming", vm->incoming);
+	char *text = json_dumps(saved, JSON_INDENT(2));
+	json_decref(saved);
+	vm_path(vm, "spec.json", path, sizeof(path));
+	write_file(path, text);
+	free(text);
+}
+
+void vm_set_spec(const char *name, json_t *spec)
+{
+	pthread_mutex_lock(&vms_lock);
+	struct vm *vm = vm_find(name);
+	if (vm) {
+		json_decref(vm->spec);
+		vm->spec = json_incref(spec);
+		save_spec(vm);
+	}
+	pthread_mutex_unlock(&vms_lock);
 }
