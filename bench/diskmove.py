@@ -32,7 +32,13 @@ the device's lock to giving it back). The
 reference for total time is `cp` of the same image plus fdatasync (this
 machine's disk speed, through the same page cache): the copy that makes
 each run's source image, just before its move, so under the same load. The page cache is
-not dropped between runs (the host is shared).
+not dropped between runs (the host is shared). Just before that cp, a
+second, diagnostic reference: `dd oflag=direct bs=1M` of the same image,
+the write path ferry-vm's copier uses (O_DIRECT, one 1 MiB write in
+flight) without a guest, so that move/dd is what the move adds to its own
+write path and dd/cp what that path costs against the page cache. Each
+run prints the load average, and ferry-vm's phases from its DISK_MOVE
+event (bulk_ms, rounds_ms, flush_ms: where the time went).
 """
 
 import argparse
@@ -89,6 +95,16 @@ def make_master(path, mib):
         os.fdatasync(f.fileno())
 
 
+def direct_copy(src, dst):
+    """dd with O_DIRECT 1 MiB writes (the copier's write path); seconds."""
+    t0 = time.monotonic()
+    subprocess.run(["dd", f"if={src}", f"of={dst}", "bs=1M", "oflag=direct", "conv=fdatasync",
+                    "status=none"], check=True)
+    t = time.monotonic() - t0
+    os.unlink(dst)
+    return t
+
+
 def copy_image(src, dst):
     """cp + fdatasync; returns seconds."""
     t0 = time.monotonic()
@@ -104,6 +120,9 @@ class Result:
         self.side = side
         self.total_s = None
         self.cp_s = None
+        self.dd_s = None
+        self.load = None
+        self.phases = None          # ferry-vm: bulk, rounds, flush ms
         self.pause_ms = None        # ferry's own measure
         self.rounds = None
         self.copied_mib = None
@@ -125,6 +144,8 @@ def one_side(side, work, master, args):
     for p in (src, dst):
         if p.exists():
             p.unlink()
+    res.load = os.getloadavg()[0]
+    res.dd_s = direct_copy(master, src)    # diagnostic: the copier's write path
     res.cp_s = copy_image(master, src)     # this run's reference, under its load
     sock = work / f"{side}.sock"
     append = (f"console=ttyS0 quiet ferry.run=iolat,/dev/vda,--rate,{args.rate}")
@@ -169,6 +190,7 @@ def measure(res, m, src, dst, side, args):
         res.pause_ms = ev["pause_ms"]
         res.rounds = ev["rounds"]
         res.copied_mib = ev["copied_bytes"] / MIB
+        res.phases = (ev["bulk_ms"], ev["rounds_ms"], ev["flush_ms"])
     else:
         if args.qemu_api == "drive":
             q.execute("drive-mirror", {"device": "d0", "job-id": "m0", "target": str(dst),
@@ -242,6 +264,12 @@ def report(runs, copy_s, args):
     print(f"reference: cp + fdatasync of the image: {copy_s:.2f} s before the runs; "
           f"each move against the cp that made its source just before it (same load), "
           f"median: ferry-vm {fmt(f_cp, 'x', 2)} (aim: 1.3x), QEMU {fmt(q_cp, 'x', 2)}")
+    f_dd = bl.median([r.total_s / r.dd_s for pair in runs for r in pair
+                      if r.side == "ferry-vm" and r.error is None and r.dd_s])
+    dd_cp = bl.median([r.dd_s / r.cp_s for pair in runs for r in pair
+                       if r.error is None and r.dd_s and r.cp_s])
+    print(f"diagnostic: dd oflag=direct of the image just before each cp, median: "
+          f"ferry-vm move/dd {fmt(f_dd, 'x', 2)}, dd/cp {fmt(dd_cp, 'x', 2)}")
     for pair in runs:
         for r in pair:
             if r.error:
@@ -292,6 +320,12 @@ def main(argv=None, describe=False):
             print(f"run {i + 1}: ferry-vm {fmt(a.total_s, ' s', 2)} (longest write "
                   f"{fmt(a.max_during_ms, ' ms')}), qemu {fmt(b.total_s, ' s', 2)} "
                   f"(longest write {fmt(b.max_during_ms, ' ms')})")
+            for r in pair:
+                if r.error is None:
+                    ph = ("" if r.phases is None else
+                          ", bulk/rounds/flush %d/%d/%d ms" % r.phases)
+                    print(f"  {r.side}: load {r.load:.1f}, dd {r.dd_s:.2f} s, cp {r.cp_s:.2f} s, "
+                          f"move/cp {r.total_s / r.cp_s:.2f}x{ph}")
             sys.stdout.flush()
         report(runs, copy_s, args)
     finally:

@@ -23,6 +23,11 @@
  * image: nothing was written there by the move, so nothing is lost.
  * bandwidth_mbps paces steps 2 and 3, never the switch.
  *
+ * Where the time went is part of the figures: bulk_ms (from the command
+ * to the end of step 2), rounds_ms (3), flush_ms (4's first fdatasync and
+ * the copy of what the guest wrote during it, before the pause); total_ms
+ * less these is the pause and the close. bench/diskmove.py prints them.
+ *
  * One move at a time per VM; a migration and a move refuse each other,
  * since the migration handshake names the image the guest runs on.
  */
@@ -78,6 +83,7 @@ struct disk_move {
 	enum dm_status status;
 	uint64_t size, data_bytes, copied_bytes, written_bytes, rounds, dirty_blocks;
 	uint64_t pause_us, total_ms;
+	uint64_t bulk_ms, rounds_ms, flush_ms;  /* where the time went */
 	bool bulk_done;
 	unsigned updates;
 	char error[256];
@@ -114,7 +120,7 @@ static json_t *dm_figures(struct disk_move *dm)
 		left += dm->data_bytes - (dm->copied_bytes < dm->data_bytes ? dm->copied_bytes
 									   : dm->data_bytes);
 	json_t *r = json_pack("{s:s, s:i, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, "
-			      "s:I}",
+			      "s:I, s:I, s:I, s:I}",
 		"status", dm_status_names[dm->status], "disk", (int)dm->index,
 		"source", dm->src_path, "path", dm->dst_path,
 		"size", (json_int_t)dm->size, "total_bytes", (json_int_t)dm->data_bytes,
@@ -122,7 +128,9 @@ static json_t *dm_figures(struct disk_move *dm)
 		"written_bytes", (json_int_t)dm->written_bytes,
 		"rounds", (json_int_t)dm->rounds, "dirty_blocks", (json_int_t)dm->dirty_blocks,
 		"remaining_bytes", (json_int_t)left,
-		"pause_ms", dm->pause_us / 1000.0, "total_ms", (json_int_t)total);
+		"pause_ms", dm->pause_us / 1000.0, "total_ms", (json_int_t)total,
+		"bulk_ms", (json_int_t)dm->bulk_ms, "rounds_ms", (json_int_t)dm->rounds_ms,
+		"flush_ms", (json_int_t)dm->flush_ms);
 	if (dm->error[0])
 		json_object_set_new(r, "error", json_string(dm->error));
 	pthread_mutex_unlock(&dm->lock);
@@ -161,6 +169,16 @@ static bool dm_pace(void *ctx, uint64_t bytes)
 		}
 	}
 	return !atomic_load(&dm->cancel);
+}
+
+/* Record the milliseconds since *since (now_ns) in *ms, and restart it. */
+static void dm_phase(struct disk_move *dm, uint64_t *ms, uint64_t *since)
+{
+	uint64_t t = now_ns();
+	pthread_mutex_lock(&dm->lock);
+	*ms = (t - *since) / 1000000;
+	pthread_mutex_unlock(&dm->lock);
+	*since = t;
 }
 
 static void dm_set_dirty(struct disk_move *dm)
@@ -210,7 +228,7 @@ static int dm_sync_dir(const char *path)
 /* The last dirty blocks and the swap, with the device's I/O held back. */
 static int dm_switch(struct disk_move *dm, char *why, size_t len)
 {
-	uint64_t n = 0;
+	uint64_t n = 0, t = now_ns();
 	dm->copier.pace = NULL;     /* from here on nothing is paced */
 	if (fdatasync(dm->dst.fd) || dm_sync_dir(dm->dst_path)) {
 		snprintf(why, len, "cannot flush %s: %s", dm->dst_path, strerror(errno));
@@ -221,6 +239,7 @@ static int dm_switch(struct disk_move *dm, char *why, size_t len)
 		snprintf(why, len, "cannot write %s: %s", dm->dst_path, strerror(errno));
 		return -1;
 	}
+	dm_phase(dm, &dm->flush_ms, &t);
 	uint64_t t0 = now_ns();
 	virtio_blk_quiesce(dm->blk);
 	struct disk *d = virtio_blk_disk(dm->blk);
@@ -276,10 +295,14 @@ static void *dm_thread(void *arg)
 {
 	struct disk_move *dm = arg;
 	char why[256] = "";
+	uint64_t t = dm->start_ns;
 	dm_track(dm, true);
 	enum copy_result r = copier_bulk(&dm->copier);
-	if (r == COPY_OK)
+	dm_phase(dm, &dm->bulk_ms, &t);
+	if (r == COPY_OK) {
 		r = dm_rounds(dm);
+		dm_phase(dm, &dm->rounds_ms, &t);
+	}
 	if (r == COPY_OK && atomic_load(&dm->cancel))
 		r = COPY_STOPPED;
 	if (r == COPY_ERROR)

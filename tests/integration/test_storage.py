@@ -193,6 +193,10 @@ def test_disk_move_while_the_guest_writes():
             r = wait_move(q)
             assert r["status"] == "completed", r
             print(f"moved: {r}")
+            # where the time went: the paced bulk pass takes at least its
+            # data at 24 Mbit/s (8 MiB: 2.8 s), and the phases fit in the total
+            assert r["bulk_ms"] >= DATA_MIB * MIB * 8 // 24000, r
+            assert r["bulk_ms"] + r["rounds_ms"] + r["flush_ms"] <= r["total_ms"] + 2, r
             assert q.cmd("query-disk-move")["status"] == "completed"
             assert lock_state(new) == "write", "the new image is not locked"
             assert lock_state(old) == "unlocked", "the old image is still locked"
