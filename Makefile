@@ -39,9 +39,12 @@ asan: $(BUILD)-asan/build.ninja
 # executor (devices, control socket, cluster, planner).
 INTERP_TESTS = test-hart|test_diff_|test_cpu.py|test_boot_with_four_harts|test_migrate_memload_smp1|test_migrate_back_and_forth_smp4|test_save_and_restore|test_big_hot_set_completes_by_postcopy
 
+# Two tests at a time (tests/run -j 2): most of a test's time is waiting
+# (guests booting, leases, links); the modules with SERIAL = True (HA, FT,
+# round budgets) still run alone.
 test: deps all asan
-	tests/run --sanitized-build $(BUILD)-asan; status=$$?; \
-	FERRY_CPU=interp tests/run -k '$(INTERP_TESTS)' && exit $$status
+	tests/run -j 2 --sanitized-build $(BUILD)-asan; status=$$?; \
+	FERRY_CPU=interp tests/run -j 2 -k '$(INTERP_TESTS)' && exit $$status
 
 bench: all
 	bench/run

@@ -22,6 +22,8 @@ from test_migrate import (PASS_RE, assert_guest_healthy, destination, memload_vm
                           wait_migration)
 
 TIMEOUT = 120
+# alone under tests/run -j: round budgets against a guest's write rate
+SERIAL = True
 
 
 def _wait_active(q, rounds=0):

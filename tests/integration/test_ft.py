@@ -81,6 +81,8 @@ from test_hosts import (BOOT, ECHO_PORT, MAC, MEM, Datastore, Stream,
                         need_namespaces, wait_switch_port)
 
 TIMEOUT = 150
+# alone under tests/run -j: FT link timeouts and failover gaps
+SERIAL = True
 FT_PORT = 47100
 EPOCH_MS = 50
 FAULT_EPOCH = 80

@@ -61,6 +61,8 @@ from test_ft import Gap
 from test_hosts import ECHO_PORT, Stream
 
 TIMEOUT = 300
+# alone under tests/run -j: a 500 ms FT link and failover races
+SERIAL = True
 GUEST_IP = "10.88.0.200"
 APPEND = ("console=ttyS0 quiet ferry.ip=%s/24 ferry.run=tcpserve,--echo,--port,%d"
           % (GUEST_IP, ECHO_PORT))

@@ -57,6 +57,8 @@ from ferrylib import QMP, wait_until
 from test_cluster import FERRY, IDLE, Lab
 
 TIMEOUT = 150
+# alone under tests/run -j: leases, fences and failover times
+SERIAL = True
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -67,6 +67,49 @@ def test_hangs():
         time.sleep(600)
 '''
 
+# -j 2: these two meet (each waits for the other's mark: run one at a time,
+# they would both time out); the serial module's tests each run alone.
+TOGETHER = '''
+import time
+from pathlib import Path
+HERE = Path(__file__).parent
+
+def meet(me, other):
+    (HERE / me).touch()
+    deadline = time.monotonic() + 20
+    while not (HERE / other).exists():
+        assert time.monotonic() < deadline, "ran alone: the other test never started"
+        time.sleep(0.05)
+
+def note(name):
+    start = time.time()
+    time.sleep(1)
+    with open(HERE / "intervals", "a") as f:
+        f.write(f"{name} {start} {time.time()}\\n")
+
+def test_one():
+    meet("one", "two")
+    note("one")
+
+def test_two():
+    meet("two", "one")
+    note("two")
+
+def test_three():
+    note("three")
+'''
+
+ALONE = '''
+SERIAL = True
+from test_a_together import note
+
+def test_first():
+    note("first")
+
+def test_second():
+    note("second")
+'''
+
 STUBBORN = """#!/bin/sh
 trap '' TERM
 sleep 600 &
@@ -158,6 +201,25 @@ def test_all_passing_exits_0_without_a_skip_count():
         status, lines = s.run("-j", "2")
         assert lines[-1] == "3 passed, 0 failed", lines
         assert status == 0
+
+
+def test_j_runs_tests_side_by_side_and_serial_ones_alone():
+    with Scratch() as s:
+        s.test_file("test_a_together.py", TOGETHER)
+        s.test_file("test_b_alone.py", ALONE)
+        s.build_file("test-good", UNIT_GOOD)
+        status, lines = s.run("-j", "2")
+        assert lines[-1] == "7 passed, 0 failed", lines
+        spans = {}
+        for line in (s.root / "tests" / "integration" / "intervals").read_text().splitlines():
+            name, start, end = line.split()
+            spans[name] = (float(start), float(end))
+        assert sorted(spans) == ["first", "one", "second", "three", "two"], spans
+        for serial in ("first", "second"):
+            a, b = spans[serial]
+            for other, (c, d) in spans.items():
+                assert other == serial or d <= a or b <= c, \
+                    f"{serial} ran beside {other}: {spans}"
 
 
 def test_missing_unit_binaries_is_a_failure():
