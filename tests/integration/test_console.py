@@ -184,15 +184,19 @@ def _center_with_report_only_hosts(tmp, procs, hosts, vms_per_host):
             "value": base64.b64encode(value.encode()).decode()}))
         assert c.getresponse().status == 200
 
+    def fake_ferryd_listening():
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", fake_port)) == 0
+
     deadline = time.time() + 30
     while True:
         try:
             etcd_put("/ferry/probe", "1")
-            if call("GET", "/whoami")[0] == 200:
+            if call("GET", "/whoami")[0] == 200 and fake_ferryd_listening():
                 break
         except OSError:
             pass
-        assert time.time() < deadline, f"etcd or ferry-center did not start (see {tmp})"
+        assert time.time() < deadline, f"etcd, ferry-center or the fake ferryd did not start (see {tmp})"
         time.sleep(0.2)
     for i in range(1, hosts + 1):
         etcd_put(f"/ferry/hosts/h{i}", json.dumps({
