@@ -24,12 +24,20 @@ What is proved, and how it would fail:
   is gone, the old one holds every record (the guest's check and the
   host's); a datastore limit counts the move on the datastore it moves
   into (a second move into it waits, saying so);
+- shared-nothing (test_cluster_shared_nothing): a VM on h1's local is
+  recommended for h2 (whose local is another folder: another datastore
+  id) with "disks copied: N MiB" instead of being refused; a datastore h2
+  does not have is refused, naming it; a slowed migration cancelled before
+  the handoff leaves the guest running on h1's image and h2's half-written
+  image removed; then the migration succeeds, `vm show` names h2 and
+  local:IMAGE, the image is in h2's folder and gone from h1's; the guest
+  finds every record, written before, during and after the move, and so
+  does the host in h2's image.
 
-Each test boots one guest with a 64 MiB disk and takes about 20-40 s.
+Each test boots a guest with a 64 MiB disk and takes about 60-90 s at load 11.
 """
 
 import re
-import shutil
 
 from ferrylib import wait_until
 from test_cluster import Lab
@@ -104,3 +112,45 @@ def test_cluster_storage_move_cancel():
         check_passes(lab, "stay")
         host_check_log(lab.dir / "shared" / "log.img", RECORDS)
         host_check_data(lab.dir / "shared" / "log.img")
+
+
+def test_cluster_shared_nothing():
+    with Lab() as lab:
+        src, dst = lab.dir / "h1-local" / "log.img", lab.dir / "h2-local" / "log.img"
+        make_image(src)
+        records = RATE * 30
+        logging_vm(lab, "far", "local:log.img", records=records)
+
+        def h2_offer():
+            rec = lab.cli("vm", "recommend", "far")
+            return [c for c in rec["candidates"] if c["host"] == "h2" and c.get("note")]
+        offer = wait_until(h2_offer, 30, "h2 offered with its disk copy")[0]
+        assert offer["datastore"] == "local" and offer["disks_copied_mib"] >= 8, offer
+        assert offer["note"] == "disks copied: %d MiB" % offer["disks_copied_mib"], offer
+        rc, doc, err = lab.run("vm", "migrate", "far", "--to", "h2", "--datastore", "nosuch",
+                               check=False)
+        assert rc != 0 and "h2 has no datastore nosuch" in str(doc) + err, (rc, doc, err)
+        # cancelled before the handoff: the guest stays on its image, h2's copy goes
+        task = lab.cli("vm", "migrate", "far", "--to", "h2", "--bandwidth-mbps", "4")
+        assert task["datastore"] == "local", task
+        wait_until(lambda: dst.exists(), 20, "the destination image", interval=0.1)
+        wait_until(lambda: (lab.task(task["id"])["progress"] or {}).get("transferred_bytes"),
+                   30, "the copy to start", interval=0.2)
+        lab.cli("task", "cancel", task["id"])
+        assert lab.wait_task(task["id"])["state"] == "cancelled"
+        vm = lab.vm("far")
+        assert vm["host"] == "h1" and vm["disks"] == ["local:log.img"], vm
+        assert lab.guest_status("h1", "far") == "running"
+        wait_until(lambda: not dst.exists(), 10, "the half-written copy to go")
+        assert src.exists()
+        # and now all the way
+        rc, task, err = lab.run("vm", "migrate", "far", "--to", "h2", "--wait", check=False,
+                                timeout=180)
+        assert rc == 0 and task["state"] == "succeeded", (rc, task, err)
+        assert task["datastore"] == "local" and task["destination"] == "h2", task
+        vm = lab.vm("far")
+        assert vm["host"] == "h2" and vm["disks"] == ["local:log.img"], vm
+        assert dst.exists() and not src.exists(), "the image is not in h2's folder alone"
+        check_passes(lab, "far", records)
+        host_check_log(dst, records)
+        host_check_data(dst)

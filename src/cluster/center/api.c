@@ -163,7 +163,7 @@ static json_t *evacuate(struct call *c, const char *host)
 				"fault tolerant: its primary does not migrate (ferry vm ft disable NAME)"));
 			continue;
 		}
-		json_t *rec = wizard_recommend_n(row, 1, -1, NULL);
+		json_t *rec = wizard_recommend_n(row, 1, -1, NULL, NULL);
 		json_t *first = json_array_get(json_object_get(rec, "candidates"), 0);
 		if (!first) {   /* a host at its limit is fine: the task waits */
 			size_t k;
@@ -385,7 +385,8 @@ static void vm_create(struct call *c)
 		snprintf(chosen, sizeof(chosen), "%s", host);
 	} else {
 		json_t *fake = json_pack("{s:s, s:s, s:s}", "name", name, "host", "", "spec", spec_text);
-		json_t *rec = wizard_recommend_n(fake, drs_auto_placement() ? -1 : 1, -1, NULL);
+		json_t *rec = wizard_recommend_n(fake, drs_auto_placement() ? -1 : 1, -1, NULL,
+						 NULL);
 		json_decref(fake);
 		json_t *first = json_array_get(json_object_get(rec, "candidates"), 0);
 		if (!first) {
@@ -602,13 +603,8 @@ static void vm_migrate(struct call *c, json_t *row, const char *name)
 		}
 		goto queue;
 	}
-	if (ds) {
-		reply_error(c->resp, 409, "a datastore with another host (shared-nothing migration) "
-			    "is not supported yet", "move the disks first, then migrate");
-		goto out;
-	}
 	/* a named destination: that host alone is checked; else the best one */
-	rec = wizard_recommend_n(row, to ? -1 : 1, -1, to);
+	rec = wizard_recommend_n(row, to ? -1 : 1, -1, to, ds ? ds : "");
 	if (to) {
 		json_array_foreach(json_object_get(rec, "candidates"), i, cand)
 			if (!strcmp(json_string_value(json_object_get(cand, "host")), to))
@@ -644,6 +640,8 @@ static void vm_migrate(struct call *c, json_t *row, const char *name)
 		}
 	}
 	dest = json_string_value(json_object_get(pick, "host"));
+	/* shared-nothing: the wizard says where the disks go; else none move */
+	ds = json_string_value(json_object_get(pick, "datastore"));
 	const char *vstate = json_string_value(json_object_get(row, "state")) ?: "";
 	if (!strcmp(vstate, "running") || !strcmp(vstate, "starting")) {
 		char why[600];
@@ -711,7 +709,7 @@ static void recommend_page(struct call *c, json_t *row)
 {
 	long long lim = http_query(c->req, "limit") ? query_int(c, "limit", 0, 1LL << 40) : -1;
 	size_t len;
-	char *text = wizard_recommend_text(row, lim, lim, NULL, &len);
+	char *text = wizard_recommend_text(row, lim, lim, NULL, "", &len);
 	http_respond(c->resp, 200, "application/json", text, len);
 }
 

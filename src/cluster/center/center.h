@@ -76,10 +76,13 @@ void spec_network(json_t *spec, char *out, size_t len);
 /* wizard.c, under db_lock: the best max_candidates and first max_refused
  * (< 0: all), with their totals; only_host: that host alone (NULL: every
  * host). As JSON text (malloc'd; the API's reply) or parsed. */
+/* copy_to: NULL, no host that would need the VM's disks copied; else such
+ * hosts are candidates too, the disks copied into copy_to ("": the
+ * datastore named like the first disk's). */
 char *wizard_recommend_text(json_t *vm_row, long long max_candidates, long long max_refused,
-			    const char *only_host, size_t *len);
+			    const char *only_host, const char *copy_to, size_t *len);
 json_t *wizard_recommend_n(json_t *vm_row, long long max_candidates, long long max_refused,
-			   const char *only_host);
+			   const char *only_host, const char *copy_to);
 
 /* audit.c: under db_lock */
 void audit_append(const char *user, const char *from, const char *action, const char *target,

@@ -71,7 +71,7 @@ static json_t *host_alive_row(const char *host)
  * the wizard's first choice; NULL with the reason. */
 static char *pick_secondary(json_t *row, const char *asked, char *err, size_t errlen)
 {
-	json_t *rec = wizard_recommend_n(row, asked ? -1 : 1, -1, asked);
+	json_t *rec = wizard_recommend_n(row, asked ? -1 : 1, -1, asked, NULL);
 	char *pick = NULL;
 	size_t i;
 	json_t *c;

@@ -196,9 +196,12 @@ static void update_vms(const char *host, json_t *vm_list, json_t *strays)
 					  json_object_get(v, "last_console"), name, host));
 		} else {
 			db_exec("UPDATE vms SET state = 'running', exit_status = NULL, "
-				"last_console = NULL WHERE name = ? AND host = ? AND state IN "
-				"('starting', 'running', 'exited', 'restarting')",
-				json_pack("[s, s]", name, host));
+				"last_console = NULL, disk_mib = ?, disk_alloc_mib = ? WHERE name = ? "
+				"AND host = ? AND state IN ('starting', 'running', 'exited', "
+				"'restarting')",
+				json_pack("[O, O, s, s]", json_object_get(v, "disk_mib") ?: json_null(),
+					  json_object_get(v, "disk_alloc_mib") ?: json_null(), name,
+					  host));
 			drs_sample_vm(name, host, v);
 		}
 	}
@@ -233,9 +236,11 @@ static void write_devices(const char *name, json_t *rep)
 	size_t i;
 	json_t *d;
 	json_array_foreach(json_object_get(rep, "datastores"), i, d)
-		db_exec("INSERT OR REPLACE INTO datastores VALUES(?, ?, ?, ?)",
-			json_pack("[s, O, O, O]", name, json_object_get(d, "name"),
-				  json_object_get(d, "path"), json_object_get(d, "free_mib")));
+		db_exec("INSERT OR REPLACE INTO datastores(host, name, path, free_mib, id) "
+			"VALUES(?, ?, ?, ?, ?)",
+			json_pack("[s, O, O, O, O]", name, json_object_get(d, "name"),
+				  json_object_get(d, "path"), json_object_get(d, "free_mib"),
+				  json_object_get(d, "id") ?: json_null()));
 	json_array_foreach(json_object_get(rep, "networks"), i, d)
 		db_exec("INSERT OR REPLACE INTO networks VALUES(?, ?, ?, ?)",
 			json_pack("[s, O, O, b]", name, json_object_get(d, "name"),

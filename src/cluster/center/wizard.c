@@ -19,6 +19,18 @@
  * migrations and the limits grouped by host. The reply is written as JSON
  * text row by row (jsonw.h): a json_t per candidate and a json_dumps of
  * ~370 KB were most of the call.
+ *
+ * A datastore is "visible" on a host when it has one of that name with the
+ * id the VM's own host reports for it (host.c: each host's `local` is its
+ * own, `shared` is one). When the caller allows copying (copy_to not NULL:
+ * `vm migrate` and `vm recommend`), a host that does not see a datastore
+ * holding the VM's disks is still a candidate, for a shared-nothing
+ * migration: the disks are copied into copy_to there, or by default into
+ * the datastore named like the first disk's, which must be present with
+ * room for the images' full size (they are sparse, but the guest may fill
+ * them); the candidate says "datastore" and "note": "disks copied: N MiB"
+ * (the data allocated in the images) and ranks after the hosts that need
+ * no copy. DRS, DPM, HA and evacuations never copy disks (copy_to NULL).
  */
 #include "cluster/center/center.h"
 
@@ -112,11 +124,14 @@ struct candidate {
 	long long free_mib;
 	double load;
 	int running;
+	bool copy;         /* its disks would be copied there */
 };
 
 static int by_rank(const void *a, const void *b)
 {
 	const struct candidate *x = a, *y = b;
+	if (x->copy != y->copy)   /* no copy first */
+		return x->copy ? 1 : -1;
 	/* free memory in 256 MiB steps, then load */
 	if (x->free_mib / 256 != y->free_mib / 256)
 		return x->free_mib < y->free_mib ? 1 : -1;
@@ -126,9 +141,12 @@ static int by_rank(const void *a, const void *b)
 /* One row per host, by name: name, alive, maintenance, free_mib, isa,
  * load, why its ferryd is unreachable (NULL: it answers), whether the
  * network is there, then whether each datastore is (host.c reports a
- * datastore it cannot see with free_mib -1), then DPM's standby. */
+ * datastore it cannot see with free_mib -1; the same id as on the source,
+ * when the source has one: a VM being created has no source),
+ * then DPM's standby, then the free MiB of datastore target there (NULL:
+ * none). */
 static sqlite3_stmt *host_facts(char dsnames[][64], int nds, const char *network,
-				const char *only_host)
+				const char *only_host, const char *source, const char *target)
 {
 	char sql[4096];
 	size_t n = (size_t)snprintf(sql, sizeof(sql),
@@ -138,8 +156,12 @@ static sqlite3_stmt *host_facts(char dsnames[][64], int nds, const char *network
 	for (int d = 0; d < nds; d++)
 		n += (size_t)snprintf(sql + n, sizeof(sql) - n, ", EXISTS(SELECT 1 FROM datastores d"
 				      " WHERE d.host = h.name AND d.name = ?%d AND"
-				      " coalesce(d.free_mib, 0) >= 0)", d + 2);
-	n += (size_t)snprintf(sql + n, sizeof(sql) - n, ", coalesce(standby, 0)");
+				      " coalesce(d.free_mib, 0) >= 0 AND NOT EXISTS(SELECT 1 FROM"
+				      " datastores s WHERE s.host = ?%d AND s.name = d.name AND"
+				      " s.id IS NOT d.id))", d + 2, nds + 3);
+	n += (size_t)snprintf(sql + n, sizeof(sql) - n, ", coalesce(standby, 0), (SELECT"
+			      " t.free_mib FROM datastores t WHERE t.host = h.name AND t.name ="
+			      " ?%d AND t.free_mib >= 0)", nds + 4);
 	snprintf(sql + n, sizeof(sql) - n, " FROM hosts h WHERE ?%d IS NULL OR name = ?%d ORDER BY"
 		 " name", nds + 2, nds + 2);
 	sqlite3_stmt *st;
@@ -152,6 +174,8 @@ static sqlite3_stmt *host_facts(char dsnames[][64], int nds, const char *network
 		sqlite3_bind_text(st, d + 2, dsnames[d], -1, SQLITE_TRANSIENT);
 	if (only_host)
 		sqlite3_bind_text(st, nds + 2, only_host, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, nds + 3, source, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, nds + 4, target ? target : "", -1, SQLITE_TRANSIENT);
 	return st;
 }
 
@@ -174,12 +198,44 @@ struct needs {
 	char network[64];      /* "" for none */
 	const char *name;
 	struct rule_set *rules;   /* the rules naming it */
+	const char *copy_to;      /* NULL: no copying; "": the default target */
+	char target[64];          /* where copied disks go ("": nowhere) */
+	char disk_ds[16][64];     /* the datastores its disks are on */
+	int ndisk_ds;
+	bool ro_disk;             /* a read-only disk: it does not travel */
+	long long disk_mib, disk_alloc_mib;   /* its images (the last host report) */
 };
+
+static bool is_disk_ds(const struct needs *vm, const char *ds)
+{
+	for (int i = 0; i < vm->ndisk_ds; i++)
+		if (!strcmp(vm->disk_ds[i], ds))
+			return true;
+	return false;
+}
+
+/* Why the VM's disks cannot be copied to this host (host_facts' row), or
+ * "" when they can. */
+static void copy_refusal(sqlite3_stmt *st, const struct needs *vm, char *reason, size_t len)
+{
+	const char *name = (const char *)sqlite3_column_text(st, 0);
+	int col = 9 + vm->ndatastores;
+	if (vm->ro_disk)
+		snprintf(reason, len, "a read-only disk cannot be copied (shared-nothing): "
+			 "the VM's disks must be on a datastore both hosts see");
+	else if (!vm->target[0] || sqlite3_column_type(st, col) == SQLITE_NULL)
+		snprintf(reason, len, "datastore %s is not visible there, and %s has no "
+			 "datastore %s to copy the disks into: name one with --datastore",
+			 vm->disk_ds[0], name, vm->target[0] ? vm->target : vm->disk_ds[0]);
+	else if (sqlite3_column_int64(st, col) < vm->disk_mib)
+		snprintf(reason, len, "datastore %s there has %lld MiB free, the disks need %lld MiB",
+			 vm->target, sqlite3_column_int64(st, col), vm->disk_mib);
+}
 
 /* Why the host of host_facts()'s current row cannot take the VM, in
  * reason (empty: it can). */
 static void refusal(sqlite3_stmt *st, const struct needs *vm, int running, int limit,
-		    char *reason, size_t len)
+		    bool *copy, char *reason, size_t len)
 {
 	const char *source = vm->source, *src_isa = vm->isa, *network = vm->network;
 	long long mem = vm->mem_mib;
@@ -203,9 +259,19 @@ static void refusal(sqlite3_stmt *st, const struct needs *vm, int running, int l
 	else if (free_mib < mem)
 		snprintf(reason, len, "not enough free memory: %lld MiB free, the VM needs %lld MiB",
 			 free_mib, mem);
-	for (int d = 0; d < vm->ndatastores && !reason[0]; d++)
-		if (!sqlite3_column_int(st, 8 + d))
+	*copy = false;
+	for (int d = 0; d < vm->ndatastores && !reason[0]; d++) {
+		if (sqlite3_column_int(st, 8 + d))
+			continue;
+		if (vm->copy_to && is_disk_ds(vm, vm->datastores[d]))
+			*copy = true;
+		else
 			snprintf(reason, len, "datastore %s is not visible there", vm->datastores[d]);
+	}
+	for (int d = 0; vm->copy_to && vm->copy_to[0] && d < vm->ndisk_ds; d++)
+		*copy = *copy || strcmp(vm->disk_ds[d], vm->copy_to);   /* asked to move them */
+	if (!reason[0] && *copy)
+		copy_refusal(st, vm, reason, len);
 	if (!reason[0] && network[0] && !sqlite3_column_int(st, 7))
 		snprintf(reason, len, "network %s is not there", network);
 	if (!reason[0])
@@ -219,14 +285,38 @@ static void refusal(sqlite3_stmt *st, const struct needs *vm, int running, int l
  * refused hosts as they are met (in name order), the candidates ranked
  * as C structs and written row by row; no json_t per host.
  */
+/* The datastores of the VM's disks, whether one is read-only, where copies go. */
+static void disk_needs(json_t *spec, json_t *vm_row, struct needs *vm)
+{
+	size_t i;
+	json_t *v;
+	json_array_foreach(json_object_get(spec, "disks"), i, v) {
+		const char *ref = json_string_value(v) ?: "";
+		const char *colon = strchr(ref, ':');
+		vm->ro_disk = vm->ro_disk || strstr(ref, ",ro");
+		if (!colon || vm->ndisk_ds == 16)
+			continue;
+		snprintf(vm->disk_ds[vm->ndisk_ds], 64, "%.*s", (int)(colon - ref), ref);
+		if (!is_disk_ds(vm, vm->disk_ds[vm->ndisk_ds]))
+			vm->ndisk_ds++;
+	}
+	if (vm->copy_to)
+		snprintf(vm->target, sizeof(vm->target), "%s",
+			 vm->copy_to[0] ? vm->copy_to : vm->ndisk_ds ? vm->disk_ds[0] : "");
+	vm->disk_mib = json_integer_value(json_object_get(vm_row, "disk_mib"));
+	vm->disk_alloc_mib = json_integer_value(json_object_get(vm_row, "disk_alloc_mib"));
+}
+
 char *wizard_recommend_text(json_t *vm_row, long long max_candidates, long long max_refused,
-			    const char *only_host, size_t *len)
+			    const char *only_host, const char *copy_to, size_t *len)
 {
 	struct needs vm = { .source = json_string_value(json_object_get(vm_row, "host")) ?: "" };
 	json_t *spec = json_loads(json_string_value(json_object_get(vm_row, "spec")) ?: "{}", 0, NULL);
 	vm.mem_mib = json_integer_value(json_object_get(spec, "mem_mib"));
 	spec_datastores(spec, vm.datastores, &vm.ndatastores);
 	spec_network(spec, vm.network, sizeof(vm.network));
+	vm.copy_to = copy_to;
+	disk_needs(spec, vm_row, &vm);
 	json_t *src_row = db_row("SELECT isa FROM hosts WHERE name = ?", json_pack("[s]", vm.source));
 	vm.isa = json_string_value(json_object_get(src_row, "isa"));
 	vm.name = json_string_value(json_object_get(vm_row, "name")) ?: "";
@@ -244,12 +334,14 @@ char *wizard_recommend_text(json_t *vm_row, long long max_candidates, long long 
 	jw_array(&refused);
 	struct candidate *cands = NULL;
 	size_t ncands = 0, cap = 0, nrefused = 0;
-	sqlite3_stmt *st = host_facts(vm.datastores, vm.ndatastores, vm.network, only_host);
+	sqlite3_stmt *st = host_facts(vm.datastores, vm.ndatastores, vm.network, only_host,
+				      vm.source, vm.target);
 	while (st && sqlite3_step(st) == SQLITE_ROW) {
 		const char *name = (const char *)sqlite3_column_text(st, 0);
 		int running = int_of(running_by, name, 0);
-		char reason[300];
-		refusal(st, &vm, running, int_of(limit_by, name, default_limit), reason,
+		char reason[400];
+		bool copy;
+		refusal(st, &vm, running, int_of(limit_by, name, default_limit), &copy, reason,
 			sizeof(reason));
 		if (reason[0]) {
 			if (max_refused < 0 || (long long)nrefused < max_refused) {
@@ -258,6 +350,11 @@ char *wizard_recommend_text(json_t *vm_row, long long max_candidates, long long 
 				jw_string(&refused, name);
 				jw_key(&refused, "reason");
 				jw_string(&refused, reason);
+				if (copy && !strncmp(reason, "at its limit", 12)) {
+					/* a migration there waits in the queue: it copies */
+					jw_key(&refused, "datastore");
+					jw_string(&refused, vm.target);
+				}
 				jw_object_end(&refused);
 			}
 			nrefused++;
@@ -270,7 +367,7 @@ char *wizard_recommend_text(json_t *vm_row, long long max_candidates, long long 
 				abort();
 		}
 		cands[ncands++] = (struct candidate){ strdup(name), sqlite3_column_int64(st, 3),
-						      sqlite3_column_double(st, 5), running };
+						      sqlite3_column_double(st, 5), running, copy };
 	}
 	sqlite3_finalize(st);
 	jw_array_end(&refused);
@@ -300,6 +397,16 @@ char *wizard_recommend_text(json_t *vm_row, long long max_candidates, long long 
 			jw_integer(&w, cands[k].running);
 			jw_key(&w, "estimate");
 			jw_raw(&w, est, strlen(est));
+			if (cands[k].copy) {
+				char note[80];
+				snprintf(note, sizeof(note), "disks copied: %lld MiB", vm.disk_alloc_mib);
+				jw_key(&w, "datastore");
+				jw_string(&w, vm.target);
+				jw_key(&w, "disks_copied_mib");
+				jw_integer(&w, vm.disk_alloc_mib);
+				jw_key(&w, "note");
+				jw_string(&w, note);
+			}
 			jw_object_end(&w);
 		}
 		free(cands[k].host);
@@ -324,10 +431,11 @@ char *wizard_recommend_text(json_t *vm_row, long long max_candidates, long long 
 }
 
 json_t *wizard_recommend_n(json_t *vm_row, long long max_candidates, long long max_refused,
-			   const char *only_host)
+			   const char *only_host, const char *copy_to)
 {
 	size_t len;
-	char *text = wizard_recommend_text(vm_row, max_candidates, max_refused, only_host, &len);
+	char *text = wizard_recommend_text(vm_row, max_candidates, max_refused, only_host, copy_to,
+					   &len);
 	json_t *r = json_loadb(text, len, 0, NULL);
 	free(text);
 	return r;

@@ -621,6 +621,9 @@ static int cmd_vm_recommend(int argc, char **argv)
 			       json_number_value(json_object_get(c, "load")),
 			       json_integer_value(json_object_get(e, "total_ms")),
 			       json_integer_value(json_object_get(e, "downtime_ms")));
+			if (json_is_string(json_object_get(c, "note")))
+				printf("     %s, into datastore %s\n", str(c, "note"),
+				       str(c, "datastore"));
 		}
 		json_array_foreach(json_object_get(r, "refused"), i, c)
 			printf("  refused %-8s %s\n", str(c, "host"), str(c, "reason"));

@@ -134,6 +134,7 @@ void api_handle(void *ctx, const struct http_request *req, struct http_response 
 		json_t *h = host_report();
 		json_t *list = vms_list();
 		host_add_cpu(list);
+		host_add_disks(list);
 		json_object_set_new(h, "vm_list", list);
 		json_object_set_new(h, "monitor_events", ha_monitor_events());
 		reply_json(resp, 200, h);

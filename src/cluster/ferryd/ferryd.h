@@ -65,12 +65,15 @@ struct vm {
 	bool published;        /* its HA record is in etcd (ha_agent.c) */
 	bool monitor_done;     /* VM monitoring has looked at its end */
 	int64_t arrived_ms;    /* incoming: when ferry-vm first said it runs (test hook) */
+	json_t *created;       /* incoming with disks: copy: the images made for it (paths),
+				  removed with it unless the guest arrived */
 };
 
 /* host.c */
 json_t *host_report(void);
 const char *host_isa(void);
 void host_add_cpu(json_t *vm_list);   /* each running VM's "cpu_s" */
+void host_add_disks(json_t *vm_list); /* each VM's "disk_mib", "disk_alloc_mib" */
 bool host_standby(void);              /* DPM standby: no VM starts, no incoming */
 bool host_set_standby(bool on, char *err, size_t errlen);
 
@@ -144,6 +147,11 @@ int migration_cancel(const char *name, char *err, size_t errlen);
 /* Changes a running migration's bandwidth cap ({"bandwidth_mbps": N}, 0: none). */
 int migration_set_bandwidth(const char *name, json_t *req, char *err, size_t errlen);
 int incoming_start(json_t *req, json_t **reply, char *err, size_t errlen);
+/* Makes the empty images a shared-nothing migration copies into: each disk
+ * of spec, sizes[i] bytes, sparse, a new file; the paths made (NULL with
+ * err, nothing left behind). */
+json_t *images_create(json_t *spec, json_t *sizes, char *err, size_t errlen);
+void images_remove(json_t *paths);
 
 /* api.c */
 struct http_request;

@@ -8,6 +8,14 @@
  * decider tries the next host) and reports "standby": true until told to
  * wake. A real host would power off here; in the lab ferryd stays alive.
  * The state is kept in STATE/standby, so a restarted ferryd stays put.
+ *
+ * A datastore's "id" tells two hosts' datastores of the same name apart
+ * (each host's own `local`) from one storage that both see (`shared`): a
+ * random id kept in the datastore's DIR/.ferry-datastore-id, written by
+ * the first ferryd to look (link(2) of a file of its own: one id wins when
+ * several start at once) and read by every other. Each VM's "disk_mib" and
+ * "disk_alloc_mib" (size and allocation of its images) tell ferry-center
+ * what a shared-nothing migration would copy.
  */
 #include "cluster/ferryd/ferryd.h"
 
@@ -18,6 +26,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -44,8 +54,33 @@ static long meminfo_mib(const char *key)
 	return kib < 0 ? -1 : kib / 1024;
 }
 
+/* The id in dir/.ferry-datastore-id, written first if there is none;
+ * "" when the datastore cannot be read nor written. */
+static void datastore_id(const char *dir, char *out, size_t len)
+{
+	char path[PATH_MAX + 40], tmp[PATH_MAX + 120];
+	snprintf(path, sizeof(path), "%s/.ferry-datastore-id", dir);
+	char *text = read_file(path, NULL);
+	if (!text) {
+		unsigned char raw[16];
+		char id[40] = "";
+		if (getrandom(raw, sizeof(raw), 0) == sizeof(raw))
+			for (int i = 0; i < 16; i++)
+				sprintf(id + 2 * i, "%02x", raw[i]);
+		snprintf(tmp, sizeof(tmp), "%s.%s.%d", path, fd_cfg.name, (int)getpid());
+		write_file(tmp, id);
+		if (link(tmp, path) != 0 && errno != EEXIST)
+			logf_("datastore %s: cannot write its id: %s", dir, strerror(errno));
+		unlink(tmp);
+		text = read_file(path, NULL);
+	}
+	snprintf(out, len, "%.*s", text ? (int)strcspn(text, "\n") : 0, text ? text : "");
+	free(text);
+}
+
 static json_t *datastores_json(void)
 {
+	static char ids[16][40];   /* read once */
 	json_t *a = json_array();
 	for (int i = 0; i < fd_cfg.ndatastores; i++) {
 		struct statvfs st;
@@ -54,9 +89,12 @@ static json_t *datastores_json(void)
 			free_mib = (long long)st.f_bavail * st.f_frsize >> 20;
 			total_mib = (long long)st.f_blocks * st.f_frsize >> 20;
 		}
-		json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I, s:b}", "name",
+		if (!ids[i][0] && free_mib >= 0)
+			datastore_id(fd_cfg.datastores[i].path, ids[i], sizeof(ids[i]));
+		json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I, s:b, s:s?}", "name",
 			fd_cfg.datastores[i].name, "path", fd_cfg.datastores[i].path, "free_mib",
-			free_mib, "total_mib", total_mib, "present", free_mib >= 0));
+			free_mib, "total_mib", total_mib, "present", free_mib >= 0, "id",
+			ids[i][0] ? ids[i] : NULL));
 	}
 	return a;
 }
@@ -160,6 +198,29 @@ void host_add_cpu(json_t *vm_list)
 					     "exited") ? cpu_seconds(pid) : -1;
 		if (s >= 0)
 			json_object_set_new(v, "cpu_s", json_real(s));
+	}
+}
+
+void host_add_disks(json_t *vm_list)
+{
+	size_t i, k;
+	json_t *v, *d;
+	json_array_foreach(vm_list, i, v) {
+		long long size = 0, alloc = 0;
+		json_array_foreach(json_object_get(json_object_get(v, "spec"), "disks"), k, d) {
+			char ref[PATH_MAX], err[256];
+			snprintf(ref, sizeof(ref), "%s", json_string_value(d) ?: "");
+			ref[strcspn(ref, ",")] = 0;
+			char *p = vm_datastore_path(ref, err, sizeof(err));
+			struct stat st;
+			if (p && stat(p, &st) == 0) {
+				size += st.st_size;
+				alloc += (long long)st.st_blocks * 512;
+			}
+			free(p);
+		}
+		json_object_set_new(v, "disk_mib", json_integer((size + (1 << 20) - 1) >> 20));
+		json_object_set_new(v, "disk_alloc_mib", json_integer((alloc + (1 << 20) - 1) >> 20));
 	}
 }
 

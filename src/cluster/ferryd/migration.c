@@ -22,6 +22,14 @@
  * in the status: spec_after, which ferry-center keeps) names where each
  * disk is.
  *
+ * A shared-nothing migration (a datastore with dest_url): the destination
+ * ferryd is asked to make empty images of the same sizes (create_disks)
+ * at the same paths inside that datastore, new files only, and its
+ * ferry-vm takes them as its --disk; ours migrates with disks: copy. The
+ * source's images are removed once the guest runs on the destination;
+ * before that, a failure leaves the guest here on its images, and the
+ * destination's images go with its process (vm_destroy there).
+ *
  * When ferry-vm supports it (--incoming ...,secret-file=), every migration
  * gets a fresh random secret that only the two ferryds know.
  *
@@ -38,6 +46,7 @@
 #include "cluster/common/util.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -45,6 +54,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -319,6 +329,43 @@ static void storage_move(struct migration *m, json_t *spec, const char *ctl)
 	json_decref(fig);
 }
 
+/* The spec with every disk in datastore ds (the same path inside it). */
+static json_t *spec_in(json_t *spec, const char *ds)
+{
+	json_t *after = json_deep_copy(spec);
+	json_t *disks = json_object_get(after, "disks");
+	size_t i;
+	json_t *d;
+	json_array_foreach(disks, i, d) {
+		const char *colon = strchr(json_string_value(d) ?: "", ':');
+		char ref[PATH_MAX];
+		snprintf(ref, sizeof(ref), "%s:%s", ds, colon ? colon + 1 : "");
+		json_array_set_new(disks, i, json_string(ref));
+	}
+	return after;
+}
+
+/* Each disk's image here (paths) and size; false with err. */
+static bool images_here(json_t *spec, json_t *paths, json_t *sizes, char *err, size_t errlen)
+{
+	size_t i;
+	json_t *d;
+	json_array_foreach(json_object_get(spec, "disks"), i, d) {
+		char *p = vm_datastore_path(json_string_value(d), err, errlen);
+		struct stat st;
+		if (!p || stat(p, &st) != 0) {
+			if (p)
+				snprintf(err, errlen, "%s: %s", p, strerror(errno));
+			free(p);
+			return false;
+		}
+		json_array_append_new(paths, json_string(p));
+		json_array_append_new(sizes, json_integer((json_int_t)st.st_size));
+		free(p);
+	}
+	return true;
+}
+
 static void *migration_thread(void *arg)
 {
 	struct migration *m = arg;
@@ -341,8 +388,22 @@ static void *migration_thread(void *arg)
 		storage_move(m, spec, ctl);
 		goto out;
 	}
-	/* 1. the destination's incoming ferry-vm */
-	json_t *req = json_pack("{s:s, s:O}", "name", m->name, "spec", spec);
+	/* 1. the destination's incoming ferry-vm (with disks: copy, on images
+	 * made for it in m->datastore) */
+	json_t *copy_spec = NULL, *src_images = json_array(), *sizes = json_array();
+	if (m->datastore[0]) {
+		if (!images_here(spec, src_images, sizes, err, sizeof(err))) {
+			mig_set(m, "failed", NULL, err);
+			json_decref(src_images);
+			json_decref(sizes);
+			goto out;
+		}
+		copy_spec = spec_in(spec, m->datastore);
+	}
+	json_t *req = json_pack("{s:s, s:O}", "name", m->name, "spec", copy_spec ? copy_spec : spec);
+	if (copy_spec)
+		json_object_set(req, "create_disks", sizes);
+	json_decref(sizes);
 	if (m->secret[0])
 		json_object_set_new(req, "secret", json_string(m->secret));
 	snprintf(url, sizeof(url), "%s/agent/v1/incoming", m->dest_url);
@@ -356,21 +417,21 @@ static void *migration_thread(void *arg)
 		snprintf(e, sizeof(e), "the destination could not prepare: %s", msg ? msg : err);
 		mig_set(m, "failed", NULL, e);
 		json_decref(r);
-		goto out;
+		goto copy_out;
 	}
 	int port = (int)json_integer_value(json_object_get(r, "port"));
 	json_decref(r);
 	if (m->cancel) {
 		dest_remove(m);
 		mig_set(m, "cancelled", NULL, "cancelled before it started");
-		goto out;
+		goto copy_out;
 	}
 	/* 2. migrate */
 	struct qmp q;
 	if (!qmp_open(&q, ctl, err, sizeof(err))) {
 		dest_remove(m);
 		mig_set(m, "failed", NULL, err);
-		goto out;
+		goto copy_out;
 	}
 	q.on_event = on_event;
 	q.ctx = m;
@@ -379,6 +440,8 @@ static void *migration_thread(void *arg)
 	json_t *args = json_pack("{s:s, s:i}", "uri", uri, "downtime_ms", m->downtime_ms);
 	if (m->bandwidth_mbps > 0)
 		json_object_set_new(args, "bandwidth_mbps", json_integer(m->bandwidth_mbps));
+	if (copy_spec)
+		json_object_set_new(args, "disks", json_string("copy"));
 	if (m->secret[0]) {
 		char sp[PATH_MAX + 32];
 		snprintf(sp, sizeof(sp), "%s/vms/%s/migration.secret", fd_cfg.state_dir, m->name);
@@ -398,7 +461,7 @@ static void *migration_thread(void *arg)
 		qmp_close(&q);
 		dest_remove(m);
 		mig_set(m, "failed", NULL, err);
-		goto out;
+		goto copy_out;
 	}
 	json_decref(r);
 	/* 3. follow it */
@@ -419,11 +482,25 @@ static void *migration_thread(void *arg)
 		qmp_close(&q);
 		vm_destroy(m->name, err, sizeof(err));
 		logf_("VM %s migrated to %s", m->name, m->dest_url);
+		if (copy_spec && dest_running(m)) {   /* its images there are the disks now */
+			images_remove(src_images);
+		} else if (copy_spec) {
+			logf_("VM %s: the destination does not say it runs: its images here are "
+			      "kept", m->name);
+		}
+		if (copy_spec) {
+			pthread_mutex_lock(&mig_lock);
+			m->spec_after = json_incref(copy_spec);
+			pthread_mutex_unlock(&mig_lock);
+		}
 	} else {
 		qmp_close(&q);
 		dest_remove(m);
 		logf_("migration of VM %s %s: %s", m->name, m->status, m->error);
 	}
+copy_out:
+	json_decref(copy_spec);
+	json_decref(src_images);
 out:
 	json_decref(spec);
 	free(ctl);
@@ -695,15 +772,10 @@ static bool listening(int port)
 	return found;
 }
 
-int incoming_start(json_t *req, json_t **reply, char *err, size_t errlen)
+/* incoming_start's ferry-vm --incoming, listening; created: its new images. */
+static int incoming_vm(const char *name, json_t *spec, const char *secret, json_t *created,
+		       json_t **reply, char *err, size_t errlen)
 {
-	const char *name = json_string_value(json_object_get(req, "name"));
-	json_t *spec = json_object_get(req, "spec");
-	const char *secret = json_string_value(json_object_get(req, "secret"));
-	if (!name || !json_is_object(spec)) {
-		snprintf(err, errlen, "incoming wants name and spec");
-		return 400;
-	}
 	int port = free_port();
 	if (port < 0) {
 		snprintf(err, errlen, "no free TCP port on %s", fd_cfg.address);
@@ -715,6 +787,11 @@ int incoming_start(json_t *req, json_t **reply, char *err, size_t errlen)
 			  fd_cfg.secure_incoming ? secret : NULL, err, errlen);
 	if (rc != 201)
 		return rc;
+	pthread_mutex_lock(&vms_lock);
+	struct vm *made = vm_find(name);
+	if (made && created)
+		made->created = json_incref(created);
+	pthread_mutex_unlock(&vms_lock);
 	for (int i = 0; i < 2000 && !listening(port); i++) {   /* 10 s */
 		pthread_mutex_lock(&vms_lock);
 		struct vm *vm = vm_find(name);
@@ -744,3 +821,70 @@ int incoming_start(json_t *req, json_t **reply, char *err, size_t errlen)
 	*reply = json_pack("{s:s, s:i, s:s}", "name", name, "port", port, "uri", uri);
 	return 201;
 }
+
+void images_remove(json_t *paths)
+{
+	size_t i;
+	json_t *p;
+	json_array_foreach(paths, i, p) {
+		if (unlink(json_string_value(p)) == 0)
+			logf_("image %s removed", json_string_value(p));
+	}
+}
+
+json_t *images_create(json_t *spec, json_t *sizes, char *err, size_t errlen)
+{
+	json_t *disks = json_object_get(spec, "disks");
+	if (json_array_size(disks) != json_array_size(sizes)) {
+		snprintf(err, errlen, "create_disks wants one size per disk");
+		return NULL;
+	}
+	json_t *made = json_array();
+	size_t i;
+	json_t *d;
+	json_array_foreach(disks, i, d) {
+		char *p = vm_datastore_new_path(json_string_value(d), err, errlen);
+		int fd = p ? open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -1;
+		if (p && fd < 0)
+			snprintf(err, errlen, "%s on host %s: %s", p, fd_cfg.name, strerror(errno));
+		if (fd >= 0) {
+			json_array_append_new(made, json_string(p));
+			if (ftruncate(fd, (off_t)json_integer_value(json_array_get(sizes, i))) != 0) {
+				snprintf(err, errlen, "%s on host %s: %s", p, fd_cfg.name,
+					 strerror(errno));
+				close(fd);
+				fd = -1;
+			} else {
+				close(fd);
+			}
+		}
+		free(p);
+		if (fd < 0) {
+			images_remove(made);
+			json_decref(made);
+			return NULL;
+		}
+	}
+	return made;
+}
+
+int incoming_start(json_t *req, json_t **reply, char *err, size_t errlen)
+{
+	const char *name = json_string_value(json_object_get(req, "name"));
+	json_t *spec = json_object_get(req, "spec");
+	const char *secret = json_string_value(json_object_get(req, "secret"));
+	if (!name || !json_is_object(spec)) {
+		snprintf(err, errlen, "incoming wants name and spec");
+		return 400;
+	}
+	json_t *sizes = json_object_get(req, "create_disks");
+	json_t *created = json_is_array(sizes) ? images_create(spec, sizes, err, errlen) : NULL;
+	if (json_is_array(sizes) && !created)
+		return 409;
+	int rc = incoming_vm(name, spec, secret, created, reply, err, errlen);
+	if (rc != 201 && created)
+		images_remove(created);
+	json_decref(created);
+	return rc;
+}
+

@@ -430,6 +430,7 @@ static void remove_dir(const char *dir)
 
 static void vm_free(struct vm *vm)
 {
+	json_decref(vm->created);
 	json_decref(vm->spec);
 	free(vm);
 }
@@ -571,6 +572,8 @@ int vm_destroy(const char *name, char *err, size_t errlen)
 	if (hold)
 		usleep((useconds_t)hold * 1000);
 	remove_dir(vm->dir);
+	if (vm->incoming && vm->created)   /* a copy that never ran here: half-written */
+		images_remove(vm->created);
 	logf_("VM %s removed", name);
 	vm_free(vm);
 	return 200;
