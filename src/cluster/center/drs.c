@@ -602,8 +602,8 @@ static long long queue_move(json_t *rec, const char *user, const char *action)
 	long long id = 0;
 	if (row && !busy && host && !strcmp(host, json_string_value(json_object_get(rec, "from"))) &&
 	    !strcmp(json_string_value(json_object_get(row, "state")) ?: "", "running")) {
-		json_t *w = wizard_recommend_n(row, 1, 0, json_string_value(json_object_get(rec, "to")),
-					      NULL);
+		json_t *w = wizard_recommend_n(row, 1, 0,
+					       json_string_value(json_object_get(rec, "to")), NULL);
 		json_t *extra = json_pack("{s:O}", "estimate", json_object_get(json_array_get(
 			json_object_get(w, "candidates"), 0), "estimate") ?: json_null());
 		id = task_insert("migrate", vm, host, json_string_value(json_object_get(rec, "to")),

@@ -195,13 +195,14 @@ static void update_vms(const char *host, json_t *vm_list, json_t *strays)
 				json_pack("[O, O, s, s]", json_object_get(v, "exit_status"),
 					  json_object_get(v, "last_console"), name, host));
 		} else {
+			json_t *size = json_object_get(v, "disk_mib");
+			json_t *alloc = json_object_get(v, "disk_alloc_mib");
 			db_exec("UPDATE vms SET state = 'running', exit_status = NULL, "
-				"last_console = NULL, disk_mib = ?, disk_alloc_mib = ? WHERE name = ? "
-				"AND host = ? AND state IN ('starting', 'running', 'exited', "
-				"'restarting')",
-				json_pack("[O, O, s, s]", json_object_get(v, "disk_mib") ?: json_null(),
-					  json_object_get(v, "disk_alloc_mib") ?: json_null(), name,
-					  host));
+				"last_console = NULL, disk_mib = ?, disk_alloc_mib = ? WHERE "
+				"name = ? AND host = ? AND state IN ('starting', 'running', "
+				"'exited', 'restarting')",
+				json_pack("[O, O, s, s]", size ? size : json_null(),
+					  alloc ? alloc : json_null(), name, host));
 			drs_sample_vm(name, host, v);
 		}
 	}

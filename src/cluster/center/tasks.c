@@ -83,11 +83,12 @@ long long task_insert(const char *kind, const char *vm, const char *source, cons
 	db_exec("INSERT INTO tasks(kind, vm, source, destination, state, priority, at, created,"
 		" started, user, estimate, downtime_target, bandwidth_mbps, datastore)"
 		" VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-		json_pack("[s, s, s?, s?, s, i, o, I, o, s, s?, o, o, s?]", kind, vm, source, dest, state,
-			  priority, at > 0 ? json_integer(at) : json_null(), (json_int_t)now,
+		json_pack("[s, s, s?, s?, s, i, o, I, o, s, s?, o, o, s?]", kind, vm, source, dest,
+			  state, priority, at > 0 ? json_integer(at) : json_null(), (json_int_t)now,
 			  running ? json_integer(now) : json_null(), user, est_text,
 			  json_is_integer(dt) ? json_integer(json_integer_value(dt)) : json_null(),
-			  json_is_integer(bw) ? json_integer(json_integer_value(bw)) : json_null(), ds));
+			  json_is_integer(bw) ? json_integer(json_integer_value(bw)) : json_null(),
+			  ds));
 	free(est_text);
 	return sqlite3_last_insert_rowid(ctr.db);
 }
@@ -617,7 +618,8 @@ static bool start_queued(void)
 		const char *src = json_string_value(json_object_get(vrow, "host"));
 		const char *vstate = json_string_value(json_object_get(vrow, "state")) ?: "";
 		const char *ds = json_string_value(json_object_get(t, "datastore"));
-		if (!vrow || strcmp(vstate, "running") || !src || !dst || (!strcmp(src, dst) && !ds)) {
+		if (!vrow || strcmp(vstate, "running") || !src || !dst ||
+		    (!strcmp(src, dst) && !ds)) {
 			char e[300];
 			snprintf(e, sizeof(e), !vrow ? "the VM was deleted"
 					       : strcmp(vstate, "running") ? "the VM is not running (%s)"
@@ -659,8 +661,8 @@ static bool start_queued(void)
 		json_decref(vrow);
 		pthread_mutex_unlock(&db_lock);
 		char err[600];
-		bool ok = start_on_source(vmname, srcname, dstname, dsname[0] ? dsname : NULL, dt, bw,
-					  err, sizeof(err));
+		bool ok = start_on_source(vmname, srcname, dstname, dsname[0] ? dsname : NULL, dt,
+					  bw, err, sizeof(err));
 		json_decref(dt);
 		json_decref(bw);
 		pthread_mutex_lock(&db_lock);

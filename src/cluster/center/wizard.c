@@ -228,8 +228,8 @@ static void copy_refusal(sqlite3_stmt *st, const struct needs *vm, char *reason,
 			 "datastore %s to copy the disks into: name one with --datastore",
 			 vm->disk_ds[0], name, vm->target[0] ? vm->target : vm->disk_ds[0]);
 	else if (sqlite3_column_int64(st, col) < vm->disk_mib)
-		snprintf(reason, len, "datastore %s there has %lld MiB free, the disks need %lld MiB",
-			 vm->target, sqlite3_column_int64(st, col), vm->disk_mib);
+		snprintf(reason, len, "datastore %s there has %lld MiB free, the disks need "
+			 "%lld MiB", vm->target, sqlite3_column_int64(st, col), vm->disk_mib);
 }
 
 /* Why the host of host_facts()'s current row cannot take the VM, in
@@ -399,7 +399,8 @@ char *wizard_recommend_text(json_t *vm_row, long long max_candidates, long long 
 			jw_raw(&w, est, strlen(est));
 			if (cands[k].copy) {
 				char note[80];
-				snprintf(note, sizeof(note), "disks copied: %lld MiB", vm.disk_alloc_mib);
+				snprintf(note, sizeof(note), "disks copied: %lld MiB",
+					 vm.disk_alloc_mib);
 				jw_key(&w, "datastore");
 				jw_string(&w, vm.target);
 				jw_key(&w, "disks_copied_mib");

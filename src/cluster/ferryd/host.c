@@ -220,7 +220,8 @@ void host_add_disks(json_t *vm_list)
 			free(p);
 		}
 		json_object_set_new(v, "disk_mib", json_integer((size + (1 << 20) - 1) >> 20));
-		json_object_set_new(v, "disk_alloc_mib", json_integer((alloc + (1 << 20) - 1) >> 20));
+		json_object_set_new(v, "disk_alloc_mib",
+				    json_integer((alloc + (1 << 20) - 1) >> 20));
 	}
 }
 

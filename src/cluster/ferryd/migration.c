@@ -230,7 +230,8 @@ static json_t *move_figures(struct migration *m, json_t *dm, const struct move_s
 	return json_pack("{s:I, s:I, s:I, s:I, s:s}", "transferred_bytes",
 			 (json_int_t)(ms->sent + json_integer_value(json_object_get(dm,
 									    "copied_bytes"))),
-			 "remaining_bytes", json_integer_value(json_object_get(dm, "remaining_bytes")),
+			 "remaining_bytes",
+			 json_integer_value(json_object_get(dm, "remaining_bytes")),
 			 "rounds", json_integer_value(json_object_get(dm, "rounds")),
 			 "total_ms", (json_int_t)(mono_ms() - ms->start_ms), "phase", phase);
 }
@@ -261,7 +262,8 @@ static bool move_disk(struct migration *m, struct qmp *q, const char *path,
 		mig_set(m, NULL, fig, NULL);
 		json_decref(fig);
 		char st[32];
-		snprintf(st, sizeof(st), "%s", json_string_value(json_object_get(r, "status")) ?: "");
+		snprintf(st, sizeof(st), "%s",
+			 json_string_value(json_object_get(r, "status")) ?: "");
 		if (strcmp(st, "active")) {
 			bool ok = !strcmp(st, "completed");
 			if (ok) {
@@ -849,7 +851,8 @@ json_t *images_create(json_t *spec, json_t *sizes, char *err, size_t errlen)
 			snprintf(err, errlen, "%s on host %s: %s", p, fd_cfg.name, strerror(errno));
 		if (fd >= 0) {
 			json_array_append_new(made, json_string(p));
-			if (ftruncate(fd, (off_t)json_integer_value(json_array_get(sizes, i))) != 0) {
+			off_t size = (off_t)json_integer_value(json_array_get(sizes, i));
+			if (ftruncate(fd, size) != 0) {
 				snprintf(err, errlen, "%s on host %s: %s", p, fd_cfg.name,
 					 strerror(errno));
 				close(fd);
