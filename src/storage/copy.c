@@ -3,8 +3,9 @@
  *
  * A block is read whole, then split into pages: a run of non-zero pages
  * is written with one pwrite, a run of zero pages is skipped (bulk pass:
- * the fresh destination is a hole there) or punched (later passes). If the
- * destination's file system cannot punch holes, zeros are written.
+ * the fresh destination has nothing there, a hole or past its end) or
+ * punched (later passes). If the destination's file system cannot punch
+ * holes, zeros are written.
  */
 #include "storage/copy.h"
 #include "util/fileio.h"
@@ -188,6 +189,11 @@ enum copy_result copier_bulk(struct copier *c)
 		off = (last + 1) << shift;
 	}
 	return COPY_OK;
+}
+
+int copier_set_size(struct copier *c)
+{
+	return ftruncate(c->dst, (off_t)c->size);
 }
 
 enum copy_result copier_round(struct copier *c, uint64_t *blocks)

@@ -12,6 +12,15 @@
  * destination's writeback every COPY_WRITEBACK bytes (without waiting).
  * Either way the flush before the switch finds little left to do.
  *
+ * The destination starts empty (size 0) and grows as the bulk pass writes
+ * it, in ascending order: a write past the end of the file makes ext4
+ * allocate written extents at once, where a write into a hole inside the
+ * file allocates unwritten ones and converts them when it completes (a
+ * journal update, and on a `discard` mount a synchronous discard). A hole
+ * in the middle is skipped (the next write extends the file over it,
+ * sparse); copier_set_size() sets the image's size at the end, which also
+ * makes the hole at its end. Rounds write wherever the guest wrote.
+ *
  * Works on plain file descriptors, so the unit tests drive it without a
  * machine.
  */
@@ -56,6 +65,9 @@ uint64_t copy_data_bytes(int fd, uint64_t size);
 enum copy_result copier_bulk(struct copier *c);
 /* Every block dirty when reached, once. *blocks counts them. */
 enum copy_result copier_round(struct copier *c, uint64_t *blocks);
+/* Give dst the image's size (the bulk pass leaves it at the end of the
+ * last data it wrote). 0, or -1 with errno. */
+int copier_set_size(struct copier *c);
 /* Copy block b (the part inside the image); punch: zero pages are punched
  * out of dst (else skipped: dst is known to be a hole there). */
 int copier_block(struct copier *c, uint64_t b, bool punch);

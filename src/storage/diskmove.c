@@ -3,14 +3,14 @@
  * path while the guest keeps reading and writing it.
  *
  *   1. disk-move creates the destination (disk_create: refused if the path
- *      exists, is a symlink or is locked) already locked and sparse, the
- *      source's size, before it answers;
+ *      exists, is a symlink or is locked) already locked and empty (size 0:
+ *      the copy grows it, see copy.h) before it answers;
  *   2. a thread of its own installs a write hook on the disk backend that
  *      marks a dirty-block bitmap (64 KiB blocks), then copies the source's
  *      data extents (copy.c: holes and zero pages are never written);
  *   3. rounds copy the blocks dirtied meanwhile, until what is left is
  *      small (SWITCH_BYTES) or MAX_ROUNDS have run;
- *   4. the switch: fdatasync the destination, copy what the guest wrote
+ *   4. the switch: give the destination the source's size, fdatasync it, copy what the guest wrote
  *      meanwhile, quiesce the virtio-blk device (take its lock: requests
  *      are served whole under it, so none is in flight and the guest's I/O
  *      to this disk waits while its vCPUs run on), copy the last dirty
@@ -230,6 +230,12 @@ static int dm_switch(struct disk_move *dm, char *why, size_t len)
 {
 	uint64_t n = 0, t = now_ns();
 	dm->copier.pace = NULL;     /* from here on nothing is paced */
+	if (copier_set_size(&dm->copier)) {
+		snprintf(why, len, "cannot make %s %llu bytes: %s", dm->dst_path,
+			 (unsigned long long)dm->size, strerror(errno));
+		return -1;
+	}
+	dm->dst.size = dm->size;
 	if (fdatasync(dm->dst.fd) || dm_sync_dir(dm->dst_path)) {
 		snprintf(why, len, "cannot flush %s: %s", dm->dst_path, strerror(errno));
 		return -1;
@@ -423,7 +429,7 @@ static struct disk_move *dm_prepare(struct vmm *v, unsigned index, const char *p
 	dm->dst_path = strdup(path);
 	dm->src_path = strdup(src->path);
 	if (!dm->dst_path || !dm->src_path ||
-	    disk_create(&dm->dst, path, src->size, st.st_mode & 0777, err, errlen)) {
+	    disk_create(&dm->dst, path, 0, st.st_mode & 0777, err, errlen)) {
 		if (!dm->dst_path || !dm->src_path)
 			snprintf(err, errlen, "out of memory");
 		goto fail;

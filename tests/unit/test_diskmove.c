@@ -2,7 +2,8 @@
  * test_diskmove.c - the pieces of a storage move that need no machine:
  * the dirty-block bitmap, sparse copying (bulk pass over data extents,
  * rounds over dirty blocks, zero pages punched, an image that ends
- * inside a page), a stop from the pacing
+ * inside a page, a destination that starts empty and grows, its size set
+ * at the end), a stop from the pacing
  * callback, a write error, disk_create's refusals and lock, and the disk
  * backend's write hook.
  */
@@ -102,7 +103,8 @@ static void assert_same(struct files *f)
 }
 
 /* An 8 MiB source: 200 KiB of 0x11 at 1 MiB, a page of zeros written
- * inside 64 KiB of 0x22 at 5 MiB, holes elsewhere; an empty destination. */
+ * inside 64 KiB of 0x22 at 5 MiB, holes elsewhere; an empty destination
+ * (size 0, as a move creates it). */
 static int setup_files(void **state)
 {
 	struct files *f = calloc(1, sizeof(*f));
@@ -114,7 +116,6 @@ static int setup_files(void **state)
 	f->dfd = mkstemp(f->dst);
 	assert_true(f->sfd >= 0 && f->dfd >= 0);
 	assert_int_equal(ftruncate(f->sfd, 8 * MIB), 0);
-	assert_int_equal(ftruncate(f->dfd, 8 * MIB), 0);
 	put(f->sfd, 1 * MIB, 200 * KIB, 0x11);
 	put(f->sfd, 5 * MIB, 64 * KIB, 0x22);
 	put(f->sfd, 5 * MIB + 8 * KIB, 4 * KIB, 0);
@@ -144,6 +145,7 @@ static void bulk_copies_data_and_keeps_holes(void **state)
 	assert_true(data >= 264 * KIB && data < 1 * MIB);
 	dirty_map_mark(&f->map, 1 * MIB, 1);        /* cleared as the pass reaches it */
 	assert_int_equal(copier_bulk(&f->c), COPY_OK);
+	assert_int_equal(copier_set_size(&f->c), 0);
 	assert_same(f);
 	assert_int_equal(dirty_map_count(&f->map), 0);
 	/* only the source's data extents were read, and no zero page written */
@@ -157,6 +159,7 @@ static void round_copies_dirty_blocks_and_punches_zeros(void **state)
 {
 	struct files *f = *state;
 	assert_int_equal(copier_bulk(&f->c), COPY_OK);
+	assert_int_equal(copier_set_size(&f->c), 0);
 	uint64_t before = allocated(f->dfd);
 	/* the guest writes: zeros over data, data into a hole, data over data */
 	put(f->sfd, 1 * MIB, 128 * KIB, 0);
@@ -182,19 +185,42 @@ static void ragged_tail_is_copied(void **state)
 	struct files *f = *state;
 	uint64_t size = 8 * MIB + 1536;
 	assert_int_equal(ftruncate(f->sfd, (off_t)size), 0);
-	assert_int_equal(ftruncate(f->dfd, (off_t)size), 0);
 	put(f->sfd, 8 * MIB - 2048, 3584, 0x55);
 	dirty_map_free(&f->map);
 	copier_free(&f->c);
 	assert_int_equal(dirty_map_init(&f->map, size, 16), 0);
 	assert_int_equal(copier_init(&f->c, f->sfd, f->dfd, size, &f->map), 0);
 	assert_int_equal(copier_bulk(&f->c), COPY_OK);
+	assert_int_equal(lseek(f->dfd, 0, SEEK_END), (off_t)size);   /* data to the end */
 	uint8_t a[4096], b[4096];
 	assert_int_equal(pread(f->sfd, a, 3584, 8 * MIB - 2048), 3584);
 	assert_int_equal(pread(f->dfd, b, 3584, 8 * MIB - 2048), 3584);
 	assert_memory_equal(a, b, 3584);
 	f->c.size = 8 * MIB;        /* assert_same compares whole MiBs */
 	assert_same(f);
+}
+
+/* The bulk pass grows the empty destination in ascending order, over the
+ * hole in the middle (sparse), and stops at the end of the last data;
+ * copier_set_size() makes the hole at the end. */
+static void destination_grows_and_gets_its_size(void **state)
+{
+	struct files *f = *state;
+	struct stat st;
+	assert_int_equal(copier_bulk(&f->c), COPY_OK);
+	assert_int_equal(fstat(f->dfd, &st), 0);
+	assert_int_equal(st.st_size, 5 * MIB + 64 * KIB);
+	assert_int_equal(lseek(f->dfd, 0, SEEK_DATA), 1 * MIB);             /* hole at the start */
+	off_t hole = lseek(f->dfd, 1 * MIB, SEEK_HOLE);                     /* and in the middle */
+	assert_true(hole >= 1 * MIB + 200 * KIB && hole <= 2 * MIB);
+	assert_int_equal(copier_set_size(&f->c), 0);
+	assert_int_equal(fstat(f->dfd, &st), 0);
+	assert_int_equal(st.st_size, 8 * MIB);
+	assert_int_equal(lseek(f->dfd, 5 * MIB + 64 * KIB, SEEK_HOLE), 5 * MIB + 64 * KIB);
+	assert_int_equal(lseek(f->dfd, 5 * MIB + 64 * KIB, SEEK_DATA), -1);   /* hole at the end */
+	assert_int_equal(errno, ENXIO);
+	assert_same(f);
+	assert_true(allocated(f->dfd) <= 300 * KIB);
 }
 
 static bool stop_after_two(void *ctx, uint64_t bytes)
@@ -307,6 +333,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(round_copies_dirty_blocks_and_punches_zeros,
 						setup_files, teardown_files),
 		cmocka_unit_test_setup_teardown(ragged_tail_is_copied, setup_files,
+						teardown_files),
+		cmocka_unit_test_setup_teardown(destination_grows_and_gets_its_size, setup_files,
 						teardown_files),
 		cmocka_unit_test_setup_teardown(pace_can_stop_a_pass, setup_files,
 						teardown_files),
