@@ -12,7 +12,10 @@ What is proved, and how it would fail:
   (the switch) and lost fails it; the host reads the new image and finds
   the same records and the data it put there before the boot, byte for
   byte, and so does a fresh boot of the new image; the new image is locked while the guest runs and the old one is
-  not; the new image stays sparse (allocated bytes far below its size);
+  not; the new image stays sparse (allocated bytes far below its size,
+  holes in the middle and at the end), has the source's size (the move
+  creates it empty and sets its size before the switch), and ferry-img
+  check finds it sound;
 - a destination on a file system too small for the data fails the move:
   the guest runs on on the old image and finds every record, the old
   image stays locked, the partial destination is gone;
@@ -32,6 +35,7 @@ What is proved, and how it would fail:
 Each test boots one small guest (64 MiB disk) and takes about 15-25 s.
 """
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -211,6 +215,24 @@ def test_disk_move_while_the_guest_writes():
             f"the new image is not sparse: {allocated(new)} bytes allocated of "
             f"{DISK_MIB * MIB}")
         assert os.path.getsize(new) == DISK_MIB * MIB
+        # the destination starts empty and grows as it is written; the holes
+        # between the guest's log and the host's data and after that data to
+        # the end stay holes, and the size is the source's
+        fd = os.open(new, os.O_RDONLY)
+        try:
+            assert os.lseek(fd, 4 * MIB, os.SEEK_DATA) == DATA_AT
+            try:
+                end = os.lseek(fd, DATA_AT + DATA_MIB * MIB, os.SEEK_DATA)
+            except OSError as e:
+                assert e.errno == errno.ENXIO, e
+                end = None
+            assert end is None, f"data past the host's data, at {end}"
+        finally:
+            os.close(fd)
+        info = ferry_img_json("info", new)
+        assert (info["size"], info["lock"]) == (DISK_MIB * MIB, "none"), info
+        check = ferry_img_json("check", new)
+        assert check["ok"] and not check["problems"], check
 
 
 def test_disk_move_to_a_full_file_system_keeps_the_old_image():
