@@ -109,21 +109,30 @@ def guest_procs(lab):
 
 def vm_status(lab, host, control, pid):
     """query-status of the ferry-vm pid behind a control socket (in
-    LAB-host); None once it has ended; retried on a loaded machine, an
-    error when a live one never answers."""
+    LAB-host), or "held" for a primary paused by FT's on_loss hold (its
+    guest runs again only on ft-continue, which its ferryd sends only while
+    it keeps the owner key); None once it has ended; retried on a loaded
+    machine, an error when a live one never answers."""
     prog = ("import socket,sys,json; s=socket.socket(socket.AF_UNIX)\n"
             "try: s.connect(sys.argv[1])\n"
             "except OSError as e: print(json.dumps({'error': str(e)})); sys.exit()\n"
-            "s.settimeout(20); f=s.makefile('rw'); f.readline();"
-            "f.write(json.dumps({'execute':'query-status'})+'\\n'); f.flush();"
-            "print(next(l for l in f if 'return' in l))")
+            "s.settimeout(20); f=s.makefile('rw'); f.readline()\n"
+            "def ask(c):\n"
+            " f.write(json.dumps({'execute': c})+'\\n'); f.flush()\n"
+            " return json.loads(next(l for l in f if 'return' in l or 'error' in l))\n"
+            "st = ask('query-status'); ft = ask('query-ft') if 'return' in st else {}\n"
+            "print(json.dumps(dict(st, ft=ft.get('return'))))")
     said = ""
     for _ in range(5):
         r = subprocess.run(["ip", "netns", "exec", "%s-%s" % (lab.name, host), "python3", "-c",
                             prog, control], capture_output=True, text=True)
         reply = json.loads(r.stdout) if r.stdout.strip() else {}
         if "return" in reply:
-            return reply["return"].get("status")
+            status = reply["return"].get("status")
+            ft = reply.get("ft") or {}
+            if status == "paused" and ft.get("status") == "secondary-lost":
+                return "held"
+            return status
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -143,7 +152,8 @@ class Copies(list):
 def running_copies(lab, name):
     """Hosts whose ferry-vm runs the guest (query-status running, or paused
     for a checkpoint), by its control socket; the secondary answers
-    inmigrate until it takes over."""
+    inmigrate until it takes over, a primary held after losing its
+    secondary "held" (not a running copy)."""
     hosts = Copies()
     hosts.seen = []
     for host, procs in guest_procs(lab).items():
