@@ -90,7 +90,8 @@ bool db_open(const char *path, char *err, size_t errlen)
 				  "hosts ADD COLUMN unreachable_since INTEGER",
 				  "tasks ADD COLUMN datastore TEXT", "datastores ADD COLUMN id TEXT",
 				  "vms ADD COLUMN disk_mib INTEGER",
-				  "vms ADD COLUMN disk_alloc_mib INTEGER" };
+				  "vms ADD COLUMN disk_alloc_mib INTEGER",
+				  "vms ADD COLUMN ha_waiting TEXT" };
 	for (size_t i = 0; i < sizeof(columns) / sizeof(columns[0]); i++) {
 		char sql[128];
 		snprintf(sql, sizeof(sql), "ALTER TABLE %s", columns[i]);

@@ -42,7 +42,8 @@ void ha_adopt(const char *name, const char *host, const char *dead)
 	long long task = task_insert("ha-restart", name, dead, host, "running", 1, 0, user, NULL);
 	task_finish(task, "succeeded", NULL);
 	db_exec("UPDATE vms SET host = ?, state = 'running', exit_status = NULL, "
-		"last_console = NULL WHERE name = ?", json_pack("[s, s]", host, name));
+		"last_console = NULL, ha_waiting = NULL WHERE name = ?", json_pack("[s, s]", host,
+										  name));
 	json_t *details = json_pack("{s:s, s:s, s:I, s:s, s:O?}", "from", dead, "to", host,
 				    "task", (json_int_t)task, "decided_by", by ? by : "?",
 				    "at_ms", json_object_get(rec, "at_ms"));
@@ -146,8 +147,15 @@ void ha_audit_monitor(const char *host, json_t *events)
 					    json_object_get(ev, "why"), "outcome",
 					    json_object_get(ev, "outcome"), "at_ms", at);
 		const char *action = json_string_value(json_object_get(ev, "action"));
-		audit_append(user, "-", action ? action : "ha.monitor", vm,
-			     json_is_true(json_object_get(ev, "ok")) ? "ok" : "failed", details);
+		bool ok = json_is_true(json_object_get(ev, "ok"));
+		audit_append(user, "-", action ? action : "ha.monitor", vm, ok ? "ok" : "failed",
+			     details);
+		/* why it is not running (shown while it is "restarting"; this
+		 * report may come before ferry-center has seen its host die, and
+		 * its host's next report of it running clears it) */
+		if (!ok && action && !strcmp(action, "ha.restart"))
+			db_exec("UPDATE vms SET ha_waiting = ? WHERE name = ?",
+				json_pack("[O?, s]", json_object_get(ev, "outcome"), vm));
 		logf_("%s by %s: VM %s %s: %s", action ? action : "ha.monitor", host, vm,
 		      json_string_value(json_object_get(ev, "why")) ?: "?",
 		      json_string_value(json_object_get(ev, "outcome")) ?: "?");

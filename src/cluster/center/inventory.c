@@ -114,6 +114,10 @@ json_t *vm_json(json_t *row)
 	iso_or_null(j, "created", json_object_get(row, "created"));
 	json_object_set(j, "exit_status", json_object_get(row, "exit_status"));
 	json_object_set(j, "last_console", json_object_get(row, "last_console"));
+	json_t *waiting = json_object_get(row, "ha_waiting");   /* why HA has not restarted it */
+	bool restarting = !strcmp(json_string_value(json_object_get(row, "state")) ?: "",
+				  "restarting");
+	json_object_set(j, "ha_waiting", waiting && restarting ? waiting : json_null());
 	json_decref(spec);
 	return j;
 }
@@ -186,23 +190,35 @@ static void update_vms(const char *host, json_t *vm_list, json_t *strays)
 			json_t *row = db_row("SELECT state FROM vms WHERE name = ? AND host = ?",
 					     json_pack("[s, s]", name, host));
 			const char *old = json_string_value(json_object_get(row, "state"));
-			if (old && strcmp(old, "exited") && strcmp(old, "migrating"))
+			if (old && strcmp(old, "exited") && strcmp(old, "migrating") &&
+			    strcmp(old, "restarting"))
 				logf_("VM %s on %s ended: %s", name, host,
 				      json_string_value(json_object_get(v, "exit")) ?: "?");
 			json_decref(row);
+			/* (restarting: the copy killed with its host, which HA restarts) */
 			db_exec("UPDATE vms SET state = 'exited', exit_status = ?, last_console = ? "
-				"WHERE name = ? AND host = ? AND state NOT IN ('migrating', 'stopped')",
+				"WHERE name = ? AND host = ? AND state NOT IN ('migrating', 'stopped', "
+				"'restarting')",
 				json_pack("[O, O, s, s]", json_object_get(v, "exit_status"),
 					  json_object_get(v, "last_console"), name, host));
 		} else {
+			/* restarting here: HA started it again on its own host, back
+			 * (its storage is there: a host-local datastore) */
+			json_t *was = db_row("SELECT state FROM vms WHERE name = ? AND host = ?",
+					     json_pack("[s, s]", name, host));
+			bool back = !strcmp(json_string_value(json_object_get(was, "state")) ?: "",
+					    "restarting");
+			json_decref(was);
 			json_t *size = json_object_get(v, "disk_mib");
 			json_t *alloc = json_object_get(v, "disk_alloc_mib");
 			db_exec("UPDATE vms SET state = 'running', exit_status = NULL, "
-				"last_console = NULL, disk_mib = ?, disk_alloc_mib = ? WHERE "
-				"name = ? AND host = ? AND state IN ('starting', 'running', "
-				"'exited', 'restarting')",
+				"last_console = NULL, ha_waiting = NULL, disk_mib = ?, "
+				"disk_alloc_mib = ? WHERE name = ? AND host = ? AND state IN "
+				"('starting', 'running', 'exited', 'restarting')",
 				json_pack("[O, O, s, s]", size ? size : json_null(),
 					  alloc ? alloc : json_null(), name, host));
+			if (back)
+				ha_adopt(name, host, host);
 			drs_sample_vm(name, host, v);
 		}
 	}

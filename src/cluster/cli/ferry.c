@@ -559,6 +559,8 @@ static int vm_simple(int argc, char **argv, const char *method, const char *acti
 			printf("  ended with status %lld; console's last lines:\n%s\n",
 			       json_integer_value(json_object_get(r, "exit_status")),
 			       str(r, "last_console"));
+		if (json_is_string(json_object_get(r, "ha_waiting")))
+			printf("  HA has not restarted it: %s\n", str(r, "ha_waiting"));
 		print_ft(json_object_get(r, "ft"));
 	} else if (action && !strcmp(action, "console")) {
 		fputs(str(r, "console"), stdout);

@@ -76,6 +76,9 @@ void host_add_cpu(json_t *vm_list);   /* each running VM's "cpu_s" */
 void host_add_disks(json_t *vm_list); /* each VM's "disk_mib", "disk_alloc_mib" */
 bool host_standby(void);              /* DPM standby: no VM starts, no incoming */
 bool host_set_standby(bool on, char *err, size_t errlen);
+/* The id of this host's datastore NAME (DIR/.ferry-datastore-id), NULL
+ * when there is no such datastore or its id cannot be had */
+const char *host_datastore_id(const char *name);
 
 /* vms.c: the table is guarded by vms_lock */
 extern pthread_mutex_t vms_lock;
@@ -128,6 +131,7 @@ long test_delay_ms(const char *var);
 /* ha_agent.c: HA records in etcd, the election, the holder's HA pass */
 void ha_agent_start(const char *etcd_urls);
 void ha_publish(void);   /* this host's running HA VMs' records, now */
+bool ha_wanted(json_t *spec);   /* spec's "ha" is high, medium or low */
 json_t *ha_monitor_events(void);   /* VM monitoring's last restarts (host report) */
 
 /* ft.c: fault tolerance (a VM's primary and secondary, failover decided

@@ -35,6 +35,16 @@
  * and writes the task and the audit record (inventory.c).
  * The decider waits on an etcd watch of /ferry/hosts/ deletes (a lease
  * expiring deletes its host's key), so its pass starts at once.
+ *
+ * Storage: a record also names the datastores the VM's files are on with
+ * their ids ("datastores": {"local": ID}, host.c), and the VM is started
+ * only on a host that sees each under that name with that id: another
+ * host's `local` may hold a file of the same path (a stale copy) that the
+ * path alone would take. When no live host sees them the VM waits
+ * (wait_for_storage: "waiting" in the record, reported once per reason,
+ * no attempt spent) until one does: another host that shares the
+ * datastore, or its own host back, whose ferryd finds the VM killed and,
+ * the record still naming it, starts it (restart_fenced).
  */
 #include "cluster/ferryd/ferryd.h"
 
@@ -62,7 +72,7 @@
 
 static struct etcd etcd_ha;
 
-static bool ha_wanted(json_t *spec)
+bool ha_wanted(json_t *spec)
 {
 	const char *ha = json_string_value(json_object_get(spec, "ha"));
 	return ha && (!strcmp(ha, "high") || !strcmp(ha, "medium") || !strcmp(ha, "low"));
@@ -74,20 +84,49 @@ static int ha_rank(json_t *spec)
 	return !strcmp(ha, "high") ? 0 : !strcmp(ha, "medium") ? 1 : 2;
 }
 
-static char *record_host(const char *key, bool *ok)
+static json_t *record_get(const char *key, bool *ok)
 {
 	char err[256];
 	char *text = etcd_get(&etcd_ha, key, ok, err, sizeof(err));
 	json_t *rec = text ? json_loads(text, 0, NULL) : NULL;
 	free(text);
-	const char *h = json_string_value(json_object_get(rec, "host"));
-	char *host = h ? strdup(h) : NULL;
-	json_decref(rec);
-	return host;
+	return rec;
+}
+
+/* A file of a spec ("DS:PATH[,opts]"): its datastore's id here into ids. */
+static void add_datastore_id(json_t *ids, json_t *ref)
+{
+	const char *r = json_string_value(ref);
+	const char *colon = r ? strchr(r, ':') : NULL;
+	if (!colon || colon == r || colon - r >= 64)
+		return;
+	char name[64];
+	snprintf(name, sizeof(name), "%.*s", (int)(colon - r), r);
+	const char *id = host_datastore_id(name);
+	if (id)
+		json_object_set_new(ids, name, json_string(id));
+}
+
+/* The datastores spec's files are on (kernel, initrd, disks), as this host
+ * sees them: {"local": ID, "shared": ID}. The HA record carries them, so
+ * the decider restarts the VM only on a host that sees the same storage
+ * (the same id under that name), not merely a file at the same path. */
+static json_t *spec_datastore_ids(json_t *spec)
+{
+	json_t *ids = json_object();
+	add_datastore_id(ids, json_object_get(spec, "kernel"));
+	add_datastore_id(ids, json_object_get(spec, "initrd"));
+	size_t i;
+	json_t *d;
+	json_array_foreach(json_object_get(spec, "disks"), i, d)
+		add_datastore_id(ids, d);
+	return ids;
 }
 
 /* Puts the records of this host's running HA VMs, once per VM, unless the
- * record already names this host (it may say who restarted the VM).
+ * record already names this host with the VM's spec and datastores as
+ * they are (a record of this host keeps who restarted the VM; a storage
+ * move changes the spec: vm_set_spec has it published again).
  * Called by the loop and, so that a VM is protected as soon as its start
  * is answered, before ferryd answers a start. */
 void ha_publish(void)
@@ -107,20 +146,29 @@ void ha_publish(void)
 		char key[128], err[256];
 		snprintf(key, sizeof(key), HA_PREFIX "%s", name);
 		bool ok;
-		char *host = record_host(key, &ok);
+		json_t *rec = record_get(key, &ok);
+		const char *host = json_string_value(json_object_get(rec, "host"));
 		bool mine = host && !strcmp(host, fd_cfg.name);
-		free(host);
-		if (!ok)
-			continue;
-		if (!mine) {
-			json_t *rec = json_pack("{s:s, s:O}", "host", fd_cfg.name, "spec", spec);
-			char *text = json_dumps(rec, JSON_COMPACT);
-			json_decref(rec);
+		json_t *ids = spec_datastore_ids(spec);
+		bool current = mine && json_equal(json_object_get(rec, "spec"), spec) &&
+			       json_equal(json_object_get(rec, "datastores"), ids);
+		if (ok && !current) {
+			json_t *next = mine ? json_deep_copy(rec) : json_object();
+			json_object_set_new(next, "host", json_string(fd_cfg.name));
+			json_object_set(next, "spec", spec);
+			json_object_set(next, "datastores", ids);
+			char *text = json_dumps(next, JSON_COMPACT);
+			json_decref(next);
 			ok = etcd_put(&etcd_ha, key, text, 0, err, sizeof(err));
 			free(text);
 			if (ok)
-				logf_("HA: VM %s runs here: its HA record is in etcd", name);
+				logf_(mine ? "HA: VM %s: its HA record follows its spec (disks moved)"
+					   : "HA: VM %s runs here: its HA record is in etcd", name);
 		}
+		json_decref(ids);
+		json_decref(rec);
+		if (!ok)
+			continue;
 		pthread_mutex_lock(&vms_lock);
 		struct vm *vm = vm_find(name);
 		if (vm && ok)
@@ -280,8 +328,13 @@ static void restart_fenced(void)
 		char err[512];
 		int rc = mine ? vm_start(name, json_incref(spec), NULL, NULL, err, sizeof(err)) : 0;
 		if (mine)
-			logf_("HA: VM %s fenced here while the lease lived on: %s", name,
+			logf_("HA: VM %s ended here (fenced, or its host died with it) and its HA "
+			      "record still leaves it to this host: %s", name,
 			      rc == 201 ? "started again here" : err);
+		else
+			logf_("HA: VM %s ended here (fenced, or its host died with it): its HA "
+			      "record does not leave it to this host (it runs elsewhere, or another "
+			      "claimed it): not started here", name);
 		if (rc == 201)
 			record_put(name, done);   /* the claim is spent */
 		json_decref(done);
@@ -724,11 +777,74 @@ static bool start_confirmed(const char *url, const char *name, char *why, size_t
 	return true;
 }
 
+/* Does host report rep see datastore name with this id? */
+static bool sees_datastore(json_t *rep, const char *name, const char *id)
+{
+	size_t i;
+	json_t *d;
+	json_array_foreach(json_object_get(rep, "datastores"), i, d)
+		if (!strcmp(json_string_value(json_object_get(d, "name")) ?: "", name) &&
+		    !strcmp(json_string_value(json_object_get(d, "id")) ?: "", id))
+			return true;
+	return false;
+}
+
+/* Does the host see every datastore of ids (the record's "datastores":
+ * name -> id)? false with why. A record without ids (an older ferryd's)
+ * is checked by the host itself, by path, as before. */
+static bool sees_storage(json_t *rep, json_t *ids, char *why, size_t whylen)
+{
+	const char *name;
+	json_t *id;
+	json_object_foreach(ids, name, id) {
+		if (sees_datastore(rep, name, json_string_value(id) ?: ""))
+			continue;
+		snprintf(why, whylen, "host %s does not see datastore %s (id %.8s)",
+			 json_string_value(json_object_get(rep, "name")) ?: "?", name,
+			 json_string_value(id) ?: "?");
+		return false;
+	}
+	return true;
+}
+
+/* Can a live host see all of the VM's storage? false with why: a
+ * datastore no live host sees (named with its id and the host it was
+ * on), or none that sees them all. Such a VM waits, its attempts not
+ * spent, until a host that sees its storage is live (vSphere HA's rule:
+ * a VM is restarted only where its storage is). */
+static bool storage_reachable(json_t *reports, json_t *ids, const char *from, char *why,
+			      size_t whylen)
+{
+	size_t i;
+	json_t *rep;
+	const char *name;
+	json_t *id;
+	char skip[512];
+	json_array_foreach(reports, i, rep)
+		if (sees_storage(rep, ids, skip, sizeof(skip)))
+			return true;
+	json_object_foreach(ids, name, id) {
+		bool seen = false;
+		json_array_foreach(reports, i, rep)
+			seen = seen || sees_datastore(rep, name, json_string_value(id) ?: "");
+		if (!seen) {
+			snprintf(why, whylen, "datastore %s (id %.8s, as host %s had it) not visible "
+				 "from any live host: the VM restarts once a host that sees it is live",
+				 name, json_string_value(id) ?: "?", from);
+			return false;
+		}
+	}
+	snprintf(why, whylen, "no live host sees all of its datastores: the VM restarts once "
+		 "one does");
+	return false;
+}
+
 /* Starts one VM on the live host that accepts it, in the order of the VM
- * rules, then room; the host or NULL. */
-static const char *restart_on_some_host(const char *name, json_t *spec, json_t *reports,
-					json_t *rules, int64_t claim_lease, char *why,
-					size_t whylen)
+ * rules, then room, among those that see its storage (ids); the host or
+ * NULL. */
+static const char *restart_on_some_host(const char *name, json_t *spec, json_t *ids,
+					json_t *reports, json_t *rules, int64_t claim_lease,
+					char *why, size_t whylen)
 {
 	size_t n = json_array_size(reports);
 	struct candidate *cand = calloc(n ? n : 1, sizeof(*cand));
@@ -746,6 +862,8 @@ static const char *restart_on_some_host(const char *name, json_t *spec, json_t *
 	snprintf(why, whylen, "no live host");
 	for (size_t i = 0; i < n && !chosen; i++) {
 		const char *host = json_string_value(json_object_get(order[i], "name"));
+		if (!sees_storage(order[i], ids, why, whylen))
+			continue;
 		if (room_mib(order[i]) < need) {
 			snprintf(why, whylen, "host %s: not enough free memory", host);
 			continue;
@@ -877,6 +995,45 @@ static int own_host_locked(void)
 	return !ok ? -1 : holder != NULL;
 }
 
+/* VMs waiting for their storage (name -> when to look again, monotonic
+ * ms): a waiting VM is looked at every STRANDED_LOOK_MS, not every pass. */
+#define STRANDED_LOOK_MS 2000
+static json_t *stranded_look;
+
+static bool stranded_rest(json_t *rec, const char *name)
+{
+	return json_object_get(rec, "waiting") && stranded_look &&
+	       mono_ms() < json_integer_value(json_object_get(stranded_look, name));
+}
+
+/* No live host sees the VM's storage: it is not started anywhere (a host
+ * without its datastore would boot it from another disk of the same
+ * name, or not at all) and no attempt is spent; the record says why in
+ * "waiting" and, once per reason, the decider logs it and reports a
+ * failed ha.restart (ferry-center audits it and shows it in the VM's
+ * "ha_waiting"). A host that sees the storage, once live, restarts it:
+ * its own host back (restart_fenced) or, by this pass, another. */
+static void wait_for_storage(json_t *rec, const char *name, const char *from, const char *why)
+{
+	if (!stranded_look)
+		stranded_look = json_object();
+	json_object_set_new(stranded_look, name, json_integer(mono_ms() + STRANDED_LOOK_MS));
+	if (!strcmp(json_string_value(json_object_get(rec, "waiting")) ?: "", why))
+		return;   /* said already */
+	if (!claim(name, from, json_object()))
+		return;   /* changed meanwhile, or claimed by another */
+	json_t *next = json_deep_copy(rec);
+	json_object_del(next, "name");
+	json_object_del(next, "claim");
+	json_object_set_new(next, "waiting", json_string(why));
+	record_put(name, next);
+	json_decref(next);
+	logf_("HA: VM %s (host %s gone) is not restarted: %s", name, from, why);
+	char what[128];
+	snprintf(what, sizeof(what), "restart after host %s died", from);
+	ha_event("ha.restart", name, what, why, false);
+}
+
 /* The holder's pass: restart the HA VMs of hosts whose lease has gone.
  * *hosts_rev: the revision at which the live hosts were read. */
 static void ha_pass(json_t *records, int64_t *hosts_rev)
@@ -897,7 +1054,8 @@ static void ha_pass(json_t *records, int64_t *hosts_rev)
 		json_int_t attempts = json_integer_value(json_object_get(rec, "attempts"));
 		json_int_t retry_at = json_integer_value(json_object_get(rec, "retry_at_ms"));
 		if (host && !json_object_get(live, hkey) && attempts < HA_MAX_ATTEMPTS &&
-		    now_ms() >= retry_at && host_locked(host)) {
+		    now_ms() >= retry_at && !stranded_rest(rec, key + strlen(HA_PREFIX)) &&
+		    host_locked(host)) {
 			json_object_set_new(rec, "name", json_string(key + strlen(HA_PREFIX)));
 			json_array_append(orphans, rec);
 		}
@@ -922,6 +1080,11 @@ static void ha_pass(json_t *records, int64_t *hosts_rev)
 		json_t *spec = json_object_get(rec, "spec");
 		char from[64], why[512];
 		snprintf(from, sizeof(from), "%s", json_string_value(json_object_get(rec, "host")));
+		json_t *ids = json_object_get(rec, "datastores");
+		if (!storage_reachable(reports, ids, from, why, sizeof(why))) {
+			wait_for_storage(rec, name, from, why);
+			continue;
+		}
 		int64_t lease = claim(name, from, json_object());
 		if (!lease)
 			continue;   /* changed meanwhile, or claimed by another */
@@ -929,9 +1092,9 @@ static void ha_pass(json_t *records, int64_t *hosts_rev)
 		const char *there = runs_on(reports, name);
 		if (there) {   /* a claimer that died had started it after all */
 			logf_("HA: VM %s already runs on %s", name, there);
-			json_t *next = json_pack("{s:s, s:O, s:s, s:s, s:I}", "host", there, "spec", spec,
-						 "restarted_by", fd_cfg.name, "from", from, "at_ms",
-						 (json_int_t)now_ms());
+			json_t *next = json_pack("{s:s, s:O, s:O?, s:s, s:s, s:I}", "host", there,
+						 "spec", spec, "datastores", ids, "restarted_by",
+						 fd_cfg.name, "from", from, "at_ms", (json_int_t)now_ms());
 			record_put(name, next);
 			json_decref(next);
 			continue;
@@ -941,11 +1104,11 @@ static void ha_pass(json_t *records, int64_t *hosts_rev)
 			      "started now", name);
 			continue;
 		}
-		const char *to = restart_on_some_host(name, spec, reports, rules, lease, why,
-							  sizeof(why));
-		json_t *next = json_pack("{s:s, s:O, s:s, s:s, s:I}", "host", to ? to : from,
-					 "spec", spec, "restarted_by", fd_cfg.name, "from", from,
-					 "at_ms", (json_int_t)now_ms());
+		const char *to = restart_on_some_host(name, spec, ids, reports, rules, lease, why,
+						      sizeof(why));
+		json_t *next = json_pack("{s:s, s:O, s:O?, s:s, s:s, s:I}", "host", to ? to : from,
+					 "spec", spec, "datastores", ids, "restarted_by",
+					 fd_cfg.name, "from", from, "at_ms", (json_int_t)now_ms());
 		if (to) {
 			logf_("HA: VM %s restarted on %s (the lease of its host %s expired; "
 			      "%lld ms into the pass)", name, to, from,

@@ -78,9 +78,28 @@ static void datastore_id(const char *dir, char *out, size_t len)
 	free(text);
 }
 
+/* Datastore i's id, read (or written) once it can be; NULL until then. */
+static const char *datastore_id_of(int i)
+{
+	static char ids[16][40];
+	static pthread_mutex_t ids_lock = PTHREAD_MUTEX_INITIALIZER;
+	pthread_mutex_lock(&ids_lock);
+	if (!ids[i][0] && access(fd_cfg.datastores[i].path, F_OK) == 0)
+		datastore_id(fd_cfg.datastores[i].path, ids[i], sizeof(ids[i]));
+	pthread_mutex_unlock(&ids_lock);
+	return ids[i][0] ? ids[i] : NULL;
+}
+
+const char *host_datastore_id(const char *name)
+{
+	for (int i = 0; i < fd_cfg.ndatastores; i++)
+		if (!strcmp(fd_cfg.datastores[i].name, name))
+			return datastore_id_of(i);
+	return NULL;
+}
+
 static json_t *datastores_json(void)
 {
-	static char ids[16][40];   /* read once */
 	json_t *a = json_array();
 	for (int i = 0; i < fd_cfg.ndatastores; i++) {
 		struct statvfs st;
@@ -89,12 +108,10 @@ static json_t *datastores_json(void)
 			free_mib = (long long)st.f_bavail * st.f_frsize >> 20;
 			total_mib = (long long)st.f_blocks * st.f_frsize >> 20;
 		}
-		if (!ids[i][0] && free_mib >= 0)
-			datastore_id(fd_cfg.datastores[i].path, ids[i], sizeof(ids[i]));
 		json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I, s:b, s:s?}", "name",
 			fd_cfg.datastores[i].name, "path", fd_cfg.datastores[i].path, "free_mib",
 			free_mib, "total_mib", total_mib, "present", free_mib >= 0, "id",
-			ids[i][0] ? ids[i] : NULL));
+			free_mib >= 0 ? datastore_id_of(i) : NULL));
 	}
 	return a;
 }

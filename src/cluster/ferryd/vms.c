@@ -699,6 +699,11 @@ bool vms_init(char *err, size_t errlen)
 		free(pid);
 		json_decref(saved);
 		check_exit(vm);
+		/* an HA VM found killed or vanished: its host may have died with
+		 * it, and HA may have restarted it elsewhere since; its HA record
+		 * decides whether it starts here again, as for a fenced one
+		 * (ha_agent.c, restart_fenced), not VM monitoring */
+		vm->fenced = vm->exited && vm->exit_status == -1 && ha_wanted(vm->spec);
 		vms[nvms++] = vm;
 		logf_("found VM %s (pid %d, %s)", vm->name, (int)vm->pid,
 		      vm->exited ? vm->exit_desc : "running");
@@ -762,6 +767,7 @@ void vm_set_spec(const char *name, json_t *spec)
 	if (vm) {
 		json_decref(vm->spec);
 		vm->spec = json_incref(spec);
+		vm->published = false;   /* its HA record names the new disks (ha_publish) */
 		save_spec(vm);
 	}
 	pthread_mutex_unlock(&vms_lock);

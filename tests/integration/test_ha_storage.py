@@ -1,0 +1,123 @@
+"""HA and storage visibility (vSphere HA's rule: a VM restarts only where
+its storage is), on a `ferry lab` of 3 hosts: datastore `shared` seen by
+all, `local` each host's own folder (another datastore id on each).
+
+test_ha_host_local_datastore: h1 runs two HA VMs, `loc` with its disk on
+h1's local and `sh` with no disk but its kernel on shared. h2's and h3's
+local hold a stale image at the same path (`local:loc.img`, as a
+shared-nothing migration could have left), so a restart checked by path
+would boot loc from the wrong disk. h1 dies (every process killed, link
+cut).
+- sh restarts on h2 or h3 as before (shared is visible there);
+- loc runs nowhere: at every poll no ferry-vm of loc on h2 or h3; the
+  decider reports why, audited `ha.restart` failed with "datastore local
+  ... not visible from any live host", shown in `vm show` (`ha_waiting`)
+  with the VM `restarting`; neither h2's nor h3's ferryd logs a start of
+  loc, even one that failed;
+- h1 comes back (link up, ferryd started again on its state directory):
+  loc starts again on h1, from its own image, one copy; ferry-center shows
+  it running there (`ha_waiting` null) with an `ha-restart` task h1 -> h1
+  and an `ha.restart` ok record; sh, found killed on h1 by the new ferryd,
+  is not started there again (its HA record names its new host): one copy.
+How it fails without the fix (checked by reverting it): the decider
+restarts loc on h2 from h2's stale image (the path check passes); with
+only the ferryd's start-up fix reverted, h1's new ferryd starts sh there
+a second time (VM monitoring took it for a crash), its record then
+rewritten to h1 and deleted when ferry-center stopped that copy.
+"""
+
+import json
+import re
+import subprocess
+
+from ferrylib import BUILD, wait_until
+from test_cluster import IDLE, Lab
+from test_ha import ferryd_log
+
+TIMEOUT = 200
+SERIAL = True   # leases and failover, like test_ha
+
+
+def copies(lab, name, hosts=("h1", "h2", "h3")):
+    return [h for h in hosts for _ in lab.procs(h, "/vms/%s/control.sock" % name)]
+
+
+def restart_ferryd(lab, host, index):
+    """Brings a killed host back: its link up, its ferryd started again on
+    its state directory (its etcd member stays down: the other two keep
+    quorum)."""
+    subprocess.run(["ip", "netns", "exec", "%s-%s" % (lab.name, host), "ip", "link", "set",
+                    "eth0", "up"], check=True)
+    others = ",".join("http://10.88.0.%d:2379" % (10 + i) for i in (1, 2, 3) if i != index)
+    lab.restart(host, "ferryd", [
+        "--name", host, "--listen", "10.88.0.%d:7700" % (10 + index), "--etcd", others,
+        "--state-dir", str(lab.dir / ("%s-state" % host)), "--datastore",
+        "shared=%s" % (lab.dir / "shared"), "--datastore",
+        "local=%s" % (lab.dir / ("%s-local" % host)), "--network", "lan=br0",
+        "--token-file", str(lab.dir / "tokens")])
+
+
+def test_ha_host_local_datastore():
+    with Lab() as lab:
+        for h in ("h1", "h2", "h3"):
+            img = lab.dir / ("%s-local" % h) / "loc.img"
+            subprocess.run(["truncate", "-s", "16M", str(img)], check=True)
+            img.write_bytes(b"stale copy on " + h.encode())   # h1's: the real one
+            subprocess.run(["truncate", "-s", "16M", str(img)], check=True)
+        lab.cli("vm", "create", "loc", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h1",
+                "--disk", "local:loc.img", "--ha", "high")
+        lab.cli("vm", "create", "sh", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h1",
+                "--ha", "high")
+        wait_until(lambda: all("VM %s runs here: its HA record" % n in ferryd_log(lab, "h1")
+                               for n in ("loc", "sh")), 20, "the HA records in etcd")
+        lab.kill_host("h1")
+
+        def waiting():
+            assert not copies(lab, "loc", ("h2", "h3")), "loc started off its datastore"
+            vm = lab.vm("loc")
+            sh_on = copies(lab, "sh", ("h2", "h3"))
+            return vm if vm.get("ha_waiting") and sh_on else None
+        vm = wait_until(waiting, 90, "loc to wait for its datastore, sh to run elsewhere",
+                        interval=0.2)
+        assert vm["state"] == "restarting" and vm["host"] == "h1", vm
+        assert re.search(r"datastore local \(id [0-9a-f]{8}, as host h1 had it\) not "
+                         r"visible from any live host", vm["ha_waiting"]), vm
+        recs = wait_until(lambda: [r for r in lab.cli("audit", "--vm", "loc")["records"]
+                                   if r["action"] == "ha.restart"], 20, "the audit record")
+        assert recs[0]["result"] == "failed", recs
+        assert "not visible from any live host" in json.dumps(recs[0]["details"]), recs
+        text = subprocess.run([str(BUILD / "ferry"), "--lab", lab.name, "vm", "show", "loc"],
+                              capture_output=True, text=True).stdout
+        assert "HA has not restarted it: datastore local" in text, text
+        sh_host = wait_until(lambda: (lambda v: v["host"] if v["state"] == "running" and
+                                      v["host"] != "h1" else None)(lab.vm("sh")), 30,
+                             "ferry-center to show sh running off h1")
+        for h in ("h2", "h3"):   # no start of loc there at all, not even one that failed
+            assert "VM loc started" not in ferryd_log(lab, h), ferryd_log(lab, h)[-2000:]
+
+        restart_ferryd(lab, "h1", 1)
+        def loc_runs():
+            if not copies(lab, "loc"):
+                return None
+            vm = lab.vm("loc")
+            return vm if vm["state"] == "running" else None
+        vm = wait_until(loc_runs, 60, "loc to run again on h1", interval=0.2)
+        assert copies(lab, "loc") == ["h1"], copies(lab, "loc")
+        assert vm["host"] == "h1" and vm["ha_waiting"] is None, vm
+        log = (lab.dir / "logs" / "ferryd-h1.restart.log").read_text(errors="replace")
+        assert re.search(r"HA: VM loc ended here .* still leaves it to this host: started "
+                         r"again here", log), log[-3000:]
+        wait_until(lambda: "HA: VM sh ended here" in (
+            lab.dir / "logs" / "ferryd-h1.restart.log").read_text(errors="replace"), 30,
+            "h1's ferryd to look at sh")
+        assert copies(lab, "sh") == [sh_host], copies(lab, "sh")
+        tasks = wait_until(lambda: [t for t in lab.cli("task", "list", "--vm", "loc")["tasks"]
+                                    if t["kind"] == "ha-restart"], 20, "loc's ha-restart task")
+        assert tasks[0]["source"] == tasks[0]["destination"] == "h1", tasks
+        assert tasks[0]["state"] == "succeeded", tasks
+        ok = [r for r in lab.cli("audit", "--vm", "loc")["records"]
+              if r["action"] == "ha.restart" and r["result"] == "ok"]
+        assert ok, lab.cli("audit", "--vm", "loc")
+        assert lab.cli("audit", "--verify")["ok"] is True
