@@ -7,9 +7,11 @@
  * second (live progress), the others every few seconds. Only table bodies
  * are redrawn, so a search box keeps its focus and text while polling.
  *
- * A VM's name opens its details (fault tolerance: state, hosts, checkpoint
- * rate, bytes per epoch, added output latency, primary slowdown, events),
- * asked again every second while open.
+ * A VM's name opens its details (its disks, a migration under way with the
+ * datastore its disks go to, why HA has not restarted it; fault
+ * tolerance: state, hosts, checkpoint rate, bytes per epoch, added output
+ * latency, primary slowdown, events), asked again every second while open.
+ * A task that moves disks names their datastore beside its hosts.
  *
  * The hosts view also shows DRS (GET /api/v1/drs): its mode, the
  * imbalance and its recommendations, each with an Apply button (POST
@@ -495,7 +497,11 @@ async function loadDetails() {
 		if (state.details !== name)
 			return;
 		$('vm-details-sub').replaceChildren(badge(v.state), ` on ${v.host || '–'}, ${mib(v.mem_mib)}, ` +
-			`${v.smp ?? '–'} vCPUs, HA ${v.ha || 'off'}`);
+			`${v.smp ?? '–'} vCPUs, HA ${v.ha || 'off'}`,
+		(v.disks || []).length ? `, disks ${v.disks.join(', ')}` : '',
+		v.migration ? el('span', { class: 'vm-migration' }, ` · migration #${v.migration.id} ` +
+			`${v.migration.state}, `, fromTo(v.migration)) : '',
+		v.ha_waiting ? el('span', { class: 'vm-ha-waiting' }, ` · HA: ${v.ha_waiting}`) : '');
 		$('vm-ft').replaceChildren(...ftFacts(v.ft).flat());
 		const events = ((v.ft && v.ft.history) || []).slice().reverse().map((h) =>
 			el('li', { dataset: { state: h.state } }, el('b', {}, h.state), ` ${when(h.at)}`,
@@ -608,8 +614,12 @@ async function startMigration() {
 
 /* ---- tasks --------------------------------------------------------------- */
 
+/* hosts, and for a storage move or a shared-nothing migration the
+ * datastore the disks go to */
 function fromTo(t) {
-	return t.destination ? `${t.source || '?'} → ${t.destination}` : (t.source || '–');
+	const hosts = t.destination ? `${t.source || '?'} → ${t.destination}` : (t.source || '–');
+	return t.datastore ? el('span', {}, hosts, ' · disks → ',
+		el('b', { class: 'datastore' }, t.datastore)) : hosts;
 }
 
 function progressCell(t) {

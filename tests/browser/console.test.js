@@ -22,7 +22,10 @@
  * the source host put in maintenance from the hosts page is refused by the
  * wizard "in maintenance"; a migration scheduled for later (back to the
  * source, out of maintenance again) is cancelled from the page; a read-only
- * token sees no action buttons. With FT_VM, first that fault-tolerant VM's
+ * token sees no action buttons. With STORAGE_VM and STORAGE_TASK (a storage
+ * move of that VM's disks into datastore STORAGE_DS, scheduled for later),
+ * the tasks view names that datastore in the task's rows (active and all
+ * tasks) and the VM's details name it in its migration. With FT_VM, first that fault-tolerant VM's
  * details show it protected with its hosts and figures (checkpoint rate,
  * bytes per epoch, added output latency, primary slowdown). On success it
  * prints one line of JSON ({"destination", "task", "cancelled_task", "ft"})
@@ -44,6 +47,8 @@ const CENTER = env('CENTER_URL'), TOKEN = env('TOKEN'), TOKEN_RO = env('TOKEN_RO
 const VM = env('VM'), SOURCE = env('SOURCE'), SHOTS = env('SHOTS');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const FT_VM = process.env.FT_VM;   /* optional: a fault-tolerant VM whose details are checked */
+const STORAGE_VM = process.env.STORAGE_VM, STORAGE_TASK = process.env.STORAGE_TASK;   /* optional */
+const STORAGE_DS = process.env.STORAGE_DS;
 const BANDWIDTH = '8';         /* Mbit/s: about 4 s for the idle 64 MiB guest (4 MB sent) */
 const WAIT = 20000;            /* ms for the page to show something */
 const MIGRATION_WAIT = 90000;  /* ms for a migration to finish */
@@ -272,6 +277,33 @@ async function main() {
 			return td && td.textContent.trim() === 'cancelled';
 		}, `#tasks-table tr[data-task="${later}"] .task-state`);
 		await shot(page, '10-cancelled');
+
+		if (STORAGE_TASK) {
+			step(`storage move: task ${STORAGE_TASK} names datastore ${STORAGE_DS}`);
+			for (const table of ['active-table', 'tasks-table']) {
+				const sel = `#${table} tr[data-task="${STORAGE_TASK}"]`;
+				await page.waitForSelector(sel);
+				const ds = await page.$eval(sel, (r) => {
+					const b = r.querySelector('.datastore');
+					return [b && b.textContent, r.textContent];
+				});
+				if (ds[0] !== STORAGE_DS || !ds[1].includes(`disks → ${STORAGE_DS}`))
+					throw new Error(`${table}: task ${STORAGE_TASK} does not name datastore ${STORAGE_DS}: ${ds[1]}`);
+			}
+			await page.$eval(`#active-table tr[data-task="${STORAGE_TASK}"]`, (r) => r.scrollIntoView());
+			await shot(page, '10b-storage-task');
+			await page.click('nav a[data-view=vms]');
+			await page.fill('#vms-q', STORAGE_VM);
+			await page.click(`#vms-table tr[data-vm="${STORAGE_VM}"] button.vm-open`);
+			await page.waitForSelector('#vm-details[open] .vm-migration .datastore');
+			const mig = await page.textContent('#vm-details .vm-migration');
+			if (!mig.includes(`#${STORAGE_TASK}`) || !mig.includes(`disks → ${STORAGE_DS}`))
+				throw new Error(`VM details: ${STORAGE_VM}'s migration shown as: ${mig}`);
+			await shot(page, '10c-storage-vm-details');
+			await page.click('#vm-details-close');
+			await page.waitForSelector('#vm-details:not([open])', { state: 'attached' });
+			await page.fill('#vms-q', VM);   /* the VMs view as the steps below want it */
+		}
 
 		step('a read-only token: no action buttons');
 		await page.click('#signout');

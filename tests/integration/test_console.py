@@ -11,7 +11,10 @@ host we pick followed on the tasks view until `succeeded`, the VM on its
 new host, the migration in the audit trail (and the chain verifying), a
 scheduled migration cancelled from the page, and a read-only token with
 no action buttons; a fault-tolerant VM's details show it protected with
-its hosts and FT figures. Afterwards the API must agree with what the page
+its hosts and FT figures; a storage move (`vm migrate --datastore local`,
+scheduled an hour ahead so it stays queued) is named with its datastore
+in both task tables, in the VM's details, in `vm show` (its "migration")
+and in `ferry task list` (column DISKS TO). Afterwards the API must agree with what the page
 showed (and the FT VM's hosts): the VM runs on the chosen host, the task succeeded, the
 scheduled one was cancelled.
 
@@ -44,6 +47,7 @@ TIMEOUT = 200
 LAB = "fconsole"
 VM_NAME = "web1"
 FT_VM = "ftweb"
+STORAGE_VM = "disky"
 SOURCE = "h1"
 BROWSER_DIR = REPO / "tests" / "browser"
 FERRY = BUILD / "ferry"
@@ -99,12 +103,29 @@ def test_console_migration_in_chromium():
               "--append", "console=ttyS0", "--mem", "64", "--host", "h3")
         ft_task = ferry("vm", "ft", "enable", FT_VM, "--secondary", "h2", "--wait")
         assert ft_task["state"] == "succeeded", ft_task
+        # a storage move scheduled for later: the tasks view and the VM's
+        # details name the datastore its disks go to
+        subprocess.run(["truncate", "-s", "16M", str(lab_dir / "shared" / "disky.img")],
+                       check=True)
+        ferry("vm", "create", STORAGE_VM, "--kernel", "shared:Image", "--initrd",
+              "shared:initrd.img", "--append", "console=ttyS0", "--mem", "64", "--host", "h2",
+              "--disk", "shared:disky.img")
+        move = ferry("vm", "migrate", STORAGE_VM, "--datastore", "local", "--at", "+1h")
+        assert move["state"] == "queued" and move["datastore"] == "local", move
+        shown = ferry("vm", "show", STORAGE_VM)["migration"]
+        assert shown["id"] == move["id"] and shown["datastore"] == "local", shown
+        text = subprocess.run([str(FERRY), "--lab", LAB, "task", "list"], capture_output=True,
+                              text=True, timeout=60).stdout
+        assert "DISKS TO" in text.splitlines()[0], text
+        row = [l for l in text.splitlines() if l.startswith("%-5d" % move["id"])]
+        assert row and row[0].split()[5] == "local", text
 
         env = dict(os.environ,
                    CENTER_URL=(lab_dir / "center.url").read_text().strip(),
                    TOKEN=(lab_dir / "token").read_text().strip(),
                    TOKEN_RO=(lab_dir / "token-ro").read_text().strip(),
                    VM=VM_NAME, SOURCE=SOURCE, SHOTS=str(shots), FT_VM=FT_VM,
+                   STORAGE_VM=STORAGE_VM, STORAGE_TASK=str(move["id"]), STORAGE_DS="local",
                    CHROMIUM=shutil.which("chromium"), HOME=str(tmp))
         run = subprocess.run(["ip", "netns", "exec", f"{LAB}-client", "node",
                               "console.test.js"], cwd=BROWSER_DIR, env=env,

@@ -743,6 +743,11 @@ static void vm_routes(struct call *c, const char *name, const char *action)
 	if (!action && is(c, "GET")) {
 		json_t *j = vm_json(row);
 		json_object_set_new(j, "ft", ft_status(name) ?: json_null());
+		json_t *mig = db_row("SELECT * FROM tasks WHERE vm = ? AND kind = 'migrate' AND "
+				     "state IN ('queued', 'running') ORDER BY id DESC",
+				     json_pack("[s]", name));
+		json_object_set_new(j, "migration", mig ? task_json(mig) : json_null());
+		json_decref(mig);
 		reply_json(c->resp, 200, j);
 	} else if (action && !strcmp(action, "ft") && is(c, "POST"))
 		vm_ft(c, row, name);

@@ -389,15 +389,16 @@ static int cmd_task_list(int argc, char **argv)
 	if (json_out) {
 		print_json(r);
 	} else {
-		printf("%-5s %-8s %-12s %-6s %-6s %-10s %-9s %5s %s\n", "ID", "KIND", "VM", "FROM",
-		       "TO", "STATE", "PRIORITY", "PCT", "WAITING/ERROR");
+		printf("%-5s %-8s %-12s %-6s %-6s %-9s %-10s %-9s %5s %s\n", "ID", "KIND", "VM",
+		       "FROM", "TO", "DISKS TO", "STATE", "PRIORITY", "PCT", "WAITING/ERROR");
 		size_t i;
 		json_t *t;
 		json_array_foreach(json_object_get(r, "tasks"), i, t) {
 			json_t *p = json_object_get(t, "progress");
-			printf("%-5lld %-8s %-12s %-6s %-6s %-10s %-9s %4lld%% %s\n",
+			printf("%-5lld %-8s %-12s %-6s %-6s %-9s %-10s %-9s %4lld%% %s\n",
 			       json_integer_value(json_object_get(t, "id")), str(t, "kind"),
-			       str(t, "vm"), str(t, "source"), str(t, "destination"), str(t, "state"),
+			       str(t, "vm"), str(t, "source"), str(t, "destination"),
+			       str(t, "datastore"), str(t, "state"),
 			       str(t, "priority"), json_integer_value(json_object_get(p, "percent")),
 			       json_is_string(json_object_get(t, "error")) ? str(t, "error")
 			       : json_is_string(json_object_get(t, "waiting")) ? str(t, "waiting") : "");
@@ -559,6 +560,11 @@ static int vm_simple(int argc, char **argv, const char *method, const char *acti
 			printf("  ended with status %lld; console's last lines:\n%s\n",
 			       json_integer_value(json_object_get(r, "exit_status")),
 			       str(r, "last_console"));
+		json_t *mig = json_object_get(r, "migration");
+		if (json_is_object(mig))
+			printf("  migration: task %lld %s, %s -> %s%s\n",
+			       json_integer_value(json_object_get(mig, "id")), str(mig, "state"),
+			       str(mig, "source"), str(mig, "destination"), datastore_note(mig));
 		if (json_is_string(json_object_get(r, "ha_waiting")))
 			printf("  HA has not restarted it: %s\n", str(r, "ha_waiting"));
 		print_ft(json_object_get(r, "ft"));
