@@ -32,7 +32,19 @@ What is proved, and how it would fail:
   image removed; then the migration succeeds, `vm show` names h2 and
   local:IMAGE, the image is in h2's folder and gone from h1's; the guest
   finds every record, written before, during and after the move, and so
-  does the host in h2's image.
+  does the host in h2's image;
+- shared-nothing with the source's ferryd restarted in the middle
+  (test_cluster_shared_nothing_source_restart): the migration, slowed,
+  is sending when h1's ferryd is stopped and started again; ferry-vm
+  carries it on alone and the new ferryd adopts it. Cancelled then: the
+  task ends "cancelled", the guest runs on on h1's image, h2's half-written
+  image and process go. Again, to the end: h2's ferryd says the
+  guest is "incoming" 6 s after it runs (FERRYD_TEST_DELAY_ARRIVAL_MS):
+  while it does, h1 reports the migration completed but not done and its
+  image is still there (the handoff is not confirmed); then the task
+  succeeds, `vm show` names h2 and local:IMAGE, h1's image is removed
+  (before the fix an adopted migration left it behind: a stale copy at
+  the same path), h2's holds every record; one copy runs, on h2.
 
 Each test boots a guest with a 64 MiB disk and takes about 60-90 s at load 11.
 """
@@ -150,6 +162,66 @@ def test_cluster_shared_nothing():
         assert task["datastore"] == "local" and task["destination"] == "h2", task
         vm = lab.vm("far")
         assert vm["host"] == "h2" and vm["disks"] == ["local:log.img"], vm
+        assert dst.exists() and not src.exists(), "the image is not in h2's folder alone"
+        check_passes(lab, "far", records)
+        host_check_log(dst, records)
+        host_check_data(dst)
+
+
+def test_cluster_shared_nothing_source_restart():
+    lab = Lab(ferryd_env={"FERRYD_TEST_DELAY_ARRIVAL_MS": "6000"})
+    with lab:
+        src, dst = lab.dir / "h1-local" / "log.img", lab.dir / "h2-local" / "log.img"
+        make_image(src)
+        records = RATE * 60
+        logging_vm(lab, "far", "local:log.img", records=records)
+        wait_until(lambda: [c for c in lab.cli("vm", "recommend", "far")["candidates"]
+                            if c["host"] == "h2" and c.get("note")], 30, "h2 offered")
+
+        def migrate_and_restart_h1(mbps):
+            task = lab.cli("vm", "migrate", "far", "--to", "h2", "--bandwidth-mbps", mbps)
+            assert task["datastore"] == "local", task
+            wait_until(lambda: (lab.task(task["id"])["progress"] or {}).get(
+                "transferred_bytes"), 60, "the copy to start", interval=0.2)
+            lab.restart("h1", "ferryd", [
+                "--name", "h1", "--listen", "10.88.0.11:7700", "--etcd",
+                "http://10.88.0.11:2379", "--state-dir", str(lab.dir / "h1-state"),
+                "--datastore", "shared=%s" % (lab.dir / "shared"), "--datastore",
+                "local=%s" % (lab.dir / "h1-local"), "--network", "lan=br0", "--token-file",
+                str(lab.dir / "tokens")])
+            assert lab.task(task["id"])["state"] == "running", lab.task(task["id"])
+            return task
+        # cancelled after the restart: the guest stays on h1's image, h2's copy goes
+        task = migrate_and_restart_h1("4")
+        lab.cli("task", "cancel", task["id"])
+        done = lab.wait_task(task["id"], timeout=60)
+        assert done["state"] == "cancelled", done
+        vm = lab.vm("far")
+        assert vm["host"] == "h1" and vm["disks"] == ["local:log.img"], vm
+        assert lab.guest_status("h1", "far") == "running"
+        wait_until(lambda: not dst.exists() and not lab.procs("h2", "ferry-vm"), 20,
+                   "h2's half-written copy and its process to go")
+        assert src.exists() and len(lab.procs("h1", "ferry-vm")) == 1
+        # all the way, h1's ferryd restarted in the middle again
+        task = migrate_and_restart_h1("16")
+        # the handoff done but not confirmed by h2: everything on h1 kept
+        def h1_migration():
+            try:
+                return lab.agent("h1", "/vms/far/migration")
+            except AssertionError:   # 404: the VM is gone from h1
+                return {"gone": True}
+        mig = wait_until(lambda: (lambda m: m if m.get("status") == "completed" or
+                                  m.get("gone") else None)(h1_migration()), 120,
+                         "the adopted migration to complete", interval=0.1)
+        assert mig.get("adopted") and mig["done"] is False, \
+            "h1 let go before h2 said it runs the guest: %s" % mig
+        assert src.exists(), "the source's image went before the handoff was confirmed"
+        done = lab.wait_task(task["id"], timeout=60)
+        assert done["state"] == "succeeded", done
+        vm = lab.vm("far")
+        assert vm["host"] == "h2" and vm["disks"] == ["local:log.img"], vm
+        wait_until(lambda: not lab.procs("h1", "ferry-vm"), 20, "h1's paused copy to go")
+        assert len(lab.procs("h2", "ferry-vm")) == 1
         assert dst.exists() and not src.exists(), "the image is not in h2's folder alone"
         check_passes(lab, "far", records)
         host_check_log(dst, records)

@@ -387,14 +387,16 @@ static enum follow_result follow_one(json_t *task, unsigned long long *gen, bool
 				json_pack("[s, s]", dst, vm));
 			audit_append("ferry-center", "-", "migration.finished", vm, "ok", details);
 		} else {
-			/* a destination process left waiting (its source's ferryd restarted
-			 * before it could clean up) goes */
+			/* a destination process left waiting or ended (its source's
+			 * ferryd restarted before it could clean up) goes, and with it
+			 * the images a shared-nothing migration made there */
 			char dst_url[200], there[32], path[300], e2[256];
 			long s2;
 			snprintf(dst_url, sizeof(dst_url), "%s", host_url(dst));
 			pthread_mutex_unlock(&db_lock);
 			state_on(dst_url, vm, there, sizeof(there));
-			if (!strcmp(there, "incoming")) {
+			if (strcmp(src, dst) && (!strcmp(there, "incoming") ||
+						 !strcmp(there, "exited"))) {
 				snprintf(path, sizeof(path), "/agent/v1/vms/%s", vm);
 				json_decref(ferryd_call(dst_url, "DELETE", path, NULL, &s2, e2, sizeof(e2)));
 			}

@@ -28,7 +28,9 @@
  * ferry-vm takes them as its --disk; ours migrates with disks: copy. The
  * source's images are removed once the guest runs on the destination;
  * before that, a failure leaves the guest here on its images, and the
- * destination's images go with its process (vm_destroy there).
+ * destination's images go with its process (vm_destroy there). A ferryd
+ * restarted meanwhile finishes that from the migration's copy note
+ * (adopted_status).
  *
  * When ferry-vm supports it (--incoming ...,secret-file=), every migration
  * gets a fresh random secret that only the two ferryds know.
@@ -142,18 +144,83 @@ static void dest_remove(struct migration *m)
 			      sizeof(err)));
 }
 
-/* Does the destination's ferry-vm run the guest now? */
-static bool dest_running(struct migration *m)
+/* What the destination's ferryd says of VM name: "running", "incoming",
+ * "exited", ... or "" (no such VM, no answer). */
+static void dest_state(const char *dest_url, const char *name, char *out, size_t len)
 {
 	char url[400], err[256];
 	long status;
-	snprintf(url, sizeof(url), "%s/agent/v1/vms/%s", m->dest_url, m->name);
+	snprintf(url, sizeof(url), "%s/agent/v1/vms/%s", dest_url, name);
 	json_t *r = http_json("GET", url, fd_cfg.auth.present, NULL, 5000, &status, err,
 			      sizeof(err));
-	bool running = r && status == 200 &&
-		       !strcmp(json_string_value(json_object_get(r, "state")) ?: "", "running");
+	snprintf(out, len, "%s", r && status == 200 ? json_string_value(json_object_get(r,
+		 "state")) ?: "" : "");
 	json_decref(r);
-	return running;
+}
+
+/* Does the destination's ferry-vm run the guest now? */
+static bool dest_running(struct migration *m)
+{
+	char state[32];
+	dest_state(m->dest_url, m->name, state, sizeof(state));
+	return !strcmp(state, "running");
+}
+
+/* After the handoff of a shared-nothing migration: does the destination
+ * run the guest? It may still say "incoming" a while (its ferryd notes the
+ * guest's arrival on its next look, FERRYD_TEST_DELAY_ARRIVAL_MS widens
+ * that): asked again until it says something else, up to HANDOFF_WORD_MS. */
+#define HANDOFF_WORD_MS 30000
+static bool dest_runs_after_handoff(const char *dest_url, const char *name)
+{
+	char state[32];
+	int64_t end = mono_ms() + HANDOFF_WORD_MS;
+	for (;;) {
+		dest_state(dest_url, name, state, sizeof(state));
+		if (strcmp(state, "incoming") || mono_ms() >= end)
+			return !strcmp(state, "running");
+		usleep(100 * 1000);
+	}
+}
+
+/*
+ * A shared-nothing migration's note, STATE/vms/NAME/copy.json: the
+ * destination's URL, the source's images and the spec with the disks
+ * where they went. Written before ferry-vm is told to migrate, removed
+ * when the migration's thread has dealt with its end; so a ferryd that
+ * restarted meanwhile (the migration, which ferry-vm carries on alone, is
+ * adopted: adopted_status) still removes the source's images once the
+ * destination runs the guest, never before, and hands ferry-center the
+ * new spec.
+ */
+static void copy_note_path(const char *name, char *out, size_t len)
+{
+	snprintf(out, len, "%s/vms/%s/copy.json", fd_cfg.state_dir, name);
+}
+
+static void copy_note_write(const char *name, json_t *note)
+{
+	char p[PATH_MAX + 80];
+	copy_note_path(name, p, sizeof(p));
+	char *text = json_dumps(note, JSON_COMPACT);
+	if (!text || !write_file(p, text))
+		logf_("VM %s: cannot write %s: a ferryd restarted during its migration would "
+		      "keep the images here", name, p);
+	free(text);
+}
+
+static json_t *copy_note_read(const char *name)
+{
+	char p[PATH_MAX + 80];
+	copy_note_path(name, p, sizeof(p));
+	return json_load_file(p, 0, NULL);
+}
+
+static void copy_note_remove(const char *name)
+{
+	char p[PATH_MAX + 80];
+	copy_note_path(name, p, sizeof(p));
+	unlink(p);
 }
 
 static bool terminal(const char *s)
@@ -393,6 +460,7 @@ static void *migration_thread(void *arg)
 	/* 1. the destination's incoming ferry-vm (with disks: copy, on images
 	 * made for it in m->datastore) */
 	json_t *copy_spec = NULL, *src_images = json_array(), *sizes = json_array();
+	copy_note_remove(m->name);   /* an earlier migration's */
 	if (m->datastore[0]) {
 		if (!images_here(spec, src_images, sizes, err, sizeof(err))) {
 			mig_set(m, "failed", NULL, err);
@@ -423,6 +491,12 @@ static void *migration_thread(void *arg)
 	}
 	int port = (int)json_integer_value(json_object_get(r, "port"));
 	json_decref(r);
+	if (copy_spec) {
+		json_t *note = json_pack("{s:s, s:O, s:O}", "dest_url", m->dest_url, "images",
+					 src_images, "spec", copy_spec);
+		copy_note_write(m->name, note);
+		json_decref(note);
+	}
 	if (m->cancel) {
 		dest_remove(m);
 		mig_set(m, "cancelled", NULL, "cancelled before it started");
@@ -484,7 +558,8 @@ static void *migration_thread(void *arg)
 		qmp_close(&q);
 		vm_destroy(m->name, err, sizeof(err));
 		logf_("VM %s migrated to %s", m->name, m->dest_url);
-		if (copy_spec && dest_running(m)) {   /* its images there are the disks now */
+		if (copy_spec && dest_runs_after_handoff(m->dest_url, m->name)) {
+			/* its images there are the disks now */
 			images_remove(src_images);
 		} else if (copy_spec) {
 			logf_("VM %s: the destination does not say it runs: its images here are "
@@ -501,6 +576,7 @@ static void *migration_thread(void *arg)
 		logf_("migration of VM %s %s: %s", m->name, m->status, m->error);
 	}
 copy_out:
+	copy_note_remove(m->name);
 	json_decref(copy_spec);
 	json_decref(src_images);
 out:
@@ -597,7 +673,11 @@ int migration_start(const char *name, json_t *req, char *err, size_t errlen)
 /*
  * A migration this ferryd did not start (it restarted meanwhile): ask the
  * VM's ferry-vm. Not started -> done, failed; running -> its figures;
- * completed -> done, and the source (paused in postmigrate) is let go.
+ * completed -> done, and the source (paused in postmigrate) is let go. A
+ * shared-nothing one (its copy note) is done only once the destination
+ * has said whether it runs the guest (until then: completed, not done,
+ * everything here kept); then the source's images are removed if it does
+ * (kept, and said, if not) and the new spec goes to ferry-center.
  */
 static json_t *adopted_status(const char *name)
 {
@@ -620,11 +700,35 @@ static json_t *adopted_status(const char *name)
 		json_object_set_new(r, "done", json_true());
 	} else if (!strcmp(st, "completed") || !strcmp(st, "postmigrate")) {
 		json_object_set_new(r, "status", json_string("completed"));
+		json_t *note = copy_note_read(name);
+		const char *dest = json_string_value(json_object_get(note, "dest_url"));
+		char there[32] = "";
+		if (dest)
+			dest_state(dest, name, there, sizeof(there));
+		if (dest && !strcmp(there, "incoming")) {   /* its word is still to come */
+			json_object_set_new(r, "done", json_false());
+			json_decref(note);
+			json_object_set_new(r, "adopted", json_true());
+			return r;
+		}
 		json_object_set_new(r, "done", json_true());
 		vm_destroy(name, err, sizeof(err));
 		logf_("VM %s migrated away (a migration from before this ferryd started)", name);
+		if (note && !strcmp(there, "running")) {
+			images_remove(json_object_get(note, "images"));
+			logf_("VM %s: it runs on %s: its images here are removed", name, dest);
+		} else if (note) {
+			logf_("VM %s: the destination does not say it runs (%s): its images here "
+			      "are kept", name, there[0] ? there : "no answer");
+		}
+		if (note)
+			json_object_set(r, "spec", json_object_get(note, "spec"));
+		json_decref(note);
 	} else {
-		json_object_set_new(r, "done", json_boolean(terminal(st)));
+		bool done = terminal(st);
+		json_object_set_new(r, "done", json_boolean(done));
+		if (done)
+			copy_note_remove(name);
 	}
 	json_object_set_new(r, "adopted", json_true());
 	return r;
