@@ -19,6 +19,13 @@ cut).
   it running there (`ha_waiting` null) with an `ha-restart` task h1 -> h1
   and an `ha.restart` ok record; sh, found killed on h1 by the new ferryd,
   is not started there again (its HA record names its new host): one copy.
+test_ha_datastore_shared_by_some: datastore `pair` is one folder seen by
+h1 and h3; h2 has a datastore of that name too, but its own folder (another
+id) holding a stale image at the VM's path, and more free memory than h3
+(which runs a 256 MiB VM). h1 dies with HA VM `p` on pair: p restarts on
+h3, the host that sees its storage, never on h2, though room alone (the
+decider's order before the fix) puts h2 first.
+
 How it fails without the fix (checked by reverting it): the decider
 restarts loc on h2 from h2's stale image (the path check passes); with
 only the ferryd's start-up fix reverted, h1's new ferryd starts sh there
@@ -42,19 +49,19 @@ def copies(lab, name, hosts=("h1", "h2", "h3")):
     return [h for h in hosts for _ in lab.procs(h, "/vms/%s/control.sock" % name)]
 
 
-def restart_ferryd(lab, host, index):
-    """Brings a killed host back: its link up, its ferryd started again on
-    its state directory (its etcd member stays down: the other two keep
-    quorum)."""
+def restart_ferryd(lab, host, index, etcd=None, extra=()):
+    """Starts host's ferryd again on its state directory (extra: more
+    options), its link up: also a killed host back (then etcd names the
+    other members: its own stays down, the other two keep quorum)."""
     subprocess.run(["ip", "netns", "exec", "%s-%s" % (lab.name, host), "ip", "link", "set",
                     "eth0", "up"], check=True)
     others = ",".join("http://10.88.0.%d:2379" % (10 + i) for i in (1, 2, 3) if i != index)
     lab.restart(host, "ferryd", [
-        "--name", host, "--listen", "10.88.0.%d:7700" % (10 + index), "--etcd", others,
+        "--name", host, "--listen", "10.88.0.%d:7700" % (10 + index), "--etcd", etcd or others,
         "--state-dir", str(lab.dir / ("%s-state" % host)), "--datastore",
         "shared=%s" % (lab.dir / "shared"), "--datastore",
         "local=%s" % (lab.dir / ("%s-local" % host)), "--network", "lan=br0",
-        "--token-file", str(lab.dir / "tokens")])
+        "--token-file", str(lab.dir / "tokens")] + list(extra))
 
 
 def test_ha_host_local_datastore():
@@ -121,3 +128,42 @@ def test_ha_host_local_datastore():
               if r["action"] == "ha.restart" and r["result"] == "ok"]
         assert ok, lab.cli("audit", "--vm", "loc")
         assert lab.cli("audit", "--verify")["ok"] is True
+
+
+def test_ha_datastore_shared_by_some():
+    # each host offers 1024 MiB (below the machine's free memory, which all
+    # three share): room then tells h2 (1024 free) from h3 (736)
+    with Lab(vm_memory_mib=1024) as lab:
+        pair, own = lab.dir / "pair", lab.dir / "h2-pair"
+        for d in (pair, own):
+            d.mkdir()
+            subprocess.run(["truncate", "-s", "16M", str(d / "p.img")], check=True)
+        for host, index, folder in (("h1", 1, pair), ("h2", 2, own), ("h3", 3, pair)):
+            restart_ferryd(lab, host, index, etcd="http://10.88.0.%d:2379" % (10 + index),
+                           extra=["--datastore", "pair=%s" % folder, "--vm-memory-mib", "1024"])
+
+        def pair_ids():
+            ids = {h["name"]: [d.get("id") for d in h["datastores"] if d["name"] == "pair"]
+                   for h in lab.cli("host", "list")["hosts"]}
+            return ids if all(v and v[0] for v in ids.values()) else None
+        ids = wait_until(pair_ids, 30, "every host to report datastore pair")
+        assert ids["h1"] == ids["h3"] != ids["h2"], ids
+        lab.create("big", host="h3", mem=256)
+        lab.cli("vm", "create", "p", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h1",
+                "--disk", "pair:p.img", "--ha", "high")
+        log_h1 = lab.dir / "logs" / "ferryd-h1.restart.log"
+        wait_until(lambda: "VM p runs here: its HA record" in log_h1.read_text(), 20,
+                   "p's HA record in etcd")
+        lab.kill_host("h1")
+
+        def p_runs():
+            assert not copies(lab, "p", ("h2",)), "p started on h2, which does not see pair"
+            return copies(lab, "p", ("h3",))
+        wait_until(p_runs, 60, "p to run again on h3", interval=0.1)
+        wait_until(lambda: (lambda v: v["state"] == "running" and v["host"] == "h3")(
+            lab.vm("p")), 30, "ferry-center to show p running on h3")
+        decider = [h for h in ("h2", "h3") if "HA: VM p restarted on h3" in (
+            lab.dir / "logs" / ("ferryd-%s.restart.log" % h)).read_text()]
+        assert len(decider) == 1, decider
+        assert "VM p started" not in (lab.dir / "logs" / "ferryd-h2.restart.log").read_text()
