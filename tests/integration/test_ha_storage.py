@@ -26,6 +26,12 @@ id) holding a stale image at the VM's path, and more free memory than h3
 h3, the host that sees its storage, never on h2, though room alone (the
 decider's order before the fix) puts h2 first.
 
+test_ha_datastore_visible_again: `solo` (a folder) is seen by h1 alone; h1
+dies with HA VM `w` on it: w waits ("not visible from any live host"),
+then h3's ferryd is started again with `solo` too (its storage back, as
+after a mount): the decider restarts w on h3 (an ha-restart task h1 ->
+h3), once.
+
 How it fails without the fix (checked by reverting it): the decider
 restarts loc on h2 from h2's stale image (the path check passes); with
 only the ferryd's start-up fix reverted, h1's new ferryd starts sh there
@@ -167,3 +173,37 @@ def test_ha_datastore_shared_by_some():
             lab.dir / "logs" / ("ferryd-%s.restart.log" % h)).read_text()]
         assert len(decider) == 1, decider
         assert "VM p started" not in (lab.dir / "logs" / "ferryd-h2.restart.log").read_text()
+
+
+def test_ha_datastore_visible_again():
+    with Lab() as lab:
+        solo = lab.dir / "solo"
+        solo.mkdir()
+        subprocess.run(["truncate", "-s", "16M", str(solo / "w.img")], check=True)
+        restart_ferryd(lab, "h1", 1, etcd="http://10.88.0.11:2379",
+                       extra=["--datastore", "solo=%s" % solo])
+        wait_until(lambda: [d for h in lab.cli("host", "list")["hosts"] if h["name"] == "h1"
+                            for d in h["datastores"] if d["name"] == "solo"], 30,
+                   "h1 to report datastore solo")
+        lab.cli("vm", "create", "w", "--kernel", "shared:Image", "--initrd",
+                "shared:initrd.img", "--append", IDLE, "--mem", "64", "--host", "h1",
+                "--disk", "solo:w.img", "--ha", "high")
+        wait_until(lambda: "VM w runs here: its HA record" in (
+            lab.dir / "logs" / "ferryd-h1.restart.log").read_text(), 20, "w's HA record")
+        lab.kill_host("h1")
+        vm = wait_until(lambda: (lambda v: v if v.get("ha_waiting") else None)(lab.vm("w")),
+                        60, "w to wait for its datastore", interval=0.2)
+        assert "datastore solo" in vm["ha_waiting"] and "not visible" in vm["ha_waiting"], vm
+        assert not copies(lab, "w", ("h2", "h3"))
+        restart_ferryd(lab, "h3", 3, etcd="http://10.88.0.13:2379",
+                       extra=["--datastore", "solo=%s" % solo])
+        wait_until(lambda: copies(lab, "w", ("h2", "h3")) == ["h3"], 60, "w to run on h3",
+                   interval=0.2)
+        wait_until(lambda: (lambda v: v["state"] == "running" and v["host"] == "h3")(
+            lab.vm("w")), 30, "ferry-center to show w running on h3")
+        assert lab.vm("w")["ha_waiting"] is None
+        tasks = [t for t in lab.cli("task", "list", "--vm", "w")["tasks"]
+                 if t["kind"] == "ha-restart"]
+        assert len(tasks) == 1 and tasks[0]["source"] == "h1" and \
+            tasks[0]["destination"] == "h3", tasks
+        assert copies(lab, "w", ("h2", "h3")) == ["h3"]
