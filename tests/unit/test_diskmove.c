@@ -3,7 +3,7 @@
  * the dirty-block bitmap, sparse copying (bulk pass over data extents,
  * rounds over dirty blocks, zero pages punched, an image that ends
  * inside a page, a destination that starts empty and grows, its size set
- * at the end), a stop from the pacing
+ * at the end, writers side by side with a guest writing), a stop from the pacing
  * callback, a write error, disk_create's refusals and lock, and the disk
  * backend's write hook.
  */
@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -223,6 +224,61 @@ static void destination_grows_and_gets_its_size(void **state)
 	assert_true(allocated(f->dfd) <= 300 * KIB);
 }
 
+/* A "guest" writing the source while the bulk pass's writers run side
+ * by side: after the pass and the rounds the copy is exact. 48 MiB of
+ * data (48 chunks, more than the writers' slots), the guest writing
+ * records of 4 KiB anywhere and marking them after each write, as the
+ * disk backend's hook does. */
+struct guest {
+	struct files *f;
+	volatile bool stop;
+	unsigned writes;
+};
+
+static void *guest_writes(void *arg)
+{
+	struct guest *g = arg;
+	uint8_t rec[4096];
+	unsigned seed = 7;
+	while (!g->stop || g->writes < 64) {
+		uint64_t off = (uint64_t)(rand_r(&seed) % (48 * 256)) * 4096;
+		memset(rec, (int)(g->writes % 250) + 1, sizeof(rec));
+		assert_int_equal(pwrite(g->f->sfd, rec, sizeof(rec), (off_t)off), (ssize_t)sizeof(rec));
+		dirty_map_mark(&g->f->map, off, sizeof(rec));
+		g->writes++;
+	}
+	return NULL;
+}
+
+static void parallel_bulk_with_a_writing_guest_is_exact(void **state)
+{
+	struct files *f = *state;
+	uint64_t size = 48 * MIB;
+	assert_int_equal(ftruncate(f->sfd, (off_t)size), 0);
+	for (unsigned i = 0; i < 48; i++)
+		put(f->sfd, (uint64_t)i * MIB, MIB, (uint8_t)(0x40 + i));
+	put(f->sfd, 20 * MIB + 4096, 8192, 0);         /* zeros inside the data */
+	dirty_map_free(&f->map);
+	copier_free(&f->c);
+	assert_int_equal(dirty_map_init(&f->map, size, 16), 0);
+	assert_int_equal(copier_init(&f->c, f->sfd, f->dfd, size, &f->map), 0);
+	struct guest g = { .f = f };
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, guest_writes, &g), 0);
+	assert_int_equal(copier_bulk(&f->c), COPY_OK);
+	g.stop = true;
+	pthread_join(t, NULL);
+	uint64_t blocks;
+	do
+		assert_int_equal(copier_round(&f->c, &blocks), COPY_OK);
+	while (blocks);
+	assert_int_equal(copier_set_size(&f->c), 0);
+	assert_same(f);
+	/* the zero pages the guest did not overwrite are holes, not written */
+	assert_true(f->c.written_bytes >= size - 8192);
+	assert_true(allocated(f->dfd) <= size);
+}
+
 static bool stop_after_two(void *ctx, uint64_t bytes)
 {
 	int *n = ctx;
@@ -245,10 +301,13 @@ static void pace_can_stop_a_pass(void **state)
 	assert_int_equal(blocks, 2);
 }
 
-static void write_error_is_reported(void **state)
+/* A destination that cannot take the image fails before the bulk pass
+ * writes anything: it is allocated under the source's data first (here the
+ * extent at 5 MiB is past the 3 MiB limit). */
+static void write_error_is_reported_before_copying(void **state)
 {
 	struct files *f = *state;
-	struct rlimit old, small = { 1 * MIB, 1 * MIB };
+	struct rlimit old, small = { 3 * MIB, 3 * MIB };
 	assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
 	small.rlim_max = old.rlim_max;
 	signal(SIGXFSZ, SIG_IGN);
@@ -258,6 +317,7 @@ static void write_error_is_reported(void **state)
 	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
 	assert_int_equal(r, COPY_ERROR);
 	assert_int_equal(e, EFBIG);
+	assert_int_equal(f->c.written_bytes, 0);
 }
 
 /* ---- creating the destination, and the write hook -------------------------------- */
@@ -336,9 +396,11 @@ int main(void)
 						teardown_files),
 		cmocka_unit_test_setup_teardown(destination_grows_and_gets_its_size, setup_files,
 						teardown_files),
+		cmocka_unit_test_setup_teardown(parallel_bulk_with_a_writing_guest_is_exact,
+						setup_files, teardown_files),
 		cmocka_unit_test_setup_teardown(pace_can_stop_a_pass, setup_files,
 						teardown_files),
-		cmocka_unit_test_setup_teardown(write_error_is_reported, setup_files,
+		cmocka_unit_test_setup_teardown(write_error_is_reported_before_copying, setup_files,
 						teardown_files),
 		cmocka_unit_test(create_refuses_existing_symlink_and_locked),
 		cmocka_unit_test_setup_teardown(write_hook_sees_every_write, setup_files,
