@@ -221,6 +221,10 @@ def measure(res, m, src, dst, side, args):
     at_switch = [ms for t, ms in secs if t1 - t_start <= t <= t1 - t_start + 1]
     res.max_switch_ms = max(at_switch) if at_switch else None
     res.allocated_mib = os.stat(dst).st_blocks * 512 / MIB
+    if args.trace:
+        print(f"  {side}: the guest's longest write each second (the move ran "
+              f"{lo:.1f}-{t1 - t_start:.1f} s): " +
+              " ".join(f"{t}:{ms:.0f}" for t, ms in secs))
     return res
 
 
@@ -283,6 +287,8 @@ def main(argv=None, describe=False):
     ap.add_argument("--rate", type=int, default=160,
                     help="guest 64 KiB writes a second (default 160: 10 MiB/s)")
     ap.add_argument("--runs", type=int, default=1, help="runs of each side (default 1)")
+    ap.add_argument("--trace", action="store_true",
+                    help="print the guest's longest write of each second of each run")
     ap.add_argument("--mem", type=int, default=128, help="guest MiB (default 128)")
     ap.add_argument("--qemu-api", choices=("blockdev", "drive"), default="blockdev",
                     help="QEMU: -blockdev + blockdev-mirror (default), or -drive + "

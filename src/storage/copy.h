@@ -6,30 +6,20 @@
  * there). Both passes clear a block's dirty bit just before reading it
  * (see dirty.h), so a guest write the pass may have missed stays marked.
  *
- * The bulk pass reads COPY_CHUNK bytes a system call. Writes of whole
+ * The bulk pass moves COPY_CHUNK bytes a system call. Writes of whole
  * pages go around the page cache (O_DIRECT, through a second descriptor)
  * where the file system allows it; buffered writes start the
  * destination's writeback every COPY_WRITEBACK bytes (without waiting).
  * Either way the flush before the switch finds little left to do.
  *
- * With O_DIRECT the bulk pass keeps COPY_WRITERS writes in flight: the
- * move thread reads and queues chunks, writer threads write them. One
- * O_DIRECT write at a time leaves the disk one request deep, and ran at
- * about half the speed of a cp, whose writeback keeps many requests in
- * flight (bench/README.md). For the writes to run side by side, the
- * destination is first allocated under every data extent of the source
- * (fallocate, which also sets its size to the end of the last one): ext4
- * serializes writes that extend a file, and allocates unwritten extents
- * one write at a time in a hole, but not writes into allocated space.
- * Holes between extents stay holes; a zero page inside one is punched out.
- *
- * Where fallocate or O_DIRECT is not supported, the pass writes one chunk
- * at a time and the destination grows as it is written, in ascending
- * order: a write past the end of the file makes ext4 allocate written
- * extents at once. A hole in the middle is skipped (the next write
- * extends the file over it, sparse). Either way copier_set_size() sets the
- * image's size at the end, which also makes the hole at its end. Rounds
- * write wherever the guest wrote, one block at a time.
+ * The destination starts empty (size 0) and grows as the bulk pass writes
+ * it, in ascending order: a write past the end of the file makes ext4
+ * allocate written extents at once, where a write into a hole inside the
+ * file allocates unwritten ones and converts them when it completes (a
+ * journal update, and on a `discard` mount a synchronous discard). A hole
+ * in the middle is skipped (the next write extends the file over it,
+ * sparse); copier_set_size() sets the image's size at the end, which also
+ * makes the hole at its end. Rounds write wherever the guest wrote.
  *
  * Works on plain file descriptors, so the unit tests drive it without a
  * machine.
@@ -46,8 +36,6 @@
 #define COPY_PAGE 4096u
 #define COPY_CHUNK (1u << 20)        /* the bulk pass reads this much at a time */
 #define COPY_WRITEBACK (16u << 20)   /* start writeback after this much */
-#define COPY_WRITERS 4               /* bulk O_DIRECT writes in flight */
-#define COPY_SLOTS (2 * COPY_WRITERS) /* chunks read ahead or being written */
 
 struct copier {
 	int src, dst;
@@ -60,8 +48,8 @@ struct copier {
 	bool (*pace)(void *ctx, uint64_t bytes);
 	void *ctx;
 	uint64_t read_bytes;        /* bytes read from src so far */
-	uint64_t written_bytes;     /* bytes written to dst so far (atomic adds) */
-	uint64_t unflushed;         /* written since writeback was last started (atomic) */
+	uint64_t written_bytes;     /* bytes written to dst so far */
+	uint64_t unflushed;         /* written since writeback was last started */
 	int direct_fd;              /* dst opened O_DIRECT, or -1 */
 };
 
@@ -73,8 +61,7 @@ int copier_init(struct copier *c, int src, int dst, uint64_t size, struct dirty_
 void copier_free(struct copier *c);
 /* Bytes of data (not holes) in the first size bytes of fd. */
 uint64_t copy_data_bytes(int fd, uint64_t size);
-/* Every data extent of src, block by block. COPY_ERROR leaves errno
- * (ENOSPC before any copying when dst cannot be allocated). */
+/* Every data extent of src, block by block. COPY_ERROR leaves errno. */
 enum copy_result copier_bulk(struct copier *c);
 /* Every block dirty when reached, once. *blocks counts them. */
 enum copy_result copier_round(struct copier *c, uint64_t *blocks);
