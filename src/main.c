@@ -36,6 +36,7 @@ struct options {
 	const char *disks[MAX_DISKS];
 	bool disk_ro[MAX_DISKS];
 	bool disk_follow[MAX_DISKS];
+	const char *disk_beneath[MAX_DISKS];
 	unsigned ndisks;
 	const char *tap;
 	bool tap_create;
@@ -57,10 +58,12 @@ static void usage(FILE *f)
 		"  --append CMDLINE        kernel command line\n"
 		"  --mem MiB               guest RAM (default 256)\n"
 		"  --smp N                 harts, 1 to %d (default 1)\n"
-		"  --disk PATH[,ro][,follow=on]\n"
+		"  --disk PATH[,ro][,follow=on|,beneath=DIR]\n"
 		"                          raw disk image (regular file or block device) on\n"
 		"                          virtio-blk (repeatable); a symlink only with\n"
-		"                          follow=on (e.g. /dev/disk/by-id/...)\n"
+		"                          follow=on (e.g. /dev/disk/by-id/...); beneath=DIR:\n"
+		"                          PATH must lie below DIR with no symlink below it\n"
+		"                          (checked by the open itself)\n"
 		"  --net tap=IF[,mac=MAC][,create=on]\n"
 		"                          virtio-net on an existing TAP interface\n"
 		"                          (create=on: create it if missing)\n"
@@ -124,7 +127,8 @@ static void parse_net(struct options *o, char *arg)
 		bad_arg("--net: %s", "tap=IFNAME is required");
 }
 
-/* --disk PATH[,ro][,follow=on]: the path ends at the first comma. */
+/* --disk PATH[,ro][,follow=on|,beneath=DIR]: the path ends at the first
+ * comma. */
 static void parse_disk(struct options *o, char *arg)
 {
 	if (o->ndisks == MAX_DISKS)
@@ -140,9 +144,16 @@ static void parse_disk(struct options *o, char *arg)
 			o->disk_ro[o->ndisks] = true;
 		else if (!strcmp(tok, "follow=on") || !strcmp(tok, "follow=off"))
 			o->disk_follow[o->ndisks] = !strcmp(tok, "follow=on");
+		else if (!strncmp(tok, "beneath=", 8) && tok[8])
+			o->disk_beneath[o->ndisks] = tok + 8;
 		else
-			bad_arg("--disk: unknown option '%s' (want PATH[,ro][,follow=on])", tok);
+			bad_arg("--disk: unknown option '%s' (want PATH[,ro][,follow=on|,beneath=DIR])",
+				tok);
 	}
+	if (o->disk_beneath[o->ndisks] && o->disk_follow[o->ndisks])
+		bad_arg("--disk %s: beneath= and follow=on exclude each other", arg);
+	if (o->disk_beneath[o->ndisks] && !disk_path_below(arg, o->disk_beneath[o->ndisks]))
+		bad_arg("--disk %s: is not below its beneath= directory", arg);
 	o->disks[o->ndisks++] = arg;
 }
 
@@ -353,7 +364,7 @@ static struct machine *build_machine(const struct options *o, struct vmm *vmm)
 	unsigned slot = 0;
 	for (unsigned i = 0; i < o->ndisks; i++)
 		if (!(vmm->blk[i] = virtio_blk_create(m, slot++, o->disks[i], o->disk_ro[i],
-				       o->disk_follow[i], o->incoming || o->ft_secondary, err, sizeof(err))))
+				       o->disk_follow[i], o->disk_beneath[i], o->incoming || o->ft_secondary, err, sizeof(err))))
 			goto fail;
 	if (o->tap && !(vmm->net = virtio_net_create(m, slot++, o->tap, o->tap_create,
 						     o->mac, err, sizeof(err))))

@@ -13,11 +13,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static int disk_size(struct disk *d, char *err, size_t errlen)
@@ -103,15 +105,56 @@ const char *disk_path_refusal(const char *path, bool follow)
 	return disk_kind_refusal(st.st_mode);
 }
 
+const char *disk_path_below(const char *path, const char *dir)
+{
+	size_t n = strlen(dir);
+	while (n > 1 && dir[n - 1] == '/')
+		n--;
+	if (strncmp(path, dir, n) || path[n] != '/')
+		return NULL;
+	while (path[n] == '/')
+		n++;
+	return path[n] ? path + n : NULL;
+}
+
+/* Open path below dir, no symlink and no way out below it; -1 with errno
+ * (ELOOP: a symlink, EXDEV: a way out). */
+static int open_beneath(const char *dir, const char *path, int flags)
+{
+	const char *rel = disk_path_below(path, dir);
+	if (!rel) {
+		errno = EXDEV;
+		return -1;
+	}
+	int dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (dirfd < 0)
+		return -1;
+	struct open_how how = {
+		.flags = (uint64_t)flags,
+		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+	};
+	int fd = (int)syscall(SYS_openat2, dirfd, rel, &how, sizeof(how));
+	int saved = errno;
+	close(dirfd);
+	errno = saved;
+	return fd;
+}
+
 /* Open what disk_path_refusal() accepted; O_NONBLOCK only until the
  * descriptor is known to be a regular file or block device. */
-static int disk_open_fd(struct disk *d, bool follow, char *err, size_t errlen)
+static int disk_open_fd(struct disk *d, bool follow, const char *beneath, char *err,
+			size_t errlen)
 {
 	const char *why = disk_path_refusal(d->path, follow);
 	if (!why) {
-		d->fd = open(d->path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY |
-			     O_NONBLOCK | (follow ? 0 : O_NOFOLLOW));
-		if (d->fd < 0 && errno == ELOOP && !follow)
+		int flags = (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY |
+			    O_NONBLOCK | (follow ? 0 : O_NOFOLLOW);
+		d->fd = beneath ? open_beneath(beneath, d->path, flags) : open(d->path, flags);
+		if (d->fd < 0 && errno == ELOOP && beneath)
+			why = "has a symlink on the way below its beneath= directory";
+		else if (d->fd < 0 && errno == EXDEV && beneath)
+			why = "is not below its beneath= directory";
+		else if (d->fd < 0 && errno == ELOOP && !follow)
 			why = disk_link_refusal;        /* it became one meanwhile */
 	}
 	struct stat st;
@@ -130,7 +173,7 @@ static int disk_open_fd(struct disk *d, bool follow, char *err, size_t errlen)
 }
 
 int disk_open(struct disk *d, const char *path, bool readonly, bool follow,
-	      bool defer_lock, char *err, size_t errlen)
+	      const char *beneath, bool defer_lock, char *err, size_t errlen)
 {
 	memset(d, 0, sizeof(*d));
 	d->fd = -1;
@@ -140,7 +183,7 @@ int disk_open(struct disk *d, const char *path, bool readonly, bool follow,
 		snprintf(err, errlen, "disk %s: %s", path, strerror(ENOMEM));
 		return -1;
 	}
-	if (disk_open_fd(d, follow, err, errlen) || disk_size(d, err, errlen) ||
+	if (disk_open_fd(d, follow, beneath, err, errlen) || disk_size(d, err, errlen) ||
 	    (!defer_lock && disk_lock(d, err, errlen))) {
 		disk_close(d);
 		return -1;

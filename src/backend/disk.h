@@ -37,9 +37,16 @@ struct disk {
  * be opened, or when it cannot be looked at (disk_open says why). */
 const char *disk_path_refusal(const char *path, bool follow);
 /* Open path, refused as disk_path_refusal() says; 0, or -1 with
- * "disk PATH: why" in err. */
+ * "disk PATH: why" in err. beneath (or NULL): a directory path must lie
+ * below; the open itself then refuses a symlink anywhere below it and a
+ * way out (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so that a
+ * directory swapped for a link after someone checked the path does not
+ * lead elsewhere. The directory itself may be a link. */
 int disk_open(struct disk *d, const char *path, bool readonly, bool follow,
-	      bool defer_lock, char *err, size_t errlen);
+	      const char *beneath, bool defer_lock, char *err, size_t errlen);
+/* The part of path below dir ("a/b.img" for "/ds/a/b.img" below "/ds"),
+ * or NULL when path is not below dir. */
+const char *disk_path_below(const char *path, const char *dir);
 /* Take the lock; 0, or -1 with the reason in err. Taking it twice is fine. */
 int disk_lock(struct disk *d, char *err, size_t errlen);
 /* Flush to stable storage and let go of the lock. 0, or -1 (err). */

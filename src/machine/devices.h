@@ -34,7 +34,8 @@ void uart_destroy(struct uart *u);
 struct virtio_dev;
 struct virtio_dev *virtio_blk_create(struct machine *m, unsigned slot,
 				     const char *path, bool readonly, bool follow,
-				     bool defer_lock, char *err, size_t errlen);
+				     const char *beneath, bool defer_lock, char *err,
+				     size_t errlen);
 /* Attaches to an existing TAP interface; creates it only with create_tap. */
 struct virtio_dev *virtio_net_create(struct machine *m, unsigned slot,
 				     const char *tap_ifname, bool create_tap,

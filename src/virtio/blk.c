@@ -464,14 +464,14 @@ static const struct virtio_dev_ops blk_ro_ops = {
 
 struct virtio_dev *virtio_blk_create(struct machine *m, unsigned slot,
 				     const char *path, bool readonly, bool follow,
-				     bool defer_lock, char *err, size_t errlen)
+				     const char *beneath, bool defer_lock, char *err, size_t errlen)
 {
 	struct blk *b = calloc(1, sizeof(*b));
 	if (!b) {
 		snprintf(err, errlen, "disk %s: out of memory", path);
 		return NULL;
 	}
-	if (disk_open(&b->disk, path, readonly, follow, defer_lock, err, errlen)) {
+	if (disk_open(&b->disk, path, readonly, follow, beneath, defer_lock, err, errlen)) {
 		free(b);
 		return NULL;
 	}

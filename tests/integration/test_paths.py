@@ -22,7 +22,13 @@ A root ferry-vm opens `--disk` read-write and creates or truncates
 - ferryd refuses at its API a `DS:PATH` with a symlink below the
   datastore's directory (a directory link out of it, a disk or kernel
   that is a link), and the file out there is left as it was; a plain
-  image in the datastore still starts.
+  image in the datastore still starts, its ferry-vm given
+  `beneath=<the datastore's directory>`;
+- `--disk PATH,beneath=DIR`: a directory on the way below DIR that is a
+  symlink (one swapped in after someone checked the path: the last
+  component alone is no link) is refused by the open itself, and the
+  file it leads to is left as it was; a path not below DIR, and
+  beneath= with follow=on, are refused; DIR itself may be a link.
 
 The refusals take no guest; each boot is a few seconds, the lab about ten.
 """
@@ -30,7 +36,9 @@ The refusals take no guest; each boot is a few seconds, the lab about ten.
 import os
 import socket
 import subprocess
+import time
 from contextlib import contextmanager
+from pathlib import Path
 
 from ferrylib import BUILD, need_root, need_tool
 from test_vm import Scratch, boot_args, expect_refusal, ferry_vm, run_guest
@@ -85,6 +93,33 @@ def test_disk_symlinks_and_special_files_are_refused():
         finally:
             sock.close()
         assert victim_state(victim) == before, "the symlink's target changed"
+
+
+def test_beneath_refuses_a_directory_link_below_it():
+    with Scratch() as tmp:
+        ds, outside = tmp / "ds", tmp / "outside"
+        (ds / "vm").mkdir(parents=True)
+        outside.mkdir()
+        victim = outside / "disk.raw"
+        victim.write_bytes(VICTIM)
+        before = victim_state(victim)
+        (ds / "vm" / "disk.raw").write_bytes(bytes(1 << 16))
+        (tmp / "ds-link").symlink_to(ds)
+        res = ferry_vm(*boot_args("--disk", f"{ds / 'vm' / 'disk.raw'},beneath={ds}"))
+        assert res.returncode == 0, res.stderr         # a plain path below DIR boots
+        res = ferry_vm(*boot_args("--disk", f"{tmp / 'ds-link' / 'vm' / 'disk.raw'},"
+                                  f"beneath={tmp / 'ds-link'}"))
+        assert res.returncode == 0, res.stderr         # DIR itself may be a link
+        (ds / "vm").rename(ds / "vm.old")
+        (ds / "vm").symlink_to(outside)                # vm/ swapped for a link out
+        res = ferry_vm(*boot_args("--disk", f"{ds / 'vm' / 'disk.raw'},beneath={ds}"))
+        expect_refusal(res, 1, "has a symlink on the way below its beneath= directory")
+        assert victim_state(victim) == before, "the file behind the link changed"
+        res = ferry_vm(*boot_args("--disk", f"{victim},beneath={ds}"))
+        expect_refusal(res, 2, "is not below its beneath= directory")
+        res = ferry_vm(*boot_args("--disk", f"{ds / 'vm.old' / 'disk.raw'},beneath={ds},"
+                                  "follow=on"))
+        expect_refusal(res, 2, "beneath= and follow=on exclude each other")
 
 
 def test_kernel_or_initrd_that_is_a_fifo_is_refused_not_waited_on():
@@ -179,6 +214,20 @@ def test_ferry_img_check_refuses_a_fifo_and_notes_a_link():
         assert f"--disk {tmp / 'link'},follow=on" in res.stdout + res.stderr, res
 
 
+def ferry_vm_disk_args(disk):
+    """The --disk arguments of the running ferry-vm whose disk is disk."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = (Path("/proc") / pid / "cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith("ferry-vm"):
+            disks = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--disk"]
+            if any(d.split(",")[0] == disk for d in disks):
+                return disks
+    return []
+
+
 def test_ferryd_refuses_a_symlink_on_the_way_in_a_datastore():
     """ferryd passes no follow=on: a disk, kernel or directory in a
     datastore that is a symlink is refused at the API (400, naming it),
@@ -207,3 +256,8 @@ def test_ferryd_refuses_a_symlink_on_the_way_in_a_datastore():
         assert victim_state(victim) == before
         s, d = lab.http("POST", "/api/v1/vms", dict(base, name="ok", disks=["shared:disk.raw"]))
         assert s in (200, 201, 202), (s, d)
+        disk = str(shared / "disk.raw")
+        deadline = time.monotonic() + 60
+        while not (args := ferry_vm_disk_args(disk)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert args == [f"{disk},beneath={shared}"], args

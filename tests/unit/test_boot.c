@@ -95,7 +95,7 @@ static int setup(void **state)
 	assert_non_null(f->m);
 	assert_int_equal(clint_create(f->m), 0);
 	assert_non_null(uart_create(f->m, -1, -1));
-	assert_non_null(virtio_blk_create(f->m, 0, f->disk, false, false, false, f->err,
+	assert_non_null(virtio_blk_create(f->m, 0, f->disk, false, false, NULL, false, f->err,
 					  sizeof(f->err)));
 	assert_non_null(virtio_console_create(f->m, 1, -1, -1));
 	assert_non_null(virtio_rng_create(f->m, 2));

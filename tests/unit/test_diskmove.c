@@ -366,7 +366,7 @@ static void write_hook_sees_every_write(void **state)
 	struct disk d;
 	char err[256];
 	struct hooked h = { 0 };
-	assert_int_equal(disk_open(&d, f->src, false, false, false, err, sizeof(err)), 0);
+	assert_int_equal(disk_open(&d, f->src, false, false, NULL, false, err, sizeof(err)), 0);
 	d.on_write = on_write;
 	d.on_write_opaque = &h;
 	uint8_t buf[1024] = { 1 };

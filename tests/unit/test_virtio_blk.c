@@ -66,7 +66,7 @@ static int setup_common(void **state, bool readonly, uint64_t features)
 	char err[256];
 	make_image(f);
 	f->m = fake_machine_create();
-	f->d = virtio_blk_create(f->m, 0, f->path, readonly, false, false, err, sizeof(err));
+	f->d = virtio_blk_create(f->m, 0, f->path, readonly, false, NULL, false, err, sizeof(err));
 	assert_non_null(f->d);
 	uint32_t st = fake_virtio_setup(f->m, BASE, features, &f->q, 1, QSIZE, RINGS);
 	assert_true(st & VIRTIO_CONFIG_S_DRIVER_OK);
@@ -481,7 +481,7 @@ static void state_resumes_on_another_machine(void **state)
 
 	/* the destination opens the image without the lock... */
 	struct machine *m2 = fake_machine_create();
-	struct virtio_dev *d2 = virtio_blk_create(m2, 0, f->path, false, false, true, err, sizeof(err));
+	struct virtio_dev *d2 = virtio_blk_create(m2, 0, f->path, false, false, NULL, true, err, sizeof(err));
 	assert_non_null(d2);
 	const struct fake_state *dst = fake_state(m2, "virtio-blk.0");
 	assert_int_equal(dst->ops->acquire(dst->dev, &why), -1);    /* source holds it */
@@ -535,7 +535,7 @@ static void state_refused_for_another_disk_size(void **state)
 	const struct fake_state *src = fake_state(f->m, "virtio-blk.0");
 	src->ops->save(src->dev, &out);
 	struct machine *m2 = fake_machine_create();
-	struct virtio_dev *d2 = virtio_blk_create(m2, 0, path, false, false, true, err, sizeof(err));
+	struct virtio_dev *d2 = virtio_blk_create(m2, 0, path, false, false, NULL, true, err, sizeof(err));
 	const struct fake_state *dst = fake_state(m2, "virtio-blk.0");
 	sbuf_reader(&in, out.data, out.len);
 	assert_int_equal(dst->ops->load(dst->dev, &in, dst->ops->version, &why), -1);

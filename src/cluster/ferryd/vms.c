@@ -144,6 +144,17 @@ static char *resolve(const char *ref, char *err, size_t errlen)
 	return locate(ref, false, err, errlen);
 }
 
+/* The directory of the datastore "DS:PATH" names; NULL if none. */
+static const char *datastore_root(const char *ref)
+{
+	const char *colon = strchr(ref, ':');
+	for (int i = 0; colon && i < fd_cfg.ndatastores; i++)
+		if (strlen(fd_cfg.datastores[i].name) == (size_t)(colon - ref) &&
+		    !strncmp(fd_cfg.datastores[i].name, ref, colon - ref))
+			return fd_cfg.datastores[i].path;
+	return NULL;
+}
+
 static void tap_name(const char *vm, char *out, size_t len)
 {
 	unsigned h = 2166136261u;
@@ -229,7 +240,7 @@ static bool build_argv(struct vm *vm, const char *incoming, const char *secret_p
 		       struct argv_builder *b, char *err, size_t errlen)
 {
 	json_t *s = vm->spec;
-	char num[32], path[PATH_MAX + 32];
+	char num[32], path[2 * PATH_MAX + 32];
 	arg(b, fd_cfg.ferry_vm);
 	if (!incoming) {
 		const char *kernel = json_string_value(json_object_get(s, "kernel"));
@@ -272,7 +283,17 @@ static bool build_argv(struct vm *vm, const char *incoming, const char *secret_p
 		char *p = resolve(copy, err, errlen);
 		if (!p)
 			return false;
-		snprintf(path, sizeof(path), "%s%s", p, ro ? ",ro" : "");
+		/* resolve() found no symlink below the datastore; beneath= makes
+		 * ferry-vm's open refuse one that appears after that check */
+		const char *root = datastore_root(copy);
+		if (root && strchr(root, ',')) {
+			snprintf(err, errlen, "datastore directory %s: a comma cannot be passed "
+				 "to ferry-vm's --disk", root);
+			free(p);
+			return false;
+		}
+		snprintf(path, sizeof(path), "%s%s%s%s", p, ro ? ",ro" : "",
+			 root ? ",beneath=" : "", root ? root : "");
 		free(p);
 		arg(b, "--disk");
 		arg(b, path);
