@@ -8,6 +8,7 @@
  * a failure, 2 on a bad argument.
  */
 #include "backend/disk.h"
+#include "util/beneath.h"
 #include "machine/vm.h"
 #include "machine/boot.h"
 #include "machine/clint.h"
@@ -152,7 +153,7 @@ static void parse_disk(struct options *o, char *arg)
 	}
 	if (o->disk_beneath[o->ndisks] && o->disk_follow[o->ndisks])
 		bad_arg("--disk %s: beneath= and follow=on exclude each other", arg);
-	if (o->disk_beneath[o->ndisks] && !disk_path_below(arg, o->disk_beneath[o->ndisks]))
+	if (o->disk_beneath[o->ndisks] && !path_below(arg, o->disk_beneath[o->ndisks]))
 		bad_arg("--disk %s: is not below its beneath= directory", arg);
 	o->disks[o->ndisks++] = arg;
 }

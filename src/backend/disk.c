@@ -8,18 +8,17 @@
  * an image in use is an error the user sees at once.
  */
 #include "backend/disk.h"
+#include "util/beneath.h"
 #include "util/fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
-#include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 static int disk_size(struct disk *d, char *err, size_t errlen)
@@ -90,6 +89,10 @@ static const char *disk_kind_refusal(mode_t mode)
 	       "is not a regular file or block device";
 }
 
+static const char beneath_link_refusal[] =
+	"has a symlink on the way below its beneath= directory";
+static const char beneath_out_refusal[] = "is not below its beneath= directory";
+
 static const char disk_link_refusal[] =
 	"is a symlink: give the real path, or add ,follow=on to use what it points to";
 
@@ -105,41 +108,6 @@ const char *disk_path_refusal(const char *path, bool follow)
 	return disk_kind_refusal(st.st_mode);
 }
 
-const char *disk_path_below(const char *path, const char *dir)
-{
-	size_t n = strlen(dir);
-	while (n > 1 && dir[n - 1] == '/')
-		n--;
-	if (strncmp(path, dir, n) || path[n] != '/')
-		return NULL;
-	while (path[n] == '/')
-		n++;
-	return path[n] ? path + n : NULL;
-}
-
-/* Open path below dir, no symlink and no way out below it; -1 with errno
- * (ELOOP: a symlink, EXDEV: a way out). */
-static int open_beneath(const char *dir, const char *path, int flags)
-{
-	const char *rel = disk_path_below(path, dir);
-	if (!rel) {
-		errno = EXDEV;
-		return -1;
-	}
-	int dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (dirfd < 0)
-		return -1;
-	struct open_how how = {
-		.flags = (uint64_t)flags,
-		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-	};
-	int fd = (int)syscall(SYS_openat2, dirfd, rel, &how, sizeof(how));
-	int saved = errno;
-	close(dirfd);
-	errno = saved;
-	return fd;
-}
-
 /* Open what disk_path_refusal() accepted; O_NONBLOCK only until the
  * descriptor is known to be a regular file or block device. */
 static int disk_open_fd(struct disk *d, bool follow, const char *beneath, char *err,
@@ -149,11 +117,11 @@ static int disk_open_fd(struct disk *d, bool follow, const char *beneath, char *
 	if (!why) {
 		int flags = (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY |
 			    O_NONBLOCK | (follow ? 0 : O_NOFOLLOW);
-		d->fd = beneath ? open_beneath(beneath, d->path, flags) : open(d->path, flags);
+		d->fd = beneath ? open_beneath(beneath, d->path, flags, 0) : open(d->path, flags);
 		if (d->fd < 0 && errno == ELOOP && beneath)
-			why = "has a symlink on the way below its beneath= directory";
+			why = beneath_link_refusal;
 		else if (d->fd < 0 && errno == EXDEV && beneath)
-			why = "is not below its beneath= directory";
+			why = beneath_out_refusal;
 		else if (d->fd < 0 && errno == ELOOP && !follow)
 			why = disk_link_refusal;        /* it became one meanwhile */
 	}
@@ -261,7 +229,7 @@ static const char *disk_create_refusal(const char *path)
 }
 
 int disk_create(struct disk *d, const char *path, uint64_t size, mode_t mode,
-		char *err, size_t errlen)
+		const char *beneath, char *err, size_t errlen)
 {
 	memset(d, 0, sizeof(*d));
 	d->fd = -1;
@@ -272,11 +240,14 @@ int disk_create(struct disk *d, const char *path, uint64_t size, mode_t mode,
 	}
 	d->path = strdup(path);
 	/* O_EXCL also refuses a symlink or a file that appeared since */
-	d->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+	int flags = O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+	d->fd = beneath ? open_beneath(beneath, path, flags, mode) : open(path, flags, mode);
 	if (!d->path || d->fd < 0) {
 		int e = d->path ? errno : ENOMEM;
 		snprintf(err, errlen, "disk %s: cannot create: %s", path,
-			 e == EEXIST ? "it appeared meanwhile" : strerror(e));
+			 e == EEXIST ? "it appeared meanwhile" :
+			 beneath && e == ELOOP ? beneath_link_refusal :
+			 beneath && e == EXDEV ? beneath_out_refusal : strerror(e));
 		disk_close(d);
 		return -1;
 	}

@@ -44,9 +44,7 @@ const char *disk_path_refusal(const char *path, bool follow);
  * lead elsewhere. The directory itself may be a link. */
 int disk_open(struct disk *d, const char *path, bool readonly, bool follow,
 	      const char *beneath, bool defer_lock, char *err, size_t errlen);
-/* The part of path below dir ("a/b.img" for "/ds/a/b.img" below "/ds"),
- * or NULL when path is not below dir. */
-const char *disk_path_below(const char *path, const char *dir);
+
 /* Take the lock; 0, or -1 with the reason in err. Taking it twice is fine. */
 int disk_lock(struct disk *d, char *err, size_t errlen);
 /* Flush to stable storage and let go of the lock. 0, or -1 (err). */
@@ -59,9 +57,10 @@ void disk_close(struct disk *d);
 
 /* Create a new, sparse image of size bytes at path, locked for writing
  * from its first byte. Refused with the reason in err when path exists,
- * is a symlink, or is locked by another process. 0, or -1. */
+ * is a symlink, or is locked by another process; beneath (or NULL): as
+ * disk_open's, no symlink below that directory. 0, or -1. */
 int disk_create(struct disk *d, const char *path, uint64_t size, mode_t mode,
-		char *err, size_t errlen);
+		const char *beneath, char *err, size_t errlen);
 /* Who holds a lock on the image at path: F_UNLCK (nobody), F_RDLCK
  * (readers), F_WRLCK (a writer), or -1 with errno (cannot open it). */
 int disk_lock_state(const char *path);

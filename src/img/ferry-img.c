@@ -120,7 +120,7 @@ static int cmd_create(const char *path, const char *size_arg)
 	char err[512];
 	mode_t mask = umask(0);
 	umask(mask);
-	if (disk_create(&d, path, size, 0666 & ~mask, err, sizeof(err)))
+	if (disk_create(&d, path, size, 0666 & ~mask, NULL, err, sizeof(err)))
 		return fail(err);
 	int ret = disk_flush(&d);
 	disk_close(&d);

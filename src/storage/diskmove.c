@@ -374,10 +374,11 @@ static const char *dm_refusal(struct vmm *v)
 }
 
 static bool dm_args(struct vmm *v, json_t *args, unsigned *index, const char **path,
-		    uint64_t *mbps, char *err, size_t errlen)
+		    const char **beneath, uint64_t *mbps, char *err, size_t errlen)
 {
 	json_t *disk = json_object_get(args, "disk");
 	json_t *p = json_object_get(args, "path");
+	json_t *under = json_object_get(args, "beneath");
 	json_t *bw = json_object_get(args, "bandwidth_mbps");
 	if (!json_is_integer(disk) || json_integer_value(disk) < 0 ||
 	    json_integer_value(disk) >= (json_int_t)v->ndisks) {
@@ -388,6 +389,10 @@ static bool dm_args(struct vmm *v, json_t *args, unsigned *index, const char **p
 		snprintf(err, errlen, "'path' (the new image's path) is required");
 		return false;
 	}
+	if (under && (!json_is_string(under) || !json_string_value(under)[0])) {
+		snprintf(err, errlen, "'beneath' must be a directory's path");
+		return false;
+	}
 	if (bw && (!json_is_integer(bw) || json_integer_value(bw) < 0 ||
 		   json_integer_value(bw) > 1000000)) {
 		snprintf(err, errlen, "'bandwidth_mbps' must be an integer from 0 to 1000000");
@@ -395,13 +400,14 @@ static bool dm_args(struct vmm *v, json_t *args, unsigned *index, const char **p
 	}
 	*index = (unsigned)json_integer_value(disk);
 	*path = json_string_value(p);
+	*beneath = under ? json_string_value(under) : NULL;
 	*mbps = bw ? (uint64_t)json_integer_value(bw) : 0;
 	return true;
 }
 
 /* Everything but the thread: the destination exists and is locked. */
 static struct disk_move *dm_prepare(struct vmm *v, unsigned index, const char *path,
-				    uint64_t mbps, char *err, size_t errlen)
+				    const char *beneath, uint64_t mbps, char *err, size_t errlen)
 {
 	struct virtio_dev *blk = v->blk[index];
 	struct disk *src = virtio_blk_disk(blk);
@@ -429,7 +435,7 @@ static struct disk_move *dm_prepare(struct vmm *v, unsigned index, const char *p
 	dm->dst_path = strdup(path);
 	dm->src_path = strdup(src->path);
 	if (!dm->dst_path || !dm->src_path ||
-	    disk_create(&dm->dst, path, 0, st.st_mode & 0777, err, errlen)) {
+	    disk_create(&dm->dst, path, 0, st.st_mode & 0777, beneath, err, errlen)) {
 		if (!dm->dst_path || !dm->src_path)
 			snprintf(err, errlen, "out of memory");
 		goto fail;
@@ -459,16 +465,16 @@ json_t *disk_move_cmd_start(void *ctx, json_t *args, const char **cls, char *err
 {
 	struct vmm *v = ctx;
 	*cls = "GenericError";
-	const char *refusal = dm_refusal(v), *path;
+	const char *refusal = dm_refusal(v), *path, *beneath;
 	if (refusal) {
 		snprintf(err, errlen, "%s", refusal);
 		return NULL;
 	}
 	unsigned index;
 	uint64_t mbps;
-	if (!dm_args(v, args, &index, &path, &mbps, err, errlen))
+	if (!dm_args(v, args, &index, &path, &beneath, &mbps, err, errlen))
 		return NULL;
-	struct disk_move *dm = dm_prepare(v, index, path, mbps, err, errlen);
+	struct disk_move *dm = dm_prepare(v, index, path, beneath, mbps, err, errlen);
 	if (!dm)
 		return NULL;
 	/* a full file system under RLIMIT_FSIZE is an error to report, not a signal */

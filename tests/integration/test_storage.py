@@ -334,11 +334,31 @@ def test_disk_move_refuses_bad_destinations():
                         raise AssertionError(f"disk-move to {path} was accepted")
                     except QMPError as e:
                         assert why in str(e) and str(path) in str(e), (path, e)
+                # beneath: a directory link below it is refused by the open
+                # itself (the last component is no link), and so is a path
+                # not below it; nothing is made behind the link
+                ds, outside = tmp / "ds", tmp / "outside"
+                ds.mkdir()
+                outside.mkdir()
+                (ds / "vm").symlink_to(outside)
+                for path, under, why in (
+                        (ds / "vm" / "new.raw", ds, "has a symlink on the way below"),
+                        (tmp / "new.raw", ds, "is not below its beneath= directory")):
+                    try:
+                        q.execute("disk-move", {"disk": 0, "path": str(path),
+                                                "beneath": str(under)})
+                        raise AssertionError(f"disk-move to {path} was accepted")
+                    except QMPError as e:
+                        assert why in str(e) and str(path) in str(e), (path, e)
+                assert not any(outside.iterdir()), "an image was made behind the link"
+                assert not (tmp / "new.raw").exists()
                 for args, why in (({"disk": 2, "path": str(target)}, "'disk'"),
                                   ({"disk": 1, "path": str(target)}, "read-only"),
                                   ({"disk": 0}, "'path'"),
                                   ({"disk": 0, "path": str(target),
-                                    "bandwidth_mbps": -1}, "'bandwidth_mbps'")):
+                                    "bandwidth_mbps": -1}, "'bandwidth_mbps'"),
+                                  ({"disk": 0, "path": str(target), "beneath": 7},
+                                   "'beneath'")):
                     try:
                         q.execute("disk-move", args)
                         raise AssertionError(f"disk-move {args} was accepted")

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "backend/disk.h"
+#include "util/beneath.h"
 #include "fake_machine.h"
 #include "machine/devices.h"
 
@@ -137,10 +138,10 @@ static void beneath_refuses_a_link_on_the_way(void **state)
 	disk_close(&d);                                 /* without beneath= it is opened */
 	assert_int_equal(disk_open(&d, img, false, false, ds, false, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "has a symlink on the way"));
-	assert_string_equal(disk_path_below(img, ds), "vm/disk.img");
-	assert_string_equal(disk_path_below(img, "/tmp/"), img + 5);
-	assert_null(disk_path_below(img, img));
-	assert_null(disk_path_below("/tmp/ferry-beneathX/a", "/tmp/ferry-beneath"));
+	assert_string_equal(path_below(img, ds), "vm/disk.img");
+	assert_string_equal(path_below(img, "/tmp/"), img + 5);
+	assert_null(path_below(img, img));
+	assert_null(path_below("/tmp/ferry-beneathX/a", "/tmp/ferry-beneath"));
 	unlink(sub);
 	unlink(bait);
 	unlink(alias);

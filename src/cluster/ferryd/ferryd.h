@@ -99,6 +99,9 @@ char *vm_control_path(const struct vm *vm);
 char *vm_datastore_path(const char *ref, char *err, size_t errlen);
 /* "DS:PATH" for a file to be made (no such file yet, no symlink on the way). */
 char *vm_datastore_new_path(const char *ref, char *err, size_t errlen);
+/* The directory of the datastore "DS:PATH" names; NULL if none. Files
+ * below it are opened with open_beneath() (util/beneath.h). */
+const char *datastore_root(const char *ref);
 /* A VM's spec changed (its disks moved): kept, and in spec.json. */
 void vm_set_spec(const char *name, json_t *spec);
 char *vm_console(const char *name, bool *found);

@@ -46,6 +46,7 @@
 #include "cluster/common/http_client.h"
 #include "cluster/common/qmp_client.h"
 #include "cluster/common/util.h"
+#include "util/beneath.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -306,9 +307,11 @@ static json_t *move_figures(struct migration *m, json_t *dm, const struct move_s
 /* Moves disk ms->disk to path and follows the move to its end (passing a
  * cancel on). false with err: the guest stays on the old image. */
 static bool move_disk(struct migration *m, struct qmp *q, const char *path,
-		      struct move_state *ms, char *err, size_t errlen)
+		      const char *beneath, struct move_state *ms, char *err, size_t errlen)
 {
 	json_t *args = json_pack("{s:i, s:s}", "disk", ms->disk, "path", path);
+	if (beneath)
+		json_object_set_new(args, "beneath", json_string(beneath));
 	if (m->bandwidth_mbps > 0)
 		json_object_set_new(args, "bandwidth_mbps", json_integer(m->bandwidth_mbps));
 	json_t *r = qmp_cmd(q, "disk-move", args, 10000, err, errlen);
@@ -371,7 +374,8 @@ static void storage_move(struct migration *m, json_t *spec, const char *ctl)
 			continue;
 		char *old = vm_datastore_path(ref, err, sizeof(err));
 		char *path = old ? vm_datastore_new_path(to, err, sizeof(err)) : NULL;
-		ok = path && !m->cancel && move_disk(m, &q, path, &ms, err, sizeof(err));
+		ok = path && !m->cancel && move_disk(m, &q, path, datastore_root(to), &ms, err,
+						      sizeof(err));
 		if (ok) {
 			unlink(old);   /* the guest runs on the new image: the old one goes */
 			json_array_set_new(disks, (size_t)ms.disk, json_string(to));
@@ -950,7 +954,9 @@ json_t *images_create(json_t *spec, json_t *sizes, char *err, size_t errlen)
 	json_t *d;
 	json_array_foreach(disks, i, d) {
 		char *p = vm_datastore_new_path(json_string_value(d), err, errlen);
-		int fd = p ? open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -1;
+		const char *root = datastore_root(json_string_value(d));
+		int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+		int fd = !p ? -1 : root ? open_beneath(root, p, flags, 0600) : open(p, flags, 0600);
 		if (p && fd < 0)
 			snprintf(err, errlen, "%s on host %s: %s", p, fd_cfg.name, strerror(errno));
 		if (fd >= 0) {

@@ -144,8 +144,7 @@ static char *resolve(const char *ref, char *err, size_t errlen)
 	return locate(ref, false, err, errlen);
 }
 
-/* The directory of the datastore "DS:PATH" names; NULL if none. */
-static const char *datastore_root(const char *ref)
+const char *datastore_root(const char *ref)
 {
 	const char *colon = strchr(ref, ':');
 	for (int i = 0; colon && i < fd_cfg.ndatastores; i++)
