@@ -360,9 +360,19 @@ static uint64_t ft_capture(struct ft *ft, uint64_t epoch)
 	return n;
 }
 
+/* FERRY_TEST_FAULT=ft-slow-flush:MS: each flush of the guest's disks
+ * takes MS longer, as a busy disk's would. */
+static void ft_slow_flush(void)
+{
+	const char *want = getenv("FERRY_TEST_FAULT");
+	if (want && !strncmp(want, "ft-slow-flush:", 14))
+		usleep((useconds_t)strtoul(want + 14, NULL, 10) * 1000);
+}
+
 static int ft_flush_disks(struct ft *ft)
 {
 	int r = 0;
+	ft_slow_flush();
 	for (unsigned i = 0; i < ft->vmm->ndisks; i++)
 		if (ft->vmm->blk[i] && disk_flush(virtio_blk_disk(ft->vmm->blk[i])))
 			r = -1;
@@ -463,14 +473,6 @@ static int ft_send_epoch(struct ft *ft, struct mig_stream *s, uint64_t epoch, ui
 	for (unsigned i = 0; i < m->nstates && !r; i++)
 		r = mig_write_device(s, m->states[i].ops->name, m->states[i].ops->version,
 				     ft->devs[i].data, ft->devs[i].len);
-	/* the writes of the epochs before, applied since their ACK, are stable
-	 * before this one is acked (the secondary then forgets them) */
-	if (!r && ft_flush_disks(ft)) {
-		char why[300];
-		snprintf(why, sizeof(why), "flushing the guest's disks: %s", strerror(errno));
-		mig_send_error(s, why);
-		return -1;
-	}
 	if (r || mig_write_clock(s, ft->ticks) ||
 	    mig_write_digest(s, mig_digest_of_hashes(ft->hash, ft->npages, m->ram_size)) ||
 	    mig_write_end(s) || mig_flush(s))
@@ -500,6 +502,97 @@ static int ft_wait_ack(struct ft *ft, struct mig_stream *s, uint64_t epoch, char
 		snprintf(err, errlen, "the secondary answered epoch %llu with '%s' %llu",
 			 (unsigned long long)epoch, mig_section_name(sec.type),
 			 sec.len == 8 ? (unsigned long long)get_le64(sec.data) : 0ULL);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- flushing the disks while the link stays alive ---------------------- */
+
+/* Writing an acknowledged epoch's held writes to the image and flushing
+ * the disks may take longer than the link's timeout on a busy disk; the
+ * secondary, hearing nothing, would take the primary for dead. So a
+ * thread of its own does it while the epoch thread sends FT_ALIVE every
+ * timeout_ms / 4 until it is done (between epochs: docs/stream.md). */
+struct write_commit {
+	struct ft *ft;
+	uint64_t epoch;             /* apply this epoch's held writes; 0: none */
+	bool flush;
+	pthread_mutex_t lock;
+	pthread_cond_t done_cond;
+	bool done;
+	int result;
+	char err[256];
+};
+
+static void *write_commit_main(void *arg)
+{
+	struct write_commit *c = arg;
+	int r = c->epoch ? ft_apply_writes(c->ft, c->epoch, c->err, sizeof(c->err)) : 0;
+	if (!r && c->flush && ft_flush_disks(c->ft)) {
+		snprintf(c->err, sizeof(c->err), "flushing the guest's disks: %s", strerror(errno));
+		r = -1;
+	}
+	pthread_mutex_lock(&c->lock);
+	c->result = r;
+	c->done = true;
+	pthread_cond_signal(&c->done_cond);
+	pthread_mutex_unlock(&c->lock);
+	return NULL;
+}
+
+/* Wait for c, saying FT_ALIVE meanwhile; false when the link failed. */
+static bool write_commit_wait(struct write_commit *c, struct mig_stream *s)
+{
+	bool link_ok = true;
+	pthread_mutex_lock(&c->lock);
+	while (!c->done) {
+		struct timespec until;
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		uint64_t ns = (uint64_t)until.tv_nsec + c->ft->timeout_ms * 1000000ULL / 4;
+		until.tv_sec += (time_t)(ns / 1000000000ULL);
+		until.tv_nsec = (long)(ns % 1000000000ULL);
+		if (pthread_cond_timedwait(&c->done_cond, &c->lock, &until) != ETIMEDOUT ||
+		    c->done || !link_ok)
+			continue;
+		pthread_mutex_unlock(&c->lock);
+		link_ok = !mig_write_section(s, MIG_SEC_FT_ALIVE, NULL, 0) && !mig_flush(s);
+		pthread_mutex_lock(&c->lock);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return link_ok;
+}
+
+/* Write epoch's held writes to the image (epoch 0: none), and flush the
+ * disks if flush. 0, or -1 with err. */
+static int ft_commit_writes(struct ft *ft, struct mig_stream *s, uint64_t epoch, bool flush,
+			    char *err, size_t errlen)
+{
+	if (!flush)             /* nothing held: nothing slow */
+		return epoch ? ft_apply_writes(ft, epoch, err, errlen) : 0;
+	struct write_commit c = { .ft = ft, .epoch = epoch, .flush = flush };
+	pthread_condattr_t attr;
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&c.done_cond, &attr);
+	pthread_condattr_destroy(&attr);
+	pthread_mutex_init(&c.lock, NULL);
+	pthread_t t;
+	bool link_ok = true;
+	if (pthread_create(&t, NULL, write_commit_main, &c) == 0) {
+		link_ok = write_commit_wait(&c, s);
+		pthread_join(t, NULL);
+	} else {
+		write_commit_main(&c);          /* no thread: do it here */
+	}
+	pthread_cond_destroy(&c.done_cond);
+	pthread_mutex_destroy(&c.lock);
+	if (c.result) {
+		snprintf(err, errlen, "%s", c.err);
+		return -1;
+	}
+	if (!link_ok) {
+		snprintf(err, errlen, "while flushing the guest's disks: %s", mig_stream_error(s));
 		return -1;
 	}
 	return 0;
@@ -609,6 +702,11 @@ static int ft_run(struct ft *ft, struct mig_stream *s, char *err, size_t errlen)
 		uint64_t pause_us = now_us() - t0;
 		begin = t0;
 		uint64_t before = mig_stream_bytes_out(s), writes, write_bytes;
+		/* the writes of the epochs before, applied since their ACK, are
+		 * stable before this one is acked (the secondary then forgets
+		 * them); in epoch 1, those made before ft-start */
+		if (ft_commit_writes(ft, s, 0, true, err, errlen))
+			return -1;
 		if (ft_send_epoch(ft, s, epoch, n, &writes, &write_bytes)) {
 			snprintf(err, errlen, "sending epoch %llu: %s", (unsigned long long)epoch,
 				 mig_stream_error(s));
@@ -620,12 +718,8 @@ static int ft_run(struct ft *ft, struct mig_stream *s, char *err, size_t errlen)
 			ft_fault("ft-after-ack", s, epoch);
 		/* the epoch's writes are on the image, and stable if it had any,
 		 * before its output tells anyone they were made */
-		if (ft_apply_writes(ft, epoch, err, errlen))
+		if (ft_commit_writes(ft, s, epoch, writes != 0, err, errlen))
 			return -1;
-		if (writes && ft_flush_disks(ft)) {
-			snprintf(err, errlen, "flushing the guest's disks: %s", strerror(errno));
-			return -1;
-		}
 		if (ft->vmm->net)
 			virtio_net_hold_release(ft->vmm->net, epoch);
 		ft_note_epoch(ft, epoch, n, mig_stream_bytes_out(s) - before, pause_us,
@@ -1207,6 +1301,7 @@ static int ft_receive(struct ft_secondary *sec, struct mig_stream *s,
 		pthread_mutex_unlock(&sec->lock);
 		switch (in.type) {
 		case MIG_SEC_RAM:
+		case MIG_SEC_FT_ALIVE:  /* the read itself was the news */
 			break;
 		case MIG_SEC_EPOCH:
 			sec->staging = true;

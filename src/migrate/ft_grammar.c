@@ -120,6 +120,8 @@ int ft_grammar_step(struct ft_grammar *g, const struct mig_section *sec, char *e
 		g->in_epoch = true;
 		return 0;
 	}
+	if (sec->type == MIG_SEC_FT_ALIVE && !g->in_epoch)
+		return 0;       /* the primary is flushing the guest's disks */
 	if (!g->in_epoch) {
 		if (g->epoch == 0 && sec->type == MIG_SEC_RAM)
 			return 0;       /* the initial copy */

@@ -2,8 +2,8 @@
  * ft_grammar.h - the order of sections in a fault-tolerance stream
  * (docs/stream.md "Fault tolerance"). After CONFIG:
  *
- *   RAM*  ( EPOCH(n)  (RAM | FT_WRITE)*  CPU(0)..CPU(N-1)
- *           DEVICE(d0)..DEVICE(dK-1) CLOCK DIGEST END )*
+ *   RAM* FT_ALIVE*  ( EPOCH(n)  (RAM | FT_WRITE)*  CPU(0)..CPU(N-1)
+ *           DEVICE(d0)..DEVICE(dK-1) CLOCK DIGEST END  FT_ALIVE* )*
  *
  * with n = 1, 2, 3, ... and each epoch's body checked by grammar.h; an
  * FT_WRITE (a guest write of the epoch) lies inside its disk.

@@ -189,6 +189,7 @@ static const struct section_kind section_kinds[] = {
 	{ MIG_SEC_EPOCH,           "epoch",           8,  8 },
 	{ MIG_SEC_EPOCH_ACK,       "epoch-ack",       8,  8 },
 	{ MIG_SEC_JOIN,            "join",            MIG_JOIN_NONCE + 8, MIG_JOIN_NONCE + 8 },
+	{ MIG_SEC_FT_ALIVE,        "ft-alive",        0,  0 },
 };
 
 static const struct section_kind *section_kind(uint32_t type)

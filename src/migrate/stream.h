@@ -69,6 +69,7 @@ enum mig_section_type {
 	MIG_SEC_EPOCH           = 0x109,        /* FT primary: u64 epoch, a checkpoint follows */
 	MIG_SEC_EPOCH_ACK       = 0x10a,        /* FT secondary: u64 epoch, applied whole */
 	MIG_SEC_JOIN            = 0x10b,        /* channels: nonce[32], u32 index, u32 count */
+	MIG_SEC_FT_ALIVE        = 0x10c,        /* FT primary: between epochs, still here */
 };
 #define MIG_SEC_PAGE_REQ MIG_SEC_PAGE_REQUEST
 

@@ -747,3 +747,44 @@ def test_ft_stop_and_a_lost_secondary_write_out_what_was_held():
         found = check_log_on_a_fresh_boot(image, acked)
     print(f"disk: {acked} records acknowledged through ft-stop and a lost secondary, "
           f"{found} on the image")
+
+
+def test_ft_slow_disk_flush_keeps_the_link_alive():
+    """An acknowledged epoch's writes go to the image and are flushed before
+    the next epoch; on a busy disk that flush can outlast the link's timeout
+    (here each takes 900 ms more, FERRY_TEST_FAULT=ft-slow-flush, against a
+    300 ms link timeout on both sides). The primary says FT_ALIVE every
+    timeout / 4 while it flushes, so the secondary (--ft-takeover auto) does
+    not take it for dead: FT stays protected through several slow epochs,
+    the guest's log goes on, the secondary is still receiving. Without
+    FT_ALIVE the secondary takes over at the first slow flush (two copies
+    of the guest would run)."""
+    need_namespaces()
+    initrd = guest_initrd("ftdisklog")
+    with topology.Topology() as topo, Datastore() as store, ExitStack() as vms:
+        image = store.image("log.raw", 16)
+        counter = Counter(topo)
+        vms.callback(counter.close)
+        append = (f"console=ttyS0 quiet ferry.ip={topo.guest_ip}/24 ferry.run=ftdisklog,"
+                  f"/dev/vda,{topo.client_ip},{UDP_PORT},{DISK_LOG_RATE}")
+        env = dict(os.environ, FERRY_TEST_FAULT="ft-slow-flush:900")
+        prim = vms.enter_context(VM(append=append, mem=MEM, disk=image, initrd=initrd,
+                                    net=f"tap=tap0,mac={MAC}", env=env, name="primary",
+                                    prefix=topo.exec_prefix(topo.hosts["a"])))
+        sec, uri = secondary(topo, image, ("--ft-takeover", "auto"), timeout_ms=300)
+        vms.enter_context(sec)
+        prim.wait_for(r"^ftdisklog: /dev/vda", BOOT)
+        q = prim.qmp()
+        q.cmd("ft-start", uri=uri, epoch_ms=EPOCH_MS, timeout_ms=300)
+        q.wait_event("FT_PROTECTED", timeout=60)
+        first = q.cmd("query-ft")["epoch"]
+        for i in range(3):
+            wait_log_past(prim, counter, counter.last + DISK_LOG_RATE // 2,
+                          f"slow flushes, {i + 1}")
+        st, ss = q.cmd("query-ft"), sec.qmp().cmd("query-ft")
+        print(f"primary: epochs {first}..{st['epoch']} with 900 ms flushes, status "
+              f"{st['status']}; secondary {ss['status']}; {counter.last} records")
+        assert st["status"] == "protected", st
+        assert st["epoch"] >= first + 2, (first, st)
+        assert ss["status"] == "receiving", ss
+        assert sec.running() and prim.running()

@@ -67,6 +67,8 @@ static int write_token(struct mig_stream *w, const char *t, const uint8_t *ram)
 		return mig_write_section(w, MIG_SEC_POSTCOPY, "\xff", 1);
 	if (!strcmp(t, "end"))
 		return mig_write_end(w);
+	if (!strcmp(t, "alive"))
+		return mig_write_section(w, MIG_SEC_FT_ALIVE, NULL, 0);
 	fail_msg("unknown token %s", t);
 	return -1;
 }
@@ -164,6 +166,17 @@ static void ft_refuses_partial_or_odd_epochs(void **state)
 	assert_true(ft_run("epoch1 cpu0 cpu1 uart blk clock end", err, sizeof(err))[0]);
 }
 
+/* FT_ALIVE (the primary flushing the guest's disks) comes between
+ * epochs only. */
+static void ft_takes_alive_between_epochs_only(void **state)
+{
+	(void)state;
+	char err[512];
+	assert_string_equal(ft_run("ram alive epoch1 " BODY " alive alive epoch2 " BODY " alive",
+				   err, sizeof(err)), "");
+	assert_contains(ft_run("epoch1 ram alive " BODY, err, sizeof(err)), "ft-alive");
+}
+
 static void ft_places_guest_writes_among_an_epochs_pages(void **state)
 {
 	(void)state;
@@ -186,6 +199,7 @@ static int write_seeds(const char *dir)
 	static const char *const seeds[][2] = {
 		{ "ft-epochs", "ram epoch1 ram " BODY " epoch2 " BODY },
 		{ "ft-writes", "ram epoch1 write ram write " BODY " epoch2 write " BODY },
+		{ "ft-alive", "ram epoch1 write " BODY " alive alive epoch2 " BODY },
 	};
 	for (size_t i = 0; i < sizeof(seeds) / sizeof(seeds[0]); i++) {
 		char path[512];
@@ -217,6 +231,7 @@ int main(void)
 		cmocka_unit_test(ft_refuses_epochs_out_of_sequence),
 		cmocka_unit_test(ft_refuses_sections_outside_an_epoch),
 		cmocka_unit_test(ft_refuses_partial_or_odd_epochs),
+		cmocka_unit_test(ft_takes_alive_between_epochs_only),
 		cmocka_unit_test(ft_places_guest_writes_among_an_epochs_pages),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
