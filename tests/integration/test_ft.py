@@ -641,6 +641,22 @@ def check_log_on_a_fresh_boot(image, acked):
     return found
 
 
+def disklog_primary(topo, store, vms, env=None):
+    """A primary on host a whose guest logs records to a fresh shared image
+    (tests/guest/ftdisklog.c), acknowledging each over UDP to a Counter;
+    returns (image, counter, primary), the guest not yet logging."""
+    initrd = guest_initrd("ftdisklog")
+    image = store.image("log.raw", 16)     # 32768 records: not full here
+    counter = Counter(topo)
+    vms.callback(counter.close)
+    append = (f"console=ttyS0 quiet ferry.ip={topo.guest_ip}/24 ferry.run=ftdisklog,"
+              f"/dev/vda,{topo.client_ip},{UDP_PORT},{DISK_LOG_RATE}")
+    prim = vms.enter_context(VM(append=append, mem=MEM, disk=image, initrd=initrd,
+                                net=f"tap=tap0,mac={MAC}", env=env, name="primary",
+                                prefix=topo.exec_prefix(topo.hosts["a"])))
+    return image, counter, prim
+
+
 def disk_failover(fault):
     """A guest logging records to the shared image (tests/guest/ftdisklog.c:
     it checks before each write that the sector is not already its own, and
@@ -650,17 +666,9 @@ def disk_failover(fault):
     record the guest acknowledged over UDP (held output). Returns the
     secondary's FT_FAILOVER and query-ft."""
     need_namespaces()
-    initrd = guest_initrd("ftdisklog")
     with topology.Topology() as topo, Datastore() as store, ExitStack() as vms:
-        image = store.image("log.raw", 16)     # 32768 records: not full here
-        counter = Counter(topo)
-        vms.callback(counter.close)
-        append = (f"console=ttyS0 quiet ferry.ip={topo.guest_ip}/24 ferry.run=ftdisklog,"
-                  f"/dev/vda,{topo.client_ip},{UDP_PORT},{DISK_LOG_RATE}")
         env = dict(os.environ, FERRY_TEST_FAULT=f"{fault}:{DISK_FAULT_EPOCH}")
-        prim = vms.enter_context(VM(append=append, mem=MEM, disk=image, initrd=initrd,
-                                    net=f"tap=tap0,mac={MAC}", env=env, name="primary",
-                                    prefix=topo.exec_prefix(topo.hosts["a"])))
+        image, counter, prim = disklog_primary(topo, store, vms, env)
         sec, uri = secondary(topo, image, ("--ft-takeover", "auto"))
         vms.enter_context(sec)
         qs = sec.qmp()
@@ -711,16 +719,8 @@ def test_ft_stop_and_a_lost_secondary_write_out_what_was_held():
     there again (the guest reads earlier records back as it goes, and a
     fresh boot finds every acknowledged record in order)."""
     need_namespaces()
-    initrd = guest_initrd("ftdisklog")
     with topology.Topology() as topo, Datastore() as store, ExitStack() as vms:
-        image = store.image("log.raw", 16)
-        counter = Counter(topo)
-        vms.callback(counter.close)
-        append = (f"console=ttyS0 quiet ferry.ip={topo.guest_ip}/24 ferry.run=ftdisklog,"
-                  f"/dev/vda,{topo.client_ip},{UDP_PORT},{DISK_LOG_RATE}")
-        prim = vms.enter_context(VM(append=append, mem=MEM, disk=image, initrd=initrd,
-                                    net=f"tap=tap0,mac={MAC}", name="primary",
-                                    prefix=topo.exec_prefix(topo.hosts["a"])))
+        image, counter, prim = disklog_primary(topo, store, vms)
         prim.wait_for(r"^ftdisklog: /dev/vda", BOOT)
         qp = prim.qmp()
         for end in ("ft-stop", "secondary killed"):
@@ -760,17 +760,9 @@ def test_ft_slow_disk_flush_keeps_the_link_alive():
     FT_ALIVE the secondary takes over at the first slow flush (two copies
     of the guest would run)."""
     need_namespaces()
-    initrd = guest_initrd("ftdisklog")
     with topology.Topology() as topo, Datastore() as store, ExitStack() as vms:
-        image = store.image("log.raw", 16)
-        counter = Counter(topo)
-        vms.callback(counter.close)
-        append = (f"console=ttyS0 quiet ferry.ip={topo.guest_ip}/24 ferry.run=ftdisklog,"
-                  f"/dev/vda,{topo.client_ip},{UDP_PORT},{DISK_LOG_RATE}")
         env = dict(os.environ, FERRY_TEST_FAULT="ft-slow-flush:900")
-        prim = vms.enter_context(VM(append=append, mem=MEM, disk=image, initrd=initrd,
-                                    net=f"tap=tap0,mac={MAC}", env=env, name="primary",
-                                    prefix=topo.exec_prefix(topo.hosts["a"])))
+        image, counter, prim = disklog_primary(topo, store, vms, env)
         sec, uri = secondary(topo, image, ("--ft-takeover", "auto"), timeout_ms=300)
         vms.enter_context(sec)
         prim.wait_for(r"^ftdisklog: /dev/vda", BOOT)
