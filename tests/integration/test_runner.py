@@ -68,7 +68,8 @@ def test_hangs():
 '''
 
 # -j 2: these two meet (each waits for the other's mark: run one at a time,
-# they would both time out); the serial module's tests each run alone.
+# they would both time out); the serial module's tests each run alone, and
+# so does the test a partly serial module names, while its two others meet.
 TOGETHER = '''
 import time
 from pathlib import Path
@@ -109,6 +110,35 @@ def test_first():
 def test_second():
     note("second")
 '''
+
+PARTLY = '''
+SERIAL = ("test_partly_alone",)
+from test_a_together import meet, note
+
+def test_partly_alone():
+    note("partly_alone")
+
+def test_beside_a():
+    meet("beside_a", "beside_b")
+    note("beside_a")
+
+def test_beside_b():
+    meet("beside_b", "beside_a")
+    note("beside_b")
+'''
+
+# --again FERRY_X=bar: the test (and the unit binary) run a second time,
+# under their own names, with the variable set
+AGAIN = '''
+import os
+
+def test_sees_it():
+    assert os.environ.get("FERRY_X") == "bar", os.environ.get("FERRY_X")
+'''
+UNIT_AGAIN = """#!/bin/sh
+printf '1..1\\n'
+[ "$FERRY_X" = bar ] && echo 'ok 1 - sees_it' || echo 'not ok 1 - sees_it'
+"""
 
 STUBBORN = """#!/bin/sh
 trap '' TERM
@@ -207,19 +237,46 @@ def test_j_runs_tests_side_by_side_and_serial_ones_alone():
     with Scratch() as s:
         s.test_file("test_a_together.py", TOGETHER)
         s.test_file("test_b_alone.py", ALONE)
+        s.test_file("test_c_partly.py", PARTLY)
         s.build_file("test-good", UNIT_GOOD)
         status, lines = s.run("-j", "2")
-        assert lines[-1] == "7 passed, 0 failed", lines
+        assert lines[-1] == "10 passed, 0 failed", lines
         spans = {}
         for line in (s.root / "tests" / "integration" / "intervals").read_text().splitlines():
             name, start, end = line.split()
             spans[name] = (float(start), float(end))
-        assert sorted(spans) == ["first", "one", "second", "three", "two"], spans
-        for serial in ("first", "second"):
+        assert sorted(spans) == ["beside_a", "beside_b", "first", "one", "partly_alone",
+                                 "second", "three", "two"], spans
+        for serial in ("first", "second", "partly_alone"):
             a, b = spans[serial]
             for other, (c, d) in spans.items():
                 assert other == serial or d <= a or b <= c, \
                     f"{serial} ran beside {other}: {spans}"
+
+
+def test_serial_naming_no_test_is_a_failure():
+    with Scratch() as s:
+        s.test_file("test_typo.py", "SERIAL = ('test_nope',)\ndef test_one():\n    pass\n")
+        s.build_file("test-good", UNIT_GOOD)
+        status, lines = s.run("--integration")
+        assert lines[-1] == "0 passed, 1 failed", lines
+        assert "SERIAL names no test of the module: test_nope" in line_starting(
+            lines, "FAIL test_typo.py:")
+
+
+def test_again_runs_tests_a_second_time_with_a_variable():
+    with Scratch() as s:
+        s.test_file("test_again.py", AGAIN)
+        s.build_file("test-again", UNIT_AGAIN)
+        s.build_file("test-good", UNIT_GOOD)
+        status, lines = s.run("-j", "2", "--again", "FERRY_X=bar", "test_sees|test-again")
+        # the first runs fail (no FERRY_X), the second pass
+        assert lines[-1] == "4 passed, 2 failed", lines
+        line_starting(lines, "FAIL test_again.py::test_sees_it:")
+        line_starting(lines, "PASS FERRY_X=bar:test_again.py::test_sees_it (")
+        line_starting(lines, "FAIL test-again::sees_it:")
+        line_starting(lines, "PASS FERRY_X=bar:test-again (1 test")
+        assert not [line for line in lines if "FERRY_X=bar:test-good" in line], lines
 
 
 def test_missing_unit_binaries_is_a_failure():
