@@ -57,8 +57,14 @@ from ferrylib import QMP, wait_until
 from test_cluster import FERRY, IDLE, Lab
 
 TIMEOUT = 150
-# alone under tests/run -j: leases, fences and failover times
-SERIAL = True
+# alone under tests/run -j, the tests that race a lease, a fence or a claim
+# against the clock (a fence due before the lease runs out, a blip shorter
+# than the lease, a claim lease outlived by a stall, a heartbeat stalled
+# 10 s, a quorum lost for a while); the others (a host killed, a process
+# killed, placement, admission, a lock) wait for outcomes with no budget
+SERIAL = ("test_ha_self_fence", "test_ha_fence_blip", "test_ha_partition_heals_one_copy",
+          "test_ha_claim_expires_decider_dies", "test_ha_claim_expires_decider_stalls",
+          "test_ha_hung_guest", "test_ha_etcd_quorum_lost")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
