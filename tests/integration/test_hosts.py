@@ -115,9 +115,11 @@ def sender(sock):
                 if state["stop"] or state["error"] is not None:
                     break
                 off = state["sent"]
-            due = start + off / rate
-            if due > time.monotonic():
-                time.sleep(due - time.monotonic())
+            # one reading of the clock: read twice, a loaded host's second
+            # one can come after due (a negative sleep raises)
+            wait = start + off / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
             chunk = pattern(off, CHUNK)
             sock.sendall(chunk)
             with cond:
