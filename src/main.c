@@ -365,7 +365,8 @@ static struct machine *build_machine(const struct options *o, struct vmm *vmm)
 	unsigned slot = 0;
 	for (unsigned i = 0; i < o->ndisks; i++)
 		if (!(vmm->blk[i] = virtio_blk_create(m, slot++, o->disks[i], o->disk_ro[i],
-				       o->disk_follow[i], o->disk_beneath[i], o->incoming || o->ft_secondary, err, sizeof(err))))
+				       o->disk_follow[i], o->disk_beneath[i],
+				       o->incoming || o->ft_secondary, err, sizeof(err))))
 			goto fail;
 	if (o->tap && !(vmm->net = virtio_net_create(m, slot++, o->tap, o->tap_create,
 						     o->mac, err, sizeof(err))))

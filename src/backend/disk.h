@@ -44,7 +44,6 @@ const char *disk_path_refusal(const char *path, bool follow);
  * lead elsewhere. The directory itself may be a link. */
 int disk_open(struct disk *d, const char *path, bool readonly, bool follow,
 	      const char *beneath, bool defer_lock, char *err, size_t errlen);
-
 /* Take the lock; 0, or -1 with the reason in err. Taking it twice is fine. */
 int disk_lock(struct disk *d, char *err, size_t errlen);
 /* Flush to stable storage and let go of the lock. 0, or -1 (err). */

@@ -96,6 +96,16 @@ static const char *link_on_the_way(const char *root, const char *rel, char *at, 
 	return NULL;
 }
 
+const char *datastore_root(const char *ref)
+{
+	const char *colon = strchr(ref, ':');
+	for (int i = 0; colon && i < fd_cfg.ndatastores; i++)
+		if (strlen(fd_cfg.datastores[i].name) == (size_t)(colon - ref) &&
+		    !strncmp(fd_cfg.datastores[i].name, ref, colon - ref))
+			return fd_cfg.datastores[i].path;
+	return NULL;
+}
+
 /* "DS:PATH" -> the file on this host; NULL with a message. fresh: a file
  * to be made (a disk move's or a copy's destination): it must not exist
  * yet; else it must be readable. Either way no symlink on the way. */
@@ -112,46 +122,34 @@ static char *locate(const char *ref, bool fresh, char *err, size_t errlen)
 			 ref);
 		return NULL;
 	}
-	for (int i = 0; i < fd_cfg.ndatastores; i++) {
-		if (strlen(fd_cfg.datastores[i].name) == (size_t)(colon - ref) &&
-		    !strncmp(fd_cfg.datastores[i].name, ref, colon - ref)) {
-			char *p = malloc(PATH_MAX);
-			snprintf(p, PATH_MAX, "%s/%s", fd_cfg.datastores[i].path, rel);
-			struct stat st;
-			if (fresh ? lstat(p, &st) == 0 : access(p, R_OK) != 0) {
-				snprintf(err, errlen, "%s: %s on host %s: %s", ref, p, fd_cfg.name,
-					 fresh ? "exists already" : strerror(errno));
-				free(p);
-				return NULL;
-			}
-			char at[PATH_MAX];
-			if (link_on_the_way(fd_cfg.datastores[i].path, rel, at, sizeof(at))) {
-				snprintf(err, errlen, "%s: %s on host %s is a symlink: name the "
-					 "file itself, inside the datastore", ref, at, fd_cfg.name);
-				free(p);
-				return NULL;
-			}
-			return p;
-		}
+	const char *root = datastore_root(ref);
+	if (!root) {
+		snprintf(err, errlen, "%s: host %s has no datastore %.*s", ref, fd_cfg.name,
+			 (int)(colon - ref), ref);
+		return NULL;
 	}
-	snprintf(err, errlen, "%s: host %s has no datastore %.*s", ref, fd_cfg.name,
-		 (int)(colon - ref), ref);
-	return NULL;
+	char *p = malloc(PATH_MAX);
+	snprintf(p, PATH_MAX, "%s/%s", root, rel);
+	struct stat st;
+	if (fresh ? lstat(p, &st) == 0 : access(p, R_OK) != 0) {
+		snprintf(err, errlen, "%s: %s on host %s: %s", ref, p, fd_cfg.name,
+			 fresh ? "exists already" : strerror(errno));
+		free(p);
+		return NULL;
+	}
+	char at[PATH_MAX];
+	if (link_on_the_way(root, rel, at, sizeof(at))) {
+		snprintf(err, errlen, "%s: %s on host %s is a symlink: name the "
+			 "file itself, inside the datastore", ref, at, fd_cfg.name);
+		free(p);
+		return NULL;
+	}
+	return p;
 }
 
 static char *resolve(const char *ref, char *err, size_t errlen)
 {
 	return locate(ref, false, err, errlen);
-}
-
-const char *datastore_root(const char *ref)
-{
-	const char *colon = strchr(ref, ':');
-	for (int i = 0; colon && i < fd_cfg.ndatastores; i++)
-		if (strlen(fd_cfg.datastores[i].name) == (size_t)(colon - ref) &&
-		    !strncmp(fd_cfg.datastores[i].name, ref, colon - ref))
-			return fd_cfg.datastores[i].path;
-	return NULL;
 }
 
 static void tap_name(const char *vm, char *out, size_t len)
