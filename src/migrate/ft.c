@@ -702,10 +702,10 @@ static int ft_run(struct ft *ft, struct mig_stream *s, char *err, size_t errlen)
 		uint64_t pause_us = now_us() - t0;
 		begin = t0;
 		uint64_t before = mig_stream_bytes_out(s), writes, write_bytes;
-		/* the writes of the epochs before, applied since their ACK, are
-		 * stable before this one is acked (the secondary then forgets
-		 * them); in epoch 1, those made before ft-start */
-		if (ft_commit_writes(ft, s, 0, true, err, errlen))
+		/* what the guest wrote before its writes were held (before
+		 * ft-start) is stable before epoch 1 is acked; each later epoch's
+		 * writes are flushed when they are applied, after its ACK */
+		if (epoch == 1 && ft_commit_writes(ft, s, 0, true, err, errlen))
 			return -1;
 		if (ft_send_epoch(ft, s, epoch, n, &writes, &write_bytes)) {
 			snprintf(err, errlen, "sending epoch %llu: %s", (unsigned long long)epoch,
